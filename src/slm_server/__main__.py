@@ -1,0 +1,3 @@
+from slm_server.cli import main
+
+raise SystemExit(main())

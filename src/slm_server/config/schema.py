@@ -1,0 +1,173 @@
+"""Pydantic schema of ``models.yaml``.
+
+Every field of the user's contract lives here, with a description that the
+example config and ``--help`` texts draw on. Unknown keys are errors
+(``extra="forbid"``) so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Backend = Literal["mlx", "llamacpp"]
+ModelType = Literal[
+    "lm", "multimodal", "image-generation", "image-edit", "embeddings", "rerank", "whisper"
+]
+
+# Which model types each backend kind can serve. llama.cpp has no image or
+# audio servers; MLX (mlx-openai-server) has no reranker.
+SUPPORTED_MODEL_TYPES: dict[str, frozenset[str]] = {
+    "llamacpp": frozenset({"lm", "multimodal", "embeddings", "rerank"}),
+    "mlx": frozenset(
+        {"lm", "multimodal", "image-generation", "image-edit", "embeddings", "whisper"}
+    ),
+}
+
+MLX_ONLY_FIELDS = ("enable_auto_tool_choice", "tool_call_parser", "reasoning_parser", "config_name")
+LLAMACPP_ONLY_FIELDS = (
+    "chat_template_kwargs",
+    "chat_template_file",
+    "temp",
+    "top_p",
+    "top_k",
+    "min_p",
+    "cache_type_k",
+    "cache_type_v",
+    "flash_attn",
+    "kv_unified",
+    "fit",
+)
+
+
+class ModelEntry(BaseModel):
+    """One backend server instance serving one model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Common fields.
+    id: str = Field(
+        min_length=1,
+        description="Model identifier clients put in the request's `model` field.",
+    )
+    backend: Backend = Field(description="Backend kind: `mlx` or `llamacpp`.")
+    port: int = Field(description="Port of this model's backend server; unique per entry.")
+    model_path: str = Field(
+        min_length=1,
+        description=(
+            "Local .gguf file, a directory (llamacpp: its first .gguf alphabetically), "
+            "or a Hugging Face model ID (MLX only)."
+        ),
+    )
+    default_timeout: float = Field(
+        gt=0, description="Request timeout in seconds; exceeded requests get 504."
+    )
+    quantization: str = Field(
+        description="e.g. 8bit, Q8_0, f16. Informational for MLX; KV-cache defaults for llamacpp."
+    )
+    model_type: ModelType = Field(default="lm", description="What the model does.")
+    context_length: int | None = Field(
+        default=None, gt=0, description="Maximum context length; the model's default when unset."
+    )
+    max_concurrency: int = Field(
+        default=1, ge=1, description="Requests served at once; more wait in a bounded queue."
+    )
+    host: str = Field(default="0.0.0.0", description="Address the backend server binds to.")
+    enabled: bool = Field(default=True, description="false: not started and not routed.")
+    supports_function_calling: bool = Field(default=False, description="Reported in /v1/models.")
+
+    # MLX only (mlx-openai-server launch).
+    enable_auto_tool_choice: bool = Field(
+        default=False, description="MLX: pass --enable-auto-tool-choice."
+    )
+    tool_call_parser: str | None = Field(default=None, description="MLX: tool-call parser name.")
+    reasoning_parser: str | None = Field(
+        default=None, description="MLX: reasoning parser; null disables thinking mode."
+    )
+    config_name: str | None = Field(
+        default=None,
+        description=(
+            "MLX: config for image-generation (default flux-schnell) "
+            "or image-edit (default flux-kontext-dev)."
+        ),
+    )
+
+    # llama.cpp only (llama-server or llama_cpp.server).
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "llamacpp: passed as --chat-template-kwargs, and injected into chat requests "
+            "that carry none."
+        ),
+    )
+    chat_template_file: str | None = Field(
+        default=None,
+        description="llamacpp: --chat-template-file; relative paths resolve against the repo root.",
+    )
+    temp: float | None = Field(default=None, ge=0, description="llamacpp: default temperature.")
+    top_p: float | None = Field(default=None, ge=0, le=1, description="llamacpp: default top_p.")
+    top_k: int | None = Field(default=None, ge=0, description="llamacpp: default top_k.")
+    min_p: float | None = Field(default=None, ge=0, le=1, description="llamacpp: default min_p.")
+    cache_type_k: str | None = Field(
+        default=None, description="llamacpp: K cache type (q8_0, f16, ...)."
+    )
+    cache_type_v: str | None = Field(
+        default=None, description="llamacpp: V cache type (q8_0, f16, ...)."
+    )
+    flash_attn: bool | None = Field(default=None, description="llamacpp: flash attention on/off.")
+    kv_unified: bool | None = Field(
+        default=None, description="llamacpp: unified KV cache (native llama-server only)."
+    )
+    fit: bool | None = Field(
+        default=None, description="llamacpp: --fit (native llama-server only)."
+    )
+
+    @property
+    def connect_host(self) -> str:
+        """Address the router uses to reach the backend: loopback for wildcard binds."""
+        if self.host in ("0.0.0.0", "", "*"):
+            return "127.0.0.1"
+        if self.host == "::":
+            return "::1"
+        return self.host
+
+    @property
+    def base_url(self) -> str:
+        host = self.connect_host
+        if ":" in host:  # IPv6 literal
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+class RouterSettings(BaseModel):
+    """Settings of the routing service itself (all optional)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="0.0.0.0", description="Address the router binds to.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the router listens on.")
+    max_body_mb: float = Field(
+        default=64, gt=0, description="Largest request body accepted, in MiB; larger -> 413."
+    )
+    max_queue: int = Field(
+        default=64,
+        ge=0,
+        description="Requests that may wait per model once max_concurrency is busy; more -> 429.",
+    )
+    health_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds a backend health probe may take."
+    )
+
+
+class ConfigFile(BaseModel):
+    """The whole ``models.yaml`` file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[str, ModelEntry] = Field(
+        description="Role name -> model entry. The role name keys /v1/backends/health."
+    )
+    router: RouterSettings = Field(
+        default_factory=RouterSettings, description="Routing service settings."
+    )

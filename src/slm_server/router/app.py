@@ -1,0 +1,166 @@
+"""The routing service as an ASGI application."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from slm_server.config import LoadedConfig
+from slm_server.router import health
+from slm_server.router.asgi import (
+    ClientDisconnected,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_error,
+    send_json,
+)
+from slm_server.router.errors import (
+    EndpointNotFound,
+    InvalidRequest,
+    MethodNotAllowed,
+    RouterError,
+)
+from slm_server.router.proxy import forward, forwarded_request_headers, new_upstream_session
+from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable
+
+log = logging.getLogger(__name__)
+
+_GET_ENDPOINTS = frozenset({"/health", "/v1/models", "/v1/backends/health"})
+
+
+class RouterApp:
+    """Routes each request to the backend named by its ``model`` field."""
+
+    def __init__(self, config: LoadedConfig) -> None:
+        self.config = config
+        self.table = RoutingTable(config)
+        self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
+        self.started_at = int(time.time())
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Created on first use: a ClientSession must be made inside the running loop.
+        if self._session is None:
+            self._session = new_upstream_session()
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self._dispatch(scope, receive, tracked_send)
+        except RouterError as error:
+            if started:
+                raise
+            if error.status >= 500:
+                log.warning("%s %s -> %d: %s", scope["method"], scope["path"], error.status, error)
+            await send_error(send, error)
+        except ClientDisconnected:
+            log.debug("client left before sending its whole request")
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        if path in ENDPOINT_MODEL_TYPES:
+            if method != "POST":
+                raise MethodNotAllowed(f"{path} takes POST, not {method}")
+            await self._model_request(scope, receive, send, path)
+        elif path in _GET_ENDPOINTS:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{path} takes GET, not {method}")
+            await send_json(send, 200, await self._info(path))
+        else:
+            raise EndpointNotFound(f"no endpoint {method} {path}")
+
+    async def _info(self, path: str) -> Any:
+        if path == "/health":
+            return {"status": "ok"}
+        if path == "/v1/models":
+            return self._models()
+        timeout = self.config.file.router.health_timeout
+        return await health.probe_all(self.session, self.table.backends, timeout)
+
+    def _models(self) -> dict[str, Any]:
+        data = [
+            {
+                "id": backend.entry.id,
+                "object": "model",
+                "created": self.started_at,
+                "owned_by": "slm_server",
+                "role": backend.role,
+                "backend": backend.entry.backend,
+                "port": backend.entry.port,
+                "model_type": backend.entry.model_type,
+                "context_length": backend.entry.context_length,
+                "quantization": backend.entry.quantization,
+                "supports_function_calling": backend.entry.supports_function_calling,
+            }
+            for backend in self.table.backends.values()
+            if backend.entry.enabled
+        ]
+        return {"object": "list", "data": data}
+
+    async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        body = await read_body(scope, receive, self.max_body_bytes)
+        request = _parse_json_object(body)
+        model = request.get("model")
+        if not isinstance(model, str) or not model:
+            raise InvalidRequest("the request needs a `model` field naming a model", param="model")
+        backend = self.table.lookup(model, path)
+        body = _with_injected_fields(backend, path, request, body)
+        headers = forwarded_request_headers(scope["headers"])
+        await forward(self.session, backend, path, headers, body, send, receive)
+
+
+def _parse_json_object(body: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return request
+
+
+def _with_injected_fields(
+    backend: Backend, path: str, request: dict[str, Any], body: bytes
+) -> bytes:
+    """The body to forward: the client's own bytes unless the entry adds a default."""
+    kwargs = backend.entry.chat_template_kwargs
+    if kwargs is None or path != "/v1/chat/completions" or "chat_template_kwargs" in request:
+        return body
+    return json.dumps({**request, "chat_template_kwargs": kwargs}).encode()

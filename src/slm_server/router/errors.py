@@ -1,0 +1,112 @@
+"""Typed errors of the routing service and the OpenAI error envelope they leave in."""
+
+from __future__ import annotations
+
+import json
+
+_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "authentication_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def error_type_for(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return _TYPE_BY_STATUS.get(status, "invalid_request_error")
+
+
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> bytes:
+    """The OpenAI error envelope, ``{"error": {message, type, param, code}}``."""
+    envelope = {
+        "error": {"message": message, "type": error_type_for(status), "param": param, "code": code}
+    }
+    return json.dumps(envelope).encode()
+
+
+class RouterError(Exception):
+    """An error answered by the router itself (not passed through from a backend)."""
+
+    status = 500
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.message, param=self.param, code=self.code)
+
+
+class InvalidRequest(RouterError):
+    status = 400
+    code = "invalid_request"
+
+
+class WrongModelType(RouterError):
+    status = 400
+    code = "model_type_mismatch"
+
+
+class ModelNotFound(RouterError):
+    status = 404
+    code = "model_not_found"
+
+
+class EndpointNotFound(RouterError):
+    status = 404
+    code = "unknown_endpoint"
+
+
+class MethodNotAllowed(RouterError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class AmbiguousModel(RouterError):
+    status = 409
+    code = "ambiguous_model"
+
+
+class BodyTooLarge(RouterError):
+    status = 413
+    code = "body_too_large"
+
+
+class QueueFull(RouterError):
+    status = 429
+    code = "queue_full"
+
+
+class BadGateway(RouterError):
+    """The backend answered with something that is not HTTP, or broke the connection."""
+
+    status = 502
+    code = "backend_error"
+
+
+class BackendUnavailable(RouterError):
+    """The backend is not running or not accepting connections."""
+
+    status = 503
+    code = "backend_unavailable"
+
+
+class BackendTimeout(RouterError):
+    status = 504
+    code = "backend_timeout"

@@ -1,0 +1,230 @@
+"""Forwarding one request to a backend and its answer back to the client.
+
+Bytes pass through untouched: the request body as the client sent it (unless
+the caller changed it on purpose) and the response body as the backend wrote
+it. Server-sent events are relayed one read at a time, never collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+import aiohttp
+
+from slm_server.router.asgi import Headers, Receive, Send, send_response
+from slm_server.router.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    BadGateway,
+    error_body,
+)
+from slm_server.router.routing import Backend
+
+log = logging.getLogger(__name__)
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy sets itself.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+    }
+)
+
+# A backend that is down is usually being (re)started; a few seconds is a fair hint.
+UNAVAILABLE_RETRY_AFTER_S = 5
+
+# Kept below the idle keep-alive timeout of llama-server (5 s) so that the pool
+# never hands out a connection the backend is about to close.
+_KEEPALIVE_TIMEOUT_S = 4.0
+
+_SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
+
+
+def new_upstream_session() -> aiohttp.ClientSession:
+    """The HTTP client for backends: pooled keep-alive, bodies left exactly as sent."""
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_TIMEOUT_S)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def forwarded_request_headers(raw: Headers) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        name = key.decode("latin-1").lower()
+        if name not in _NOT_FORWARDED:
+            headers[name] = value.decode("latin-1")
+    # Compression would delay every SSE chunk behind the compressor's buffer.
+    headers["accept-encoding"] = "identity"
+    headers.setdefault("content-type", "application/json")
+    return headers
+
+
+def _response_headers(response: aiohttp.ClientResponse) -> Headers:
+    return [
+        (key.lower(), value)
+        for key, value in response.raw_headers
+        if key.decode("latin-1").lower() not in _NOT_FORWARDED
+    ]
+
+
+async def forward(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    send: Send,
+    receive: Receive,
+) -> None:
+    """POST ``body`` to ``path`` on ``backend`` and relay the answer to the client.
+
+    The entry's ``default_timeout`` bounds the wait for a free slot plus the
+    answer (for a stream: until its first byte, then each gap between reads).
+    When the client disconnects, the upstream request is cancelled.
+    """
+    timeout = backend.entry.default_timeout
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        async with asyncio.timeout_at(deadline):
+            await backend.gate.acquire()
+    except TimeoutError:
+        raise BackendTimeout(
+            f"no free slot on {backend.label} within its default_timeout of {timeout:g}s "
+            f"(max_concurrency {backend.entry.max_concurrency})"
+        ) from None
+    try:
+        exchange = _exchange(session, backend, path, headers, body, send, deadline)
+        await _run_until_disconnect(receive, exchange, backend)
+    finally:
+        backend.gate.release()
+
+
+async def _exchange(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    send: Send,
+    deadline: float,
+) -> None:
+    timeout = backend.entry.default_timeout
+    try:
+        async with asyncio.timeout_at(deadline):
+            response = await session.post(backend.entry.base_url + path, data=body, headers=headers)
+    except TimeoutError:
+        raise BackendTimeout(
+            f"{backend.label} did not answer within its default_timeout of {timeout:g}s"
+        ) from None
+    except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror or str(exc.os_error)
+        raise BackendUnavailable(
+            f"{backend.label} is not reachable: {reason} - backend not running?",
+            retry_after=UNAVAILABLE_RETRY_AFTER_S,
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise BadGateway(f"{backend.label} failed: {exc!r}") from None
+
+    completed = False
+    try:
+        if response.content_type == "text/event-stream":
+            await _relay_stream(response, send, backend)
+        else:
+            await _relay_whole(response, send, backend, deadline)
+        completed = True
+    finally:
+        if completed:
+            response.release()
+        else:
+            # Mid-body: drop the connection so the backend sees the client leave.
+            response.close()
+
+
+async def _relay_whole(
+    response: aiohttp.ClientResponse, send: Send, backend: Backend, deadline: float
+) -> None:
+    try:
+        async with asyncio.timeout_at(deadline):
+            payload = await response.read()
+    except TimeoutError:
+        raise BackendTimeout(
+            f"{backend.label} did not finish its answer within its default_timeout of "
+            f"{backend.entry.default_timeout:g}s"
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise BadGateway(f"{backend.label} broke off its answer: {exc!r}") from None
+    await send_response(send, response.status, payload, _response_headers(response))
+
+
+async def _relay_stream(response: aiohttp.ClientResponse, send: Send, backend: Backend) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [*_response_headers(response), *_SSE_HEADERS],
+        }
+    )
+    idle_timeout = backend.entry.default_timeout
+    final = b""
+    try:
+        while True:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await response.content.readany()
+            if not chunk:
+                break
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except TimeoutError:
+        log.warning("%s: stream stalled for %gs; ending it", backend.label, idle_timeout)
+        final = _sse_error(504, f"{backend.label} sent nothing for {idle_timeout:g}s", "timeout")
+    except aiohttp.ClientError as exc:
+        log.warning("%s: stream broken: %r", backend.label, exc)
+        final = _sse_error(502, f"{backend.label} broke off the stream: {exc!r}", "backend_error")
+    # The status line is long gone, so a failure can only be told in-band.
+    await send({"type": "http.response.body", "body": final, "more_body": False})
+
+
+def _sse_error(status: int, message: str, code: str) -> bytes:
+    return b"data: " + error_body(status, message, code=code) + b"\n\n"
+
+
+async def _run_until_disconnect(
+    receive: Receive, work: Coroutine[Any, Any, None], backend: Backend
+) -> None:
+    """Run ``work``; cancel it if the client disconnects first."""
+    work_task = asyncio.ensure_future(work)
+    listener = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait((work_task, listener), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listener.cancel()
+        if not work_task.done():
+            work_task.cancel()
+    if work_task.cancelled() or not work_task.done():
+        try:
+            await work_task
+        except asyncio.CancelledError:
+            log.info("%s: client disconnected; upstream request cancelled", backend.label)
+        return
+    work_task.result()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

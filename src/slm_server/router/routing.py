@@ -1,0 +1,78 @@
+"""Routing table: which backend serves a request, from its endpoint and ``model``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from slm_server.config import LoadedConfig, ModelEntry
+from slm_server.router.admission import AdmissionGate
+from slm_server.router.errors import AmbiguousModel, ModelNotFound, WrongModelType
+
+_TEXT = frozenset({"lm", "multimodal"})
+
+# The model types each model endpoint accepts. Paths are forwarded unchanged:
+# llama-server answers all three rerank spellings itself.
+ENDPOINT_MODEL_TYPES: dict[str, frozenset[str]] = {
+    "/v1/chat/completions": _TEXT,
+    "/v1/completions": _TEXT,
+    "/v1/responses": _TEXT,
+    "/v1/embeddings": frozenset({"embeddings"}),
+    "/v1/rerank": frozenset({"rerank"}),
+    "/v1/reranking": frozenset({"rerank"}),
+    "/rerank": frozenset({"rerank"}),
+}
+
+
+@dataclass
+class Backend:
+    """A configured backend as the router sees it: where it is and its admission gate."""
+
+    role: str
+    entry: ModelEntry
+    gate: AdmissionGate = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"'{self.role}' ({self.entry.id} on port {self.entry.port})"
+
+
+class RoutingTable:
+    def __init__(self, config: LoadedConfig) -> None:
+        max_waiting = config.file.router.max_queue
+        self.backends: dict[str, Backend] = {
+            role: Backend(role, entry, AdmissionGate(entry.max_concurrency, max_waiting))
+            for role, entry in config.models.items()
+        }
+        self._by_id: dict[str, list[Backend]] = {}
+        for backend in self.backends.values():
+            if backend.entry.enabled:
+                self._by_id.setdefault(backend.entry.id, []).append(backend)
+
+    @property
+    def model_ids(self) -> list[str]:
+        return sorted(self._by_id)
+
+    def lookup(self, model_id: str, endpoint: str) -> Backend:
+        """The one enabled backend for ``model_id`` that can serve ``endpoint``."""
+        candidates = self._by_id.get(model_id)
+        if not candidates:
+            known = ", ".join(self.model_ids) or "none (no model is enabled)"
+            raise ModelNotFound(
+                f"model '{model_id}' not found; known models: {known}", param="model"
+            )
+        if len(candidates) > 1:
+            roles = ", ".join(b.role for b in candidates)
+            raise AmbiguousModel(
+                f"model '{model_id}' is configured by several enabled entries ({roles}); "
+                "give each a unique id or disable all but one",
+                param="model",
+            )
+        backend = candidates[0]
+        accepted = ENDPOINT_MODEL_TYPES[endpoint]
+        if backend.entry.model_type not in accepted:
+            raise WrongModelType(
+                f"model '{model_id}' has model_type '{backend.entry.model_type}', "
+                f"which {endpoint} does not serve (it needs {' or '.join(sorted(accepted))})",
+                param="model",
+            )
+        return backend

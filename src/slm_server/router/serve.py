@@ -1,0 +1,46 @@
+"""Running the routing service under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from slm_server.config import LoadedConfig
+from slm_server.router.app import RouterApp
+
+log = logging.getLogger(__name__)
+
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def run_router(config: LoadedConfig, *, host: str | None, port: int | None, log_level: str) -> int:
+    settings = config.file.router
+    host = host if host is not None else settings.host
+    port = port if port is not None else settings.port
+    app = RouterApp(config)
+    enabled = [
+        f"{b.entry.id} -> {b.entry.base_url}"
+        for b in app.table.backends.values()
+        if b.entry.enabled
+    ]
+    log.info("config %s: routing %d model(s)", config.path, len(enabled))
+    for line in enabled:
+        log.info("  %s", line)
+    if host in _WILDCARD_HOSTS:
+        log.warning(
+            "listening on %s: the router is reachable from other machines and has no "
+            "authentication; use --host 127.0.0.1 to keep it local",
+            host or "all interfaces",
+        )
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,  # one log line per request costs more than the proxying itself
+        loop="auto",
+        http="auto",
+        lifespan="on",
+    )
+    return 0
