@@ -1,0 +1,129 @@
+"""Checks that need the whole validated file: paths, ports, IDs, combinations.
+
+None of these stop loading: the router can run while backends live
+elsewhere. ``check-config`` exits non-zero on any error among them. Entry
+checks on a disabled entry are warnings, since nothing starts it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slm_server.config.paths import ModelPathError, resolve_local, resolve_model_path
+from slm_server.config.problems import Problem, Severity
+from slm_server.config.schema import (
+    LLAMACPP_ONLY_FIELDS,
+    MLX_ONLY_FIELDS,
+    SUPPORTED_MODEL_TYPES,
+    ConfigFile,
+    ModelEntry,
+)
+
+_MAX_PORT = 65535
+
+
+def check_config(config: ConfigFile, file: Path, base_dir: Path) -> list[Problem]:
+    """Every non-fatal problem of ``config``, entry by entry, then across entries."""
+    problems: list[Problem] = []
+    for role, entry in config.models.items():
+        problems.extend(check_entry(role, entry, file, base_dir))
+    problems.extend(_check_ports(config, file))
+    problems.extend(_check_ids(config, file))
+    if not any(entry.enabled for entry in config.models.values()):
+        problems.append(Problem("warning", file, None, None, "models", "no model is enabled"))
+    return problems
+
+
+def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> list[Problem]:
+    """Problems of one entry on its own: model path, port range, type, stray fields."""
+    severity: Severity = "error" if entry.enabled else "warning"
+    found: list[tuple[Severity, str, str]] = []
+    try:
+        resolve_model_path(entry, base_dir)
+    except ModelPathError as exc:
+        found.append((severity, "model_path", str(exc)))
+    if not 1 <= entry.port <= _MAX_PORT:
+        found.append((severity, "port", f"{entry.port} is out of range 1..{_MAX_PORT}"))
+    supported = SUPPORTED_MODEL_TYPES[entry.backend]
+    if entry.model_type not in supported:
+        found.append(
+            (
+                severity,
+                "model_type",
+                f"{entry.model_type} is not supported by backend {entry.backend}; "
+                f"it serves: {', '.join(sorted(supported))}",
+            )
+        )
+    other = "llamacpp" if entry.backend == "mlx" else "mlx"
+    foreign = LLAMACPP_ONLY_FIELDS if entry.backend == "mlx" else MLX_ONLY_FIELDS
+    for name in foreign:
+        if _is_set(entry, name):
+            found.append(("warning", name, f"applies to {other} only; ignored for {entry.backend}"))
+    template = entry.chat_template_file
+    if entry.backend == "llamacpp" and template is not None:
+        path = resolve_local(template, base_dir)
+        if not path.is_file():
+            found.append((severity, "chat_template_file", f"{path} does not exist"))
+    return [Problem(sev, file, role, entry.id, name, text) for sev, name, text in found]
+
+
+def _is_set(entry: ModelEntry, name: str) -> bool:
+    """Written in the file with a value other than the default (``null`` is harmless)."""
+    default = ModelEntry.model_fields[name].default
+    return name in entry.model_fields_set and getattr(entry, name) != default
+
+
+def _check_ports(config: ConfigFile, file: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    owner: dict[int, str] = {}
+    for role, entry in config.models.items():
+        if not entry.enabled:
+            continue
+        if entry.port == config.router.port:
+            problems.append(
+                Problem(
+                    "error",
+                    file,
+                    role,
+                    entry.id,
+                    "port",
+                    f"port {entry.port} is the router's own port (router.port)",
+                )
+            )
+        if entry.port in owner:
+            problems.append(
+                Problem(
+                    "error",
+                    file,
+                    role,
+                    entry.id,
+                    "port",
+                    f"port {entry.port} is also used by models.{owner[entry.port]}; "
+                    "every enabled model needs its own port",
+                )
+            )
+        else:
+            owner[entry.port] = role
+    return problems
+
+
+def _check_ids(config: ConfigFile, file: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    first_role: dict[str, str] = {}
+    for role, entry in config.models.items():
+        if not entry.enabled:
+            continue
+        if entry.id in first_role:
+            problems.append(
+                Problem(
+                    "warning",
+                    file,
+                    role,
+                    entry.id,
+                    "id",
+                    f"same id as models.{first_role[entry.id]}; requests for it will get 409",
+                )
+            )
+        else:
+            first_role[entry.id] = role
+    return problems

@@ -1,0 +1,117 @@
+"""Schema validation that reports every problem of every entry, in plain words."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from slm_server.config.problems import Problem
+from slm_server.config.schema import ConfigFile, ModelEntry, RouterSettings
+
+_MAX_SHOWN = 60  # characters of a bad value quoted back in a message
+
+
+def validate_entries(
+    models: Mapping[Any, Any], file: Path
+) -> tuple[dict[str, ModelEntry], list[Problem]]:
+    """Validate each entry on its own, so one bad entry hides no other's problems."""
+    entries: dict[str, ModelEntry] = {}
+    problems: list[Problem] = []
+    for key, value in models.items():
+        valid_name = isinstance(key, str) and key.strip() != ""
+        role = key if valid_name else repr(key)
+        if not valid_name:
+            problems.append(_error(file, role, None, "role name must be a non-empty string"))
+        if not isinstance(value, Mapping):
+            problems.append(
+                _error(file, role, None, f"entry must be a mapping of fields, got {_shown(value)}")
+            )
+            continue
+        entry_id = value.get("id")
+        entry_id = entry_id if isinstance(entry_id, str) else None
+        try:
+            entries[role] = ModelEntry.model_validate(value)
+        except ValidationError as exc:
+            problems.extend(
+                _problem(error, ModelEntry, file, role, entry_id) for error in exc.errors()
+            )
+    return entries, problems
+
+
+def validate_top_level(data: Mapping[Any, Any], file: Path) -> tuple[ConfigFile, list[Problem]]:
+    """Validate everything except the entries (top-level keys, ``router:``)."""
+    rest = {key: value for key, value in data.items() if key != "models"}
+    problems: list[Problem] = []
+    if "models" not in data:
+        problems.append(
+            _error(file, None, "models", "no `models:` section; it maps role names to entries")
+        )
+    try:
+        return ConfigFile.model_validate({**rest, "models": {}}), problems
+    except ValidationError as exc:
+        problems.extend(_problem(error, ConfigFile, file, None, None) for error in exc.errors())
+        return ConfigFile(models={}), problems
+
+
+def _error(file: Path, role: str | None, field: str | None, message: str) -> Problem:
+    return Problem("error", file, role, None, field, message)
+
+
+def _problem(
+    error: ErrorDetails, model: type[BaseModel], file: Path, role: str | None, entry_id: str | None
+) -> Problem:
+    loc = error["loc"]
+    field = ".".join(str(part) for part in loc) or None
+    return Problem("error", file, role, entry_id, field, _message(error, _owner(model, loc)))
+
+
+def _owner(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class whose field the last part of ``loc`` names."""
+    if len(loc) == 1:
+        return model
+    if model is ConfigFile and len(loc) == 2 and loc[0] == "router":
+        return RouterSettings
+    return None
+
+
+def _message(error: ErrorDetails, owner: type[BaseModel] | None) -> str:
+    kind = error["type"]
+    name = str(error["loc"][-1]) if error["loc"] else ""
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field" + _suggestion(name, owner)
+    if kind == "literal_error":
+        allowed = _literal_values(owner, name) or str(error.get("ctx", {}).get("expected", ""))
+        return f"{_shown(error['input'])} is not allowed; allowed values: {allowed}"
+    text = error["msg"]
+    if text.startswith("Input should be "):
+        text = "must be " + text.removeprefix("Input should be ")
+    return f"{text} (got {_shown(error['input'])})"
+
+
+def _suggestion(name: str, owner: type[BaseModel] | None) -> str:
+    if owner is None:
+        return ""
+    close = difflib.get_close_matches(name, list(owner.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _literal_values(owner: type[BaseModel] | None, name: str) -> str | None:
+    if owner is None or name not in owner.model_fields:
+        return None
+    annotation = owner.model_fields[name].annotation
+    if typing.get_origin(annotation) is not typing.Literal:
+        return None
+    return ", ".join(str(value) for value in typing.get_args(annotation))
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."

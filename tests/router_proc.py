@@ -1,0 +1,69 @@
+"""The router run for real: ``python -m slm_server router`` in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from net import free_port, wait_until
+
+
+class RouterProcess:
+    """A router subprocess on a free loopback port, for end-to-end tests."""
+
+    def __init__(self, config: dict[str, Any], tmp_dir: Path) -> None:
+        self.config_path = tmp_dir / "models.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = tmp_dir / "router.log"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RouterProcess:
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "slm_server",
+                    "router",
+                    "--config",
+                    str(self.config_path),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._healthy, 15, f"router on port {self.port} (log: {self.log_path})")
+        return self
+
+    def _healthy(self) -> bool:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise AssertionError(f"router exited:\n{self.log()}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None

@@ -1,0 +1,223 @@
+"""Loading models.yaml: fatal problems, schema messages, path precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from slm_server.config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Problem,
+    load_config,
+    resolve_config_path,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def entry(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "org/model",
+        "backend": "mlx",
+        "port": 8501,
+        "model_path": "mlx-community/Some-Model-4bit",
+        "default_timeout": 60,
+        "quantization": "4bit",
+    }
+    return {**base, **overrides}
+
+
+def write(tmp_path: Path, data: Any, name: str = "models.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def fatal(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == "\n".join(str(p) for p in info.value.problems)
+    return [str(p) for p in info.value.problems]
+
+
+def test_problem_str_names_file_role_id_and_field() -> None:
+    problem = Problem(
+        "error",
+        Path("config/models.yaml"),
+        "standard",
+        "qwen/qwen3-4b-2507",
+        "contex_length",
+        "unknown field; did you mean 'context_length'?",
+    )
+    assert str(problem) == (
+        "error: config/models.yaml: models.standard (id qwen/qwen3-4b-2507): "
+        "field 'contex_length': unknown field; did you mean 'context_length'?"
+    )
+    file_level = Problem("warning", Path("m.yaml"), None, None, None, "no model is enabled")
+    assert str(file_level) == "warning: m.yaml: no model is enabled"
+
+
+def test_valid_file_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, {"models": {"standard": entry()}, "router": {"port": 9000}})
+    loaded = load_config(path)
+    assert loaded.path == path
+    assert loaded.models["standard"].id == "org/model"
+    assert loaded.file.router.port == 9000
+    assert loaded.problems == []
+
+
+def test_missing_file_suggests_copying_the_example(tmp_path: Path) -> None:
+    [message] = fatal(tmp_path / "nope.yaml")
+    assert str(tmp_path / "nope.yaml") in message
+    assert "cp config/models.yaml.example config/models.yaml" in message
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    [message] = fatal(tmp_path)  # a directory cannot be read as a file
+    assert "cannot read" in message
+
+
+def test_not_yaml_reports_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "models:\n  a:\n    id: [unclosed\n  b: 1\n")
+    [message] = fatal(path)
+    assert message.startswith(f"error: {path}: not valid YAML: line ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", "empty"), ("- a\n- b\n", "top level must be a mapping"), ("router: {}\n", "`models:`")],
+)
+def test_unusable_top_level(tmp_path: Path, text: str, expected: str) -> None:
+    [message] = fatal(write(tmp_path, text))
+    assert expected in message
+
+
+def test_models_must_be_a_mapping(tmp_path: Path) -> None:
+    [message] = fatal(write(tmp_path, {"models": ["a", "b"]}))
+    assert "field 'models': must be a mapping" in message
+
+
+def test_unknown_field_suggests_the_closest_name(tmp_path: Path) -> None:
+    bad = entry(id="qwen/qwen3-4b-2507", contex_length=4096)
+    path = write(tmp_path, {"models": {"standard": bad}})
+    assert fatal(path) == [
+        f"error: {path}: models.standard (id qwen/qwen3-4b-2507): field 'contex_length': "
+        "unknown field; did you mean 'context_length'?"
+    ]
+
+
+def test_unknown_field_without_a_close_name(tmp_path: Path) -> None:
+    [message] = fatal(write(tmp_path, {"models": {"a": entry(colour="blue")}}))
+    assert message.endswith("field 'colour': unknown field")
+
+
+def test_top_level_and_router_typos(tmp_path: Path) -> None:
+    data = {"models": {"a": entry()}, "routr": {}, "router": {"prot": 1}}
+    messages = fatal(write(tmp_path, data))
+    assert any("field 'routr': unknown field; did you mean 'router'?" in m for m in messages)
+    assert any("field 'router.prot': unknown field; did you mean 'port'?" in m for m in messages)
+
+
+def test_misspelt_models_key_is_named(tmp_path: Path) -> None:
+    messages = fatal(write(tmp_path, {"modles": {"a": entry()}}))
+    assert any("no `models:` section" in m for m in messages)
+    assert any("did you mean 'models'?" in m for m in messages)
+
+
+def test_every_problem_of_every_entry_at_once(tmp_path: Path) -> None:
+    data = {
+        "models": {
+            "one": entry(id="a/one", backend="mlxx", default_timeout=0),
+            "two": {"id": "b/two", "backend": "llamacpp", "port": "eighty"},
+            "three": "not a mapping",
+        }
+    }
+    messages = fatal(write(tmp_path, data))
+    joined = "\n".join(messages)
+    assert "models.one (id a/one): field 'backend': 'mlxx' is not allowed; " in joined
+    assert "allowed values: mlx, llamacpp" in joined
+    assert (
+        "models.one (id a/one): field 'default_timeout': must be greater than 0 (got 0)" in joined
+    )
+    assert "models.two (id b/two): field 'port': must be a valid integer" in joined
+    for missing in ("model_path", "default_timeout", "quantization"):
+        assert f"models.two (id b/two): field '{missing}': required field is missing" in joined
+    assert "models.three: entry must be a mapping of fields, got 'not a mapping'" in joined
+    assert len(messages) == 7
+
+
+def test_bad_model_type_lists_allowed_values(tmp_path: Path) -> None:
+    [message] = fatal(write(tmp_path, {"models": {"a": entry(model_type="chat")}}))
+    assert "'chat' is not allowed; allowed values: lm, multimodal, image-generation" in message
+
+
+@pytest.mark.parametrize("role", ["", "  ", 7, None])
+def test_role_names_must_be_non_empty_strings(tmp_path: Path, role: object) -> None:
+    path = write(tmp_path, {"models": {role: entry()}})
+    [message] = fatal(path)
+    assert message == f"error: {path}: models.{role!r}: role name must be a non-empty string"
+
+
+def test_duplicate_role_name_is_not_dropped_silently(tmp_path: Path) -> None:
+    text = yaml.safe_dump({"models": {"a": entry()}}) + "  a:\n    id: other\n"
+    messages = fatal(write(tmp_path, text))
+    assert "line 9: duplicate key 'a'" in messages[0]
+
+
+def test_merge_keys_are_not_duplicates(tmp_path: Path) -> None:
+    text = """
+models:
+  a: &common
+    id: a/one
+    backend: mlx
+    port: 8501
+    model_path: org/a
+    default_timeout: 30
+    quantization: 4bit
+  b:
+    <<: *common
+    id: b/two
+    port: 8502
+"""
+    loaded = load_config(write(tmp_path, text))
+    assert loaded.models["b"].id == "b/two"
+    assert loaded.models["b"].model_path == "org/a"
+
+
+def test_base_dir_is_repo_root_for_a_config_directory(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    nested = write(tmp_path / "config", {"models": {"a": entry()}})
+    assert load_config(nested).base_dir == tmp_path.resolve()
+    (tmp_path / "elsewhere").mkdir()
+    other = write(tmp_path / "elsewhere", {"models": {"a": entry()}})
+    assert load_config(other).base_dir == (tmp_path / "elsewhere").resolve()
+
+
+def test_example_config_has_no_schema_errors() -> None:
+    loaded = load_config(REPO / "config" / "models.yaml.example")
+    assert set(loaded.models) == {"standard", "embed", "rerank", "coder"}
+    assert {p.field for p in loaded.problems} <= {"model_path", "chat_template_file"}
+    assert all(p.severity == "warning" for p in loaded.problems if p.role == "coder")
+
+
+def test_example_config_documents_every_field() -> None:
+    from slm_server.config import ModelEntry, RouterSettings
+
+    text = (REPO / "config" / "models.yaml.example").read_text(encoding="utf-8")
+    for name in [*ModelEntry.model_fields, *RouterSettings.model_fields]:
+        assert name in text, name
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    assert resolve_config_path(None) == DEFAULT_CONFIG_PATH == Path("config/models.yaml")
+    monkeypatch.setenv(CONFIG_ENV_VAR, "/etc/from-env.yaml")
+    assert resolve_config_path(None) == Path("/etc/from-env.yaml")
+    assert resolve_config_path("cli.yaml") == Path("cli.yaml")
+    monkeypatch.setenv(CONFIG_ENV_VAR, "")
+    assert resolve_config_path(None) == DEFAULT_CONFIG_PATH
