@@ -221,3 +221,9 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_config_path("cli.yaml") == Path("cli.yaml")
     monkeypatch.setenv(CONFIG_ENV_VAR, "")
     assert resolve_config_path(None) == DEFAULT_CONFIG_PATH
+
+
+def test_role_name_yaml_reads_as_boolean_gets_a_hint(tmp_path: Path) -> None:
+    text = yaml.safe_dump({"models": {"x": entry()}}).replace("x:", "off:")
+    [message] = fatal(write(tmp_path, text))
+    assert "quote it" in message

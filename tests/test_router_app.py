@@ -232,7 +232,7 @@ async def test_backend_not_running_is_503_with_retry_after() -> None:
     async with await client_for(app) as client:
         response = await client.post("/v1/chat/completions", json={**CHAT, "model": "m-gone"})
     error = assert_envelope(response, 503, "server_error")
-    assert "not running" in error["message"]
+    assert "Connection refused - backend not running" in error["message"]
     assert int(response.headers["retry-after"]) > 0
     await app.aclose()
 
@@ -262,3 +262,17 @@ async def test_concurrency_limit_queues_then_rejects_with_429(fake: FakeBackend)
     assert int(rejected.headers["retry-after"]) >= 1
     assert fake.stats()["max_in_flight"] == 1
     await app.aclose()
+
+
+async def test_stalled_stream_ends_with_an_in_band_timeout_error(fake: FakeBackend) -> None:
+    fake.control(chunks=3, chunk_delay=1.0)
+    app = RouterApp(make_config(models_for(fake, default_timeout=0.4)))
+    async with await client_for(app) as client:
+        response = await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
+    await app.aclose()
+    assert response.status_code == 200  # the stream had started before it stalled
+    last = response.text.strip().splitlines()[-1]
+    assert last.startswith("data: ")
+    error = json.loads(last.removeprefix("data: "))["error"]
+    assert (error["type"], error["code"]) == ("server_error", "timeout")
+    assert "0.4s" in error["message"]

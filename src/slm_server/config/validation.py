@@ -27,7 +27,7 @@ def validate_entries(
         valid_name = isinstance(key, str) and key.strip() != ""
         role = key if valid_name else repr(key)
         if not valid_name:
-            problems.append(_error(file, role, None, "role name must be a non-empty string"))
+            problems.append(_error(file, role, None, _role_name_message(key)))
         if not isinstance(value, Mapping):
             problems.append(
                 _error(file, role, None, f"entry must be a mapping of fields, got {_shown(value)}")
@@ -115,3 +115,11 @@ def _literal_values(owner: type[BaseModel] | None, name: str) -> str | None:
 def _shown(value: object) -> str:
     text = repr(value)
     return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
+def _role_name_message(key: object) -> str:
+    message = "role name must be a non-empty string"
+    if isinstance(key, bool):
+        # YAML 1.1 reads unquoted on/off/yes/no/true/false as booleans.
+        message += "; YAML reads an unquoted on/off/yes/no/true/false as a boolean: quote it"
+    return message

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from slm_server.router.proxy import connect_failure
 from slm_server.router.routing import Backend
 
 HealthStatus = Literal["healthy", "unreachable", "timeout", "unhealthy", "error", "disabled"]
@@ -44,9 +45,7 @@ async def _probe_status(
     except TimeoutError:
         return "timeout", f"no answer from {url} within {probe_timeout_s:g}s"
     except aiohttp.ClientConnectorError as exc:
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return "unreachable", "Connection refused - backend not running"
-        return "unreachable", f"cannot connect to {url}: {exc.os_error}"
+        return "unreachable", connect_failure(exc)
     except aiohttp.ClientError as exc:
         return "error", f"{url}: {exc!r}"
     if response.status == 200:

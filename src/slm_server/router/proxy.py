@@ -64,6 +64,13 @@ def new_upstream_session() -> aiohttp.ClientSession:
     )
 
 
+def connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+    """Why a connection to a backend failed, in the words users search for."""
+    if isinstance(exc.os_error, ConnectionRefusedError):
+        return "Connection refused - backend not running"
+    return str(exc.os_error)
+
+
 def forwarded_request_headers(raw: Headers) -> dict[str, str]:
     headers: dict[str, str] = {}
     for key, value in raw:
@@ -134,9 +141,8 @@ async def _exchange(
             f"{backend.label} did not answer within its default_timeout of {timeout:g}s"
         ) from None
     except aiohttp.ClientConnectorError as exc:
-        reason = exc.os_error.strerror or str(exc.os_error)
         raise BackendUnavailable(
-            f"{backend.label} is not reachable: {reason} - backend not running?",
+            f"{backend.label} is not reachable: {connect_failure(exc)}",
             retry_after=UNAVAILABLE_RETRY_AFTER_S,
         ) from None
     except aiohttp.ClientError as exc:

@@ -42,5 +42,6 @@ def run_router(config: LoadedConfig, *, host: str | None, port: int | None, log_
         loop="auto",
         http="auto",
         lifespan="on",
+        log_config=None,  # uvicorn's lines go through our logging setup, in our format
     )
     return 0
