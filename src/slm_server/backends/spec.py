@@ -1,0 +1,18 @@
+"""What the supervisor needs to run a backend: a command line and how to tell it is ready."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class BackendUnsupported(Exception):
+    """The entry asks for something this backend kind cannot do (a config problem)."""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
+    health_path: str = "/health"  # 200 here means ready to serve
+    # Endpoints the server answers itself (the router converts for the others).
+    native_endpoints: frozenset[str] = frozenset()

@@ -1,0 +1,241 @@
+"""One backend process and the single task that owns its lifecycle.
+
+Only the owner task changes the state. Callers ``await ensure_ready()``
+instead of reading the state and acting on it, so there is no window in which
+two callers both decide to (re)start the same backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+
+from slm_server.backends.spec import LaunchSpec
+from slm_server.config import ModelEntry
+from slm_server.supervisor.logs import BackendLog
+from slm_server.supervisor.orphans import die_with_parent_hook
+from slm_server.supervisor.ports import listener_description, port_in_use
+
+log = logging.getLogger(__name__)
+
+State = Literal["stopped", "starting", "ready", "failed", "stopping"]
+
+_READY_POLL_S = 0.05
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    startup_timeout_s: float = 600.0  # loading a large model from a slow disk takes minutes
+    max_start_failures: int = 3  # consecutive failed starts before giving up
+    backoff_s: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30)
+    stable_after_s: float = 60.0  # up this long: later crashes start the backoff afresh
+    stop_grace_s: float = 10.0  # SIGTERM -> SIGKILL
+
+
+class BackendFailed(Exception):
+    """The backend could not be started; ``reason`` says why."""
+
+
+class BackendProcess:
+    def __init__(
+        self,
+        role: str,
+        entry: ModelEntry,
+        launch: Callable[[], LaunchSpec],
+        log_file: BackendLog,
+        policy: RestartPolicy,
+    ) -> None:
+        self.role = role
+        self.entry = entry
+        self.log = log_file
+        self._launch = launch
+        self._policy = policy
+        self.state: State = "stopped"
+        self.reason: str | None = None
+        self.pid: int | None = None
+        self.restarts = 0
+        self.generation = 0  # +1 per successful start, so callers can tell a restart
+        self._changed = asyncio.Event()
+        self._owner: asyncio.Task[None] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    # -- what callers use ------------------------------------------------------
+
+    def start(self) -> None:
+        if self._owner is None or self._owner.done():
+            self._owner = asyncio.create_task(self._own(), name=f"backend {self.role}")
+
+    async def ensure_ready(self) -> None:
+        """Return once the backend serves; BackendFailed if it cannot be started."""
+        while True:
+            if self.state == "ready":
+                return
+            if self.state in ("failed", "stopped", "stopping"):
+                raise BackendFailed(self.reason or f"backend is {self.state}")
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def stop(self) -> None:
+        if self._owner is not None and not self._owner.done():
+            self._owner.cancel()
+            await asyncio.gather(self._owner, return_exceptions=True)
+        self._owner = None
+
+    def snapshot(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"state": self.state, "pid": self.pid, "restarts": self.restarts}
+        if self.reason and self.state != "ready":
+            report["reason"] = self.reason
+        if self.state == "failed":
+            report["log_tail"] = self.log.tail(10)
+        return report
+
+    # -- the owner -------------------------------------------------------------
+
+    def _set(self, state: State, reason: str | None = None) -> None:
+        self.state, self.reason = state, reason
+        self._changed.set()
+
+    async def _own(self) -> None:
+        failures = 0
+        try:
+            async with aiohttp.ClientSession() as session:
+                while True:
+                    problem = await self._run_once(session)
+                    if problem is None:  # it was up a long time, then exited
+                        failures = 0
+                        problem = self.reason or "exited"
+                    failures += 1
+                    if failures >= self._policy.max_start_failures:
+                        tail = "\n".join(self.log.tail(10))
+                        log.error("%s: giving up: %s\n%s", self.role, problem, tail)
+                        self._set("failed", problem)
+                        return
+                    delay = self._policy.backoff_s[
+                        min(failures - 1, len(self._policy.backoff_s) - 1)
+                    ]
+                    log.warning("%s: %s; restarting in %gs", self.role, problem, delay)
+                    self._set("starting", f"{problem}; restarting")
+                    self.restarts += 1
+                    await asyncio.sleep(delay)
+        finally:
+            if self.state != "failed":
+                self._set("stopping", "stopping")
+            await self._terminate()
+            if self.state != "failed":
+                self._set("stopped", "stopped")
+            self.log.close()
+
+    async def _run_once(self, session: aiohttp.ClientSession) -> str | None:
+        """Start, wait for ready, serve until exit. None after a long healthy run."""
+        self._set("starting", "starting")
+        host, port = self.entry.connect_host, self.entry.port
+        if port_in_use(host, port):
+            owner = listener_description(port) or "an unknown process"
+            return f"port {port} is already in use by {owner}"
+        try:
+            spec = self._launch()
+            proc = await self._spawn(spec)
+        except (OSError, ValueError) as exc:
+            return f"cannot start: {exc}"
+        problem = await self._wait_ready(session, proc, f"{self.entry.base_url}{spec.health_path}")
+        if problem is not None:
+            await self._terminate()
+            return problem
+        self.generation += 1
+        self._set("ready")
+        log.info("%s: ready (%s on port %d, PID %d)", self.role, self.entry.id, port, proc.pid)
+        up_since = time.monotonic()
+        code = await proc.wait()
+        self._proc, self.pid = None, None
+        await self._drain_output()
+        message = f"exited with code {code}"
+        log.warning("%s: %s\n%s", self.role, message, "\n".join(self.log.tail(10)))
+        self._set("starting", message)
+        if time.monotonic() - up_since >= self._policy.stable_after_s:
+            return None
+        return message
+
+    async def _spawn(self, spec: LaunchSpec) -> asyncio.subprocess.Process:
+        self.log.write(f"=== slm_server: starting {' '.join(spec.argv)}")
+        proc = await asyncio.create_subprocess_exec(
+            *spec.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **spec.env},
+            start_new_session=True,  # its own process group, so stop reaches its children
+            preexec_fn=die_with_parent_hook(),
+        )
+        self._proc, self.pid = proc, proc.pid
+        self._pump = asyncio.create_task(self._pump_output(proc), name=f"log {self.role}")
+        return proc
+
+    async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            self.log.write(raw.decode(errors="replace"))
+
+    async def _wait_ready(
+        self, session: aiohttp.ClientSession, proc: asyncio.subprocess.Process, url: str
+    ) -> str | None:
+        """None once ``url`` answers 200; else why not (exited, or the deadline passed)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._policy.startup_timeout_s
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            while True:
+                if exited.done():
+                    tail = "; ".join(self.log.tail(5))
+                    return f"exited with code {exited.result()} while starting: {tail}"
+                try:
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                        if r.status == 200:
+                            return None
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                if loop.time() > deadline:
+                    return f"not ready after {self._policy.startup_timeout_s:g}s"
+                await asyncio.wait((exited,), timeout=_READY_POLL_S)
+        finally:
+            exited.cancel()
+
+    async def _terminate(self) -> None:
+        """SIGTERM to the process group, SIGKILL after the grace period."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            self.pid = None
+            await self._drain_output()
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self._policy.stop_grace_s)
+        except TimeoutError:
+            log.warning(
+                "%s: no exit %gs after SIGTERM; SIGKILL", self.role, self._policy.stop_grace_s
+            )
+            _signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        self.pid = None
+        await self._drain_output()
+
+    async def _drain_output(self) -> None:
+        """Let the output pump write the last lines (a grandchild may hold the pipe: bound it)."""
+        if self._pump is not None:
+            await asyncio.wait((self._pump,), timeout=1)
+            self._pump.cancel()
+            self._pump = None
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(pid, sig)

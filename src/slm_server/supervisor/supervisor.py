@@ -1,0 +1,58 @@
+"""All backend processes of a config, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from slm_server.backends.spec import LaunchSpec
+from slm_server.config import LoadedConfig, ModelEntry
+from slm_server.supervisor.logs import BackendLog, log_file_name
+from slm_server.supervisor.process import BackendFailed, BackendProcess, RestartPolicy
+
+Launcher = Callable[[str, ModelEntry], LaunchSpec]
+
+
+class Supervisor:
+    """Owns one :class:`BackendProcess` per enabled entry."""
+
+    def __init__(
+        self,
+        config: LoadedConfig,
+        launcher: Launcher,
+        log_dir: Path,
+        policy: RestartPolicy | None = None,
+    ) -> None:
+        policy = policy or RestartPolicy()
+        self.processes: dict[str, BackendProcess] = {}
+        for role, entry in config.models.items():
+            if not entry.enabled:
+                continue
+            log = BackendLog(log_dir / log_file_name(entry.id))
+
+            def launch(role: str = role, entry: ModelEntry = entry) -> LaunchSpec:
+                return launcher(role, entry)
+
+            self.processes[role] = BackendProcess(role, entry, launch, log, policy)
+
+    def start_all(self) -> None:
+        for process in self.processes.values():
+            process.start()
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.processes.values()))
+
+    async def wait_all(self) -> dict[str, str | None]:
+        """Wait until every backend is ready or failed: role -> None or the reason."""
+
+        async def outcome(process: BackendProcess) -> str | None:
+            try:
+                await process.ensure_ready()
+            except BackendFailed as exc:
+                return str(exc)
+            return None
+
+        roles = list(self.processes)
+        results = await asyncio.gather(*(outcome(self.processes[r]) for r in roles))
+        return dict(zip(roles, results, strict=True))
