@@ -49,8 +49,9 @@ async def test_start_waits_for_health_then_serves(tmp_path: Path) -> None:
     process = make_process(tmp_path, ["--loading-seconds", "0.5"])
     try:
         process.start()
-        await asyncio.sleep(0.2)
-        assert process.state == "starting"  # alive but still "loading"
+        while process.pid is None:
+            await asyncio.sleep(0.01)
+        assert process.snapshot()["state"] == "starting"  # alive but still "loading"
         await asyncio.wait_for(process.ensure_ready(), 10)
         assert process.snapshot()["state"] == "ready"
         assert process.pid is not None and psutil.pid_exists(process.pid)
