@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -22,13 +24,20 @@ from slm_server.router.asgi import (
     send_json,
 )
 from slm_server.router.errors import (
+    BackendUnavailable,
     EndpointNotFound,
     InvalidRequest,
     MethodNotAllowed,
     RouterError,
 )
-from slm_server.router.proxy import forward, forwarded_request_headers, new_upstream_session
+from slm_server.router.proxy import (
+    UNAVAILABLE_RETRY_AFTER_S,
+    forward,
+    forwarded_request_headers,
+    new_upstream_session,
+)
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable
+from slm_server.supervisor import BackendFailed, BackendProcess
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +47,12 @@ _GET_ENDPOINTS = frozenset({"/health", "/v1/models", "/v1/backends/health"})
 class RouterApp:
     """Routes each request to the backend named by its ``model`` field."""
 
-    def __init__(self, config: LoadedConfig) -> None:
+    def __init__(
+        self, config: LoadedConfig, processes: Mapping[str, BackendProcess] | None = None
+    ) -> None:
+        """``processes``: role -> the supervised process, when this router owns the backends."""
         self.config = config
+        self.processes = processes or {}
         self.table = RoutingTable(config)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.started_at = int(time.time())
@@ -112,7 +125,10 @@ class RouterApp:
         if path == "/v1/models":
             return self._models()
         timeout = self.config.file.router.health_timeout
-        return await health.probe_all(self.session, self.table.backends, timeout)
+        reports = await health.probe_all(self.session, self.table.backends, timeout)
+        for role, process in self.processes.items():
+            reports[role].update(process.snapshot())
+        return reports
 
     def _models(self) -> dict[str, Any]:
         data = [
@@ -141,9 +157,29 @@ class RouterApp:
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
         backend = self.table.lookup(model, path)
+        process = self.processes.get(backend.role)
+        if process is not None:
+            await _wait_until_ready(process, backend)
         body = _with_injected_fields(backend, path, request, body)
         headers = forwarded_request_headers(scope["headers"])
         await forward(self.session, backend, path, headers, body, send, receive)
+
+
+async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:
+    """Hold a request while its backend starts, within the entry's timeout."""
+    try:
+        async with asyncio.timeout(backend.entry.default_timeout):
+            await process.ensure_ready()
+    except TimeoutError:
+        raise BackendUnavailable(
+            f"{backend.label} is still starting (loading the model); try again shortly",
+            retry_after=UNAVAILABLE_RETRY_AFTER_S,
+        ) from None
+    except BackendFailed as exc:
+        raise BackendUnavailable(
+            f"{backend.label} could not be started: {exc}",
+            retry_after=UNAVAILABLE_RETRY_AFTER_S,
+        ) from None
 
 
 def _parse_json_object(body: bytes) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from slm_server.backends.spec import LaunchSpec
+from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.supervisor.logs import BackendLog
 from slm_server.supervisor.orphans import die_with_parent_hook
@@ -145,7 +145,7 @@ class BackendProcess:
         try:
             spec = self._launch()
             proc = await self._spawn(spec)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, BackendUnsupported) as exc:
             return f"cannot start: {exc}"
         problem = await self._wait_ready(session, proc, f"{self.entry.base_url}{spec.health_path}")
         if problem is not None:

@@ -1,0 +1,144 @@
+"""The exact llama.cpp command lines for representative entries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config_builder import entry, make_config
+from slm_server.backends.llamacpp import (
+    default_cache_type,
+    native_argv,
+    python_server_argv,
+)
+from slm_server.backends.spec import BackendUnsupported
+from slm_server.config import ModelEntry
+
+BIN = Path("/opt/bin/llama-server")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "b.gguf").touch()
+    (tmp_path / "models" / "a.gguf").touch()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "chat.jinja").touch()
+    return tmp_path
+
+
+def model(repo: Path, **fields: Any) -> ModelEntry:
+    defaults: dict[str, Any] = {"model_path": str(repo / "models"), "quantization": "f16"}
+    return make_config({"m": entry("org/m", 8501, **{**defaults, **fields})}).models["m"]
+
+
+def test_minimal_chat_model(repo: Path) -> None:
+    assert native_argv(model(repo), BIN, repo) == [
+        str(BIN),
+        "--model", str(repo / "models" / "a.gguf"),
+        "--host", "127.0.0.1", "--port", "8501", "--alias", "org/m",
+        "--parallel", "1",
+    ]  # fmt: skip
+
+
+def test_every_llamacpp_field(repo: Path) -> None:
+    entry_ = model(
+        repo,
+        model_path="models/b.gguf",  # relative: against the repo root
+        host="0.0.0.0",
+        context_length=8192,
+        max_concurrency=4,
+        chat_template_kwargs={"enable_thinking": False},
+        chat_template_file="templates/chat.jinja",
+        temp=0.7,
+        top_p=0.8,
+        top_k=20,
+        min_p=0.0,
+        cache_type_k="q4_0",
+        cache_type_v="f16",
+        flash_attn=True,
+        kv_unified=True,
+        fit=False,
+    )
+    assert native_argv(entry_, BIN, repo) == [
+        str(BIN),
+        "--model", str(repo / "models" / "b.gguf"),
+        "--host", "0.0.0.0", "--port", "8501", "--alias", "org/m",
+        "--parallel", "4",
+        "--ctx-size", "8192",
+        "--chat-template-kwargs", '{"enable_thinking": false}',
+        "--chat-template-file", str(repo / "templates" / "chat.jinja"),
+        "--temp", "0.7", "--top-p", "0.8", "--top-k", "20", "--min-p", "0.0",
+        "--cache-type-k", "q4_0", "--cache-type-v", "f16",
+        "--flash-attn", "on",
+        "--kv-unified",
+        "--fit", "off",
+    ]  # fmt: skip
+
+
+def test_embeddings_and_rerank_flags(repo: Path) -> None:
+    embed = native_argv(model(repo, model_type="embeddings"), BIN, repo)
+    assert embed[-1:] == ["--embedding"]
+    rerank = native_argv(model(repo, model_type="rerank"), BIN, repo)
+    assert rerank[-4:] == ["--embedding", "--pooling", "rank", "--reranking"]
+
+
+@pytest.mark.parametrize(
+    ("quantization", "expected"),
+    [("Q8_0", "q8_0"), ("Q4_K_M", "q8_0"), ("f16", None), ("BF16", None)],
+)
+def test_quantization_picks_kv_cache_defaults(
+    repo: Path, quantization: str, expected: str | None
+) -> None:
+    assert default_cache_type(quantization) == expected
+    argv = native_argv(model(repo, quantization=quantization), BIN, repo)
+    if expected is None:
+        assert "--cache-type-k" not in argv
+    else:
+        assert argv[-4:] == ["--cache-type-k", expected, "--cache-type-v", expected]
+
+
+def test_entry_cache_type_beats_the_default(repo: Path) -> None:
+    argv = native_argv(model(repo, quantization="Q8_0", cache_type_k="f16"), BIN, repo)
+    assert argv[-4:] == ["--cache-type-k", "f16", "--cache-type-v", "q8_0"]
+
+
+def test_disabled_options_are_passed_as_off(repo: Path) -> None:
+    argv = native_argv(model(repo, flash_attn=False, kv_unified=False), BIN, repo)
+    assert argv[-3:] == ["--flash-attn", "off", "--no-kv-unified"]
+
+
+def test_python_server_argv(repo: Path) -> None:
+    entry_ = model(repo, model_type="embeddings", context_length=2048, quantization="Q8_0")
+    assert python_server_argv(entry_, "/py", repo) == [
+        "/py", "-m", "llama_cpp.server",
+        "--model", str(repo / "models" / "a.gguf"),
+        "--model_alias", "org/m", "--host", "127.0.0.1", "--port", "8501",
+        "--interrupt_requests", "false",
+        "--n_ctx", "2048",
+        "--embedding", "true",
+        "--type_k", "8", "--type_v", "8",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"model_type": "rerank"}, "rerank"),
+        ({"kv_unified": True}, "kv_unified"),
+        ({"fit": True}, "fit"),
+    ],
+)
+def test_python_server_refuses_native_only_features(
+    repo: Path, fields: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(BackendUnsupported, match=needle) as refused:
+        python_server_argv(model(repo, **fields), "/py", repo)
+    assert "native llama-server" in str(refused.value)
+
+
+def test_hf_id_is_refused_for_llamacpp(repo: Path) -> None:
+    with pytest.raises(ValueError, match="not supported for llamacpp"):
+        native_argv(model(repo, model_path="Qwen/Qwen3-0.6B-GGUF"), BIN, repo)
