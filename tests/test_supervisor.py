@@ -16,7 +16,7 @@ import pytest
 
 from config_builder import entry, make_config
 from fake_backend_proc import SCRIPT
-from net import free_port, wait_until
+from net import eventually, free_port, wait_until
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.supervisor import BackendFailed, BackendProcess, RestartPolicy, Supervisor
@@ -49,8 +49,7 @@ async def test_start_waits_for_health_then_serves(tmp_path: Path) -> None:
     process = make_process(tmp_path, ["--loading-seconds", "0.5"])
     try:
         process.start()
-        while process.pid is None:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: process.pid is not None, 10, "the process to be spawned")
         assert process.snapshot()["state"] == "starting"  # alive but still "loading"
         await asyncio.wait_for(process.ensure_ready(), 10)
         assert process.snapshot()["state"] == "ready"
