@@ -80,7 +80,9 @@ def test_every_llamacpp_field(repo: Path) -> None:
 
 def test_embeddings_and_rerank_flags(repo: Path) -> None:
     embed = native_argv(model(repo, model_type="embeddings"), BIN, repo)
-    assert embed[-1:] == ["--embedding"]
+    assert embed[-1:] == ["--embedding"]  # pooling: the model's own
+    pooled = native_argv(model(repo, model_type="embeddings", pooling="mean"), BIN, repo)
+    assert pooled[-3:] == ["--embedding", "--pooling", "mean"]
     rerank = native_argv(model(repo, model_type="rerank"), BIN, repo)
     assert rerank[-4:] == ["--embedding", "--pooling", "rank", "--reranking"]
 
@@ -129,6 +131,7 @@ def test_python_server_argv(repo: Path) -> None:
         ({"model_type": "rerank"}, "rerank"),
         ({"kv_unified": True}, "kv_unified"),
         ({"fit": True}, "fit"),
+        ({"model_type": "embeddings", "pooling": "mean"}, "pooling"),
     ],
 )
 def test_python_server_refuses_native_only_features(

@@ -79,6 +79,8 @@ def native_argv(entry: ModelEntry, binary: Path, base_dir: Path) -> list[str]:
         argv += ["--ctx-size", str(entry.context_length)]
     if entry.model_type == "embeddings":
         argv += ["--embedding"]
+        if entry.pooling is not None:
+            argv += ["--pooling", entry.pooling]
     elif entry.model_type == "rerank":
         argv += ["--embedding", "--pooling", "rank", "--reranking"]
     if entry.chat_template_kwargs is not None:
@@ -124,7 +126,8 @@ def python_server_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[s
             "rerank needs the native llama-server; llama_cpp.server cannot rerank "
             "(install llama.cpp so that llama-server is on PATH, or `uv sync --extra llamacpp`)"
         )
-    for field, wanted in (("kv_unified", entry.kv_unified), ("fit", entry.fit)):
+    native_only = (("kv_unified", entry.kv_unified), ("fit", entry.fit), ("pooling", entry.pooling))
+    for field, wanted in native_only:
         if wanted is not None:
             raise BackendUnsupported(
                 f"{field} needs the native llama-server; llama_cpp.server has no such option"

@@ -59,6 +59,8 @@ def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> lis
     for name in foreign:
         if _is_set(entry, name):
             found.append(("warning", name, f"applies to {other} only; ignored for {entry.backend}"))
+    if entry.pooling is not None and entry.model_type != "embeddings":
+        found.append(("warning", "pooling", "applies to model_type embeddings only; ignored"))
     template = entry.chat_template_file
     if entry.backend == "llamacpp" and template is not None:
         path = resolve_local(template, base_dir)

@@ -38,6 +38,7 @@ LLAMACPP_ONLY_FIELDS = (
     "flash_attn",
     "kv_unified",
     "fit",
+    "pooling",
 )
 
 
@@ -121,6 +122,13 @@ class ModelEntry(BaseModel):
     )
     fit: bool | None = Field(
         default=None, description="llamacpp: --fit (native llama-server only)."
+    )
+    pooling: Literal["mean", "cls", "last"] | None = Field(
+        default=None,
+        description=(
+            "llamacpp embeddings: --pooling; default: the model's own. Set it for models "
+            "that declare none (native llama-server only)."
+        ),
     )
 
     @property
