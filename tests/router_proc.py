@@ -1,4 +1,4 @@
-"""The router run for real: ``python -m slm_server router`` in a subprocess."""
+"""The router run for real: ``python -m slm_server router`` (or ``serve``) in a subprocess."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from net import free_port, wait_until
 class RouterProcess:
     """A router subprocess on a free loopback port, for end-to-end tests."""
 
-    def __init__(self, config: dict[str, Any], tmp_dir: Path) -> None:
+    def __init__(self, config: dict[str, Any], tmp_dir: Path, command: str = "router") -> None:
+        self.command = command
         self.config_path = tmp_dir / "models.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = tmp_dir / "router.log"
@@ -31,7 +32,7 @@ class RouterProcess:
                     sys.executable,
                     "-m",
                     "slm_server",
-                    "router",
+                    self.command,
                     "--config",
                     str(self.config_path),
                     "--host",
@@ -44,6 +45,28 @@ class RouterProcess:
             )
         wait_until(self._healthy, 15, f"router on port {self.port} (log: {self.log_path})")
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "not started"
+        return self._proc.pid
+
+    def backends(self) -> dict[str, dict[str, Any]]:
+        """``/v1/backends/health``: role -> report."""
+        report: dict[str, dict[str, Any]] = httpx.get(
+            f"{self.url}/v1/backends/health", timeout=10
+        ).json()
+        return report
+
+    def wait_backends_ready(self, timeout: float) -> dict[str, dict[str, Any]]:
+        def all_ready() -> bool:
+            states = {role: r.get("state") for role, r in self.backends().items()}
+            if "failed" in states.values():
+                raise AssertionError(f"a backend failed: {self.backends()}\n{self.log()}")
+            return all(state == "ready" for state in states.values())
+
+        wait_until(all_ready, timeout, f"backends ready (log: {self.log_path})")
+        return self.backends()
 
     def _healthy(self) -> bool:
         assert self._proc is not None

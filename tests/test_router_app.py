@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -158,7 +159,7 @@ async def test_models_lists_enabled_entries_with_their_fields(fake: FakeBackend)
 async def test_router_health(router: httpx.AsyncClient) -> None:
     response = await router.get("/health")
     assert response.status_code == 200
-    assert response.json()["status"] == "ok"
+    assert response.json() == {"status": "ok", "pid": os.getpid()}  # in-process here
 
 
 async def test_unknown_model_is_404_listing_known_ids(router: httpx.AsyncClient) -> None:

@@ -6,8 +6,16 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from slm_server.config import ConfigError, LoadedConfig, load_config, resolve_config_path
+from slm_server.config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    LoadedConfig,
+    load_config,
+    resolve_config_path,
+)
+from slm_server.config.default import DEFAULT_MODEL_ID, default_config
 
 log = logging.getLogger("slm_server")
 
@@ -30,16 +38,53 @@ def _build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate the config and list every problem")
     _add_config_flag(check)
 
-    router = commands.add_parser("router", help="serve the routing service (backends run already)")
-    _add_config_flag(router)
-    router.add_argument("--host", help="bind address (default: router.host, else 0.0.0.0)")
-    router.add_argument("--port", type=int, help="port (default: router.port, else 8000)")
-    router.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve = commands.add_parser("serve", help="start the backends and serve the router")
+    router = commands.add_parser("router", help="serve the router only (backends run already)")
+    for command in (serve, router):
+        _add_config_flag(command)
+        command.add_argument("--host", help="bind address (default: router.host, else 0.0.0.0)")
+        command.add_argument("--port", type=int, help="port (default: router.port, else 8000)")
+        _add_log_level_flag(command)
+
+    start = commands.add_parser(
+        "start", help="serve in the background; report each model as it becomes ready"
+    )
+    _add_config_flag(start)
+    start.add_argument("--host", help="bind address (default: router.host, else 0.0.0.0)")
+    start.add_argument("--port", type=int, help="port (default: router.port, else 8000)")
+    _add_log_level_flag(start)
+    start.add_argument(
+        "--wait",
+        type=float,
+        default=900,
+        metavar="SECONDS",
+        help="how long to report on loading models before returning (default: 900)",
+    )
+    stop = commands.add_parser("stop", help="stop what `start` started, backends included")
+    _add_config_flag(stop)
+
+    supervise = commands.add_parser("backends", help="start the backends and keep them up")
+    _add_config_flag(supervise)
+    _add_log_level_flag(supervise)
     return parser
 
 
-def _load_or_report(config_arg: str | None) -> LoadedConfig | None:
+def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+
+
+def _load_or_report(config_arg: str | None, *, allow_default: bool = False) -> LoadedConfig | None:
     path = resolve_config_path(config_arg)
+    if allow_default and path == DEFAULT_CONFIG_PATH and not path.exists():
+        default = default_config(Path.cwd())
+        if default is not None:
+            log.warning(
+                "no %s: serving the built-in default model '%s'. To serve your own models: "
+                "cp config/models.yaml.example config/models.yaml, then edit it",
+                path,
+                DEFAULT_MODEL_ID,
+            )
+            return default
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -66,14 +111,81 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _router(args: argparse.Namespace) -> int:
-    from slm_server.router.serve import run_router
+    from slm_server.router.serve import run_uvicorn
 
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
+    # Lenient: the backends may live elsewhere, where the paths are valid.
     for problem in loaded.problems:
         log.warning("%s", problem)
-    return run_router(loaded, host=args.host, port=args.port, log_level=args.log_level)
+    return run_uvicorn(loaded, None, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _load_for_launch(config_arg: str | None) -> LoadedConfig | None:
+    """The config, only if it is good enough to start backends from."""
+    loaded = _load_or_report(config_arg, allow_default=True)
+    if loaded is None:
+        return None
+    for problem in loaded.problems:
+        log.log(logging.ERROR if problem.severity == "error" else logging.WARNING, "%s", problem)
+    if loaded.errors:
+        log.error("%s: %d error(s); no backend started", loaded.path, len(loaded.errors))
+        return None
+    return loaded
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from slm_server.serving import run_serve
+
+    loaded = _load_for_launch(args.config)
+    if loaded is None:
+        return 1
+    return run_serve(loaded, host=args.host, port=args.port, log_level=args.log_level)
+
+
+def _backends(args: argparse.Namespace) -> int:
+    from slm_server.serving import run_backends
+
+    loaded = _load_for_launch(args.config)
+    if loaded is None:
+        return 1
+    return run_backends(loaded)
+
+
+def _start(args: argparse.Namespace) -> int:
+    from slm_server.background import run_start
+
+    loaded = _load_for_launch(args.config)
+    if loaded is None:
+        return 1
+    serve_args = ["--log-level", args.log_level]
+    if args.config is not None:
+        serve_args += ["--config", str(Path(args.config).resolve())]
+    if args.host is not None:
+        serve_args += ["--host", args.host]
+    if args.port is not None:
+        serve_args += ["--port", str(args.port)]
+    return run_start(loaded, serve_args, host=args.host, port=args.port, wait_s=args.wait)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from slm_server.background import run_stop
+
+    loaded = _load_or_report(args.config, allow_default=True)
+    if loaded is None:
+        return 1
+    return run_stop(loaded)
+
+
+_COMMANDS = {
+    "check-config": _check_config,
+    "router": _router,
+    "serve": _serve,
+    "backends": _backends,
+    "start": _start,
+    "stop": _stop,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,8 +194,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(args, "log_level", "info").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command == "check-config":
-        return _check_config(args)
-    if args.command == "router":
-        return _router(args)
-    raise AssertionError(f"unhandled command {args.command}")
+    return _COMMANDS[args.command](args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -37,7 +38,7 @@ from slm_server.router.proxy import (
     new_upstream_session,
 )
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable
-from slm_server.supervisor import BackendFailed, BackendProcess
+from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,11 @@ _GET_ENDPOINTS = frozenset({"/health", "/v1/models", "/v1/backends/health"})
 class RouterApp:
     """Routes each request to the backend named by its ``model`` field."""
 
-    def __init__(
-        self, config: LoadedConfig, processes: Mapping[str, BackendProcess] | None = None
-    ) -> None:
-        """``processes``: role -> the supervised process, when this router owns the backends."""
+    def __init__(self, config: LoadedConfig, supervisor: Supervisor | None = None) -> None:
+        """``supervisor``: given when this router owns the backends (``serve``)."""
         self.config = config
-        self.processes = processes or {}
+        self.supervisor = supervisor
+        self.processes: Mapping[str, BackendProcess] = supervisor.processes if supervisor else {}
         self.table = RoutingTable(config)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.started_at = int(time.time())
@@ -80,8 +80,12 @@ class RouterApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.supervisor is not None:
+                    self.supervisor.start_all()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.supervisor is not None:
+                    await self.supervisor.stop_all()
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -121,7 +125,7 @@ class RouterApp:
 
     async def _info(self, path: str) -> Any:
         if path == "/health":
-            return {"status": "ok"}
+            return {"status": "ok", "pid": os.getpid()}
         if path == "/v1/models":
             return self._models()
         timeout = self.config.file.router.health_timeout

@@ -8,17 +8,26 @@ import uvicorn
 
 from slm_server.config import LoadedConfig
 from slm_server.router.app import RouterApp
+from slm_server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "", "*")
 
 
-def run_router(config: LoadedConfig, *, host: str | None, port: int | None, log_level: str) -> int:
+def run_uvicorn(
+    config: LoadedConfig,
+    supervisor: Supervisor | None,
+    *,
+    host: str | None,
+    port: int | None,
+    log_level: str,
+) -> int:
+    """Serve the router until SIGINT/SIGTERM, which also stops ``supervisor``'s backends."""
     settings = config.file.router
     host = host if host is not None else settings.host
     port = port if port is not None else settings.port
-    app = RouterApp(config)
+    app = RouterApp(config, supervisor)
     enabled = [
         f"{b.entry.id} -> {b.entry.base_url}"
         for b in app.table.backends.values()
@@ -27,7 +36,7 @@ def run_router(config: LoadedConfig, *, host: str | None, port: int | None, log_
     log.info("config %s: routing %d model(s)", config.path, len(enabled))
     for line in enabled:
         log.info("  %s", line)
-    if host in _WILDCARD_HOSTS:
+    if host in WILDCARD_HOSTS:
         log.warning(
             "listening on %s: the router is reachable from other machines and has no "
             "authentication; use --host 127.0.0.1 to keep it local",

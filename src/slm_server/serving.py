@@ -1,0 +1,71 @@
+"""The long-running commands: ``serve`` (backends + router) and ``backends`` (backends only)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from slm_server import backends
+from slm_server.config import LoadedConfig, ModelEntry
+from slm_server.router.serve import WILDCARD_HOSTS, run_uvicorn
+from slm_server.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+
+def make_supervisor(config: LoadedConfig) -> Supervisor:
+    def launch(role: str, entry: ModelEntry) -> backends.LaunchSpec:
+        return backends.launch_spec(entry, config.base_dir)
+
+    for role, entry in config.models.items():
+        if entry.enabled and entry.host in WILDCARD_HOSTS:
+            log.warning(
+                "%s: the backend listens on %s:%d, reachable from other machines without "
+                "authentication; set `host: 127.0.0.1` to keep it local",
+                role,
+                entry.host or "*",
+                entry.port,
+            )
+    return Supervisor(config, launch, config.base_dir / "logs")
+
+
+def run_serve(config: LoadedConfig, *, host: str | None, port: int | None, log_level: str) -> int:
+    """Backends and router in one process; uvicorn's shutdown stops the backends."""
+    return run_uvicorn(config, make_supervisor(config), host=host, port=port, log_level=log_level)
+
+
+def run_backends(config: LoadedConfig) -> int:
+    """Start every enabled backend, report readiness, keep them up until SIGINT/SIGTERM."""
+    return asyncio.run(_backends(make_supervisor(config)))
+
+
+async def _backends(supervisor: Supervisor) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor.start_all()
+    try:
+        waiting = asyncio.ensure_future(supervisor.wait_all())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((waiting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done():
+            report_outcomes(waiting.result())
+        else:
+            waiting.cancel()
+        await stopping
+    finally:
+        log.info("stopping all backends")
+        await supervisor.stop_all()
+    return 0
+
+
+def report_outcomes(outcomes: dict[str, str | None]) -> None:
+    for role, failure in outcomes.items():
+        if failure is None:
+            log.info("%s: ready", role)
+        else:
+            log.error("%s: failed: %s", role, failure)
+    ready = sum(1 for failure in outcomes.values() if failure is None)
+    log.info("%d of %d backend(s) ready", ready, len(outcomes))

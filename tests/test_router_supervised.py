@@ -1,0 +1,120 @@
+"""The router owning its backends (what ``serve`` runs), with fake backends as subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from config_builder import entry, make_config
+from fake_backend_proc import SCRIPT
+from net import eventually, free_port
+from slm_server.backends.spec import LaunchSpec
+from slm_server.config import ModelEntry
+from slm_server.router import RouterApp
+from slm_server.supervisor import RestartPolicy, Supervisor
+
+FAST = RestartPolicy(startup_timeout_s=10, max_start_failures=2, backoff_s=(0.05,), stop_grace_s=2)
+CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def fake_launcher(*args: str) -> Any:
+    def launch(role: str, model: ModelEntry) -> LaunchSpec:
+        return LaunchSpec([sys.executable, str(SCRIPT), "--port", str(model.port), *args])
+
+    return launch
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, launcher: Any, **fields: Any
+) -> AsyncIterator[tuple[httpx.AsyncClient, Supervisor]]:
+    """RouterApp + Supervisor through the ASGI lifespan, as uvicorn drives them in ``serve``."""
+    config = make_config({"chat": entry("m-chat", free_port(), **fields)})
+    supervisor = Supervisor(config, launcher, tmp_path / "logs", FAST)
+    app = RouterApp(config, supervisor)
+    events: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receive() -> dict[str, str]:
+        return await events.get()
+
+    async def send(message: dict[str, Any]) -> None:
+        await replies.put(message)
+
+    lifespan = asyncio.create_task(app({"type": "lifespan"}, receive, send))  # type: ignore[arg-type]
+    await events.put({"type": "lifespan.startup"})
+    assert (await replies.get())["type"] == "lifespan.startup.complete"
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            yield client, supervisor
+    finally:
+        await events.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 15)
+
+
+async def backend_health(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/v1/backends/health")
+    assert response.status_code == 200
+    report: dict[str, Any] = response.json()["chat"]
+    return report
+
+
+async def test_request_waits_for_a_loading_backend_then_is_answered(tmp_path: Path) -> None:
+    async with serving(tmp_path, fake_launcher("--loading-seconds", "1")) as (client, _):
+        assert (await backend_health(client))["state"] == "starting"
+        response = await client.post("/v1/chat/completions", json=CHAT, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.json()["object"] == "chat.completion"
+        report = await backend_health(client)
+        assert report["state"] == "ready" and report["status"] == "healthy"
+        assert psutil.pid_exists(report["pid"])
+
+
+async def test_backend_that_cannot_start_answers_503_with_its_reason(tmp_path: Path) -> None:
+    def broken(role: str, model: ModelEntry) -> LaunchSpec:
+        return LaunchSpec([sys.executable, "-c", "print('gguf: bad magic'); exit(2)"])
+
+    async with serving(tmp_path, broken) as (client, _):
+        response = await client.post("/v1/chat/completions", json=CHAT, timeout=10)
+        assert response.status_code == 503
+        assert "retry-after" in response.headers
+        message = response.json()["error"]["message"]
+        assert "could not be started" in message and "gguf: bad magic" in message
+        report = await backend_health(client)
+        assert report["state"] == "failed"
+        assert "exited with code 2" in report["reason"]
+        assert "gguf: bad magic" in report["log_tail"]
+    log = (tmp_path / "logs" / "m-chat.log").read_text()
+    assert "gguf: bad magic" in log
+
+
+async def test_killed_backend_is_restarted_and_serves_again(tmp_path: Path) -> None:
+    async with serving(tmp_path, fake_launcher()) as (client, supervisor):
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        process = supervisor.processes["chat"]
+        first = process.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await eventually(lambda: process.generation == 2, 10, "the backend to come back")
+        response = await client.post("/v1/chat/completions", json=CHAT)
+        assert response.status_code == 200, response.text
+        report = await backend_health(client)
+        assert report["restarts"] == 1 and report["pid"] not in (None, first)
+
+
+async def test_shutdown_stops_the_backends(tmp_path: Path) -> None:
+    pids: Sequence[int | None] = ()
+    async with serving(tmp_path, fake_launcher()) as (client, supervisor):
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+        pids = [process.pid for process in supervisor.processes.values()]
+    assert pids and all(pid is not None and not psutil.pid_exists(pid) for pid in pids)
