@@ -1,0 +1,190 @@
+"""``start`` and ``stop``: ``serve`` as a background process, one per directory.
+
+The PID file alone cannot be trusted (the process may have died and its PID
+been reused), nor can an open port (a stale listener may hold it). So an
+instance counts as running only when the PID file's process is alive and is
+an ``slm_server serve``; and a model counts as ready only when the router
+answering on the port reports our child's PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from slm_server.config import LoadedConfig
+from slm_server.router.serve import WILDCARD_HOSTS
+from slm_server.supervisor.ports import listener_description, port_in_use
+
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Instance:
+    pid: int
+    url: str
+
+
+def pid_file(config: LoadedConfig) -> Path:
+    return config.base_dir / "run" / "slm_server.pid"
+
+
+def running_instance(path: Path) -> Instance | None:
+    """The instance recorded in ``path`` if it is alive and really ours; stale files are removed."""
+    try:
+        recorded = json.loads(path.read_text())
+        instance = Instance(int(recorded["pid"]), str(recorded["url"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _is_our_server(instance.pid):
+        return instance
+    print(f"removing stale {path} (PID {instance.pid} is not running slm_server)")
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _is_our_server(pid: int) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        command = process.cmdline()
+    except psutil.Error:
+        return False
+    return "slm_server" in " ".join(command) and "serve" in command
+
+
+def run_start(
+    config: LoadedConfig,
+    serve_args: Sequence[str],
+    *,
+    host: str | None,
+    port: int | None,
+    wait_s: float,
+) -> int:
+    """Start ``serve`` in the background; report each model until all are ready or failed."""
+    pids = pid_file(config)
+    existing = running_instance(pids)
+    if existing is not None:
+        print(f"slm_server is already running (PID {existing.pid}, {existing.url}); not starting")
+        print("stop it first with ./stop.sh (or: slm-server stop)")
+        return 1
+    settings = config.file.router
+    host = host if host is not None else settings.host
+    port = port if port is not None else settings.port
+    connect_host = "127.0.0.1" if host in WILDCARD_HOSTS else host
+    if port_in_use(connect_host, port):
+        owner = listener_description(port) or "another process"
+        print(f"port {port} is already in use by {owner}; not starting")
+        return 1
+
+    log_path = config.base_dir / "logs" / "slm_server.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "slm_server", "serve", *serve_args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this command and the terminal's Ctrl-C
+        )
+    url = f"http://{connect_host}:{port}"
+    pids.parent.mkdir(parents=True, exist_ok=True)
+    pids.write_text(json.dumps({"pid": child.pid, "url": url}))
+    print(f"started slm_server (PID {child.pid}) on {url}; log: {log_path}")
+    return _report_readiness(child, url, log_path, pids, wait_s)
+
+
+def _report_readiness(
+    child: subprocess.Popen[bytes], url: str, log_path: Path, pids: Path, wait_s: float
+) -> int:
+    reported: dict[str, str] = {}
+    deadline = time.monotonic() + wait_s
+    with httpx.Client(base_url=url, timeout=5) as client:
+        while True:
+            code = child.poll()
+            if code is not None:
+                pids.unlink(missing_ok=True)
+                print(f"slm_server exited with code {code}; last lines of {log_path}:")
+                print(_tail(log_path, 15))
+                return 1
+            backends = _backends_if_ours(client, child.pid)
+            if backends is not None:
+                for role, report in backends.items():
+                    line = _describe(role, report)
+                    if line is not None and reported.get(role) != line:
+                        reported[role] = line
+                        print(line, flush=True)
+                states = [r.get("state") for r in backends.values() if "state" in r]
+                if all(state in ("ready", "failed") for state in states):
+                    failed = states.count("failed")
+                    print(f"{len(states) - failed} of {len(states)} model(s) ready at {url}")
+                    return 1 if failed else 0
+            if time.monotonic() > deadline:
+                print(
+                    f"still starting after {wait_s:g}s; slm_server keeps running (log: {log_path})"
+                )
+                return 1
+            time.sleep(_POLL_S)
+
+
+def _backends_if_ours(client: httpx.Client, pid: int) -> dict[str, dict[str, Any]] | None:
+    """The router's backend report, only if the router answering is our child."""
+    try:
+        if client.get("/health").json().get("pid") != pid:
+            return None
+        report: dict[str, dict[str, Any]] = client.get("/v1/backends/health").json()
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    return report
+
+
+def _describe(role: str, report: dict[str, Any]) -> str | None:
+    state = report.get("state")
+    name = f"{role} ({report.get('model_id', '?')})"
+    if state == "ready":
+        return f"{name}: ready"
+    if state == "failed":
+        return f"{name}: FAILED: {report.get('reason')}"
+    if state == "starting":
+        return f"{name}: loading..."
+    return None
+
+
+def _tail(path: Path, lines: int) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def run_stop(config: LoadedConfig, grace_s: float = 30) -> int:
+    """SIGTERM the running instance (which stops its backends); SIGKILL after ``grace_s``."""
+    pids = pid_file(config)
+    instance = running_instance(pids)
+    if instance is None:
+        print("slm_server is not running")
+        return 0
+    os.kill(instance.pid, signal.SIGTERM)
+    print(f"stopping slm_server (PID {instance.pid}) and its backends...")
+    try:
+        psutil.Process(instance.pid).wait(grace_s)
+    except psutil.TimeoutExpired:
+        print(f"still running after {grace_s:g}s; SIGKILL")
+        os.kill(instance.pid, signal.SIGKILL)
+    except psutil.NoSuchProcess:
+        pass
+    pids.unlink(missing_ok=True)
+    print("stopped")
+    return 0
