@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,17 @@ from net import free_port, wait_until
 class RouterProcess:
     """A router subprocess on a free loopback port, for end-to-end tests."""
 
-    def __init__(self, config: dict[str, Any], tmp_dir: Path, command: str = "router") -> None:
+    def __init__(
+        self, config: dict[str, Any] | None, tmp_dir: Path, command: str = "router"
+    ) -> None:
+        """``config`` None: no config file at all (``serve`` then uses its built-in default)."""
         self.command = command
-        self.config_path = tmp_dir / "models.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
+        self.tmp_dir = tmp_dir
+        self.config_args: list[str] = []
+        if config is not None:
+            config_path = tmp_dir / "models.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            self.config_args = ["--config", str(config_path)]
         self.log_path = tmp_dir / "router.log"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -33,8 +41,7 @@ class RouterProcess:
                     "-m",
                     "slm_server",
                     self.command,
-                    "--config",
-                    str(self.config_path),
+                    *self.config_args,
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -42,6 +49,8 @@ class RouterProcess:
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                cwd=self.tmp_dir,
+                env={k: v for k, v in os.environ.items() if k != "SLM_SERVER_CONFIG"},
             )
         wait_until(self._healthy, 15, f"router on port {self.port} (log: {self.log_path})")
         return self

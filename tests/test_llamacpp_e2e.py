@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ import httpx
 import openai
 import psutil
 import pytest
+import yaml
 
 from net import free_port, wait_until
 from router_proc import RouterProcess
 from slm_server.backends.llamacpp import find_llama_server
+from slm_server.supervisor.ports import port_in_use
 
 
 def gemma_path() -> str:
@@ -158,3 +162,88 @@ def test_stopping_serve_stops_every_backend(tmp_path: Path) -> None:
     assert not psutil.pid_exists(pid)
     log = (tmp_path / "logs" / "gemma-solo.log").read_text()
     assert "llama-server" in log or "llama_cpp" in log
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(directory: Path, models: dict[str, Any]) -> Path:
+    path = directory / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def test_backends_command_starts_reports_and_stops(tmp_path: Path) -> None:
+    solo = gemma("gemma-backends")
+    config = write_config(tmp_path, {"chat": solo})
+    log_path = tmp_path / "backends.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slm_server", "backends", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "1 of 1 backend(s) ready" in log_path.read_text(), 120, "backends ready")
+        reply = httpx.post(
+            f"http://127.0.0.1:{solo['port']}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
+            timeout=60,
+        )
+        assert reply.status_code == 200
+        backend_pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        assert backend_pids
+    finally:
+        proc.send_signal(signal.SIGTERM)  # what Ctrl-C or a service manager sends
+        assert proc.wait(30) == 0
+    assert not any(psutil.pid_exists(pid) for pid in backend_pids)
+
+
+def test_start_sh_reports_each_model_and_stop_sh_stops_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {"chat": gemma("gemma-start")})
+    port = str(free_port())
+    started = subprocess.run(
+        [str(REPO / "start.sh"), "--config", str(config), "--host", "127.0.0.1", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "chat (gemma-start): ready" in started.stdout
+        assert "1 of 1 model(s) ready" in started.stdout
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-")
+        reply = client.chat.completions.create(
+            model="gemma-start", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert reply.choices[0].message.content is not None
+    finally:
+        stopped = subprocess.run(
+            [str(REPO / "stop.sh"), "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout
+
+
+def test_serve_without_a_config_uses_the_built_in_default(tmp_path: Path) -> None:
+    from slm_server.config.default import DEFAULT_BACKEND_PORT, DEFAULT_MODEL_ID
+
+    if port_in_use("127.0.0.1", DEFAULT_BACKEND_PORT):
+        pytest.fail(f"port {DEFAULT_BACKEND_PORT}, the default model's, is taken on this machine")
+    router = RouterProcess(None, tmp_path, command="serve").start()
+    try:
+        router.wait_backends_ready(120)
+        client = openai.OpenAI(base_url=f"{router.url}/v1", api_key="-", max_retries=0)
+        reply = client.chat.completions.create(
+            model=DEFAULT_MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        assert reply.choices[0].message.content is not None
+    finally:
+        router.stop()
+    log = router.log()
+    assert "serving the built-in default model" in log
+    assert "config/models.yaml.example" in log

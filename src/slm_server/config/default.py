@@ -8,6 +8,7 @@ from slm_server.config.loader import LoadedConfig
 from slm_server.config.schema import ConfigFile
 
 DEFAULT_MODEL_ID = "gemma-3-270m"
+DEFAULT_BACKEND_PORT = 8501
 
 
 def default_config(base_dir: Path) -> LoadedConfig | None:
@@ -23,7 +24,7 @@ def default_config(base_dir: Path) -> LoadedConfig | None:
                 "default": {
                     "id": DEFAULT_MODEL_ID,
                     "backend": "llamacpp",
-                    "port": 8501,
+                    "port": DEFAULT_BACKEND_PORT,
                     "host": "127.0.0.1",
                     "model_path": str(model_file),
                     "default_timeout": 300,
