@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -118,3 +119,48 @@ async def test_shutdown_stops_the_backends(tmp_path: Path) -> None:
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
         pids = [process.pid for process in supervisor.processes.values()]
     assert pids and all(pid is not None and not psutil.pid_exists(pid) for pid in pids)
+
+
+async def test_server_that_accepts_only_its_own_model_name_gets_it(tmp_path: Path) -> None:
+    def launch(role: str, model: ModelEntry) -> LaunchSpec:
+        argv = [sys.executable, str(SCRIPT), "--port", str(model.port)]
+        return LaunchSpec(argv, upstream_model="/models/served-dir")
+
+    async with serving(tmp_path, launch) as (client, supervisor):
+        response = await client.post("/v1/chat/completions", json=CHAT)
+        assert response.status_code == 200, response.text
+        port = supervisor.processes["chat"].entry.port
+        async with httpx.AsyncClient() as direct:
+            seen = (await direct.get(f"http://127.0.0.1:{port}/_fake/last_request")).json()
+        assert json.loads(seen["body"])["model"] == "/models/served-dir"
+
+
+async def test_ready_request_holds_readiness_until_the_model_answers(tmp_path: Path) -> None:
+    """Like mlx_lm.server: /health is 200 while real requests still fail."""
+    ready_request = ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+
+    def launch(role: str, model: ModelEntry) -> LaunchSpec:
+        argv = [sys.executable, str(SCRIPT), "--port", str(model.port), "--fail-status", "500"]
+        return LaunchSpec(argv, ready_request=ready_request)
+
+    async with serving(tmp_path, launch) as (client, supervisor):
+        process = supervisor.processes["chat"]
+        base = process.entry.base_url
+        async with httpx.AsyncClient() as direct:
+            await eventually(lambda: process.pid is not None, 10, "the backend to be spawned")
+            await eventually_async_ok(direct, f"{base}/health")
+            assert process.state == "starting"
+            await direct.post(f"{base}/_fake/control", json={"fail_status": None})
+        await eventually(lambda: process.state == "ready", 10, "readiness after the fix")
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+async def eventually_async_ok(client: httpx.AsyncClient, url: str) -> None:
+    for _ in range(500):
+        try:
+            if (await client.get(url)).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} never answered 200")

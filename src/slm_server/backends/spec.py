@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class BackendUnsupported(Exception):
@@ -16,3 +17,9 @@ class LaunchSpec:
     health_path: str = "/health"  # 200 here means ready to serve
     # Endpoints the server answers itself (the router converts for the others).
     native_endpoints: frozenset[str] = frozenset()
+    # For servers whose health check passes before the model is loaded: a POST
+    # (path, JSON body) that must answer 200 too before the backend counts as ready.
+    ready_request: tuple[str, dict[str, Any]] | None = None
+    # The `model` value the server accepts, when it is not the entry's id: the
+    # router rewrites requests to it.
+    upstream_model: str | None = None

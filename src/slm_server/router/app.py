@@ -162,9 +162,11 @@ class RouterApp:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
         backend = self.table.lookup(model, path)
         process = self.processes.get(backend.role)
+        upstream_model = None
         if process is not None:
             await _wait_until_ready(process, backend)
-        body = _with_injected_fields(backend, path, request, body)
+            upstream_model = process.upstream_model
+        body = _with_injected_fields(backend, path, request, body, upstream_model)
         headers = forwarded_request_headers(scope["headers"])
         await forward(self.session, backend, path, headers, body, send, receive)
 
@@ -197,10 +199,27 @@ def _parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def _with_injected_fields(
-    backend: Backend, path: str, request: dict[str, Any], body: bytes
+    backend: Backend,
+    path: str,
+    request: dict[str, Any],
+    body: bytes,
+    upstream_model: str | None = None,
 ) -> bytes:
-    """The body to forward: the client's own bytes unless the entry adds a default."""
+    """The body to forward: the client's own bytes unless the router must change it.
+
+    Changes: the entry's chat_template_kwargs when the request has none, and
+    ``model`` for servers that accept only their own name for the model.
+    """
+    changes: dict[str, Any] = {}
     kwargs = backend.entry.chat_template_kwargs
-    if kwargs is None or path != "/v1/chat/completions" or "chat_template_kwargs" in request:
+    if (
+        kwargs is not None
+        and path == "/v1/chat/completions"
+        and "chat_template_kwargs" not in request
+    ):
+        changes["chat_template_kwargs"] = kwargs
+    if upstream_model is not None and request.get("model") != upstream_model:
+        changes["model"] = upstream_model
+    if not changes:
         return body
-    return json.dumps({**request, "chat_template_kwargs": kwargs}).encode()
+    return json.dumps({**request, **changes}).encode()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import aiohttp
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.supervisor.logs import BackendLog
-from slm_server.supervisor.orphans import die_with_parent_hook
+from slm_server.supervisor.orphans import die_with_parent_hook, guarded_argv, uses_watchdog
 from slm_server.supervisor.ports import listener_description, port_in_use
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 State = Literal["stopped", "starting", "ready", "failed", "stopping"]
 
 _READY_POLL_S = 0.05
+_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1)
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,11 @@ class BackendProcess:
         self.pid: int | None = None
         self.restarts = 0
         self.generation = 0  # +1 per successful start, so callers can tell a restart
+        self.upstream_model: str | None = None  # the `model` the running server accepts
         self._changed = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._watched = False  # _proc is the watchdog, and the backend its child
         self._pump: asyncio.Task[None] | None = None
 
     # -- what callers use ------------------------------------------------------
@@ -143,11 +147,13 @@ class BackendProcess:
             owner = listener_description(port) or "an unknown process"
             return f"port {port} is already in use by {owner}"
         try:
-            spec = self._launch()
+            # In a thread: working out a command line may run the server's --help.
+            spec = await asyncio.to_thread(self._launch)
             proc = await self._spawn(spec)
-        except (OSError, ValueError, BackendUnsupported) as exc:
+        except (OSError, ValueError, BackendUnsupported, subprocess.SubprocessError) as exc:
             return f"cannot start: {exc}"
-        problem = await self._wait_ready(session, proc, f"{self.entry.base_url}{spec.health_path}")
+        self.upstream_model = spec.upstream_model
+        problem = await self._wait_ready(session, proc, spec)
         if problem is not None:
             await self._terminate()
             return problem
@@ -157,6 +163,7 @@ class BackendProcess:
         up_since = time.monotonic()
         code = await proc.wait()
         self._proc, self.pid = None, None
+        self._end_leftovers(proc)
         await self._drain_output()
         message = f"exited with code {code}"
         log.warning("%s: %s\n%s", self.role, message, "\n".join(self.log.tail(10)))
@@ -167,14 +174,17 @@ class BackendProcess:
 
     async def _spawn(self, spec: LaunchSpec) -> asyncio.subprocess.Process:
         self.log.write(f"=== slm_server: starting {' '.join(spec.argv)}")
+        self._watched = uses_watchdog()
         proc = await asyncio.create_subprocess_exec(
-            *spec.argv,
+            *guarded_argv(spec.argv, force_watchdog=self._watched),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, **spec.env},
             start_new_session=True,  # its own process group, so stop reaches its children
-            preexec_fn=die_with_parent_hook(),
+            # Not on a watchdog: the kernel would kill it with the supervisor before it
+            # could end the backend, which does not have the hook.
+            preexec_fn=None if self._watched else die_with_parent_hook(),
         )
         self._proc, self.pid = proc, proc.pid
         self._pump = asyncio.create_task(self._pump_output(proc), name=f"log {self.role}")
@@ -186,37 +196,63 @@ class BackendProcess:
             self.log.write(raw.decode(errors="replace"))
 
     async def _wait_ready(
-        self, session: aiohttp.ClientSession, proc: asyncio.subprocess.Process, url: str
+        self, session: aiohttp.ClientSession, proc: asyncio.subprocess.Process, spec: LaunchSpec
     ) -> str | None:
-        """None once ``url`` answers 200; else why not (exited, or the deadline passed)."""
+        """None once the server answers; else why not (exited, or the deadline passed)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._policy.startup_timeout_s
         exited = asyncio.ensure_future(proc.wait())
         try:
             while True:
+                probe = asyncio.ensure_future(self._answers(session, spec, deadline - loop.time()))
+                await asyncio.wait((probe, exited), return_when=asyncio.FIRST_COMPLETED)
                 if exited.done():
+                    probe.cancel()
                     tail = "; ".join(self.log.tail(5))
                     return f"exited with code {exited.result()} while starting: {tail}"
-                try:
-                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
-                        if r.status == 200:
-                            return None
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
+                if probe.result():
+                    return None
                 if loop.time() > deadline:
                     return f"not ready after {self._policy.startup_timeout_s:g}s"
                 await asyncio.wait((exited,), timeout=_READY_POLL_S)
         finally:
             exited.cancel()
 
+    async def _answers(
+        self, session: aiohttp.ClientSession, spec: LaunchSpec, budget_s: float
+    ) -> bool:
+        """Health is 200 and, where the spec asks for it, a real request succeeds."""
+        base = self.entry.base_url
+        try:
+            async with session.get(base + spec.health_path, timeout=_PROBE_TIMEOUT) as response:
+                if response.status != 200:
+                    return False
+            if spec.ready_request is None:
+                return True
+            path, body = spec.ready_request
+            # A model still loading holds this request; the exit watch above cuts it short.
+            budget = aiohttp.ClientTimeout(total=max(budget_s, 1))
+            async with session.post(base + path, json=body, timeout=budget) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     async def _terminate(self) -> None:
         """SIGTERM to the process group, SIGKILL after the grace period."""
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
+            if proc is not None:
+                self._end_leftovers(proc)
             self.pid = None
             await self._drain_output()
             return
-        _signal_group(proc.pid, signal.SIGTERM)
+        if self._watched:
+            # The watchdog passes it on to the group; sent to the group as well, the
+            # backend would get it twice, which llama-server takes as "exit right now".
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+        else:
+            _signal_group(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self._policy.stop_grace_s)
         except TimeoutError:
@@ -225,8 +261,19 @@ class BackendProcess:
             )
             _signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
+        self._end_leftovers(proc)
         self.pid = None
         await self._drain_output()
+
+    def _end_leftovers(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGKILL what is left of an exited watchdog's process group.
+
+        A watchdog exits after its backend, unless it is killed itself (SIGKILL, say,
+        by someone who took its PID for the backend's): then the backend, still in
+        the group, would run on unguarded and keep the port.
+        """
+        if self._watched:
+            _signal_group(proc.pid, signal.SIGKILL)
 
     async def _drain_output(self) -> None:
         """Let the output pump write the last lines (a grandchild may hold the pipe: bound it)."""
