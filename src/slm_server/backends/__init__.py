@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slm_server.backends import llamacpp
+from slm_server.backends import llamacpp, mlx
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
 
@@ -15,4 +15,6 @@ def launch_spec(entry: ModelEntry, base_dir: Path) -> LaunchSpec:
     """How to start ``entry``'s server; BackendUnsupported when it cannot be started here."""
     if entry.backend == "llamacpp":
         return llamacpp.launch_spec(entry, base_dir)
-    raise BackendUnsupported(f"starting {entry.backend} backends is not supported yet")
+    if entry.backend == "mlx":
+        return mlx.launch_spec(entry, base_dir)
+    raise BackendUnsupported(f"starting {entry.backend} backends is not supported")
