@@ -125,6 +125,7 @@ def test_mlx_lm_server_argv(tmp_path: Path) -> None:
         "/py", "-m", "mlx_lm.server",
         "--model", "mlx-community/Qwen3-4B-8bit",
         "--host", "127.0.0.1", "--port", "8501",
+        "--decode-concurrency", "2", "--prompt-concurrency", "2",
     ]  # fmt: skip
 
 

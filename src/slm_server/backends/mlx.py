@@ -131,18 +131,10 @@ def mlx_lm_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[str]:
             f"{', '.join(refused)} need mlx-openai-server, which is not installed; "
             "mlx_lm.server has no such options"
         )
-    model = _model_path(entry, base_dir)
-    return [
-        python,
-        "-m",
-        "mlx_lm.server",
-        "--model",
-        model,
-        "--host",
-        entry.host,
-        "--port",
-        str(entry.port),
-    ]
+    argv = [python, "-m", "mlx_lm.server", "--model", _model_path(entry, base_dir)]
+    argv += ["--host", entry.host, "--port", str(entry.port)]
+    limit = str(entry.max_concurrency)
+    return [*argv, "--decode-concurrency", limit, "--prompt-concurrency", limit]
 
 
 def _hf_cache_env() -> dict[str, str]:
