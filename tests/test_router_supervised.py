@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -135,32 +136,43 @@ async def test_server_that_accepts_only_its_own_model_name_gets_it(tmp_path: Pat
         assert json.loads(seen["body"])["model"] == "/models/served-dir"
 
 
-async def test_ready_request_holds_readiness_until_the_model_answers(tmp_path: Path) -> None:
-    """Like mlx_lm.server: /health is 200 while real requests still fail."""
-    ready_request = ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+READY_REQUEST = ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
 
+
+def ready_request_launcher(*args: str) -> Any:
     def launch(role: str, model: ModelEntry) -> LaunchSpec:
-        argv = [sys.executable, str(SCRIPT), "--port", str(model.port), "--fail-status", "500"]
-        return LaunchSpec(argv, ready_request=ready_request)
+        argv = [sys.executable, str(SCRIPT), "--port", str(model.port), *args]
+        return LaunchSpec(argv, ready_request=READY_REQUEST)
 
+    return launch
+
+
+async def test_ready_request_holds_readiness_until_the_model_answers(tmp_path: Path) -> None:
+    """Like mlx_lm.server: /health is 200 while the model still loads."""
+    launch = ready_request_launcher("--response-delay", "1.5")  # the first reply waits for it
     async with serving(tmp_path, launch) as (client, supervisor):
         process = supervisor.processes["chat"]
-        base = process.entry.base_url
         async with httpx.AsyncClient() as direct:
-            await eventually(lambda: process.pid is not None, 10, "the backend to be spawned")
-            await eventually_async_ok(direct, f"{base}/health")
-            assert process.state == "starting"
-            await direct.post(f"{base}/_fake/control", json={"fail_status": None})
-        await eventually(lambda: process.state == "ready", 10, "readiness after the fix")
+            await eventually_answers(direct, f"{process.entry.base_url}/health")
+        assert process.state == "starting"
+        await eventually(lambda: process.state == "ready", 10, "the model to load")
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
-async def eventually_async_ok(client: httpx.AsyncClient, url: str) -> None:
+async def test_model_that_fails_to_load_fails_fast_with_the_reason(tmp_path: Path) -> None:
+    """Its server stays up but cannot answer (e.g. an HF model offline): failed, not a hang."""
+    async with serving(tmp_path, ready_request_launcher("--fail-status", "500")) as (client, _):
+        response = await client.post("/v1/chat/completions", json=CHAT, timeout=8)
+        assert response.status_code == 503
+        message = response.json()["error"]["message"]
+        assert "the model did not load (500" in message
+        assert (await backend_health(client))["state"] == "failed"
+
+
+async def eventually_answers(client: httpx.AsyncClient, url: str) -> None:
     for _ in range(500):
-        try:
+        with contextlib.suppress(httpx.TransportError):
             if (await client.get(url)).status_code == 200:
                 return
-        except httpx.TransportError:
-            pass
         await asyncio.sleep(0.02)
     raise AssertionError(f"{url} never answered 200")

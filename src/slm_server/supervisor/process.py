@@ -32,6 +32,7 @@ State = Literal["stopped", "starting", "ready", "failed", "stopping"]
 
 _READY_POLL_S = 0.05
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1)
+_LOG_SETTLE_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class RestartPolicy:
     backoff_s: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30)
     stable_after_s: float = 60.0  # up this long: later crashes start the backoff afresh
     stop_grace_s: float = 10.0  # SIGTERM -> SIGKILL
+
+
+class ModelDidNotLoad(Exception):
+    """The server runs, but its model failed to load."""
 
 
 class BackendFailed(Exception):
@@ -210,8 +215,12 @@ class BackendProcess:
                     probe.cancel()
                     tail = "; ".join(self.log.tail(5))
                     return f"exited with code {exited.result()} while starting: {tail}"
-                if probe.result():
-                    return None
+                try:
+                    if probe.result():
+                        return None
+                except ModelDidNotLoad as exc:
+                    await asyncio.sleep(_LOG_SETTLE_S)  # let its traceback reach the log
+                    return f"{exc}: {'; '.join(self.log.tail(5))}"
                 if loop.time() > deadline:
                     return f"not ready after {self._policy.startup_timeout_s:g}s"
                 await asyncio.wait((exited,), timeout=_READY_POLL_S)
@@ -229,13 +238,23 @@ class BackendProcess:
                     return False
             if spec.ready_request is None:
                 return True
-            path, body = spec.ready_request
-            # A model still loading holds this request; the exit watch above cuts it short.
-            budget = aiohttp.ClientTimeout(total=max(budget_s, 1))
-            async with session.post(base + path, json=body, timeout=budget) as response:
-                return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
+        path, body = spec.ready_request
+        # A model still loading holds this request; the exit watch above cuts it short.
+        # Any other answer means it failed to load (a missing model, no network for a
+        # download): the server stays up, so waiting longer would only hang.
+        budget = aiohttp.ClientTimeout(total=max(budget_s, 1))
+        try:
+            async with session.post(base + path, json=body, timeout=budget) as response:
+                if response.status == 200:
+                    return True
+                detail = (await response.text())[:300]
+                raise ModelDidNotLoad(f"the model did not load ({response.status} {detail})")
+        except TimeoutError:
+            return False
+        except aiohttp.ClientError as exc:
+            raise ModelDidNotLoad(f"the model did not load ({exc})") from None
 
     async def _terminate(self) -> None:
         """SIGTERM to the process group, SIGKILL after the grace period."""
