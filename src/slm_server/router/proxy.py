@@ -8,8 +8,9 @@ it. Server-sent events are relayed one read at a time, never collected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
@@ -50,7 +51,7 @@ UNAVAILABLE_RETRY_AFTER_S = 5
 # never hands out a connection the backend is about to close.
 _KEEPALIVE_TIMEOUT_S = 4.0
 
-_SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
+SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
 
 
 def new_upstream_session() -> aiohttp.ClientSession:
@@ -91,6 +92,10 @@ def _response_headers(response: aiohttp.ClientResponse) -> Headers:
     ]
 
 
+class EndpointMissing(Exception):
+    """The backend answered that it has no such endpoint (the caller may convert instead)."""
+
+
 async def forward(
     session: aiohttp.ClientSession,
     backend: Backend,
@@ -99,13 +104,26 @@ async def forward(
     body: bytes,
     send: Send,
     receive: Receive,
+    *,
+    missing_statuses: frozenset[int] = frozenset(),
 ) -> None:
     """POST ``body`` to ``path`` on ``backend`` and relay the answer to the client.
 
     The entry's ``default_timeout`` bounds the wait for a free slot plus the
     answer (for a stream: until its first byte, then each gap between reads).
-    When the client disconnects, the upstream request is cancelled.
+    When the client disconnects, the upstream request is cancelled. An answer
+    with a status in ``missing_statuses`` is not relayed: EndpointMissing.
     """
+    async with admitted(backend) as deadline:
+        exchange = _exchange(
+            session, backend, path, headers, body, send, deadline, missing_statuses
+        )
+        await run_until_disconnect(receive, exchange, backend)
+
+
+@contextlib.asynccontextmanager
+async def admitted(backend: Backend) -> AsyncIterator[float]:
+    """Hold one of the backend's slots; yields the request's deadline (loop time)."""
     timeout = backend.entry.default_timeout
     deadline = asyncio.get_running_loop().time() + timeout
     try:
@@ -117,25 +135,24 @@ async def forward(
             f"(max_concurrency {backend.entry.max_concurrency})"
         ) from None
     try:
-        exchange = _exchange(session, backend, path, headers, body, send, deadline)
-        await _run_until_disconnect(receive, exchange, backend)
+        yield deadline
     finally:
         backend.gate.release()
 
 
-async def _exchange(
+async def open_upstream(
     session: aiohttp.ClientSession,
     backend: Backend,
     path: str,
     headers: dict[str, str],
     body: bytes,
-    send: Send,
     deadline: float,
-) -> None:
+) -> aiohttp.ClientResponse:
+    """POST to the backend; connection failures and timeouts become router errors."""
     timeout = backend.entry.default_timeout
     try:
         async with asyncio.timeout_at(deadline):
-            response = await session.post(backend.entry.base_url + path, data=body, headers=headers)
+            return await session.post(backend.entry.base_url + path, data=body, headers=headers)
     except TimeoutError:
         raise BackendTimeout(
             f"{backend.label} did not answer within its default_timeout of {timeout:g}s"
@@ -148,6 +165,21 @@ async def _exchange(
     except aiohttp.ClientError as exc:
         raise BadGateway(f"{backend.label} failed: {exc!r}") from None
 
+
+async def _exchange(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    send: Send,
+    deadline: float,
+    missing_statuses: frozenset[int],
+) -> None:
+    response = await open_upstream(session, backend, path, headers, body, deadline)
+    if response.status in missing_statuses:
+        response.release()
+        raise EndpointMissing(path)
     completed = False
     try:
         if response.content_type == "text/event-stream":
@@ -163,12 +195,10 @@ async def _exchange(
             response.close()
 
 
-async def _relay_whole(
-    response: aiohttp.ClientResponse, send: Send, backend: Backend, deadline: float
-) -> None:
+async def read_whole(response: aiohttp.ClientResponse, backend: Backend, deadline: float) -> bytes:
     try:
         async with asyncio.timeout_at(deadline):
-            payload = await response.read()
+            return await response.read()
     except TimeoutError:
         raise BackendTimeout(
             f"{backend.label} did not finish its answer within its default_timeout of "
@@ -176,6 +206,12 @@ async def _relay_whole(
         ) from None
     except aiohttp.ClientError as exc:
         raise BadGateway(f"{backend.label} broke off its answer: {exc!r}") from None
+
+
+async def _relay_whole(
+    response: aiohttp.ClientResponse, send: Send, backend: Backend, deadline: float
+) -> None:
+    payload = await read_whole(response, backend, deadline)
     await send_response(send, response.status, payload, _response_headers(response))
 
 
@@ -184,7 +220,7 @@ async def _relay_stream(response: aiohttp.ClientResponse, send: Send, backend: B
         {
             "type": "http.response.start",
             "status": response.status,
-            "headers": [*_response_headers(response), *_SSE_HEADERS],
+            "headers": [*_response_headers(response), *SSE_HEADERS],
         }
     )
     idle_timeout = backend.entry.default_timeout
@@ -210,7 +246,7 @@ def _sse_error(status: int, message: str, code: str) -> bytes:
     return b"data: " + error_body(status, message, code=code) + b"\n\n"
 
 
-async def _run_until_disconnect(
+async def run_until_disconnect(
     receive: Receive, work: Coroutine[Any, Any, None], backend: Backend
 ) -> None:
     """Run ``work``; cancel it if the client disconnects first."""
