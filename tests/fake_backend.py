@@ -14,7 +14,11 @@ Model endpoints (all answers are deterministic):
 * ``GET  /v1/models``                the served model (``--model-name``)
 * ``POST /v1/chat/completions``      content ``"echo: <last user text>"``; streamed:
                                      role delta, ``tok0 `` ... ``tok{N-1} ``, stop,
-                                     [usage], ``[DONE]``
+                                     [usage], ``[DONE]``. With ``tools`` (and no
+                                     tool result last): a call of the first tool
+                                     with ``{"text": <last user text>}``, streamed
+                                     in N argument pieces; after a tool result:
+                                     ``"tool said: <result>"``
 * ``POST /v1/completions``           text ``"echo: <prompt>"``; streamed like chat
 * ``POST /v1/embeddings``            hash-derived unit vectors (float or base64)
 * ``POST /v1/rerank`` (``/rerank``, ``/v1/reranking``)  llama.cpp rerank format,
@@ -147,6 +151,24 @@ def _text_of(content: Any) -> str:
                 parts.append(part["text"])
         return "".join(parts)
     return ""
+
+
+def _tool_to_call(body: dict[str, Any]) -> str | None:
+    """The function the fake calls: the first tool offered, unless a tool just answered."""
+    tools = body.get("tools")
+    messages = body.get("messages") or [{}]
+    if not tools or body.get("tool_choice") == "none" or messages[-1].get("role") == "tool":
+        return None
+    function = tools[0].get("function", {}) if isinstance(tools[0], dict) else {}
+    name = function.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _reply_to(messages: list[Any]) -> str:
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if last.get("role") == "tool":
+        return f"tool said: {_text_of(last.get('content'))}"
+    return f"echo: {_last_user_text(messages)}"
 
 
 def _last_user_text(items: Any) -> str:
@@ -375,8 +397,12 @@ class FakeServer:
         created = int(time.time())
         prompt_tokens = _count_tokens(_all_text(messages))
 
+        tool = _tool_to_call(body)
+        if tool is not None:
+            arguments = json.dumps({"text": _last_user_text(messages)})
+            return await self.tool_call(request, body, cid, created, model, tool, arguments)
         if not stream:
-            content = f"echo: {_last_user_text(messages)}"
+            content = _reply_to(messages)
             completion_tokens = _count_tokens(content)
             return web.json_response(
                 {
@@ -435,6 +461,76 @@ class FakeServer:
             request,
             [chunk({"role": "assistant", "content": ""}, None)],
             lambda i: chunk({"content": self.stream_text(i)}, None),
+            tail,
+        )
+
+    async def tool_call(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        cid: str,
+        created: int,
+        model: str,
+        tool: str,
+        arguments: str,
+    ) -> web.StreamResponse:
+        """Call ``tool`` with ``arguments``; streamed, the arguments come in ``chunks`` pieces."""
+        call_id = _new_id("call_")
+        prompt_tokens = _count_tokens(_all_text(body.get("messages")))
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": 8}
+        usage["total_tokens"] = prompt_tokens + 8
+
+        def call(arguments: str) -> dict[str, Any]:
+            function = {"name": tool, "arguments": arguments}
+            return {"id": call_id, "type": "function", "function": function}
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+            return {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
+
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": None, "tool_calls": [call(arguments)]}
+            choice = {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "tool_calls",
+            }
+            return web.json_response(
+                {
+                    "id": cid,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+        n = max(self.config.chunks, 1)
+        size = -(-len(arguments) // n)
+        pieces = [arguments[i * size : (i + 1) * size] for i in range(n)]
+        head = [
+            chunk(
+                {"role": "assistant", "content": None, "tool_calls": [{**call(""), "index": 0}]},
+                None,
+            )
+        ]
+        tail = [chunk({}, "tool_calls")]
+        if _include_usage(body):
+            tail.append({**chunk({}, None), "choices": [], "usage": usage})
+        return await self.sse(
+            request,
+            head,
+            lambda i: chunk(
+                {"tool_calls": [{"index": 0, "function": {"arguments": pieces[i]}}]}, None
+            ),
             tail,
         )
 

@@ -115,6 +115,34 @@ def test_chat_stream_events_are_written_one_by_one(fake: FakeBackend, client: ht
     assert arrivals[0] < arrivals[-1] - 0.4
 
 
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+
+def test_chat_with_tools_calls_the_first_tool(fake: FakeBackend, client: httpx.Client) -> None:
+    body = {**CHAT, "tools": TOOLS}
+    reply = client.post(f"{fake.url}/v1/chat/completions", json=body).json()
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "lookup" and call["id"].startswith("call_")
+    assert json.loads(call["function"]["arguments"]) == {"text": "hi"}
+
+    fake.control(chunks=4)
+    with client.stream(
+        "POST", f"{fake.url}/v1/chat/completions", json={**body, "stream": True}
+    ) as r:
+        chunks = [json.loads(data) for data in sse_data(r) if data != "[DONE]"]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    pieces = [d["tool_calls"][0]["function"]["arguments"] for d in deltas if "tool_calls" in d]
+    assert len([p for p in pieces if p]) == 4  # the arguments arrive in pieces
+    assert json.loads("".join(pieces)) == {"text": "hi"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    answered = [*CHAT["messages"], {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    after = client.post(f"{fake.url}/v1/chat/completions", json={**body, "messages": answered})
+    assert after.json()["choices"][0]["message"]["content"] == "tool said: 42"
+
+
 def test_completions_plain_and_streamed(fake: FakeBackend, client: httpx.Client) -> None:
     plain = client.post(f"{fake.url}/v1/completions", json={"model": "c", "prompt": "abc"}).json()
     assert plain["object"] == "text_completion"
