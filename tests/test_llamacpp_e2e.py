@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import psutil
@@ -247,3 +248,49 @@ def test_serve_without_a_config_uses_the_built_in_default(tmp_path: Path) -> Non
     log = router.log()
     assert "serving the built-in default model" in log
     assert "config/models.yaml.example" in log
+
+
+LOOKUP_TOOL = {
+    "type": "function",
+    "name": "lookup",
+    "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+}
+
+
+def test_responses_served_natively(sdk: openai.OpenAI) -> None:
+    raw = sdk.responses.with_raw_response.create(
+        model="gemma-chat",
+        input="Say hi.",
+        max_output_tokens=8,
+        tools=[LOOKUP_TOOL],  # type: ignore[list-item]
+    )
+    assert "x-slm-converted-from" not in raw.headers  # llama-server answered itself
+    response = raw.parse()
+    assert response.status in ("completed", "incomplete") and response.output
+    events = list(
+        sdk.responses.create(model="gemma-chat", input="Say hi.", max_output_tokens=8, stream=True)
+    )
+    assert events[0].type == "response.created"
+    assert events[-1].type in ("response.completed", "response.incomplete")
+
+
+def test_anthropic_messages_served_natively(served: RouterProcess) -> None:
+    with anthropic.Anthropic(base_url=served.url, api_key="-", max_retries=0) as claude:
+        raw = claude.messages.with_raw_response.create(
+            model="gemma-chat",
+            max_tokens=8,
+            messages=[{"role": "user", "content": "Say hi."}],
+            tools=[{"name": "lookup", "input_schema": {"type": "object"}}],
+        )
+        assert "x-slm-converted-from" not in raw.headers
+        message = raw.parse()
+        assert message.content and message.usage.output_tokens > 0
+        with claude.messages.stream(
+            model="gemma-chat", max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
+        ) as stream:
+            final = stream.get_final_message()
+        assert final.stop_reason in ("end_turn", "max_tokens")
+        counted = claude.messages.count_tokens(
+            model="gemma-chat", messages=[{"role": "user", "content": "one two three"}]
+        )
+        assert counted.input_tokens > 0

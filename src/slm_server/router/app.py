@@ -24,6 +24,7 @@ from slm_server.router.asgi import (
     send_error,
     send_json,
 )
+from slm_server.router.bridge import ANTHROPIC_PATHS, BRIDGED_PATHS, Bridge, anthropic_error_payload
 from slm_server.router.errors import (
     BackendUnavailable,
     EndpointNotFound,
@@ -57,6 +58,7 @@ class RouterApp:
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.started_at = int(time.time())
         self._session: aiohttp.ClientSession | None = None
+        self.bridge = Bridge()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -105,7 +107,10 @@ class RouterApp:
                 raise
             if error.status >= 500:
                 log.warning("%s %s -> %d: %s", scope["method"], scope["path"], error.status, error)
-            await send_error(send, error)
+            body = None
+            if scope["path"] in ANTHROPIC_PATHS:  # Anthropic clients parse their own shape
+                body = anthropic_error_payload(error.status, error.body())
+            await send_error(send, error, body)
         except ClientDisconnected:
             log.debug("client left before sending its whole request")
 
@@ -168,7 +173,12 @@ class RouterApp:
             upstream_model = process.upstream_model
         body = _with_injected_fields(backend, path, request, body, upstream_model)
         headers = forwarded_request_headers(scope["headers"])
-        await forward(self.session, backend, path, headers, body, send, receive)
+        if path in BRIDGED_PATHS:
+            await self.bridge.handle(
+                self.session, backend, process, path, request, body, headers, send, receive
+            )
+        else:
+            await forward(self.session, backend, path, headers, body, send, receive)
 
 
 async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:

@@ -76,8 +76,9 @@ async def send_json(send: Send, status: int, payload: Any) -> None:
     await send_response(send, status, json.dumps(payload).encode())
 
 
-async def send_error(send: Send, error: RouterError) -> None:
+async def send_error(send: Send, error: RouterError, body: bytes | None = None) -> None:
+    """``error`` in the OpenAI envelope, unless ``body`` gives it in another dialect's shape."""
     headers = list(JSON_HEADERS)
     if error.retry_after is not None:
         headers.append((b"retry-after", str(error.retry_after).encode()))
-    await send_response(send, error.status, error.body(), headers)
+    await send_response(send, error.status, body or error.body(), headers)

@@ -58,6 +58,10 @@ class InvalidRequest(RouterError):
     code = "invalid_request"
 
 
+class UnsupportedRequestField(InvalidRequest):
+    code = "unsupported_field"
+
+
 class WrongModelType(RouterError):
     status = 400
     code = "model_type_mismatch"
@@ -66,6 +70,11 @@ class WrongModelType(RouterError):
 class ModelNotFound(RouterError):
     status = 404
     code = "model_not_found"
+
+
+class UnknownResponse(RouterError):
+    status = 404
+    code = "response_not_found"
 
 
 class EndpointNotFound(RouterError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -92,6 +92,9 @@ def _response_headers(response: aiohttp.ClientResponse) -> Headers:
     ]
 
 
+Observer = Callable[[bytes], None]
+
+
 class EndpointMissing(Exception):
     """The backend answered that it has no such endpoint (the caller may convert instead)."""
 
@@ -106,6 +109,7 @@ async def forward(
     receive: Receive,
     *,
     missing_statuses: frozenset[int] = frozenset(),
+    observe: Observer | None = None,
 ) -> None:
     """POST ``body`` to ``path`` on ``backend`` and relay the answer to the client.
 
@@ -113,10 +117,11 @@ async def forward(
     answer (for a stream: until its first byte, then each gap between reads).
     When the client disconnects, the upstream request is cancelled. An answer
     with a status in ``missing_statuses`` is not relayed: EndpointMissing.
+    ``observe`` sees each piece of a successful answer's body as it is relayed.
     """
     async with admitted(backend) as deadline:
         exchange = _exchange(
-            session, backend, path, headers, body, send, deadline, missing_statuses
+            session, backend, path, headers, body, send, deadline, missing_statuses, observe
         )
         await run_until_disconnect(receive, exchange, backend)
 
@@ -175,17 +180,20 @@ async def _exchange(
     send: Send,
     deadline: float,
     missing_statuses: frozenset[int],
+    observe: Observer | None,
 ) -> None:
     response = await open_upstream(session, backend, path, headers, body, deadline)
     if response.status in missing_statuses:
         response.release()
         raise EndpointMissing(path)
+    if response.status != 200:
+        observe = None
     completed = False
     try:
         if response.content_type == "text/event-stream":
-            await _relay_stream(response, send, backend)
+            await _relay_stream(response, send, backend, observe)
         else:
-            await _relay_whole(response, send, backend, deadline)
+            await _relay_whole(response, send, backend, deadline, observe)
         completed = True
     finally:
         if completed:
@@ -209,13 +217,21 @@ async def read_whole(response: aiohttp.ClientResponse, backend: Backend, deadlin
 
 
 async def _relay_whole(
-    response: aiohttp.ClientResponse, send: Send, backend: Backend, deadline: float
+    response: aiohttp.ClientResponse,
+    send: Send,
+    backend: Backend,
+    deadline: float,
+    observe: Observer | None,
 ) -> None:
     payload = await read_whole(response, backend, deadline)
+    if observe is not None:
+        observe(payload)
     await send_response(send, response.status, payload, _response_headers(response))
 
 
-async def _relay_stream(response: aiohttp.ClientResponse, send: Send, backend: Backend) -> None:
+async def _relay_stream(
+    response: aiohttp.ClientResponse, send: Send, backend: Backend, observe: Observer | None
+) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -232,6 +248,8 @@ async def _relay_stream(response: aiohttp.ClientResponse, send: Send, backend: B
             if not chunk:
                 break
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if observe is not None:
+                observe(chunk)
     except TimeoutError:
         log.warning("%s: stream stalled for %gs; ending it", backend.label, idle_timeout)
         final = _sse_error(504, f"{backend.label} sent nothing for {idle_timeout:g}s", "timeout")

@@ -16,6 +16,8 @@ ENDPOINT_MODEL_TYPES: dict[str, frozenset[str]] = {
     "/v1/chat/completions": _TEXT,
     "/v1/completions": _TEXT,
     "/v1/responses": _TEXT,
+    "/v1/messages": _TEXT,
+    "/v1/messages/count_tokens": _TEXT,
     "/v1/embeddings": frozenset({"embeddings"}),
     "/v1/rerank": frozenset({"rerank"}),
     "/v1/reranking": frozenset({"rerank"}),

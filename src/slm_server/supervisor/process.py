@@ -72,6 +72,8 @@ class BackendProcess:
         self.restarts = 0
         self.generation = 0  # +1 per successful start, so callers can tell a restart
         self.upstream_model: str | None = None  # the `model` the running server accepts
+        # The endpoints the running server answers itself; None: unknown (try, then convert).
+        self.native_endpoints: frozenset[str] | None = None
         self._changed = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -158,6 +160,7 @@ class BackendProcess:
         except (OSError, ValueError, BackendUnsupported, subprocess.SubprocessError) as exc:
             return f"cannot start: {exc}"
         self.upstream_model = spec.upstream_model
+        self.native_endpoints = spec.native_endpoints or None
         problem = await self._wait_ready(session, proc, spec)
         if problem is not None:
             await self._terminate()

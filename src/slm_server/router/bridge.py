@@ -1,0 +1,386 @@
+"""Endpoints a backend may lack, answered through its Chat Completions endpoint.
+
+For ``/v1/responses``, ``/v1/messages`` and ``/v1/messages/count_tokens`` the
+backend's own endpoint is tried first. A 404 or 422 there means it lacks the
+endpoint: that is remembered for the backend (until it restarts), and the
+request is converted to a chat completion, sent, and the answer converted
+back. A backend whose launch spec says it lacks the endpoint is converted for
+at once. Requests that continue a stored response (``previous_response_id``)
+are always converted, since only the router holds that conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import aiohttp
+
+from slm_server.router.asgi import JSON_HEADERS, Receive, Send, send_response
+from slm_server.router.errors import BadGateway, UnknownResponse, UnsupportedRequestField
+from slm_server.router.proxy import (
+    SSE_HEADERS,
+    EndpointMissing,
+    admitted,
+    forward,
+    open_upstream,
+    read_whole,
+    run_until_disconnect,
+)
+from slm_server.router.routing import Backend
+from slm_server.supervisor import BackendProcess
+from slm_server.translate import anthropic_request, anthropic_response
+from slm_server.translate.anthropic_stream import MessagesStream
+from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.response_store import ResponseStore
+from slm_server.translate.responses_request import responses_to_chat
+from slm_server.translate.responses_response import (
+    chat_to_response,
+)
+from slm_server.translate.responses_stream import ResponsesStream
+from slm_server.translate.sse import SseParser, sse_frame
+
+log = logging.getLogger(__name__)
+
+RESPONSES = "/v1/responses"
+MESSAGES = "/v1/messages"
+COUNT_TOKENS = "/v1/messages/count_tokens"
+BRIDGED_PATHS = frozenset({RESPONSES, MESSAGES, COUNT_TOKENS})
+ANTHROPIC_PATHS = frozenset({MESSAGES, COUNT_TOKENS})
+_MISSING_STATUSES = frozenset({404, 422})
+# Marks an answer the router converted from the backend's chat completion.
+CONVERTED_HEADER = (b"x-slm-converted-from", b"chat-completions")
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+class StreamConverter(Protocol):
+    def start(self) -> Events: ...
+    def feed(self, chunk: dict[str, Any]) -> Events: ...
+    def finish(self) -> Events: ...
+    def error(self, message: str) -> Events: ...
+
+
+class Conversion(Protocol):
+    """One request in another dialect, as a chat completion and back."""
+
+    chat: dict[str, Any]
+
+    def whole(self, chat: dict[str, Any]) -> dict[str, Any]: ...
+    def stream(self) -> StreamConverter: ...
+    def upstream_error(self, status: int, payload: bytes) -> bytes: ...
+
+
+class Bridge:
+    """Serves the bridged endpoints for every backend; holds the Responses store."""
+
+    def __init__(self, store: ResponseStore | None = None) -> None:
+        self.store = store or ResponseStore()
+        self._lacking: dict[tuple[str, str], int] = {}  # (role, path) -> process generation
+
+    async def handle(
+        self,
+        session: aiohttp.ClientSession,
+        backend: Backend,
+        process: BackendProcess | None,
+        path: str,
+        request: dict[str, Any],
+        body: bytes,
+        headers: dict[str, str],
+        send: Send,
+        receive: Receive,
+    ) -> None:
+        """Answer ``request`` (whose raw, possibly adjusted, bytes are ``body``) on ``path``."""
+        generation = process.generation if process is not None else 0
+        if self._native_first(backend, process, path, request, generation):
+            recorder = _NativeRecorder(request, self.store) if path == RESPONSES else None
+            try:
+                await forward(
+                    session,
+                    backend,
+                    path,
+                    headers,
+                    body,
+                    send,
+                    receive,
+                    missing_statuses=_MISSING_STATUSES,
+                    observe=recorder.feed if recorder else None,
+                )
+            except EndpointMissing:
+                log.info("%s has no %s; converting to chat completions", backend.label, path)
+                self._lacking[(backend.role, path)] = generation
+            else:
+                if recorder is not None:
+                    recorder.remember()
+                return
+        conversion = self._conversion(path, request)
+        _adjust_chat(conversion.chat, backend, process)
+        await _converted(session, backend, conversion, headers, send, receive)
+
+    def _native_first(
+        self,
+        backend: Backend,
+        process: BackendProcess | None,
+        path: str,
+        request: dict[str, Any],
+        generation: int,
+    ) -> bool:
+        if path == RESPONSES and request.get("previous_response_id") is not None:
+            return False
+        if process is not None and process.native_endpoints is not None:
+            return path in process.native_endpoints
+        return self._lacking.get((backend.role, path)) != generation
+
+    def _conversion(self, path: str, request: dict[str, Any]) -> Conversion:
+        try:
+            if path == RESPONSES:
+                return _ResponsesConversion(request, self.store)
+            if path == MESSAGES:
+                return _MessagesConversion(request)
+            return _CountTokensConversion(request)
+        except UnsupportedField as exc:
+            raise UnsupportedRequestField(str(exc), param=exc.param) from None
+
+
+def _adjust_chat(chat: dict[str, Any], backend: Backend, process: BackendProcess | None) -> None:
+    """What the router adds to chat requests it forwards also goes into converted ones."""
+    kwargs = backend.entry.chat_template_kwargs
+    if kwargs is not None and "chat_template_kwargs" not in chat:
+        chat["chat_template_kwargs"] = kwargs
+    if process is not None and process.upstream_model is not None:
+        chat["model"] = process.upstream_model
+
+
+class _ResponsesConversion:
+    def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
+        history = None
+        previous = request.get("previous_response_id")
+        if previous is not None:
+            history = store.get(str(previous))
+            if history is None:
+                raise UnknownResponse(
+                    f"previous response '{previous}' is unknown or expired (the router keeps "
+                    f"the last {store.capacity} responses, in memory, until it restarts)",
+                    param="previous_response_id",
+                )
+        self.request = request
+        self.store = store
+        self.history = history
+        self.chat = responses_to_chat(request, history)
+        self.response_id = f"resp_{uuid.uuid4().hex}"
+        self.created_at = int(time.time())
+
+    def whole(self, chat: dict[str, Any]) -> dict[str, Any]:
+        response = chat_to_response(chat, self.request, self.response_id, self.created_at)
+        self._remember(response)
+        return response
+
+    def stream(self) -> StreamConverter:
+        return _Remembering(
+            ResponsesStream(self.request, self.response_id, self.created_at), self._remember
+        )
+
+    def upstream_error(self, status: int, payload: bytes) -> bytes:
+        return payload  # already an OpenAI error envelope
+
+    def _remember(self, response: dict[str, Any]) -> None:
+        self.store.record_turn(self.request, self.history, response)
+
+
+class _Remembering:
+    """A Responses stream that stores the final response as it goes out."""
+
+    def __init__(self, inner: ResponsesStream, remember: Callable[[dict[str, Any]], None]):
+        self.inner = inner
+        self.remember = remember
+
+    def start(self) -> Events:
+        return self.inner.start()
+
+    def feed(self, chunk: dict[str, Any]) -> Events:
+        return self.inner.feed(chunk)
+
+    def finish(self) -> Events:
+        events = self.inner.finish()
+        for name, data in events:
+            if name in ("response.completed", "response.incomplete"):
+                self.remember(data["response"])
+        return events
+
+    def error(self, message: str) -> Events:
+        return self.inner.error(message)
+
+
+class _MessagesConversion:
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.chat = anthropic_request.messages_to_chat(request)
+        self.model = str(request.get("model"))
+        self.message_id = f"msg_{uuid.uuid4().hex}"
+
+    def whole(self, chat: dict[str, Any]) -> dict[str, Any]:
+        return anthropic_response.chat_to_message(chat, self.model, self.message_id)
+
+    def stream(self) -> StreamConverter:
+        return MessagesStream(self.model, self.message_id)
+
+    def upstream_error(self, status: int, payload: bytes) -> bytes:
+        return anthropic_error_payload(status, payload)
+
+
+class _CountTokensConversion(_MessagesConversion):
+    # Not super().__init__: a count_tokens request has no max_tokens to convert.
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.chat = anthropic_request.count_tokens_to_chat(request)
+        self.model = str(request.get("model"))
+        self.message_id = ""
+
+    def whole(self, chat: dict[str, Any]) -> dict[str, Any]:
+        return anthropic_request.chat_usage_to_count(chat)
+
+
+def anthropic_error_payload(status: int, payload: bytes) -> bytes:
+    """A backend's (OpenAI-shaped, or any) error body in Anthropic's error shape."""
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+        converted = anthropic_response.openai_error_to_anthropic(status, parsed)
+    else:
+        text = payload.decode("utf-8", errors="replace")[:500] or f"backend error {status}"
+        converted = anthropic_response.error_body(status, text)
+    return json.dumps(converted).encode()
+
+
+class _NativeRecorder:
+    """Watches a native /v1/responses answer go by, to store it for previous_response_id."""
+
+    def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
+        self.request = request
+        self.store = store
+        self.streamed = bool(request.get("stream"))
+        self.parser = SseParser()
+        self.whole = bytearray()
+        self.response: dict[str, Any] | None = None
+
+    def feed(self, piece: bytes) -> None:
+        if not self.streamed:
+            self.whole += piece
+            return
+        for event in self.parser.feed(piece):
+            if event.event in ("response.completed", "response.incomplete"):
+                self.response = _json_object(event.data).get("response")
+
+    def remember(self) -> None:
+        response = self.response if self.streamed else _json_object(bytes(self.whole))
+        if not isinstance(response, dict) or "id" not in response:
+            return
+        try:  # no history: requests continuing a conversation are never served natively
+            self.store.record_turn(self.request, None, response)
+        except (UnsupportedField, KeyError, TypeError, ValueError):
+            log.debug("native response %s not stored: not convertible", response.get("id"))
+
+
+def _json_object(text: str | bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+async def _converted(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    conversion: Conversion,
+    headers: dict[str, str],
+    send: Send,
+    receive: Receive,
+) -> None:
+    body = json.dumps(conversion.chat).encode()
+    async with admitted(backend) as deadline:
+        exchange = _converted_exchange(session, backend, conversion, headers, body, send, deadline)
+        await run_until_disconnect(receive, exchange, backend)
+
+
+async def _converted_exchange(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    conversion: Conversion,
+    headers: dict[str, str],
+    body: bytes,
+    send: Send,
+    deadline: float,
+) -> None:
+    response = await open_upstream(
+        session, backend, "/v1/chat/completions", headers, body, deadline
+    )
+    completed = False
+    try:
+        if response.status != 200:
+            payload = await read_whole(response, backend, deadline)
+            error = conversion.upstream_error(response.status, payload)
+            await send_response(send, response.status, error, [*JSON_HEADERS, CONVERTED_HEADER])
+        elif conversion.chat.get("stream"):
+            await _relay_converted_stream(response, send, backend, conversion.stream())
+        else:
+            chat = _json_object(await read_whole(response, backend, deadline))
+            if "choices" not in chat:
+                raise BadGateway(f"{backend.label} answered a chat completion without choices")
+            whole = json.dumps(conversion.whole(chat)).encode()
+            await send_response(send, 200, whole, [*JSON_HEADERS, CONVERTED_HEADER])
+        completed = True
+    finally:
+        if completed:
+            response.release()
+        else:
+            response.close()  # the backend sees the client leave
+
+
+async def _relay_converted_stream(
+    response: aiohttp.ClientResponse, send: Send, backend: Backend, converter: StreamConverter
+) -> None:
+    headers = [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        *SSE_HEADERS,
+        CONVERTED_HEADER,
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await _send_events(send, converter.start())
+    parser = SseParser()
+    idle_timeout = backend.entry.default_timeout
+    try:
+        while True:
+            async with asyncio.timeout(idle_timeout):
+                piece = await response.content.readany()
+            if not piece:
+                break
+            for event in parser.feed(piece):
+                if event.data.strip() == "[DONE]":
+                    await _send_events(send, converter.finish(), last=True)
+                    return
+                chunk = _json_object(event.data)
+                if "error" in chunk and "choices" not in chunk:
+                    message = str(chunk["error"].get("message", chunk["error"]))
+                    await _send_events(send, converter.error(message), last=True)
+                    return
+                await _send_events(send, converter.feed(chunk))
+        final = converter.finish()  # the backend closed without [DONE]: what came is whole
+    except TimeoutError:
+        log.warning("%s: stream stalled for %gs; ending it", backend.label, idle_timeout)
+        final = converter.error(f"{backend.label} sent nothing for {idle_timeout:g}s")
+    except aiohttp.ClientError as exc:
+        log.warning("%s: stream broken: %r", backend.label, exc)
+        final = converter.error(f"{backend.label} broke off the stream: {exc!r}")
+    await _send_events(send, final, last=True)
+
+
+async def _send_events(send: Send, events: Events, *, last: bool = False) -> None:
+    if events or last:
+        body = b"".join(sse_frame(name, data) for name, data in events)
+        await send({"type": "http.response.body", "body": body, "more_body": not last})
