@@ -176,3 +176,29 @@ async def eventually_answers(client: httpx.AsyncClient, url: str) -> None:
                 return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{url} never answered 200")
+
+
+async def test_endpoint_the_launch_spec_lacks_is_converted_without_a_try(tmp_path: Path) -> None:
+    def launch(role: str, model: ModelEntry) -> LaunchSpec:
+        argv = [sys.executable, str(SCRIPT), "--port", str(model.port)]  # it has /v1/responses
+        return LaunchSpec(argv, native_endpoints=frozenset({"/v1/chat/completions"}))
+
+    request = {"model": "m-chat", "input": "hello"}
+    async with serving(tmp_path, launch) as (client, supervisor):
+        response = await client.post("/v1/responses", json=request, timeout=10)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-slm-converted-from"] == "chat-completions"
+        assert response.json()["output"][0]["content"][0]["text"] == "echo: hello"
+        port = supervisor.processes["chat"].entry.port
+        async with httpx.AsyncClient() as direct:
+            seen = (await direct.get(f"http://127.0.0.1:{port}/_fake/last_request")).json()
+            stats = (await direct.get(f"http://127.0.0.1:{port}/_fake/stats")).json()
+        assert seen["path"] == "/v1/chat/completions" and stats["requests"] == 1
+
+
+async def test_endpoint_the_backend_has_is_used_natively(tmp_path: Path) -> None:
+    async with serving(tmp_path, fake_launcher()) as (client, _):
+        response = await client.post("/v1/responses", json={"model": "m-chat", "input": "hi"})
+        assert response.status_code == 200, response.text
+        assert "x-slm-converted-from" not in response.headers
+        assert response.json()["object"] == "response"
