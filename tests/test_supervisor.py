@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -19,10 +21,41 @@ from fake_backend_proc import SCRIPT
 from net import eventually, free_port, wait_until
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
-from slm_server.supervisor import BackendFailed, BackendProcess, RestartPolicy, Supervisor
+from slm_server.supervisor import (
+    BackendFailed,
+    BackendProcess,
+    RestartPolicy,
+    Supervisor,
+    watchdog,
+)
 from slm_server.supervisor.logs import BackendLog
+from slm_server.supervisor.orphans import WATCHDOG_ENV, guarded_argv
 
 FAST = RestartPolicy(startup_timeout_s=10, max_start_failures=3, backoff_s=(0.05,), stop_grace_s=2)
+ON_LINUX = sys.platform.startswith("linux")
+
+
+@pytest.fixture(params=["default", "watchdog"])
+def orphan_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test as is, then with backends under the watchdog (as always on macOS)."""
+    if request.param == "watchdog":
+        monkeypatch.setenv(WATCHDOG_ENV, "1")
+    else:
+        monkeypatch.delenv(WATCHDOG_ENV, raising=False)
+    return str(request.param)
+
+
+def family(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants (under the watchdog: the backend too)."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def alive(process: psutil.Process) -> bool:
+    try:  # is_running() is also False once the PID belongs to another process
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def fake_spec(entry_: ModelEntry, args: Sequence[str] = ()) -> LaunchSpec:
@@ -60,20 +93,64 @@ async def test_start_waits_for_health_then_serves(tmp_path: Path) -> None:
     assert "=== slm_server: starting" in (tmp_path / "m.log").read_text()
 
 
-async def test_crashed_backend_is_restarted(tmp_path: Path) -> None:
+async def test_crashed_backend_is_restarted(tmp_path: Path, orphan_guard: str) -> None:
     process = make_process(tmp_path)
     try:
         await ready(process)
         first = process.pid
         assert first is not None
+        old = family(first)
+        # Under the watchdog this kills the watchdog: its backend must not live on.
         os.kill(first, signal.SIGKILL)
-        while process.generation < 2:
-            await asyncio.wait_for(process.ensure_ready(), 10)
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(15):  # the exit unnoticed, it would stay "ready"
+            while process.generation < 2:
+                await process.ensure_ready()
+                await asyncio.sleep(0.02)
         assert process.pid not in (None, first)
         assert process.restarts == 1
+        await eventually(lambda: not any(map(alive, old)), 5, "the old backend to be gone")
     finally:
         await process.stop()
+
+
+async def test_watched_backend_that_crashes_is_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(WATCHDOG_ENV, "1")
+    process = make_process(tmp_path)
+    try:
+        await ready(process)
+        assert process.pid is not None
+        watchdog, backend = family(process.pid)
+        backend.kill()
+        await eventually(lambda: process.generation == 2, 15, "the backend to be restarted")
+        assert process.state == "ready"
+        assert process.restarts == 1
+        assert not alive(watchdog)  # it went with its backend, and was seen to
+        assert "exited with code 137" in caplog.text  # 128 + SIGKILL, from the watchdog
+    finally:
+        await process.stop()
+
+
+@pytest.mark.parametrize("args", [(), ("--ignore-sigterm",)], ids=["sigterm", "sigkill"])
+async def test_stopping_a_watched_backend_leaves_no_process(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    args: Sequence[str],
+) -> None:
+    monkeypatch.setenv(WATCHDOG_ENV, "1")
+    process = make_process(tmp_path, args, policy=RestartPolicy(stop_grace_s=1))
+    try:
+        await ready(process)
+        assert process.pid is not None
+        processes = family(process.pid)
+        assert len(processes) == 2  # the watchdog and the backend
+    finally:
+        await asyncio.wait_for(process.stop(), 10)
+    await eventually(lambda: not any(map(alive, processes)), 5, "every process to be gone")
+    # The watchdog passed SIGTERM on, so only a backend that ignores it needed SIGKILL.
+    assert ("after SIGTERM; SIGKILL" in caplog.text) == bool(args)
 
 
 async def test_backend_that_cannot_start_is_failed_with_its_output(tmp_path: Path) -> None:
@@ -91,7 +168,7 @@ async def test_backend_that_cannot_start_is_failed_with_its_output(tmp_path: Pat
     await process.stop()
 
 
-async def test_missing_executable_fails_clearly(tmp_path: Path) -> None:
+async def test_missing_executable_fails_clearly(tmp_path: Path, orphan_guard: str) -> None:
     process = make_process(tmp_path, spec=LaunchSpec(["/nonexistent/llama-server"]))
     process.start()
     with pytest.raises(BackendFailed, match="cannot start"):
@@ -99,14 +176,16 @@ async def test_missing_executable_fails_clearly(tmp_path: Path) -> None:
     await process.stop()
 
 
-async def test_sigterm_ignored_means_sigkill_after_grace(tmp_path: Path) -> None:
+async def test_sigterm_ignored_means_sigkill_after_grace(tmp_path: Path, orphan_guard: str) -> None:
     policy = RestartPolicy(startup_timeout_s=10, stop_grace_s=0.3)
     process = make_process(tmp_path, ["--ignore-sigterm"], policy=policy)
     await ready(process)
     pid = process.pid
     assert pid is not None
+    processes = family(pid)
     await asyncio.wait_for(process.stop(), 5)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    await eventually(lambda: not any(map(alive, processes)), 5, "every process to be gone")
 
 
 async def test_port_taken_by_a_foreign_process_is_reported(tmp_path: Path) -> None:
@@ -146,9 +225,52 @@ async def test_supervisor_starts_and_stops_every_enabled_backend(tmp_path: Path)
     assert (tmp_path / "m-a.log").exists()
 
 
+def test_guarded_argv_wraps_only_where_the_kernel_cannot_guard(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = ["llama-server", "--port", "8080"]
+    monkeypatch.delenv(WATCHDOG_ENV, raising=False)
+    if ON_LINUX:
+        assert guarded_argv(argv) == argv
+    wrapped = [sys.executable, "-I", watchdog.__file__, str(os.getpid()), "--", *argv]
+    assert guarded_argv(argv, force_watchdog=True) == wrapped
+    monkeypatch.setenv(WATCHDOG_ENV, "1")
+    assert guarded_argv(argv) == wrapped
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("raise SystemExit(5)", 5), ("import os; os.kill(os.getpid(), 9)", 128 + 9)],
+    ids=["exit", "signal"],
+)
+def test_watchdog_exits_with_its_backends_status(code: str, status: int) -> None:
+    argv = guarded_argv([sys.executable, "-c", code], force_watchdog=True)
+    assert subprocess.run(argv, timeout=30).returncode == status
+
+
+@dataclass
+class SupervisorRun:
+    proc: subprocess.Popen[str]
+    pids: list[int]  # what the supervisor reports: under the watchdog, the watchdogs'
+    descendants: list[psutil.Process]
+    watched: bool
+
+    @property
+    def backends(self) -> list[psutil.Process]:
+        """The fake backends themselves (no watchdog)."""
+        return [p for p in self.descendants if p.cmdline()[1:2] == [str(SCRIPT)]]
+
+
 @pytest.fixture
-def supervisor_proc(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
-    """A supervisor in its own process, running two fake backends."""
+def supervisor_proc(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SupervisorRun]:
+    """A supervisor in its own process, running two fake backends.
+
+    Parametrize it indirectly with "watchdog" to run them under the watchdog.
+    """
+    watched = getattr(request, "param", "default") == "watchdog" or not ON_LINUX
+    env = {k: v for k, v in os.environ.items() if k != WATCHDOG_ENV}
+    if watched:
+        env[WATCHDOG_ENV] = "1"
     script = tmp_path / "supervise.py"
     script.write_text(
         f"""
@@ -170,32 +292,34 @@ async def main():
 asyncio.run(main())
 """
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
     assert proc.stdout is not None
     pids = [int(pid) for pid in proc.stdout.readline().split()]
+    # Taken while the supervisor lives: once it is gone they are no longer its descendants.
+    descendants = psutil.Process(proc.pid).children(recursive=True)
     try:
-        yield proc, pids
+        yield SupervisorRun(proc, pids, descendants, watched)
     finally:
         proc.kill()
         proc.wait()
         proc.stdout.close()
-        for pid in pids:
-            if psutil.pid_exists(pid):
-                os.kill(pid, signal.SIGKILL)
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
-def test_no_backend_survives_a_sigkilled_supervisor(
-    supervisor_proc: tuple[subprocess.Popen[str], list[int]],
-) -> None:
-    proc, pids = supervisor_proc
-    assert len(pids) == 2 and all(psutil.pid_exists(pid) for pid in pids)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-    def all_gone() -> bool:
-        return not any(
-            psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            for pid in pids
-        )
-
-    wait_until(all_gone, 5, "backends to die with their supervisor")
+@pytest.mark.parametrize("supervisor_proc", ["default", "watchdog"], indirect=True)
+def test_no_backend_survives_a_sigkilled_supervisor(supervisor_proc: SupervisorRun) -> None:
+    run = supervisor_proc
+    assert len(run.pids) == 2 and set(run.pids) <= {p.pid for p in run.descendants}
+    backends = {p.pid for p in run.backends}
+    assert len(backends) == 2 and all(map(alive, run.descendants))
+    # Under the watchdog the supervisor knows only the watchdogs: the backends are theirs.
+    assert backends.isdisjoint(run.pids) if run.watched else backends == set(run.pids)
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait()
+    wait_until(
+        lambda: not any(map(alive, run.descendants)), 5, "backends to die with their supervisor"
+    )

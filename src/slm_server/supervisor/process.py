@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 State = Literal["stopped", "starting", "ready", "failed", "stopping"]
 
 _READY_POLL_S = 0.05
+_EXIT_POLL_S = 0.2  # see BackendProcess._exited
 _PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1)
 _LOG_SETTLE_S = 0.2
 
@@ -169,7 +170,7 @@ class BackendProcess:
         self._set("ready")
         log.info("%s: ready (%s on port %d, PID %d)", self.role, self.entry.id, port, proc.pid)
         up_since = time.monotonic()
-        code = await proc.wait()
+        code = await self._exited(proc)
         self._proc, self.pid = None, None
         self._end_leftovers(proc)
         await self._drain_output()
@@ -209,7 +210,7 @@ class BackendProcess:
         """None once the server answers; else why not (exited, or the deadline passed)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._policy.startup_timeout_s
-        exited = asyncio.ensure_future(proc.wait())
+        exited = asyncio.ensure_future(self._exited(proc))
         try:
             while True:
                 probe = asyncio.ensure_future(self._answers(session, spec, deadline - loop.time()))
@@ -276,7 +277,7 @@ class BackendProcess:
         else:
             _signal_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self._policy.stop_grace_s)
+            await asyncio.wait_for(self._exited(proc), self._policy.stop_grace_s)
         except TimeoutError:
             log.warning(
                 "%s: no exit %gs after SIGTERM; SIGKILL", self.role, self._policy.stop_grace_s
@@ -286,6 +287,24 @@ class BackendProcess:
         self._end_leftovers(proc)
         self.pid = None
         await self._drain_output()
+
+    async def _exited(self, proc: asyncio.subprocess.Process) -> int:
+        """``proc.wait()``; under the watchdog, without waiting for the output pipe to close.
+
+        ``wait()`` waits for that too, and a watchdog killed outright leaves its
+        backend running with the pipe open: its exit must still be seen, so that
+        ``_end_leftovers`` can end the backend.
+        """
+        if not self._watched:
+            return await proc.wait()
+        waiting = asyncio.ensure_future(proc.wait())
+        try:
+            # returncode is set as soon as the process is reaped, open pipe or not.
+            while (code := proc.returncode) is None:
+                await asyncio.wait((waiting,), timeout=_EXIT_POLL_S)
+        finally:
+            waiting.cancel()
+        return code
 
     def _end_leftovers(self, proc: asyncio.subprocess.Process) -> None:
         """SIGKILL what is left of an exited watchdog's process group.
