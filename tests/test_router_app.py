@@ -277,3 +277,13 @@ async def test_stalled_stream_ends_with_an_in_band_timeout_error(fake: FakeBacke
     error = json.loads(last.removeprefix("data: "))["error"]
     assert (error["type"], error["code"]) == ("server_error", "timeout")
     assert "0.4s" in error["message"]
+
+
+async def test_router_reports_its_own_time(router: httpx.AsyncClient, fake: FakeBackend) -> None:
+    fake.control(response_delay=0.2)  # the backend's time must not count
+    response = await router.post("/v1/chat/completions", json=CHAT)
+    own_ms = float(response.headers["x-slm-overhead-ms"])
+    assert 0 < own_ms < 100
+    fake.control(chunks=2)
+    async with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as s:
+        assert 0 < float(s.headers["x-slm-overhead-ms"]) < 100

@@ -39,6 +39,7 @@ from slm_server.router.proxy import (
     new_upstream_session,
 )
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable
+from slm_server.router.stopwatch import Stopwatch
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ class RouterApp:
         return {"object": "list", "data": data}
 
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        stopwatch = Stopwatch()
         body = await read_body(scope, receive, self.max_body_bytes)
         request = _parse_json_object(body)
         model = request.get("model")
@@ -178,7 +180,9 @@ class RouterApp:
                 self.session, backend, process, path, request, body, headers, send, receive
             )
         else:
-            await forward(self.session, backend, path, headers, body, send, receive)
+            await forward(
+                self.session, backend, path, headers, body, send, receive, stopwatch=stopwatch
+            )
 
 
 async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:

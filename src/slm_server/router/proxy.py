@@ -23,6 +23,7 @@ from slm_server.router.errors import (
     error_body,
 )
 from slm_server.router.routing import Backend
+from slm_server.router.stopwatch import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ async def forward(
     *,
     missing_statuses: frozenset[int] = frozenset(),
     observe: Observer | None = None,
+    stopwatch: Stopwatch | None = None,
 ) -> None:
     """POST ``body`` to ``path`` on ``backend`` and relay the answer to the client.
 
@@ -118,10 +120,20 @@ async def forward(
     When the client disconnects, the upstream request is cancelled. An answer
     with a status in ``missing_statuses`` is not relayed: EndpointMissing.
     ``observe`` sees each piece of a successful answer's body as it is relayed.
+    ``stopwatch``, when given, times the router's own share for the response header.
     """
     async with admitted(backend) as deadline:
         exchange = _exchange(
-            session, backend, path, headers, body, send, deadline, missing_statuses, observe
+            session,
+            backend,
+            path,
+            headers,
+            body,
+            send,
+            deadline,
+            missing_statuses,
+            observe,
+            stopwatch or Stopwatch(),
         )
         await run_until_disconnect(receive, exchange, backend)
 
@@ -181,7 +193,9 @@ async def _exchange(
     deadline: float,
     missing_statuses: frozenset[int],
     observe: Observer | None,
+    stopwatch: Stopwatch,
 ) -> None:
+    stopwatch.backend_asked()
     response = await open_upstream(session, backend, path, headers, body, deadline)
     if response.status in missing_statuses:
         response.release()
@@ -191,9 +205,10 @@ async def _exchange(
     completed = False
     try:
         if response.content_type == "text/event-stream":
-            await _relay_stream(response, send, backend, observe)
+            stopwatch.backend_answered()
+            await _relay_stream(response, send, backend, observe, stopwatch)
         else:
-            await _relay_whole(response, send, backend, deadline, observe)
+            await _relay_whole(response, send, backend, deadline, observe, stopwatch)
         completed = True
     finally:
         if completed:
@@ -222,23 +237,25 @@ async def _relay_whole(
     backend: Backend,
     deadline: float,
     observe: Observer | None,
+    stopwatch: Stopwatch,
 ) -> None:
     payload = await read_whole(response, backend, deadline)
+    stopwatch.backend_answered()
     if observe is not None:
         observe(payload)
-    await send_response(send, response.status, payload, _response_headers(response))
+    headers = [*_response_headers(response), stopwatch.header()]
+    await send_response(send, response.status, payload, headers)
 
 
 async def _relay_stream(
-    response: aiohttp.ClientResponse, send: Send, backend: Backend, observe: Observer | None
+    response: aiohttp.ClientResponse,
+    send: Send,
+    backend: Backend,
+    observe: Observer | None,
+    stopwatch: Stopwatch,
 ) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status,
-            "headers": [*_response_headers(response), *SSE_HEADERS],
-        }
-    )
+    headers = [*_response_headers(response), *SSE_HEADERS, stopwatch.header()]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
     idle_timeout = backend.entry.default_timeout
     final = b""
     try:
