@@ -83,6 +83,7 @@ def test_stream_is_relayed_chunk_by_chunk(router: RouterProcess, fake: FakeBacke
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-accel-buffering"] == "no"
+        assert response.headers.get_list("cache-control") == ["no-cache"]  # the fake sends one too
         assert "content-encoding" not in response.headers
         for piece in response.iter_text():
             arrivals.append(time.monotonic() - started)

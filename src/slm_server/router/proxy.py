@@ -254,7 +254,9 @@ async def _relay_stream(
     observe: Observer | None,
     stopwatch: Stopwatch,
 ) -> None:
-    headers = [*_response_headers(response), *SSE_HEADERS, stopwatch.header()]
+    own = {name for name, _ in SSE_HEADERS}  # ours replace the backend's, never doubled
+    passed = [header for header in _response_headers(response) if header[0] not in own]
+    headers = [*passed, *SSE_HEADERS, stopwatch.header()]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     idle_timeout = backend.entry.default_timeout
     final = b""
