@@ -1,0 +1,135 @@
+"""Command line of the benchmark: ``python -m bench [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.procs import choose_cpus, require_tools
+from bench.report import render
+from bench.results import Settings
+from bench.suite import progress, run_suite
+
+
+def _numbers(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+def _gaps(text: str) -> tuple[float, ...]:
+    return tuple(float(part) for part in text.split(","))
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="bench/run",
+        description="Load a fake backend directly, through nginx and through slm_server's "
+        "router; print one table comparing them.",
+    )
+    parser.add_argument(
+        "--repeats",
+        "-r",
+        type=int,
+        default=defaults.repeats,
+        help="runs per figure; the median is reported (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        "-d",
+        type=float,
+        default=defaults.duration_s,
+        help="seconds per wrk run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stream-duration",
+        type=float,
+        default=defaults.stream_duration_s,
+        help="seconds per streaming run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=_numbers,
+        default=defaults.connections,
+        help="wrk connection counts (default: 1,16,64,256)",
+    )
+    parser.add_argument(
+        "--streams",
+        type=_numbers,
+        default=defaults.stream_concurrency,
+        help="concurrent stream counts (default: 1,16,64)",
+    )
+    parser.add_argument(
+        "--gaps",
+        type=_gaps,
+        default=defaults.gaps_ms,
+        help="gaps between stream chunks in ms (default: 0,5)",
+    )
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=defaults.chunks,
+        help="chunks per stream (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--startups", type=int, default=None, help="router start-ups timed (default: --repeats)"
+    )
+    parser.add_argument(
+        "--proxy-cpu",
+        type=int,
+        default=None,
+        help="CPU for nginx and the router (default: the first usable)",
+    )
+    parser.add_argument(
+        "--load-cpu",
+        type=int,
+        default=None,
+        help="CPU for backend and load generators (default: the next usable)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1 run of 2 s each: a smoke test, not a measurement"
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="PATH", help="also write every raw figure to PATH"
+    )
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    repeats, duration, stream_duration = args.repeats, args.duration, args.stream_duration
+    if args.quick:
+        repeats, duration, stream_duration = 1, 2.0, 2.0
+    proxy_cpu, load_cpu = choose_cpus(args.proxy_cpu, args.load_cpu)
+    return Settings(
+        repeats=repeats,
+        duration_s=duration,
+        stream_duration_s=stream_duration,
+        connections=args.connections,
+        stream_concurrency=args.streams,
+        gaps_ms=args.gaps,
+        chunks=args.chunks,
+        startups=repeats if args.startups is None else args.startups,
+        proxy_cpu=proxy_cpu,
+        load_cpu=load_cpu,
+        rss_connections=max(args.connections),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    require_tools("wrk", "nginx", "taskset")
+    settings = settings_from(args)
+    if settings.proxy_cpu is None:
+        progress("fewer than 2 usable CPUs: nothing pinned, figures are only comparative")
+    results = run_suite(settings)
+    print(render(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results.to_json(), indent=1))
+        progress(f"raw figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

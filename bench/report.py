@@ -1,0 +1,281 @@
+"""The one table: every figure side by side, with the issue's targets checked."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.environment import load_average
+from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results
+from bench.stats import Figure, with_spread
+from bench.streams import StreamRun
+from bench.wrk import WrkRun
+
+# ratio: a rate, higher is better; added: a time, direct's subtracted; none: not comparable.
+Comparison = Literal["ratio", "added", "none"]
+
+_COLUMNS = ("measure", DIRECT, NGINX, ROUTER, "nginx vs direct", "slm vs direct", "target", "")
+
+
+@dataclass(frozen=True)
+class Row:
+    measure: str
+    cells: dict[str, str]  # by target
+    versus: tuple[str, str] = ("", "")  # nginx, slm_server compared with direct
+    target: str = ""
+    check: str = ""
+
+
+def _passed(ok: bool | None) -> str:
+    if ok is None:
+        return "-"
+    return "PASS" if ok else "MISS"
+
+
+class _Rows:
+    """Builds rows from per-target figures; ``kind`` says how targets compare with direct."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+
+    def add(
+        self,
+        measure: str,
+        figures: dict[str, Figure],
+        digits: int,
+        kind: Comparison,
+        target: str = "",
+        check: Callable[[dict[str, Figure]], bool] | None = None,
+    ) -> None:
+        cells = {t: with_spread(f, digits) for t, f in figures.items()}
+        versus = (_versus(figures, NGINX, kind, digits), _versus(figures, ROUTER, kind, digits))
+        ok = None
+        if check is not None and all(not f.missing for f in figures.values()):
+            ok = check(figures)
+        self.rows.append(Row(measure, cells, versus, target, _passed(ok) if target else ""))
+
+    def add_plain(
+        self, measure: str, cells: dict[str, str], target: str = "", ok: bool | None = None
+    ) -> None:
+        self.rows.append(Row(measure, cells, ("", ""), target, _passed(ok) if target else ""))
+
+
+def _versus(figures: dict[str, Figure], target: str, kind: Comparison, digits: int) -> str:
+    """How ``target`` compares with direct: "0.91x" for rates, "+0.21" for added times."""
+    base, other = figures.get(DIRECT), figures.get(target)
+    if kind == "none" or base is None or other is None or base.missing or other.missing:
+        return ""
+    if kind == "ratio":
+        return f"{other.median / base.median:.2f}x" if base.median else ""
+    return f"{other.median - base.median:+.{digits}f}"
+
+
+def _median_of(runs: Sequence[WrkRun] | Sequence[StreamRun], value: Callable[..., float]) -> Figure:
+    return Figure.of(value(run) for run in runs)
+
+
+def _plain_rows(results: Results, rows: _Rows) -> None:
+    for connections in results.settings.connections:
+        runs = {t: results.plain.get((t, connections), []) for t in TARGETS}
+        rps = {t: _median_of(r, lambda run: run.rps) for t, r in runs.items()}
+        p50 = {t: _median_of(r, lambda run: run.p50_ms) for t, r in runs.items()}
+        p99 = {t: _median_of(r, lambda run: run.p99_ms) for t, r in runs.items()}
+        label = f"plain c={connections}"
+        if connections == 64:
+            rows.add(
+                f"{label} req/s",
+                rps,
+                0,
+                "ratio",
+                ">= 5,000 req/s",
+                lambda f: f[ROUTER].median >= 5000,
+            )
+        else:
+            rows.add(f"{label} req/s", rps, 0, "ratio")
+        if connections == 1:
+            rows.add(
+                f"{label} p50 ms",
+                p50,
+                3,
+                "added",
+                "added p50 <= 0.3 ms",
+                lambda f: f[ROUTER].median - f[DIRECT].median <= 0.3,
+            )
+        else:
+            rows.add(f"{label} p50 ms", p50, 3, "added")
+        rows.add(f"{label} p99 ms", p99, 3, "added")
+        cpu = {t: Figure.of(results.plain_cpu_us.get((t, connections), [])) for t in TARGETS}
+        rows.add(f"{label} CPU us/request", cpu, 0, "none")
+    errors = {
+        t: sum(run.errors for (t2, _), runs in results.plain.items() if t2 == t for run in runs)
+        for t in TARGETS
+    }
+    rows.add_plain(
+        "plain non-2xx + socket errors (all runs)",
+        {t: str(n) for t, n in errors.items()},
+        "0 (slm_server)",
+        errors[ROUTER] == 0,
+    )
+
+
+def _stream_rows(results: Results, rows: _Rows) -> None:
+    settings = results.settings
+    for gap in settings.gaps_ms:
+        for concurrency in settings.stream_concurrency:
+            runs = {t: results.streams.get((t, concurrency, gap), []) for t in TARGETS}
+            rate = {t: _median_of(r, lambda run: run.chunks_per_s) for t, r in runs.items()}
+            ttfc = {t: _median_of(r, lambda run: run.ttfc_p50_ms) for t, r in runs.items()}
+            total = {t: _median_of(r, lambda run: run.stream_p50_ms) for t, r in runs.items()}
+            label = f"stream c={concurrency} gap={gap:g}ms"
+            if gap == 5 and concurrency == 64:
+                rows.add(
+                    f"{label} chunks/s",
+                    rate,
+                    0,
+                    "ratio",
+                    ">= 0.95x direct",
+                    lambda f: f[ROUTER].median >= 0.95 * f[DIRECT].median,
+                )
+                rows.add(
+                    f"{label} TTFC p50 ms",
+                    ttfc,
+                    2,
+                    "added",
+                    "added <= 1 ms",
+                    lambda f: f[ROUTER].median - f[DIRECT].median <= 1.0,
+                )
+            elif gap == 0 and concurrency == 16:
+                rows.add(
+                    f"{label} chunks/s",
+                    rate,
+                    0,
+                    "ratio",
+                    ">= 0.6x direct",
+                    lambda f: f[ROUTER].median >= 0.6 * f[DIRECT].median,
+                )
+                rows.add(f"{label} TTFC p50 ms", ttfc, 2, "added")
+            else:
+                rows.add(f"{label} chunks/s", rate, 0, "ratio")
+                rows.add(f"{label} TTFC p50 ms", ttfc, 2, "added")
+            rows.add(f"{label} stream time p50 ms", total, 1, "added")
+            if gap == 0:
+                cpu = {t: Figure.of(results.stream_cpu_us.get((t, concurrency, gap), []))
+                       for t in TARGETS}  # fmt: skip
+                rows.add(f"{label} CPU us/chunk", cpu, 1, "none")
+    errors = {
+        t: sum(
+            run.errors for (t2, _, _), runs in results.streams.items() if t2 == t for run in runs
+        )
+        for t in TARGETS
+    }
+    rows.add_plain(
+        "stream errors (all runs)",
+        {t: str(n) for t, n in errors.items()},
+        "0 (slm_server)",
+        errors[ROUTER] == 0,
+    )
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _process_rows(results: Results, rows: _Rows) -> None:
+    settings = results.settings
+    rows.add_plain(
+        "RSS idle MB",
+        {NGINX: _mb(results.rss_idle_mb.get(NGINX)), ROUTER: _mb(results.rss_idle_mb.get(ROUTER))},
+    )
+    peaks = {t: Figure.of(results.rss_load_mb.get(t, [])) for t in (NGINX, ROUTER)}
+    router_peak = peaks[ROUTER]
+    rows.add_plain(
+        f"RSS peak at c={settings.rss_connections} MB",
+        {t: with_spread(f, 1) for t, f in peaks.items()},
+        "< 120 MB",
+        None if router_peak.missing else router_peak.high < 120,
+    )
+    rows.add_plain(
+        "RSS after all load MB",
+        {
+            NGINX: _mb(results.rss_after_mb.get(NGINX)),
+            ROUTER: _mb(results.rss_after_mb.get(ROUTER)),
+        },
+    )
+    startup = Figure.of(results.startup_s)
+    rows.add_plain(
+        "start-up to first 200 /health s",
+        {ROUTER: with_spread(startup, 3)},
+        "< 1.5 s",
+        None if startup.missing else startup.median < 1.5,
+    )
+    for concurrency, sample in sorted(results.overhead.items()):
+        rows.add_plain(
+            f"x-slm-overhead-ms p50, plain c={concurrency}",
+            {ROUTER: _overhead_cell(sample.overhead_ms, len(sample.latency_ms))},
+        )
+    stream_overhead = [
+        value
+        for (target, concurrency, gap), runs in results.streams.items()
+        if target == ROUTER and concurrency == 64 and gap == 5
+        for run in runs
+        for value in run.overhead_ms
+    ]
+    streamed = sum(
+        run.streams
+        for (t, c, g), runs in results.streams.items()
+        if t == ROUTER and c == 64 and g == 5
+        for run in runs
+    )
+    rows.add_plain(
+        "x-slm-overhead-ms p50, stream c=64 gap=5ms",
+        {ROUTER: _overhead_cell(stream_overhead, streamed)},
+    )
+    rows.add_plain("readiness lag (serve)", {ROUTER: "not measured (v1)"})
+
+
+def _overhead_cell(values: list[float], responses: int) -> str:
+    if not responses:
+        return "-"
+    if not values:
+        return "header not sent"
+    return f"{statistics.median(values):.3f} (n={len(values)})"
+
+
+def render(results: Results) -> str:
+    rows = _Rows()
+    _plain_rows(results, rows)
+    _stream_rows(results, rows)
+    _process_rows(results, rows)
+    table = [list(_COLUMNS)]
+    for row in rows.rows:
+        table.append(
+            [
+                row.measure,
+                *(row.cells.get(t, "") for t in TARGETS),
+                *row.versus,
+                row.target,
+                row.check,
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    settings = results.settings
+    header = [f"{key}: {value}" for key, value in results.environment.items()]
+    header.append(f"load average at end: {load_average()}")
+    header.append(
+        f"each figure: median of {settings.repeats} run(s) of {settings.duration_s:g} s "
+        f"(streams {settings.stream_duration_s:g} s, {settings.chunks} chunks each), "
+        "[min-max] over the runs; 'vs direct': ratio for rates, added ms for times; "
+        "CPU: the proxy's per request or chunk (direct column: the backend's)"
+    )
+    misses = sum(1 for row in rows.rows if row.check == "MISS")
+    checked = sum(1 for row in rows.rows if row.check in ("PASS", "MISS"))
+    footer = f"targets: {checked - misses}/{checked} PASS"
+    separator = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    body = [line(table[0]), separator, *(line(cells) for cells in table[1:])]
+    return "\n".join([*header, "", *body, "", footer])

@@ -1,0 +1,83 @@
+"""What one benchmark session measured, and the settings it ran with."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.streams import PlainSample, StreamRun
+from bench.wrk import WrkRun
+
+DIRECT = "direct"
+NGINX = "nginx"
+ROUTER = "slm_server"
+TARGETS = (DIRECT, NGINX, ROUTER)
+
+
+@dataclass(frozen=True)
+class Settings:
+    repeats: int = 3
+    duration_s: float = 5.0
+    stream_duration_s: float = 3.0
+    connections: tuple[int, ...] = (1, 16, 64, 256)
+    stream_concurrency: tuple[int, ...] = (1, 16, 64)
+    gaps_ms: tuple[float, ...] = (0.0, 5.0)
+    chunks: int = 64
+    sample_duration_s: float = 2.0
+    startups: int = 3
+    proxy_cpu: int | None = None
+    load_cpu: int | None = None
+    # The connection count whose runs give "RSS under load".
+    rss_connections: int = 256
+
+
+@dataclass
+class Results:
+    settings: Settings
+    environment: dict[str, str] = field(default_factory=dict)
+    plain: dict[tuple[str, int], list[WrkRun]] = field(default_factory=dict)
+    streams: dict[tuple[str, int, float], list[StreamRun]] = field(default_factory=dict)
+    # CPU time of the target (direct: the backend) per request / per chunk, one per run.
+    plain_cpu_us: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    stream_cpu_us: dict[tuple[str, int, float], list[float]] = field(default_factory=dict)
+    startup_s: list[float] = field(default_factory=list)
+    rss_idle_mb: dict[str, float] = field(default_factory=dict)
+    rss_load_mb: dict[str, list[float]] = field(default_factory=dict)  # peak of each run
+    rss_after_mb: dict[str, float] = field(default_factory=dict)
+    overhead: dict[int, PlainSample] = field(default_factory=dict)  # by concurrency
+
+    def to_json(self) -> dict[str, Any]:
+        """Every raw figure, for comparing sessions later (tuple keys become strings)."""
+        return {
+            "settings": asdict(self.settings),
+            "environment": self.environment,
+            "plain": {
+                f"{t} c={c}": [asdict(r) for r in runs] for (t, c), runs in self.plain.items()
+            },
+            "streams": {
+                f"{t} c={c} gap={g:g}ms": [
+                    {k: v for k, v in asdict(r).items() if not isinstance(v, list)}
+                    | {"ttfc_p50_ms": r.ttfc_p50_ms, "stream_p50_ms": r.stream_p50_ms}
+                    for r in runs
+                ]
+                for (t, c, g), runs in self.streams.items()
+            },
+            "plain_cpu_us_per_request": {
+                f"{t} c={c}": v for (t, c), v in self.plain_cpu_us.items()
+            },
+            "stream_cpu_us_per_chunk": {
+                f"{t} c={c} gap={g:g}ms": v for (t, c, g), v in self.stream_cpu_us.items()
+            },
+            "startup_s": self.startup_s,
+            "rss_idle_mb": self.rss_idle_mb,
+            "rss_load_mb": self.rss_load_mb,
+            "rss_after_mb": self.rss_after_mb,
+            "overhead_samples": {
+                f"c={c}": {
+                    "requests": len(s.latency_ms),
+                    "errors": s.errors,
+                    "overhead_ms": s.overhead_ms[:2000],
+                }
+                for c, s in self.overhead.items()
+            },
+        }

@@ -1,0 +1,58 @@
+"""slm_server's router as a target: its config and its process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from bench.procs import HOST, Started, spawn
+
+MODEL_ID = "bench"
+
+
+def write_config(tmp: Path, backend_port: int) -> Path:
+    """A models.yaml routing the one model ``bench`` to the fake backend."""
+    # The router never opens the model; the file only keeps the config valid.
+    model = tmp / "bench.gguf"
+    model.write_bytes(b"GGUF")
+    config = {
+        "models": {
+            "bench": {
+                "id": MODEL_ID,
+                "backend": "llamacpp",
+                "host": HOST,
+                "port": backend_port,
+                "model_path": str(model),
+                "default_timeout": 60,
+                "quantization": "Q4_K_M",
+                # Admission control stays in the path but never queues: the load
+                # generators' concurrency is what is measured, not the gate's.
+                "max_concurrency": 1024,
+            }
+        },
+        "router": {"max_queue": 100000},
+    }
+    path = tmp / "models.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def start_router(tmp: Path, config: Path, port: int, cpu: int | None, name: str) -> Started:
+    # The venv's interpreter directly, not `uv run`: start-up time is the router's own.
+    command = [
+        sys.executable,
+        "-m",
+        "slm_server",
+        "router",
+        "--config",
+        str(config),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    return spawn(name, command, tmp, cpu)

@@ -1,0 +1,168 @@
+"""The benchmark session: start the targets, load each in turn, collect the figures."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from bench import environment
+from bench.nginx import start_nginx
+from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn, wait_healthy
+from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results, Settings
+from bench.router import start_router, write_config
+from bench.streams import plain_sample, stream_load
+from bench.wrk import run_wrk
+
+_HEALTH_TIMEOUT_S = 30
+_CHAT = "/v1/chat/completions"
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_suite(settings: Settings) -> Results:
+    results = Results(settings, environment.describe(settings))
+    # The harness itself (stream client, samplers) is a load generator: it gets their CPU.
+    if settings.load_cpu is not None:
+        os.sched_setaffinity(0, {settings.load_cpu})
+    with tempfile.TemporaryDirectory(prefix="slm-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        try:
+            with _targets(tmp, settings, results) as (ports, processes):
+                _measure(settings, results, ports, processes)
+        except Exception:
+            _print_logs(tmp)
+            raise
+    return results
+
+
+@contextlib.contextmanager
+def _targets(
+    tmp: Path, settings: Settings, results: Results
+) -> Iterator[tuple[dict[str, int], dict[str, Started]]]:
+    """Backend, nginx and router up and healthy, by target name; all stopped on the way out."""
+    ports = {target: free_port() for target in TARGETS}
+    backend_cmd = [sys.executable, "-m", "bench.backend", "--port", str(ports[DIRECT])]
+    backend = spawn("backend", [*backend_cmd, "--chunks", str(settings.chunks)], tmp,
+                    settings.load_cpu)  # fmt: skip
+    with running(backend):
+        wait_healthy(backend, ports[DIRECT], _HEALTH_TIMEOUT_S)
+        config = write_config(tmp, ports[DIRECT])
+        nginx = start_nginx(tmp, ports[NGINX], ports[DIRECT], settings.proxy_cpu)
+        with running(nginx):
+            wait_healthy(nginx, ports[NGINX], _HEALTH_TIMEOUT_S)
+            results.startup_s = _startups(tmp, config, settings)
+            router = start_router(tmp, config, ports[ROUTER], settings.proxy_cpu, "router")
+            with running(router):
+                wait_healthy(router, ports[ROUTER], _HEALTH_TIMEOUT_S)
+                proxies = {NGINX: nginx, ROUTER: router}
+                # Idle: up and healthy, no model request served yet.
+                results.rss_idle_mb = {name: rss_mb(p) for name, p in proxies.items()}
+                yield ports, {DIRECT: backend, **proxies}
+                results.rss_after_mb = {name: rss_mb(p) for name, p in proxies.items()}
+
+
+def _startups(tmp: Path, config: Path, settings: Settings) -> list[float]:
+    """Spawn-to-first-200-on-/health of fresh routers, each stopped again."""
+    times = []
+    for index in range(settings.startups):
+        port = free_port()
+        router = start_router(tmp, config, port, settings.proxy_cpu, f"router-startup-{index}")
+        with running(router):
+            # Timed from Popen's return: fork+exec before it take microseconds.
+            times.append(wait_healthy(router, port, _HEALTH_TIMEOUT_S))
+        progress(f"router start-up {index + 1}/{settings.startups}: {times[-1]:.3f} s")
+    return times
+
+
+def _measure(
+    settings: Settings, results: Results, ports: dict[str, int], processes: dict[str, Started]
+) -> None:
+    urls = {target: f"http://{HOST}:{port}{_CHAT}" for target, port in ports.items()}
+    for target in TARGETS:  # warm pools and caches; nothing recorded
+        run_wrk(urls[target], 16, 1, settings.load_cpu)
+    _plain(settings, results, urls, processes)
+    for concurrency in (1, 64):
+        progress(f"overhead header sample, {concurrency} connection(s)")
+        results.overhead[concurrency] = plain_sample(
+            urls[ROUTER], concurrency, settings.sample_duration_s
+        )
+    _streams(settings, results, urls, processes)
+
+
+def _plain(
+    settings: Settings, results: Results, urls: dict[str, str], processes: dict[str, Started]
+) -> None:
+    # Repetition is the outer loop so slow drift (other load on the machine)
+    # touches every target alike instead of whichever ran last.
+    for repeat in range(settings.repeats):
+        for connections in settings.connections:
+            for target in TARGETS:
+                process = processes[target]
+                peaks: list[float] = []
+                sample = None
+                if target != DIRECT and connections == settings.rss_connections:
+                    sample = _rss_sampler(process, peaks)
+                cpu_before = cpu_s(process)
+                run = run_wrk(
+                    urls[target], connections, settings.duration_s, settings.load_cpu, sample
+                )
+                cpu_us = (cpu_s(process) - cpu_before) / max(run.requests, 1) * 1e6
+                results.plain.setdefault((target, connections), []).append(run)
+                results.plain_cpu_us.setdefault((target, connections), []).append(cpu_us)
+                if peaks:
+                    results.rss_load_mb.setdefault(target, []).append(max(peaks))
+                progress(
+                    f"plain {repeat + 1}/{settings.repeats} c={connections} {target}: "
+                    f"{run.rps:,.0f} req/s, p50 {run.p50_ms:.3f} ms, "
+                    f"{cpu_us:.0f} CPU us/request, errors {run.errors}"
+                )
+
+
+def _rss_sampler(process: Started, peaks: list[float]) -> Callable[[], None]:
+    def sample() -> None:
+        peaks.append(rss_mb(process))
+
+    return sample
+
+
+def _streams(
+    settings: Settings, results: Results, urls: dict[str, str], processes: dict[str, Started]
+) -> None:
+    for repeat in range(settings.repeats):
+        for gap in settings.gaps_ms:
+            for concurrency in settings.stream_concurrency:
+                for target in TARGETS:
+                    key = (target, concurrency, gap)
+                    process = processes[target]
+                    run = stream_load(
+                        urls[target],
+                        concurrency,
+                        settings.chunks,
+                        gap,
+                        settings.stream_duration_s,
+                        functools.partial(cpu_s, process),
+                    )
+                    cpu_us = run.target_cpu_s / max(run.chunks, 1) * 1e6
+                    results.streams.setdefault(key, []).append(run)
+                    results.stream_cpu_us.setdefault(key, []).append(cpu_us)
+                    progress(
+                        f"stream {repeat + 1}/{settings.repeats} c={concurrency} gap={gap:g}ms "
+                        f"{target}: {run.chunks_per_s:,.0f} chunks/s, "
+                        f"TTFC p50 {run.ttfc_p50_ms:.2f} ms, {cpu_us:.1f} CPU us/chunk, "
+                        f"errors {run.errors}"
+                    )
+
+
+def _print_logs(tmp: Path) -> None:
+    for log in sorted(tmp.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        if tail:
+            print(f"--- {log.name}", *tail, sep="\n", file=sys.stderr)
