@@ -22,6 +22,7 @@ import openai
 import psutil
 import pytest
 import yaml
+from openai.types.responses import FunctionToolParam
 
 from net import free_port, wait_until
 from router_proc import RouterProcess
@@ -250,10 +251,11 @@ def test_serve_without_a_config_uses_the_built_in_default(tmp_path: Path) -> Non
     assert "config/models.yaml.example" in log
 
 
-LOOKUP_TOOL = {
+LOOKUP_TOOL: FunctionToolParam = {
     "type": "function",
     "name": "lookup",
     "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+    "strict": False,
 }
 
 
@@ -262,13 +264,19 @@ def test_responses_served_natively(sdk: openai.OpenAI) -> None:
         model="gemma-chat",
         input="Say hi.",
         max_output_tokens=8,
-        tools=[LOOKUP_TOOL],  # type: ignore[list-item]
+        tools=[LOOKUP_TOOL],
     )
     assert "x-slm-converted-from" not in raw.headers  # llama-server answered itself
     response = raw.parse()
     assert response.status in ("completed", "incomplete") and response.output
     events = list(
-        sdk.responses.create(model="gemma-chat", input="Say hi.", max_output_tokens=8, stream=True)
+        sdk.responses.create(
+            model="gemma-chat",
+            input="Say hi.",
+            max_output_tokens=8,
+            tools=[LOOKUP_TOOL],
+            stream=True,
+        )
     )
     assert events[0].type == "response.created"
     assert events[-1].type in ("response.completed", "response.incomplete")
@@ -286,7 +294,10 @@ def test_anthropic_messages_served_natively(served: RouterProcess) -> None:
         message = raw.parse()
         assert message.content and message.usage.output_tokens > 0
         with claude.messages.stream(
-            model="gemma-chat", max_tokens=8, messages=[{"role": "user", "content": "Hi"}]
+            model="gemma-chat",
+            max_tokens=8,
+            messages=[{"role": "user", "content": "Hi"}],
+            tools=[{"name": "lookup", "input_schema": {"type": "object"}}],
         ) as stream:
             final = stream.get_final_message()
         assert final.stop_reason in ("end_turn", "max_tokens")
