@@ -279,6 +279,20 @@ async def test_stalled_stream_ends_with_an_in_band_timeout_error(fake: FakeBacke
     assert "0.4s" in error["message"]
 
 
+async def test_stalled_converted_stream_ends_in_its_own_dialect(fake: FakeBackend) -> None:
+    fake.control(chunks=3, chunk_delay=1.0, no_responses=True)
+    app = RouterApp(make_config(models_for(fake, default_timeout=0.4)))
+    request = {"model": "m-chat", "input": "hi", "stream": True}
+    async with await client_for(app) as client:
+        response = await client.post("/v1/responses", json=request)
+    await app.aclose()
+    assert response.headers["x-slm-converted-from"] == "chat-completions"
+    events = [line for line in response.text.splitlines() if line.startswith("event: ")]
+    assert events[0] == "event: response.created"
+    assert events[-1] == "event: response.failed"
+    assert "sent nothing for 0.4s" in response.text
+
+
 async def test_router_reports_its_own_time(router: httpx.AsyncClient, fake: FakeBackend) -> None:
     fake.control(response_delay=0.2)  # the backend's time must not count
     response = await router.post("/v1/chat/completions", json=CHAT)

@@ -11,7 +11,7 @@ are always converted, since only the router holds that conversation.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -26,11 +26,13 @@ from slm_server.router.errors import BadGateway, UnknownResponse, UnsupportedReq
 from slm_server.router.proxy import (
     SSE_HEADERS,
     EndpointMissing,
+    StreamBroken,
     admitted,
     forward,
     open_upstream,
     read_whole,
     run_until_disconnect,
+    stream_pieces,
 )
 from slm_server.router.routing import Backend
 from slm_server.supervisor import BackendProcess
@@ -353,30 +355,22 @@ async def _relay_converted_stream(
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await _send_events(send, converter.start())
     parser = SseParser()
-    idle_timeout = backend.entry.default_timeout
     try:
-        while True:
-            async with asyncio.timeout(idle_timeout):
-                piece = await response.content.readany()
-            if not piece:
-                break
-            for event in parser.feed(piece):
-                if event.data.strip() == "[DONE]":
-                    await _send_events(send, converter.finish(), last=True)
-                    return
-                chunk = _json_object(event.data)
-                if "error" in chunk and "choices" not in chunk:
-                    message = str(chunk["error"].get("message", chunk["error"]))
-                    await _send_events(send, converter.error(message), last=True)
-                    return
-                await _send_events(send, converter.feed(chunk))
+        async with contextlib.aclosing(stream_pieces(response, backend)) as pieces:
+            async for piece in pieces:
+                for event in parser.feed(piece):
+                    if event.data.strip() == "[DONE]":
+                        await _send_events(send, converter.finish(), last=True)
+                        return
+                    chunk = _json_object(event.data)
+                    if "error" in chunk and "choices" not in chunk:
+                        message = str(chunk["error"].get("message", chunk["error"]))
+                        await _send_events(send, converter.error(message), last=True)
+                        return
+                    await _send_events(send, converter.feed(chunk))
         final = converter.finish()  # the backend closed without [DONE]: what came is whole
-    except TimeoutError:
-        log.warning("%s: stream stalled for %gs; ending it", backend.label, idle_timeout)
-        final = converter.error(f"{backend.label} sent nothing for {idle_timeout:g}s")
-    except aiohttp.ClientError as exc:
-        log.warning("%s: stream broken: %r", backend.label, exc)
-        final = converter.error(f"{backend.label} broke off the stream: {exc!r}")
+    except StreamBroken as broken:
+        final = converter.error(str(broken))
     await _send_events(send, final, last=True)
 
 

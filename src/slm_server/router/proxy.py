@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -258,25 +258,48 @@ async def _relay_stream(
     passed = [header for header in _response_headers(response) if header[0] not in own]
     headers = [*passed, *SSE_HEADERS, stopwatch.header()]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    idle_timeout = backend.entry.default_timeout
     final = b""
+    try:
+        async with contextlib.aclosing(stream_pieces(response, backend)) as pieces:
+            async for chunk in pieces:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if observe is not None:
+                    observe(chunk)
+    except StreamBroken as broken:
+        final = _sse_error(broken.status, str(broken), broken.code)
+    # The status line is long gone, so a failure can only be told in-band.
+    await send({"type": "http.response.body", "body": final, "more_body": False})
+
+
+class StreamBroken(Exception):
+    """The backend's stream stalled or broke off after the response had started."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+async def stream_pieces(
+    response: aiohttp.ClientResponse, backend: Backend
+) -> AsyncGenerator[bytes, None]:
+    """The backend's body as it arrives, each gap bounded by the entry's default_timeout."""
+    idle_timeout = backend.entry.default_timeout
     try:
         while True:
             async with asyncio.timeout(idle_timeout):
-                chunk = await response.content.readany()
-            if not chunk:
-                break
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if observe is not None:
-                observe(chunk)
+                piece = await response.content.readany()
+            if not piece:
+                return
+            yield piece
     except TimeoutError:
         log.warning("%s: stream stalled for %gs; ending it", backend.label, idle_timeout)
-        final = _sse_error(504, f"{backend.label} sent nothing for {idle_timeout:g}s", "timeout")
+        message = f"{backend.label} sent nothing for {idle_timeout:g}s"
+        raise StreamBroken(504, "timeout", message) from None
     except aiohttp.ClientError as exc:
         log.warning("%s: stream broken: %r", backend.label, exc)
-        final = _sse_error(502, f"{backend.label} broke off the stream: {exc!r}", "backend_error")
-    # The status line is long gone, so a failure can only be told in-band.
-    await send({"type": "http.response.body", "body": final, "more_body": False})
+        message = f"{backend.label} broke off the stream: {exc!r}"
+        raise StreamBroken(502, "backend_error", message) from None
 
 
 def _sse_error(status: int, message: str, code: str) -> bytes:
