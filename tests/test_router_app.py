@@ -111,6 +111,12 @@ async def test_chat_template_kwargs_injected_only_when_absent(fake: FakeBackend)
         completion = {"model": "m-chat", "prompt": "hi"}
         assert (await client.post("/v1/completions", json=completion)).status_code == 200
         assert "chat_template_kwargs" not in json.loads(fake.last_request()["body"])
+
+        fake.control(no_responses=True)  # converted to chat: the kwargs go in there too
+        response = await client.post("/v1/responses", json={"model": "m-chat", "input": "hi"})
+        assert response.headers["x-slm-converted-from"] == "chat-completions"
+        converted = json.loads(fake.last_request()["body"])
+        assert "messages" in converted and converted["chat_template_kwargs"] == kwargs
     await app.aclose()
 
 

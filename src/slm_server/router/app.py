@@ -38,7 +38,7 @@ from slm_server.router.proxy import (
     forwarded_request_headers,
     new_upstream_session,
 )
-from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable
+from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable, router_changes
 from slm_server.router.stopwatch import Stopwatch
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 
@@ -219,21 +219,8 @@ def _with_injected_fields(
     body: bytes,
     upstream_model: str | None = None,
 ) -> bytes:
-    """The body to forward: the client's own bytes unless the router must change it.
-
-    Changes: the entry's chat_template_kwargs when the request has none, and
-    ``model`` for servers that accept only their own name for the model.
-    """
-    changes: dict[str, Any] = {}
-    kwargs = backend.entry.chat_template_kwargs
-    if (
-        kwargs is not None
-        and path == "/v1/chat/completions"
-        and "chat_template_kwargs" not in request
-    ):
-        changes["chat_template_kwargs"] = kwargs
-    if upstream_model is not None and request.get("model") != upstream_model:
-        changes["model"] = upstream_model
+    """The body to forward: the client's own bytes unless the router must change it."""
+    changes = router_changes(backend, path, request, upstream_model)
     if not changes:
         return body
     return json.dumps({**request, **changes}).encode()

@@ -34,7 +34,7 @@ from slm_server.router.proxy import (
     run_until_disconnect,
     stream_pieces,
 )
-from slm_server.router.routing import Backend
+from slm_server.router.routing import Backend, router_changes
 from slm_server.supervisor import BackendProcess
 from slm_server.translate import anthropic_request, anthropic_response
 from slm_server.translate.anthropic_stream import MessagesStream
@@ -121,7 +121,10 @@ class Bridge:
                     recorder.remember()
                 return
         conversion = self._conversion(path, request)
-        _adjust_chat(conversion.chat, backend, process)
+        # What the router adds to chat requests it forwards goes into converted ones too.
+        upstream_model = process.upstream_model if process is not None else None
+        chat = conversion.chat
+        chat.update(router_changes(backend, "/v1/chat/completions", chat, upstream_model))
         await _converted(session, backend, conversion, headers, send, receive)
 
     def _native_first(
@@ -147,15 +150,6 @@ class Bridge:
             return _CountTokensConversion(request)
         except UnsupportedField as exc:
             raise UnsupportedRequestField(str(exc), param=exc.param) from None
-
-
-def _adjust_chat(chat: dict[str, Any], backend: Backend, process: BackendProcess | None) -> None:
-    """What the router adds to chat requests it forwards also goes into converted ones."""
-    kwargs = backend.entry.chat_template_kwargs
-    if kwargs is not None and "chat_template_kwargs" not in chat:
-        chat["chat_template_kwargs"] = kwargs
-    if process is not None and process.upstream_model is not None:
-        chat["model"] = process.upstream_model
 
 
 class _ResponsesConversion:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.admission import AdmissionGate
@@ -78,3 +79,24 @@ class RoutingTable:
                 param="model",
             )
         return backend
+
+
+def router_changes(
+    backend: Backend, path: str, request: dict[str, Any], upstream_model: str | None
+) -> dict[str, Any]:
+    """The fields the router sets in a request it forwards (empty: forward it as sent).
+
+    The entry's chat_template_kwargs go into chat requests that carry none;
+    ``model`` becomes ``upstream_model`` for servers that accept only their own name.
+    """
+    changes: dict[str, Any] = {}
+    kwargs = backend.entry.chat_template_kwargs
+    if (
+        kwargs is not None
+        and path == "/v1/chat/completions"
+        and "chat_template_kwargs" not in request
+    ):
+        changes["chat_template_kwargs"] = kwargs
+    if upstream_model is not None and request.get("model") != upstream_model:
+        changes["model"] = upstream_model
+    return changes
