@@ -202,3 +202,21 @@ async def test_endpoint_the_backend_has_is_used_natively(tmp_path: Path) -> None
         assert response.status_code == 200, response.text
         assert "x-slm-converted-from" not in response.headers
         assert response.json()["object"] == "response"
+
+
+async def test_declared_endpoint_that_answers_404_is_learned(tmp_path: Path) -> None:
+    def launch(role: str, model: ModelEntry) -> LaunchSpec:
+        argv = [sys.executable, str(SCRIPT), "--port", str(model.port), "--no-responses"]
+        return LaunchSpec(
+            argv, native_endpoints=frozenset({"/v1/chat/completions", "/v1/responses"})
+        )
+
+    request = {"model": "m-chat", "input": "hello"}
+    async with serving(tmp_path, launch) as (client, supervisor):
+        assert (await client.post("/v1/responses", json=request)).status_code == 200
+        port = supervisor.processes["chat"].entry.port
+        async with httpx.AsyncClient() as direct:
+            before = (await direct.get(f"http://127.0.0.1:{port}/_fake/stats")).json()["requests"]
+            assert (await client.post("/v1/responses", json=request)).status_code == 200
+            after = (await direct.get(f"http://127.0.0.1:{port}/_fake/stats")).json()["requests"]
+        assert after == before + 1  # straight to chat: the 404 was remembered

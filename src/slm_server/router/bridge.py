@@ -137,8 +137,10 @@ class Bridge:
     ) -> bool:
         if path == RESPONSES and request.get("previous_response_id") is not None:
             return False
-        if process is not None and process.native_endpoints is not None:
-            return path in process.native_endpoints
+        declared = process.native_endpoints if process is not None else None
+        if declared is not None and path not in declared:
+            return False
+        # Declared or not, a 404 seen from this very process is believed over the declaration.
         return self._lacking.get((backend.role, path)) != generation
 
     def _conversion(self, path: str, request: dict[str, Any]) -> Conversion:
