@@ -40,19 +40,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="start the backends and serve the router")
     router = commands.add_parser("router", help="serve the router only (backends run already)")
-    for command in (serve, router):
+    start = commands.add_parser(
+        "start", help="serve in the background; report each model as it becomes ready"
+    )
+    for command in (serve, router, start):
         _add_config_flag(command)
         command.add_argument("--host", help="bind address (default: router.host, else 0.0.0.0)")
         command.add_argument("--port", type=int, help="port (default: router.port, else 8000)")
         _add_log_level_flag(command)
-
-    start = commands.add_parser(
-        "start", help="serve in the background; report each model as it becomes ready"
-    )
-    _add_config_flag(start)
-    start.add_argument("--host", help="bind address (default: router.host, else 0.0.0.0)")
-    start.add_argument("--port", type=int, help="port (default: router.port, else 8000)")
-    _add_log_level_flag(start)
     start.add_argument(
         "--wait",
         type=float,
