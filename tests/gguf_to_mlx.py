@@ -13,13 +13,10 @@ Supports Gemma 3 text models only, which is all the package ships.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,8 @@ import gguf
 import mlx.core as mx
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
+
+from cache_lock import locked
 
 # Bump whenever the output changes, so caches built by an older converter are rebuilt.
 CONVERTER_VERSION = 1
@@ -129,7 +128,7 @@ def cached_mlx_model() -> Path:
         return model_dir
 
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".mlx-build.lock"):
+    with locked(root / ".mlx-build.lock"):
         if model_dir.is_dir():  # built by another process while this one waited
             return model_dir
         # Under the lock nobody else is building, so any other entry of ours is stale: an
@@ -332,13 +331,3 @@ def _merges(tokens: list[str], types: list[int], scores: list[float]) -> list[tu
             if left in known and right in known:
                 merges.append((left, right))
     return merges
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -18,10 +18,18 @@ class RouterProcess:
     """A router subprocess on a free loopback port, for end-to-end tests."""
 
     def __init__(
-        self, config: dict[str, Any] | None, tmp_dir: Path, command: str = "router"
+        self,
+        config: dict[str, Any] | None,
+        tmp_dir: Path,
+        command: str = "router",
+        env: dict[str, str] | None = None,
     ) -> None:
-        """``config`` None: no config file at all (``serve`` then uses its built-in default)."""
+        """``config`` None: no config file at all (``serve`` then uses its built-in default).
+
+        ``env``: variables set for the router on top of this process's environment.
+        """
         self.command = command
+        self.env = {k: v for k, v in os.environ.items() if k != "SLM_SERVER_CONFIG"} | (env or {})
         self.tmp_dir = tmp_dir
         self.config_args: list[str] = []
         if config is not None:
@@ -50,7 +58,7 @@ class RouterProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.tmp_dir,
-                env={k: v for k, v in os.environ.items() if k != "SLM_SERVER_CONFIG"},
+                env=self.env,
             )
         wait_until(self._healthy, 15, f"router on port {self.port} (log: {self.log_path})")
         return self

@@ -1,10 +1,10 @@
 """An MLX backend for real on Linux: MLX's CPU build serving a converted Gemma 3 270M.
 
-``mlx-openai-server`` is not installed here (its dependencies pull CUDA on
-Linux), so ``serve`` runs the model on ``mlx_lm.server``: the path a light
-install takes. The model is built once from the packaged GGUF (see
-``gguf_to_mlx``) and cached. MLX on a CPU makes a few tokens a second:
-requests ask for very few.
+``mlx-openai-server`` is not on the router's PATH here, so ``serve`` runs the
+model on ``mlx_lm.server``: the path a light install takes (the real server has
+tests of its own, in ``test_mlx_openai_server_e2e``). The model is built once
+from the packaged GGUF (see ``gguf_to_mlx``) and cached. MLX on a CPU makes a
+few tokens a second: requests ask for very few.
 """
 
 from __future__ import annotations
