@@ -76,7 +76,6 @@ def describe(settings: Settings) -> dict[str, str]:
         "pinning": pinning,
         "python": platform.python_version(),
         "slm-server": f"{_version('slm-server')} (git {_git_revision()})",
-        "aiohttp": _version("aiohttp"),
         "uvicorn": _version("uvicorn"),
         "uvloop": _version("uvloop"),
         "httptools": _version("httptools"),

@@ -28,7 +28,7 @@ http {{
     keepalive_timeout 75s;
     upstream backend {{
         server {host}:{backend_port};
-        # Pooled upstream connections, like the router's aiohttp connector.
+        # Pooled upstream connections, like the router's own client.
         keepalive 1024;
         keepalive_requests 10000000;
     }}

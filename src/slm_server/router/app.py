@@ -10,8 +10,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from slm_server.config import LoadedConfig
 from slm_server.router import health
 from slm_server.router.asgi import (
@@ -36,7 +34,7 @@ from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
     forward,
     forwarded_request_headers,
-    new_upstream_session,
+    new_upstream_pool,
 )
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable, router_changes
 from slm_server.router.stopwatch import Stopwatch
@@ -58,20 +56,11 @@ class RouterApp:
         self.table = RoutingTable(config)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.started_at = int(time.time())
-        self._session: aiohttp.ClientSession | None = None
+        self.pool = new_upstream_pool()
         self.bridge = Bridge()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        # Created on first use: a ClientSession must be made inside the running loop.
-        if self._session is None:
-            self._session = new_upstream_session()
-        return self._session
-
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.pool.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -135,7 +124,7 @@ class RouterApp:
         if path == "/v1/models":
             return self._models()
         timeout = self.config.file.router.health_timeout
-        reports = await health.probe_all(self.session, self.table.backends, timeout)
+        reports = await health.probe_all(self.pool, self.table.backends, timeout)
         for role, process in self.processes.items():
             reports[role].update(process.snapshot())
         return reports
@@ -177,11 +166,11 @@ class RouterApp:
         headers = forwarded_request_headers(scope["headers"])
         if path in BRIDGED_PATHS:
             await self.bridge.handle(
-                self.session, backend, process, path, request, body, headers, send, receive
+                self.pool, backend, process, path, request, body, headers, send, receive
             )
         else:
             await forward(
-                self.session, backend, path, headers, body, send, receive, stopwatch=stopwatch
+                self.pool, backend, path, headers, body, send, receive, stopwatch=stopwatch
             )
 
 

@@ -19,8 +19,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import aiohttp
-
 from slm_server.router.asgi import JSON_HEADERS, Receive, Send, send_response
 from slm_server.router.errors import BadGateway, UnknownResponse, UnsupportedRequestField
 from slm_server.router.proxy import (
@@ -46,6 +44,7 @@ from slm_server.translate.responses_response import (
 )
 from slm_server.translate.responses_stream import ResponsesStream
 from slm_server.translate.sse import SseParser, sse_frame
+from slm_server.upstream import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class Bridge:
 
     async def handle(
         self,
-        session: aiohttp.ClientSession,
+        pool: UpstreamPool,
         backend: Backend,
         process: BackendProcess | None,
         path: str,
@@ -103,7 +102,7 @@ class Bridge:
             recorder = _NativeRecorder(request, self.store) if path == RESPONSES else None
             try:
                 await forward(
-                    session,
+                    pool,
                     backend,
                     path,
                     headers,
@@ -125,7 +124,7 @@ class Bridge:
         upstream_model = process.upstream_model if process is not None else None
         chat = conversion.chat
         chat.update(router_changes(backend, "/v1/chat/completions", chat, upstream_model))
-        await _converted(session, backend, conversion, headers, send, receive)
+        await _converted(pool, backend, conversion, headers, send, receive)
 
     def _native_first(
         self,
@@ -293,7 +292,7 @@ def _json_object(text: str | bytes) -> dict[str, Any]:
 
 
 async def _converted(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     backend: Backend,
     conversion: Conversion,
     headers: dict[str, str],
@@ -302,12 +301,12 @@ async def _converted(
 ) -> None:
     body = json.dumps(conversion.chat).encode()
     async with admitted(backend) as deadline:
-        exchange = _converted_exchange(session, backend, conversion, headers, body, send, deadline)
+        exchange = _converted_exchange(pool, backend, conversion, headers, body, send, deadline)
         await run_until_disconnect(receive, exchange, backend)
 
 
 async def _converted_exchange(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     backend: Backend,
     conversion: Conversion,
     headers: dict[str, str],
@@ -315,9 +314,7 @@ async def _converted_exchange(
     send: Send,
     deadline: float,
 ) -> None:
-    response = await open_upstream(
-        session, backend, "/v1/chat/completions", headers, body, deadline
-    )
+    response = await open_upstream(pool, backend, "/v1/chat/completions", headers, body, deadline)
     completed = False
     try:
         if response.status != 200:
@@ -341,7 +338,7 @@ async def _converted_exchange(
 
 
 async def _relay_converted_stream(
-    response: aiohttp.ClientResponse, send: Send, backend: Backend, converter: StreamConverter
+    response: UpstreamResponse, send: Send, backend: Backend, converter: StreamConverter
 ) -> None:
     headers = [
         (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -6,17 +6,14 @@ import asyncio
 import json
 from typing import Any, Literal
 
-import aiohttp
-
 from slm_server.router.proxy import connect_failure
 from slm_server.router.routing import Backend
+from slm_server.upstream import ConnectFailed, UpstreamError, UpstreamPool
 
 HealthStatus = Literal["healthy", "unreachable", "timeout", "unhealthy", "error", "disabled"]
 
 
-async def probe(
-    session: aiohttp.ClientSession, backend: Backend, probe_timeout_s: float
-) -> dict[str, Any]:
+async def probe(pool: UpstreamPool, backend: Backend, probe_timeout_s: float) -> dict[str, Any]:
     """One backend's health report: status, model_id, backend, port, and error text if any."""
     entry = backend.entry
     report: dict[str, Any] = {
@@ -28,7 +25,7 @@ async def probe(
     }
     if not entry.enabled:
         return report
-    status, error = await _probe_status(session, f"{entry.base_url}/health", probe_timeout_s)
+    status, error = await _probe_status(pool, backend, "/health", probe_timeout_s)
     report["status"] = status
     if error is not None:
         report["error"] = error
@@ -36,21 +33,22 @@ async def probe(
 
 
 async def _probe_status(
-    session: aiohttp.ClientSession, url: str, probe_timeout_s: float
+    pool: UpstreamPool, backend: Backend, path: str, probe_timeout_s: float
 ) -> tuple[HealthStatus, str | None]:
+    entry = backend.entry
+    url = entry.base_url + path
     try:
         async with asyncio.timeout(probe_timeout_s):
-            async with session.get(url) as response:
-                body = await response.read()
+            status, body = await pool.get(entry.connect_host, entry.port, path)
     except TimeoutError:
         return "timeout", f"no answer from {url} within {probe_timeout_s:g}s"
-    except aiohttp.ClientConnectorError as exc:
+    except ConnectFailed as exc:
         return "unreachable", connect_failure(exc)
-    except aiohttp.ClientError as exc:
-        return "error", f"{url}: {exc!r}"
-    if response.status == 200:
+    except UpstreamError as exc:
+        return "error", f"{url}: {exc}"
+    if status == 200:
         return "healthy", None
-    return "unhealthy", f"HTTP {response.status}: {_error_text(body)}"
+    return "unhealthy", f"HTTP {status}: {_error_text(body)}"
 
 
 def _error_text(body: bytes) -> str:
@@ -67,8 +65,8 @@ def _error_text(body: bytes) -> str:
 
 
 async def probe_all(
-    session: aiohttp.ClientSession, backends: dict[str, Backend], probe_timeout_s: float
+    pool: UpstreamPool, backends: dict[str, Backend], probe_timeout_s: float
 ) -> dict[str, dict[str, Any]]:
     roles = list(backends)
-    reports = await asyncio.gather(*(probe(session, backends[r], probe_timeout_s) for r in roles))
+    reports = await asyncio.gather(*(probe(pool, backends[r], probe_timeout_s) for r in roles))
     return dict(zip(roles, reports, strict=True))

@@ -13,8 +13,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from typing import Any
 
-import aiohttp
-
 from slm_server.router.asgi import Headers, Receive, Send, send_response
 from slm_server.router.errors import (
     BackendTimeout,
@@ -24,6 +22,12 @@ from slm_server.router.errors import (
 )
 from slm_server.router.routing import Backend
 from slm_server.router.stopwatch import Stopwatch
+from slm_server.upstream import (
+    ConnectFailed,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +59,12 @@ _KEEPALIVE_TIMEOUT_S = 4.0
 SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
 
 
-def new_upstream_session() -> aiohttp.ClientSession:
+def new_upstream_pool() -> UpstreamPool:
     """The HTTP client for backends: pooled keep-alive, bodies left exactly as sent."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_TIMEOUT_S)
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None),
-        skip_auto_headers=("User-Agent",),
-    )
+    return UpstreamPool(keepalive_s=_KEEPALIVE_TIMEOUT_S)
 
 
-def connect_failure(exc: aiohttp.ClientConnectorError) -> str:
+def connect_failure(exc: ConnectFailed) -> str:
     """Why a connection to a backend failed, in the words users search for."""
     if isinstance(exc.os_error, ConnectionRefusedError):
         return "Connection refused - backend not running"
@@ -85,11 +83,11 @@ def forwarded_request_headers(raw: Headers) -> dict[str, str]:
     return headers
 
 
-def _response_headers(response: aiohttp.ClientResponse) -> Headers:
+def _response_headers(response: UpstreamResponse) -> Headers:
     return [
-        (key.lower(), value)
-        for key, value in response.raw_headers
-        if key.decode("latin-1").lower() not in _NOT_FORWARDED
+        (name, value)
+        for name, value in response.headers
+        if name.decode("latin-1") not in _NOT_FORWARDED
     ]
 
 
@@ -101,7 +99,7 @@ class EndpointMissing(Exception):
 
 
 async def forward(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     backend: Backend,
     path: str,
     headers: dict[str, str],
@@ -124,7 +122,7 @@ async def forward(
     """
     async with admitted(backend) as deadline:
         exchange = _exchange(
-            session,
+            pool,
             backend,
             path,
             headers,
@@ -158,33 +156,36 @@ async def admitted(backend: Backend) -> AsyncIterator[float]:
 
 
 async def open_upstream(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     backend: Backend,
     path: str,
     headers: dict[str, str],
     body: bytes,
     deadline: float,
-) -> aiohttp.ClientResponse:
+) -> UpstreamResponse:
     """POST to the backend; connection failures and timeouts become router errors."""
-    timeout = backend.entry.default_timeout
+    entry = backend.entry
+    timeout = entry.default_timeout
     try:
         async with asyncio.timeout_at(deadline):
-            return await session.post(backend.entry.base_url + path, data=body, headers=headers)
+            return await pool.request(
+                "POST", entry.connect_host, entry.port, path, headers.items(), body
+            )
     except TimeoutError:
         raise BackendTimeout(
             f"{backend.label} did not answer within its default_timeout of {timeout:g}s"
         ) from None
-    except aiohttp.ClientConnectorError as exc:
+    except ConnectFailed as exc:
         raise BackendUnavailable(
             f"{backend.label} is not reachable: {connect_failure(exc)}",
             retry_after=UNAVAILABLE_RETRY_AFTER_S,
         ) from None
-    except aiohttp.ClientError as exc:
-        raise BadGateway(f"{backend.label} failed: {exc!r}") from None
+    except UpstreamError as exc:
+        raise BadGateway(f"{backend.label} failed: {exc}") from None
 
 
 async def _exchange(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     backend: Backend,
     path: str,
     headers: dict[str, str],
@@ -196,7 +197,7 @@ async def _exchange(
     stopwatch: Stopwatch,
 ) -> None:
     stopwatch.backend_asked()
-    response = await open_upstream(session, backend, path, headers, body, deadline)
+    response = await open_upstream(pool, backend, path, headers, body, deadline)
     if response.status in missing_statuses:
         response.release()
         raise EndpointMissing(path)
@@ -218,7 +219,7 @@ async def _exchange(
             response.close()
 
 
-async def read_whole(response: aiohttp.ClientResponse, backend: Backend, deadline: float) -> bytes:
+async def read_whole(response: UpstreamResponse, backend: Backend, deadline: float) -> bytes:
     try:
         async with asyncio.timeout_at(deadline):
             return await response.read()
@@ -227,12 +228,12 @@ async def read_whole(response: aiohttp.ClientResponse, backend: Backend, deadlin
             f"{backend.label} did not finish its answer within its default_timeout of "
             f"{backend.entry.default_timeout:g}s"
         ) from None
-    except aiohttp.ClientError as exc:
-        raise BadGateway(f"{backend.label} broke off its answer: {exc!r}") from None
+    except UpstreamError as exc:
+        raise BadGateway(f"{backend.label} broke off its answer: {exc}") from None
 
 
 async def _relay_whole(
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     send: Send,
     backend: Backend,
     deadline: float,
@@ -248,7 +249,7 @@ async def _relay_whole(
 
 
 async def _relay_stream(
-    response: aiohttp.ClientResponse,
+    response: UpstreamResponse,
     send: Send,
     backend: Backend,
     observe: Observer | None,
@@ -281,14 +282,14 @@ class StreamBroken(Exception):
 
 
 async def stream_pieces(
-    response: aiohttp.ClientResponse, backend: Backend
+    response: UpstreamResponse, backend: Backend
 ) -> AsyncGenerator[bytes, None]:
     """The backend's body as it arrives, each gap bounded by the entry's default_timeout."""
     idle_timeout = backend.entry.default_timeout
     try:
         while True:
             async with asyncio.timeout(idle_timeout):
-                piece = await response.content.readany()
+                piece = await response.read_piece()
             if not piece:
                 return
             yield piece
@@ -296,9 +297,9 @@ async def stream_pieces(
         log.warning("%s: stream stalled for %gs; ending it", backend.label, idle_timeout)
         message = f"{backend.label} sent nothing for {idle_timeout:g}s"
         raise StreamBroken(504, "timeout", message) from None
-    except aiohttp.ClientError as exc:
-        log.warning("%s: stream broken: %r", backend.label, exc)
-        message = f"{backend.label} broke off the stream: {exc!r}"
+    except UpstreamError as exc:
+        log.warning("%s: stream broken: %s", backend.label, exc)
+        message = f"{backend.label} broke off the stream: {exc}"
         raise StreamBroken(502, "backend_error", message) from None
 
 

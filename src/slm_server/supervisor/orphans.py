@@ -26,7 +26,7 @@ def guarded_argv(argv: Sequence[str], *, force_watchdog: bool = False) -> list[s
 
     The watchdog ends the backend once this process is gone. It is run by file
     name in isolated mode (``-I``): ``-m`` would first import this package, and
-    with it aiohttp and the rest of the supervisor, once per backend.
+    with it the rest of the supervisor, once per backend.
     """
     if not (force_watchdog or uses_watchdog()):
         return list(argv)

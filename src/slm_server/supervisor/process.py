@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -18,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
-
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.supervisor.logs import BackendLog
 from slm_server.supervisor.orphans import die_with_parent_hook, guarded_argv, uses_watchdog
 from slm_server.supervisor.ports import listener_description, port_in_use
+from slm_server.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ State = Literal["stopped", "starting", "ready", "failed", "stopping"]
 
 _READY_POLL_S = 0.05
 _EXIT_POLL_S = 0.2  # see BackendProcess._exited
-_PROBE_TIMEOUT = aiohttp.ClientTimeout(total=1)
+_PROBE_TIMEOUT_S = 1.0
+_PROBE_KEEPALIVE_S = 2.0  # polls come every 50 ms while starting; after that, none
+_JSON_CONTENT = (("content-type", "application/json"),)
 _LOG_SETTLE_S = 0.2
 
 
@@ -120,9 +122,9 @@ class BackendProcess:
     async def _own(self) -> None:
         failures = 0
         try:
-            async with aiohttp.ClientSession() as session:
+            with contextlib.closing(UpstreamPool(keepalive_s=_PROBE_KEEPALIVE_S)) as pool:
                 while True:
-                    problem = await self._run_once(session)
+                    problem = await self._run_once(pool)
                     if problem is None:  # it was up a long time, then exited
                         failures = 0
                         problem = self.reason or "exited"
@@ -147,7 +149,7 @@ class BackendProcess:
                 self._set("stopped", "stopped")
             self.log.close()
 
-    async def _run_once(self, session: aiohttp.ClientSession) -> str | None:
+    async def _run_once(self, pool: UpstreamPool) -> str | None:
         """Start, wait for ready, serve until exit. None after a long healthy run."""
         self._set("starting", "starting")
         host, port = self.entry.connect_host, self.entry.port
@@ -162,7 +164,7 @@ class BackendProcess:
             return f"cannot start: {exc}"
         self.upstream_model = spec.upstream_model
         self.native_endpoints = spec.native_endpoints or None
-        problem = await self._wait_ready(session, proc, spec)
+        problem = await self._wait_ready(pool, proc, spec)
         if problem is not None:
             await self._terminate()
             return problem
@@ -205,7 +207,7 @@ class BackendProcess:
             self.log.write(raw.decode(errors="replace"))
 
     async def _wait_ready(
-        self, session: aiohttp.ClientSession, proc: asyncio.subprocess.Process, spec: LaunchSpec
+        self, pool: UpstreamPool, proc: asyncio.subprocess.Process, spec: LaunchSpec
     ) -> str | None:
         """None once the server answers; else why not (exited, or the deadline passed)."""
         loop = asyncio.get_running_loop()
@@ -213,7 +215,7 @@ class BackendProcess:
         exited = asyncio.ensure_future(self._exited(proc))
         try:
             while True:
-                probe = asyncio.ensure_future(self._answers(session, spec, deadline - loop.time()))
+                probe = asyncio.ensure_future(self._answers(pool, spec, deadline - loop.time()))
                 await asyncio.wait((probe, exited), return_when=asyncio.FIRST_COMPLETED)
                 if exited.done():
                     probe.cancel()
@@ -231,34 +233,37 @@ class BackendProcess:
         finally:
             exited.cancel()
 
-    async def _answers(
-        self, session: aiohttp.ClientSession, spec: LaunchSpec, budget_s: float
-    ) -> bool:
+    async def _answers(self, pool: UpstreamPool, spec: LaunchSpec, budget_s: float) -> bool:
         """Health is 200 and, where the spec asks for it, a real request succeeds."""
-        base = self.entry.base_url
+        host, port = self.entry.connect_host, self.entry.port
         try:
-            async with session.get(base + spec.health_path, timeout=_PROBE_TIMEOUT) as response:
-                if response.status != 200:
-                    return False
-            if spec.ready_request is None:
-                return True
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(_PROBE_TIMEOUT_S):
+                status, _ = await pool.get(host, port, spec.health_path)
+        except (UpstreamError, TimeoutError):
             return False
+        if status != 200:
+            return False
+        if spec.ready_request is None:
+            return True
         path, body = spec.ready_request
         # A model still loading holds this request; the exit watch above cuts it short.
         # Any other answer means it failed to load (a missing model, no network for a
         # download): the server stays up, so waiting longer would only hang.
-        budget = aiohttp.ClientTimeout(total=max(budget_s, 1))
         try:
-            async with session.post(base + path, json=body, timeout=budget) as response:
-                if response.status == 200:
-                    return True
-                detail = (await response.text())[:300]
-                raise ModelDidNotLoad(f"the model did not load ({response.status} {detail})")
+            async with asyncio.timeout(max(budget_s, 1)):
+                response = await pool.request(
+                    "POST", host, port, path, _JSON_CONTENT, json.dumps(body).encode()
+                )
+                with contextlib.closing(response):
+                    answer = await response.read()
         except TimeoutError:
             return False
-        except aiohttp.ClientError as exc:
+        except UpstreamError as exc:
             raise ModelDidNotLoad(f"the model did not load ({exc})") from None
+        if response.status == 200:
+            return True
+        detail = answer.decode(errors="replace")[:300]
+        raise ModelDidNotLoad(f"the model did not load ({response.status} {detail})")
 
     async def _terminate(self) -> None:
         """SIGTERM to the process group, SIGKILL after the grace period."""

@@ -14,7 +14,7 @@ watchdog goes on to the group as SIGTERM.
 
 One runs per backend, so it imports only light parts of the standard library.
 The supervisor runs it by file name with ``-I`` rather than with ``-m``:
-importing its package first would load the whole supervisor (aiohttp and all).
+importing its package first would load the whole supervisor (the HTTP client and all).
 """
 
 from __future__ import annotations

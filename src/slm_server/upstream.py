@@ -1,0 +1,311 @@
+"""A small HTTP/1.1 client for local backends: a keep-alive pool, raw bytes, streamed bodies.
+
+The router's own cost per request was mostly its HTTP client's. General clients do much
+the router never needs (URL and cookie handling, redirects, proxies, TLS, multi-dict
+headers, decompression) on every request. Backends are plain HTTP on known host:port pairs,
+so this client writes each request as one buffer and parses the answer with httptools (the
+parser uvicorn uses), handing body pieces over as they arrive. Timeouts are the caller's:
+every wait here is an ordinary await that ``asyncio.timeout`` can bound and cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterable
+from typing import cast
+
+import httptools
+
+# Reading from a backend pauses while this much of its body waits for a slow client, so
+# a fast backend cannot fill the router's memory; it resumes below the low mark.
+_PAUSE_ABOVE_BYTES = 256 * 1024
+_RESUME_BELOW_BYTES = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The exchange with a backend failed."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection could be made; ``os_error`` says why (refused, unreachable...)."""
+
+    def __init__(self, address: str, os_error: OSError) -> None:
+        super().__init__(f"cannot connect to {address}: {os_error}")
+        self.os_error = os_error
+
+
+class ConnectionBroken(UpstreamError):
+    """The connection closed, or sent something that is not HTTP, before the answer ended."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to a backend, carrying one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.idle_since = 0.0
+        self._begin()
+
+    def _begin(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_received: asyncio.Future[None] = self._loop.create_future()
+        self.complete = False
+        self.keep_alive = False
+        self.received_any = False
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: UpstreamError | None = None
+
+    def send(self, data: bytes) -> None:
+        """Start an exchange: write the whole request."""
+        assert self._transport is not None
+        self._begin()
+        self._transport.write(data)
+
+    async def read_piece(self) -> bytes:
+        """All of the body that has arrived, waiting for some; b"" once it has ended."""
+        while not self._pieces:
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        piece = self._pieces.popleft() if len(self._pieces) == 1 else self._take_all()
+        self._buffered -= len(piece)
+        if self._paused and self._buffered < _RESUME_BELOW_BYTES and self._transport:
+            self._paused = False
+            self._transport.resume_reading()
+        return piece
+
+    def _take_all(self) -> bytes:
+        piece = b"".join(self._pieces)
+        self._pieces.clear()
+        return piece
+
+    def abort(self) -> None:
+        """Drop the connection at once: the backend sees its client leave."""
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A TCP transport (uvloop's is not an asyncio.Transport subclass, but behaves as one).
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionBroken(f"the backend's answer is not valid HTTP: {exc}"))
+            self.abort()
+            return
+        if self._buffered > _PAUSE_ABOVE_BYTES and not self._paused and self._transport:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if exc is None and self.head_received.done() and self._ends_at_close():
+            self.on_message_complete()
+        elif not self.complete:
+            reason = f": {exc}" if exc else ""
+            self._fail(ConnectionBroken(f"the backend closed the connection mid-answer{reason}"))
+
+    def _ends_at_close(self) -> bool:
+        """An answer with neither length nor chunks, which HTTP/1.0-style servers send."""
+        framing = {b"content-length", b"transfer-encoding"}
+        return not any(name in framing for name, _ in self.headers)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()
+        if not self.head_received.done():
+            self.head_received.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)
+        self._buffered += len(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if self._error is None:
+            self._error = error
+        if not self.head_received.done():
+            self.head_received.set_exception(error)
+            self.head_received.exception()  # retrieved: nobody may be waiting any more
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class UpstreamResponse:
+    """A backend's answer: status and headers at once, the body as it arrives.
+
+    End it with ``release`` (back to the pool, when the body was read to its end) or
+    ``close`` (drop the connection).
+    """
+
+    def __init__(self, pool: UpstreamPool, key: tuple[str, int], connection: _Connection) -> None:
+        self._pool = pool
+        self._key = key
+        self._connection: _Connection | None = connection
+        self.status = connection.status
+        self.headers = connection.headers  # (lower-case name, value), as received
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def content_type(self) -> str:
+        """The media type without parameters, in lower case ("" when absent)."""
+        value = self.header(b"content-type") or b""
+        return value.split(b";", 1)[0].strip().lower().decode("latin-1")
+
+    async def read_piece(self) -> bytes:
+        """The next piece of the body (all that has arrived); b"" at its end."""
+        assert self._connection is not None, "released"
+        return await self._connection.read_piece()
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        pieces = []
+        while piece := await self.read_piece():
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def release(self) -> None:
+        """Done with the answer: the connection goes back to the pool if it can be reused."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        if connection.complete and connection.keep_alive and not connection.closed:
+            self._pool.put_back(self._key, connection)
+        else:
+            connection.abort()
+
+    def close(self) -> None:
+        """Drop the connection, even mid-body."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.abort()
+
+
+class UpstreamPool:
+    """Keep-alive connections per backend address, reused most-recent first."""
+
+    def __init__(self, keepalive_s: float) -> None:
+        """``keepalive_s``: an idle connection older than this is closed, not reused.
+
+        Keep it below the backends' own idle timeout (llama-server's is 5 s), so that the
+        pool never hands out a connection the backend is about to close.
+        """
+        self._keepalive_s = keepalive_s
+        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+
+    async def request(
+        self,
+        method: str,
+        host: str,
+        port: int,
+        path: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> UpstreamResponse:
+        """Send the request; return once the answer's status line and headers are in."""
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 literal
+        lines = [f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n"]
+        lines += [f"{name}: {value}\r\n" for name, value in headers]
+        lines.append(f"content-length: {len(body)}\r\n\r\n")
+        data = "".join(lines).encode("latin-1") + body
+        key = (host, port)
+        while True:
+            connection = self._take_idle(key)
+            reused = connection is not None
+            if connection is None:
+                connection = await self._connect(host, port)
+            connection.send(data)
+            try:
+                await connection.head_received
+            except ConnectionBroken:
+                # A reused connection the backend closed while idle, before it read a byte
+                # of this request: the request never arrived, so sending it again is safe.
+                if reused and not connection.received_any:
+                    continue
+                raise
+            except BaseException:  # cancelled (a timeout, the client left): never reuse it
+                connection.abort()
+                raise
+            return UpstreamResponse(self, key, connection)
+
+    async def get(self, host: str, port: int, path: str) -> tuple[int, bytes]:
+        """A whole GET exchange: status and body."""
+        response = await self.request("GET", host, port, path)
+        try:
+            body = await response.read()
+        except BaseException:
+            response.close()
+            raise
+        response.release()
+        return response.status, body
+
+    def put_back(self, key: tuple[str, int], connection: _Connection) -> None:
+        connection.idle_since = time.monotonic()
+        self._idle.setdefault(key, []).append(connection)
+
+    def close(self) -> None:
+        """Close every idle connection (those in use close when their answers end)."""
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.abort()
+        self._idle.clear()
+
+    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+        connections = self._idle.get(key)
+        oldest_usable = time.monotonic() - self._keepalive_s
+        while connections:
+            connection = connections.pop()
+            if not connection.closed and connection.idle_since >= oldest_usable:
+                return connection
+            connection.abort()
+        return None
+
+    async def _connect(self, host: str, port: int) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, connection = await loop.create_connection(
+                lambda: _Connection(loop), host, port
+            )
+        except OSError as exc:
+            raise ConnectFailed(f"{host}:{port}", exc) from None
+        # uvloop may call connection_made only after create_connection has returned.
+        connection.connection_made(transport)
+        return connection

@@ -1,0 +1,256 @@
+"""The backend HTTP client against scripted servers: framing, keep-alive, failures, streaming.
+
+Each server here is a plain asyncio TCP server whose handler writes exactly the bytes a test
+needs, so edge cases (a body cut short, a connection closed while idle, a reply that is not
+HTTP) are produced on purpose rather than hoped for. Every test runs on asyncio's loop and
+on uvloop (see conftest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from slm_server.upstream import ConnectFailed, ConnectionBroken, UpstreamPool
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+class Server:
+    """Counts connections and requests; ``handler`` answers each connection."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.port = 0
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        request = head + await reader.readexactly(length)
+        self.requests.append(request)
+        return request
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            await self.handler(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def serving(make_handler: Callable[[Server], Handler]) -> AsyncIterator[Server]:
+    server = Server(lambda r, w: asyncio.sleep(0))
+    server.handler = make_handler(server)
+    listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    server.port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server
+    finally:
+        listener.close()
+
+
+def answering(*replies: bytes, then_close: bool = False) -> Callable[[Server], Handler]:
+    """Read a request, write the next reply, for each reply; keep the connection open."""
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for reply in replies:
+                await server.read_request(reader)
+                writer.write(reply)
+                await writer.drain()
+            if not then_close:
+                await reader.read()  # until the client closes
+
+        return handle
+
+    return make
+
+
+async def test_a_post_arrives_whole_and_the_answer_is_read() -> None:
+    async with serving(answering(OK)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        headers = [("content-type", "application/json"), ("x-extra", "1")]
+        response = await pool.request(
+            "POST", "127.0.0.1", server.port, "/v1/x", headers, b'{"a":1}'
+        )
+        assert (response.status, response.content_type) == (200, "application/json")
+        assert await response.read() == b"{}"
+        response.release()
+        pool.close()
+    request = server.requests[0]
+    assert request.startswith(b"POST /v1/x HTTP/1.1\r\n")
+    assert f"host: 127.0.0.1:{server.port}\r\n".encode() in request
+    assert b"x-extra: 1\r\n" in request and b"content-length: 7\r\n" in request
+    assert request.endswith(b'\r\n\r\n{"a":1}')
+
+
+async def test_a_released_connection_is_reused() -> None:
+    async with serving(answering(OK, OK, OK)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        for _ in range(3):
+            status, body = await pool.get("127.0.0.1", server.port, "/health")
+            assert (status, body) == (200, b"{}")
+        pool.close()
+    assert server.connections == 1
+
+
+async def test_an_idle_connection_past_keepalive_is_not_reused() -> None:
+    async with serving(answering(OK)) as server:
+        pool = UpstreamPool(keepalive_s=0.05)
+        await pool.get("127.0.0.1", server.port, "/health")
+        await asyncio.sleep(0.1)
+        await pool.get("127.0.0.1", server.port, "/health")
+        pool.close()
+    assert server.connections == 2
+
+
+async def test_a_connection_the_backend_closed_while_idle_is_not_reused() -> None:
+    async with serving(answering(OK, then_close=True)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        await pool.get("127.0.0.1", server.port, "/a")
+        await asyncio.sleep(0.05)  # the server's close reaches the pooled connection
+        assert await pool.get("127.0.0.1", server.port, "/b") == (200, b"{}")
+        pool.close()
+    assert server.connections == 2
+
+
+async def test_a_request_crossing_the_backends_idle_close_is_sent_again() -> None:
+    """The backend closes an idle connection just as a request goes out on it, unanswered."""
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            if server.connections == 1:
+                await reader.read(1)  # the next request has started to arrive: close on it
+
+        return handle
+
+    async with serving(make) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        await pool.get("127.0.0.1", server.port, "/a")
+        assert await pool.get("127.0.0.1", server.port, "/b") == (200, b"{}")
+        pool.close()
+    assert server.connections == 2
+    assert [r.split(b" ")[1] for r in server.requests] == [b"/a", b"/b"]
+
+
+async def test_refused() -> None:
+    async with serving(answering()) as server:
+        port = server.port
+    with pytest.raises(ConnectFailed) as caught:
+        await UpstreamPool(keepalive_s=4).get("127.0.0.1", port, "/health")
+    assert isinstance(caught.value.os_error, ConnectionRefusedError)
+
+
+async def test_a_body_cut_short_is_an_error_not_a_short_answer() -> None:
+    cut = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10
+    async with serving(answering(cut, then_close=True)) as server:
+        response = await UpstreamPool(keepalive_s=4).request("GET", "127.0.0.1", server.port, "/")
+        with pytest.raises(ConnectionBroken, match="mid-answer"):
+            await response.read()
+        response.close()
+
+
+async def test_an_answer_that_is_not_http() -> None:
+    async with serving(answering(b"SSH-2.0-OpenSSH\r\n\r\n")) as server:
+        with pytest.raises(ConnectionBroken, match="not valid HTTP"):
+            await UpstreamPool(keepalive_s=4).get("127.0.0.1", server.port, "/")
+
+
+async def test_a_body_ended_by_closing_the_connection() -> None:
+    """HTTP/1.0-style servers (Python's http.server among them) send no length."""
+    old_style = b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\ndata: 1\n\ndata: 2\n\n"
+    async with serving(answering(old_style, then_close=True)) as server:
+        status, body = await UpstreamPool(keepalive_s=4).get("127.0.0.1", server.port, "/")
+    assert (status, body) == (200, b"data: 1\n\ndata: 2\n\n")
+
+
+async def test_chunks_are_handed_over_as_they_arrive() -> None:
+    second_chunk_allowed = asyncio.Event()
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            writer.write(b"9\r\ndata: 1\n\n\r\n")
+            await writer.drain()
+            await second_chunk_allowed.wait()
+            writer.write(b"9\r\ndata: 2\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+
+        return handle
+
+    async with serving(make) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        assert await response.read_piece() == b"data: 1\n\n"  # before the second is even sent
+        second_chunk_allowed.set()
+        assert await response.read_piece() == b"data: 2\n\n"
+        assert await response.read_piece() == b""
+        response.release()
+        pool.close()
+
+
+async def test_cancelling_a_wait_drops_the_connection() -> None:
+    """A client that leaves (or a timeout) must reach the backend as a closed connection."""
+    backend_saw_close = asyncio.Event()
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            await reader.read()  # never answers; returns when the client closes
+            backend_saw_close.set()
+
+        return handle
+
+    async with serving(make) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        await asyncio.wait_for(backend_saw_close.wait(), 2)
+        pool.close()
+
+
+async def test_a_slow_reader_pauses_a_fast_backend() -> None:
+    """A client reading slowly must not make the router buffer the whole answer."""
+    size = 64 * 1024 * 1024  # far beyond what the kernel buffers on loopback (a few MB)
+    sent = 0
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal sent
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+            block = b"x" * 65536
+            while sent < size:
+                writer.write(block)
+                await writer.drain()
+                sent += len(block)
+
+        return handle
+
+    async with serving(make) as server:
+        response = await UpstreamPool(keepalive_s=4).request("GET", "127.0.0.1", server.port, "/")
+        first = await response.read_piece()
+        await asyncio.sleep(0.3)  # the backend writes as fast as it can meanwhile
+        assert sent < size / 4  # held back by the paused connection
+        received = len(first) + len(await response.read())
+        assert received == size
+        response.release()
