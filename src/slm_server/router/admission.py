@@ -37,9 +37,15 @@ class AdmissionGate:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self) -> None:
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free and nobody waits for it; never waits."""
         if self._active < self._limit and not self._waiters:
             self._active += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
             return
         if len(self._waiters) >= self._max_waiting:
             raise QueueFull(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 from slm_server.router.asgi import Headers, Receive, Send, send_response
@@ -136,23 +136,41 @@ async def forward(
         await run_until_disconnect(receive, exchange, backend)
 
 
-@contextlib.asynccontextmanager
-async def admitted(backend: Backend) -> AsyncIterator[float]:
-    """Hold one of the backend's slots; yields the request's deadline (loop time)."""
-    timeout = backend.entry.default_timeout
-    deadline = asyncio.get_running_loop().time() + timeout
-    try:
-        async with asyncio.timeout_at(deadline):
-            await backend.gate.acquire()
-    except TimeoutError:
-        raise BackendTimeout(
-            f"no free slot on {backend.label} within its default_timeout of {timeout:g}s "
-            f"(max_concurrency {backend.entry.max_concurrency})"
-        ) from None
-    try:
-        yield deadline
-    finally:
-        backend.gate.release()
+def admitted(backend: Backend) -> Slot:
+    """``async with admitted(backend) as deadline``: one of the backend's slots for the block.
+
+    ``deadline`` (loop time) is when the request's ``default_timeout`` runs out; the wait
+    for a slot counts towards it.
+    """
+    return Slot(backend)
+
+
+class Slot:
+    """A held slot of a backend's admission gate (a class, not a generator: it is per request)."""
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def __aenter__(self) -> float:
+        backend = self._backend
+        timeout = backend.entry.default_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
+        if backend.gate.try_acquire():  # the usual case: no timer needed
+            return deadline
+        try:
+            async with asyncio.timeout_at(deadline):
+                await backend.gate.acquire()
+        except TimeoutError:
+            raise BackendTimeout(
+                f"no free slot on {backend.label} within its default_timeout of {timeout:g}s "
+                f"(max_concurrency {backend.entry.max_concurrency})"
+            ) from None
+        return deadline
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._backend.gate.release()
 
 
 async def open_upstream(
@@ -164,17 +182,21 @@ async def open_upstream(
     deadline: float,
 ) -> UpstreamResponse:
     """POST to the backend; connection failures and timeouts become router errors."""
-    entry = backend.entry
-    timeout = entry.default_timeout
     try:
         async with asyncio.timeout_at(deadline):
-            return await pool.request(
-                "POST", entry.connect_host, entry.port, path, headers.items(), body
-            )
+            return await _post(pool, backend, path, headers, body)
     except TimeoutError:
-        raise BackendTimeout(
-            f"{backend.label} did not answer within its default_timeout of {timeout:g}s"
-        ) from None
+        raise _late(backend, answered=False) from None
+
+
+async def _post(
+    pool: UpstreamPool, backend: Backend, path: str, headers: dict[str, str], body: bytes
+) -> UpstreamResponse:
+    entry = backend.entry
+    try:
+        return await pool.request(
+            "POST", entry.connect_host, entry.port, path, headers.items(), body
+        )
     except ConnectFailed as exc:
         raise BackendUnavailable(
             f"{backend.label} is not reachable: {connect_failure(exc)}",
@@ -182,6 +204,14 @@ async def open_upstream(
         ) from None
     except UpstreamError as exc:
         raise BadGateway(f"{backend.label} failed: {exc}") from None
+
+
+def _late(backend: Backend, *, answered: bool) -> BackendTimeout:
+    what = "finish its answer" if answered else "answer"
+    return BackendTimeout(
+        f"{backend.label} did not {what} within its default_timeout of "
+        f"{backend.entry.default_timeout:g}s"
+    )
 
 
 async def _exchange(
@@ -197,19 +227,37 @@ async def _exchange(
     stopwatch: Stopwatch,
 ) -> None:
     stopwatch.backend_asked()
-    response = await open_upstream(pool, backend, path, headers, body, deadline)
+    response: UpstreamResponse | None = None
+    try:
+        # One timer for the answer: its head, and its whole body unless it is a stream.
+        async with asyncio.timeout_at(deadline):
+            response = await _post(pool, backend, path, headers, body)
+            streamed = response.content_type == "text/event-stream"
+            payload = b"" if streamed else await _read(response, backend)
+    except TimeoutError:
+        if response is not None:
+            response.close()
+        raise _late(backend, answered=response is not None) from None
+    except BaseException:  # the client left, or the body broke off: never reuse the connection
+        if response is not None:
+            response.close()
+        raise
     if response.status in missing_statuses:
         response.release()
         raise EndpointMissing(path)
     if response.status != 200:
         observe = None
+    stopwatch.backend_answered()
+    if not streamed:
+        response.release()
+        if observe is not None:
+            observe(payload)
+        headers_out = [*_response_headers(response), stopwatch.header()]
+        await send_response(send, response.status, payload, headers_out)
+        return
     completed = False
     try:
-        if response.content_type == "text/event-stream":
-            stopwatch.backend_answered()
-            await _relay_stream(response, send, backend, observe, stopwatch)
-        else:
-            await _relay_whole(response, send, backend, deadline, observe, stopwatch)
+        await _relay_stream(response, send, backend, observe, stopwatch)
         completed = True
     finally:
         if completed:
@@ -222,30 +270,16 @@ async def _exchange(
 async def read_whole(response: UpstreamResponse, backend: Backend, deadline: float) -> bytes:
     try:
         async with asyncio.timeout_at(deadline):
-            return await response.read()
+            return await _read(response, backend)
     except TimeoutError:
-        raise BackendTimeout(
-            f"{backend.label} did not finish its answer within its default_timeout of "
-            f"{backend.entry.default_timeout:g}s"
-        ) from None
+        raise _late(backend, answered=True) from None
+
+
+async def _read(response: UpstreamResponse, backend: Backend) -> bytes:
+    try:
+        return await response.read()
     except UpstreamError as exc:
         raise BadGateway(f"{backend.label} broke off its answer: {exc}") from None
-
-
-async def _relay_whole(
-    response: UpstreamResponse,
-    send: Send,
-    backend: Backend,
-    deadline: float,
-    observe: Observer | None,
-    stopwatch: Stopwatch,
-) -> None:
-    payload = await read_whole(response, backend, deadline)
-    stopwatch.backend_answered()
-    if observe is not None:
-        observe(payload)
-    headers = [*_response_headers(response), stopwatch.header()]
-    await send_response(send, response.status, payload, headers)
 
 
 async def _relay_stream(
@@ -310,24 +344,29 @@ def _sse_error(status: int, message: str, code: str) -> bytes:
 async def run_until_disconnect(
     receive: Receive, work: Coroutine[Any, Any, None], backend: Backend
 ) -> None:
-    """Run ``work``; cancel it if the client disconnects first."""
-    work_task = asyncio.ensure_future(work)
-    listener = asyncio.ensure_future(_wait_for_disconnect(receive))
+    """Run ``work`` in this task; cancel it if the client disconnects first.
+
+    The work runs in the calling task, and a watcher task cancels that task on a
+    disconnect (as ``asyncio.timeout`` does on expiry): one task per request instead of two.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    client_left = False
+
+    async def watch() -> None:
+        nonlocal client_left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        client_left = True
+        task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((work_task, listener), return_when=asyncio.FIRST_COMPLETED)
+        await work
+    except asyncio.CancelledError:
+        # Swallowed only when this cancel was the watcher's alone (not a shutdown's).
+        if not client_left or task.uncancel() > 0:
+            raise
+        log.info("%s: client disconnected; upstream request cancelled", backend.label)
     finally:
-        listener.cancel()
-        if not work_task.done():
-            work_task.cancel()
-    if work_task.cancelled() or not work_task.done():
-        try:
-            await work_task
-        except asyncio.CancelledError:
-            log.info("%s: client disconnected; upstream request cancelled", backend.label)
-        return
-    work_task.result()
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+        watcher.cancel()

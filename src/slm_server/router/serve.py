@@ -48,6 +48,11 @@ def run_uvicorn(
         port=port,
         log_level=log_level,
         access_log=False,  # one log line per request costs more than the proxying itself
+        # Forwarded answers carry the backend's own Date and Server headers; uvicorn's
+        # would double them. X-Forwarded-* rewriting is for apps behind a proxy: not this.
+        date_header=False,
+        server_header=False,
+        proxy_headers=False,
         loop="auto",
         http="auto",
         lifespan="on",

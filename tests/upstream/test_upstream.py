@@ -3,7 +3,7 @@
 Each server here is a plain asyncio TCP server whose handler writes exactly the bytes a test
 needs, so edge cases (a body cut short, a connection closed while idle, a reply that is not
 HTTP) are produced on purpose rather than hoped for. Every test runs on asyncio's loop and
-on uvloop (see conftest).
+on uvloop (see this directory's conftest).
 """
 
 from __future__ import annotations
