@@ -72,7 +72,9 @@ def spawn(
     log_dir: Path,
     cpu: int | None,
     with_children: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Started:
+    """``command`` started with its output to ``log_dir/name.log``; ``env`` adds variables."""
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -80,6 +82,7 @@ def spawn(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
     return Started(name, process, log_path, with_children)
 

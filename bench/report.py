@@ -232,7 +232,13 @@ def _process_rows(results: Results, rows: _Rows) -> None:
         "x-slm-overhead-ms p50, stream c=64 gap=5ms",
         {ROUTER: _overhead_cell(stream_overhead, streamed)},
     )
-    rows.add_plain("readiness lag (serve)", {ROUTER: "not measured (v1)"})
+    lag_ms = Figure.of([lag * 1000 for lag in results.readiness_lag_s])
+    rows.add_plain(
+        "readiness lag (serve) ms",
+        {ROUTER: with_spread(lag_ms, 1)},
+        "< 100 ms",
+        None if lag_ms.missing else lag_ms.median < 100,
+    )
 
 
 def _overhead_cell(values: list[float], responses: int) -> str:

@@ -41,6 +41,7 @@ class Results:
     plain_cpu_us: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     stream_cpu_us: dict[tuple[str, int, float], list[float]] = field(default_factory=dict)
     startup_s: list[float] = field(default_factory=list)
+    readiness_lag_s: list[float] = field(default_factory=list)
     rss_idle_mb: dict[str, float] = field(default_factory=dict)
     rss_load_mb: dict[str, list[float]] = field(default_factory=dict)  # peak of each run
     rss_after_mb: dict[str, float] = field(default_factory=dict)
@@ -69,6 +70,7 @@ class Results:
                 f"{t} c={c} gap={g:g}ms": v for (t, c, g), v in self.stream_cpu_us.items()
             },
             "startup_s": self.startup_s,
+            "readiness_lag_s": self.readiness_lag_s,
             "rss_idle_mb": self.rss_idle_mb,
             "rss_load_mb": self.rss_load_mb,
             "rss_after_mb": self.rss_after_mb,

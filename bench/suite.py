@@ -14,6 +14,7 @@ from pathlib import Path
 from bench import environment
 from bench.nginx import start_nginx
 from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn, wait_healthy
+from bench.readiness import measure_lag
 from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results, Settings
 from bench.router import start_router, write_config
 from bench.streams import plain_sample, stream_load
@@ -59,6 +60,7 @@ def _targets(
         with running(nginx):
             wait_healthy(nginx, ports[NGINX], _HEALTH_TIMEOUT_S)
             results.startup_s = _startups(tmp, config, settings)
+            results.readiness_lag_s = _readiness_lags(tmp, settings)
             router = start_router(tmp, config, ports[ROUTER], settings.proxy_cpu, "router")
             with running(router):
                 wait_healthy(router, ports[ROUTER], _HEALTH_TIMEOUT_S)
@@ -80,6 +82,14 @@ def _startups(tmp: Path, config: Path, settings: Settings) -> list[float]:
             times.append(wait_healthy(router, port, _HEALTH_TIMEOUT_S))
         progress(f"router start-up {index + 1}/{settings.startups}: {times[-1]:.3f} s")
     return times
+
+
+def _readiness_lags(tmp: Path, settings: Settings) -> list[float]:
+    lags = []
+    for index in range(settings.startups):
+        lags.append(measure_lag(tmp, settings.proxy_cpu))
+        progress(f"readiness lag {index + 1}/{settings.startups}: {lags[-1] * 1000:.1f} ms")
+    return lags
 
 
 def _measure(
