@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -307,3 +309,34 @@ async def test_router_reports_its_own_time(router: httpx.AsyncClient, fake: Fake
     fake.control(chunks=2)
     async with router.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as s:
         assert 0 < float(s.headers["x-slm-overhead-ms"]) < 100
+
+
+def test_start_up_takes_the_garbage_collector_off_the_hot_path() -> None:
+    """After start-up, start-up objects are frozen and young collections are rare.
+
+    Run in a child process: the collector's settings are process-wide.
+    """
+    script = """
+import asyncio, gc
+from slm_server.router.app import RouterApp
+from config_builder import entry, make_config
+
+async def start():
+    app = RouterApp(make_config({"a": entry("a", port=1)}))
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    sent = []
+    async def receive():
+        return next(messages)
+    async def send(message):
+        sent.append(message["type"])
+        if message["type"] == "lifespan.startup.complete":
+            print(gc.get_freeze_count() > 1000, gc.get_threshold()[0])
+    await app(dict(type="lifespan"), receive, send)
+
+asyncio.run(start())
+"""
+    tests_dir = os.path.dirname(__file__)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tests_dir, check=True
+    )
+    assert result.stdout.split() == ["True", "50000"]

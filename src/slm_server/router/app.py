@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 _GET_ENDPOINTS = frozenset({"/health", "/v1/models", "/v1/backends/health"})
 
+# Net allocations between young-generation collections (CPython's default: 700).
+_GC_YOUNG_THRESHOLD = 50_000
+
 
 class RouterApp:
     """Routes each request to the backend named by its ``model`` field."""
@@ -74,6 +78,7 @@ class RouterApp:
             if message["type"] == "lifespan.startup":
                 if self.supervisor is not None:
                     self.supervisor.start_all()
+                settle_garbage_collector()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.supervisor is not None:
@@ -172,6 +177,21 @@ class RouterApp:
             await forward(
                 self.pool, backend, path, headers, body, send, receive, stopwatch=stopwatch
             )
+
+
+def settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the hot path once start-up is done.
+
+    Measured under load (64-256 connections, one core): the collector took 10-13% of the
+    router's CPU. Full collections re-walked everything imported at start-up (about 50 ms
+    each, a latency spike too); young ones ran every 700 net allocations, which the
+    objects of the requests in flight alone exceed. Freezing moves the start-up objects
+    out of the collector's sight; the larger young threshold leaves collections to real
+    garbage cycles, which requests rarely make (with it, none ran under load at all).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:
