@@ -311,7 +311,7 @@ async def test_router_reports_its_own_time(router: httpx.AsyncClient, fake: Fake
         assert 0 < float(s.headers["x-slm-overhead-ms"]) < 100
 
 
-def test_start_up_takes_the_garbage_collector_off_the_hot_path() -> None:
+def test_the_server_takes_the_garbage_collector_off_the_hot_path() -> None:
     """After start-up, start-up objects are frozen and young collections are rare.
 
     Run in a child process: the collector's settings are process-wide.
@@ -322,7 +322,7 @@ from slm_server.router.app import RouterApp
 from config_builder import entry, make_config
 
 async def start():
-    app = RouterApp(make_config({"a": entry("a", port=1)}))
+    app = RouterApp(make_config({"a": entry("a", port=1)}), settle_gc=True)
     messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
     sent = []
     async def receive():

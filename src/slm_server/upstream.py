@@ -48,7 +48,9 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.closed = False
+        self._aborted = False
         self.idle_since = 0.0
+        self._paused = False
         self._begin()
 
     def _begin(self) -> None:
@@ -58,11 +60,25 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.received_any = False
+        self._interim = False
         self._pieces: collections.deque[bytes] = collections.deque()
         self._buffered = 0
-        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
+
+    @property
+    def reusable(self) -> bool:
+        """The answer ended cleanly and nothing of this exchange is left in either direction."""
+        transport = self._transport
+        return (
+            self.complete
+            and self.keep_alive
+            and not self.closed
+            and self._error is None
+            and not self._paused
+            and transport is not None
+            and transport.get_write_buffer_size() == 0
+        )
 
     def send(self, data: bytes) -> None:
         """Start an exchange: write the whole request."""
@@ -73,10 +89,10 @@ class _Connection(asyncio.Protocol):
     async def read_piece(self) -> bytes:
         """All of the body that has arrived, waiting for some; b"" once it has ended."""
         while not self._pieces:
+            if self._error is not None:  # before `complete`: a bad end is no clean end
+                raise self._error
             if self.complete:
                 return b""
-            if self._error is not None:
-                raise self._error
             self._waiter = self._loop.create_future()
             try:
                 await self._waiter
@@ -97,6 +113,7 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection at once: the backend sees its client leave."""
         self.closed = True
+        self._aborted = True
         if self._transport is not None:
             self._transport.abort()
 
@@ -120,7 +137,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if exc is None and self.head_received.done() and self._ends_at_close():
+        if self._aborted:  # our own doing: whatever was unread is not wanted
+            self._fail(ConnectionBroken("the connection was closed by the router"))
+        elif exc is None and self.head_received.done() and self._ends_at_close():
             self.on_message_complete()
         elif not self.complete:
             reason = f": {exc}" if exc else ""
@@ -137,7 +156,13 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self._interim = True
+            self.headers = []
+            return
+        self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         if not self.head_received.done():
             self.head_received.set_result(None)
@@ -148,6 +173,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.complete = True
         self._wake()
 
@@ -207,7 +235,7 @@ class UpstreamResponse:
         connection, self._connection = self._connection, None
         if connection is None:
             return
-        if connection.complete and connection.keep_alive and not connection.closed:
+        if connection.reusable:
             self._pool.put_back(self._key, connection)
         else:
             connection.abort()
@@ -230,6 +258,7 @@ class UpstreamPool:
         """
         self._keepalive_s = keepalive_s
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._closed = False
 
     async def request(
         self,
@@ -240,7 +269,11 @@ class UpstreamPool:
         headers: Iterable[tuple[str, str]] = (),
         body: bytes = b"",
     ) -> UpstreamResponse:
-        """Send the request; return once the answer's status line and headers are in."""
+        """Send the request; return once the answer's status line and headers are in.
+
+        Not for HEAD: the parser is not told the method, so it would wait for a body.
+        """
+        assert method != "HEAD", "HEAD answers have no body to frame"
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 literal
         lines = [f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers]
@@ -256,8 +289,11 @@ class UpstreamPool:
             try:
                 await connection.head_received
             except ConnectionBroken:
-                # A reused connection the backend closed while idle, before it read a byte
-                # of this request: the request never arrived, so sending it again is safe.
+                # A reused connection that closed without a byte of answer: almost always
+                # the backend closing it for idleness just as the request went out (the
+                # keep-alive limit makes that rare, not impossible), so it is sent again on
+                # a fresh one. Were the backend instead to have read it and died, the
+                # second try finds it gone: the caller gets "not reachable", which is true.
                 if reused and not connection.received_any:
                     continue
                 raise
@@ -278,11 +314,24 @@ class UpstreamPool:
         return response.status, body
 
     def put_back(self, key: tuple[str, int], connection: _Connection) -> None:
-        connection.idle_since = time.monotonic()
-        self._idle.setdefault(key, []).append(connection)
+        if self._closed:
+            connection.abort()
+            return
+        now = time.monotonic()
+        connection.idle_since = now
+        idle = self._idle.setdefault(key, [])
+        # Reuse is most-recent first, so after a burst the oldest idle connections sit at
+        # the bottom unused: close those past the keep-alive limit as new ones come back.
+        while idle and (idle[0].closed or idle[0].idle_since < now - self._keepalive_s):
+            idle.pop(0).abort()
+        idle.append(connection)
+
+    def idle_connections(self) -> int:
+        return sum(len(connections) for connections in self._idle.values())
 
     def close(self) -> None:
         """Close every idle connection (those in use close when their answers end)."""
+        self._closed = True
         for connections in self._idle.values():
             for connection in connections:
                 connection.abort()
@@ -306,6 +355,6 @@ class UpstreamPool:
             )
         except OSError as exc:
             raise ConnectFailed(f"{host}:{port}", exc) from None
-        # uvloop may call connection_made only after create_connection has returned.
+        # Seen with uvloop: connection_made had not yet run when create_connection returned.
         connection.connection_made(transport)
         return connection

@@ -254,3 +254,62 @@ async def test_a_slow_reader_pauses_a_fast_backend() -> None:
         received = len(first) + len(await response.read())
         assert received == size
         response.release()
+
+
+async def test_an_interim_answer_is_skipped_and_the_pool_stays_in_step() -> None:
+    """A 100 Continue is not the answer: taking it for one would shift every later answer."""
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    first = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"
+    second = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond"
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(interim)
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the interim answer arrives on its own
+            writer.write(first)
+            await server.read_request(reader)
+            writer.write(second)
+            await reader.read()
+
+        return handle
+
+    async with serving(make) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        assert await pool.get("127.0.0.1", server.port, "/a") == (200, b"first")
+        assert await pool.get("127.0.0.1", server.port, "/b") == (200, b"second")
+        pool.close()
+    assert server.connections == 1
+
+
+async def test_an_answer_left_unread_is_not_reused() -> None:
+    big = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 1_000_000
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                request = await server.read_request(reader)
+                writer.write(big if request.startswith(b"GET /big ") else OK)
+                await writer.drain()
+
+        return handle
+
+    async with serving(make) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("GET", "127.0.0.1", server.port, "/big")
+        await response.read_piece()
+        response.release()  # the rest is unread: the connection cannot carry another answer
+        assert await pool.get("127.0.0.1", server.port, "/a") == (200, b"{}")
+        pool.close()
+    assert server.connections == 2
+
+
+async def test_a_closed_pool_keeps_nothing() -> None:
+    async with serving(answering(OK)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("GET", "127.0.0.1", server.port, "/")
+        pool.close()  # shutting down while an answer is still being read
+        assert await response.read() == b"{}"
+        response.release()
+        assert pool.idle_connections() == 0

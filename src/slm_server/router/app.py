@@ -52,8 +52,19 @@ _GC_YOUNG_THRESHOLD = 50_000
 class RouterApp:
     """Routes each request to the backend named by its ``model`` field."""
 
-    def __init__(self, config: LoadedConfig, supervisor: Supervisor | None = None) -> None:
-        """``supervisor``: given when this router owns the backends (``serve``)."""
+    def __init__(
+        self,
+        config: LoadedConfig,
+        supervisor: Supervisor | None = None,
+        *,
+        settle_gc: bool = False,
+    ) -> None:
+        """``supervisor``: given when this router owns the backends (``serve``).
+
+        ``settle_gc``: tune the process's garbage collector at start-up (see
+        ``settle_garbage_collector``); for the server process, not for apps in tests.
+        """
+        self.settle_gc = settle_gc
         self.config = config
         self.supervisor = supervisor
         self.processes: Mapping[str, BackendProcess] = supervisor.processes if supervisor else {}
@@ -76,9 +87,10 @@ class RouterApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.settle_gc:  # before the supervisor's tasks exist: they are not frozen
+                    settle_garbage_collector()
                 if self.supervisor is not None:
                     self.supervisor.start_all()
-                settle_garbage_collector()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.supervisor is not None:

@@ -46,6 +46,9 @@ _NOT_FORWARDED = frozenset(
         "host",
         "content-length",
         "accept-encoding",
+        # The router sends whole bodies at once: a backend's 100 Continue would only
+        # delay the request (the client's own wait was answered by uvicorn).
+        "expect",
     }
 )
 
@@ -55,6 +58,9 @@ UNAVAILABLE_RETRY_AFTER_S = 5
 # Kept below the idle keep-alive timeout of llama-server (5 s) so that the pool
 # never hands out a connection the backend is about to close.
 _KEEPALIVE_TIMEOUT_S = 4.0
+
+# uvicorn dates every response, the router's own included; the backend's would double it.
+_NOT_RELAYED = _NOT_FORWARDED | {"date"}
 
 SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
 
@@ -87,7 +93,7 @@ def _response_headers(response: UpstreamResponse) -> Headers:
     return [
         (name, value)
         for name, value in response.headers
-        if name.decode("latin-1") not in _NOT_FORWARDED
+        if name.decode("latin-1") not in _NOT_RELAYED
     ]
 
 

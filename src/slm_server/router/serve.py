@@ -27,7 +27,7 @@ def run_uvicorn(
     settings = config.file.router
     host = host if host is not None else settings.host
     port = port if port is not None else settings.port
-    app = RouterApp(config, supervisor)
+    app = RouterApp(config, supervisor, settle_gc=True)
     enabled = [
         f"{b.entry.id} -> {b.entry.base_url}"
         for b in app.table.backends.values()
@@ -48,9 +48,9 @@ def run_uvicorn(
         port=port,
         log_level=log_level,
         access_log=False,  # one log line per request costs more than the proxying itself
-        # Forwarded answers carry the backend's own Date and Server headers; uvicorn's
-        # would double them. X-Forwarded-* rewriting is for apps behind a proxy: not this.
-        date_header=False,
+        # Forwarded answers keep the backend's Server header, which uvicorn's would double
+        # (their Date is uvicorn's: see proxy). X-Forwarded-* rewriting is for apps behind
+        # a proxy: not this.
         server_header=False,
         proxy_headers=False,
         loop="auto",
