@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 import uvloop
-import yaml
 
 from bench.backend import BenchProtocol
 from bench.procs import HOST, Started, free_port, running, spawn, wait_healthy
+from bench.router import MODEL_ID, write_config
 
 _LOADING_S_ENV = "SLM_BENCH_LOADING_S"
 _TIMES_FILE_ENV = "SLM_BENCH_TIMES_FILE"
-_CHAT_BODY = json.dumps({"model": "ready", "messages": [{"role": "user", "content": "hi"}]})
+_CHAT_BODY = json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]})
 
 
 def measure_lag(tmp: Path, cpu: int | None, loading_s: float = 1.0) -> float:
@@ -38,7 +38,7 @@ def measure_lag(tmp: Path, cpu: int | None, loading_s: float = 1.0) -> float:
     run_dir.mkdir()
     times_file = run_dir / "times.json"
     router_port = free_port()
-    config = _write_config(run_dir, free_port())
+    config = write_config(run_dir, free_port())  # its model file is never opened
     command = [sys.executable, "-m", "slm_server", "serve", "--config", str(config)]
     command += ["--host", HOST, "--port", str(router_port), "--log-level", "warning"]
     env = {
@@ -52,23 +52,6 @@ def measure_lag(tmp: Path, cpu: int | None, loading_s: float = 1.0) -> float:
         _chat(router, router_port)  # held by the router until the backend is ready
         times = json.loads(times_file.read_text())
     return float(times["first_request"] - times["listening"])
-
-
-def _write_config(run_dir: Path, backend_port: int) -> Path:
-    model = run_dir / "ready.gguf"
-    model.write_bytes(b"GGUF")  # never opened: the fake server ignores it
-    entry = {
-        "id": "ready",
-        "backend": "llamacpp",
-        "host": HOST,
-        "port": backend_port,
-        "model_path": str(model),
-        "default_timeout": 60,
-        "quantization": "Q4_K_M",
-    }
-    path = run_dir / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": {"ready": entry}}))
-    return path
 
 
 def _fake_llama_server_dir(tmp: Path) -> Path:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import yaml
 
 from net import free_port, wait_until
@@ -94,6 +97,10 @@ class RouterProcess:
         except httpx.TransportError:
             return False
 
+    def openai(self) -> openai.OpenAI:
+        """The official SDK pointed at this router (no retries: tests see every failure)."""
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="-", max_retries=0)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -107,3 +114,14 @@ class RouterProcess:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+
+
+@contextlib.contextmanager
+def serving(process: RouterProcess, ready_within_s: float) -> Iterator[RouterProcess]:
+    """``process`` started with all its backends ready; stopped on the way out."""
+    process.start()
+    try:
+        process.wait_backends_ready(ready_within_s)
+        yield process
+    finally:
+        process.stop()

@@ -25,7 +25,7 @@ import yaml
 from openai.types.responses import FunctionToolParam
 
 from net import free_port, wait_until
-from router_proc import RouterProcess
+from router_proc import RouterProcess, serving
 from slm_server.backends.llamacpp import find_llama_server
 from slm_server.supervisor.ports import port_in_use
 
@@ -60,21 +60,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
             "rank": gemma("gemma-rank", model_type="rerank"),
         }
     }
-    process = RouterProcess(config, tmp_path_factory.mktemp("serve"), command="serve").start()
-    try:
-        process.wait_backends_ready(180)
+    process = RouterProcess(config, tmp_path_factory.mktemp("serve"), command="serve")
+    with serving(process, ready_within_s=180):
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
 def sdk(served: RouterProcess) -> Iterator[openai.OpenAI]:
-    client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
-    try:
+    with served.openai() as client:
         yield client
-    finally:
-        client.close()
 
 
 def test_chat(sdk: openai.OpenAI) -> None:

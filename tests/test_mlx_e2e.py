@@ -17,7 +17,7 @@ import pytest
 
 from gguf_to_mlx import cached_mlx_model
 from net import free_port
-from router_proc import RouterProcess
+from router_proc import RouterProcess, serving
 from slm_server.backends.mlx import find_openai_server
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the CPU build of MLX")
@@ -36,17 +36,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
         "quantization": "bf16",
     }
     config = {"models": {"chat": entry}}
-    process = RouterProcess(config, tmp_path_factory.mktemp("mlx"), command="serve").start()
-    try:
-        process.wait_backends_ready(240)
+    process = RouterProcess(config, tmp_path_factory.mktemp("mlx"), command="serve")
+    with serving(process, ready_within_s=240):
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
 def sdk(served: RouterProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{served.url}/v1", api_key="-", max_retries=0) as client:
+    with served.openai() as client:
         yield client
 
 

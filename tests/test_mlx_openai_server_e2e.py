@@ -21,7 +21,7 @@ import pytest
 from gguf_to_mlx import cached_mlx_model
 from mlx_openai_server_venv import cached_venv_bin, embeddings_model_dir
 from net import free_port, wait_until
-from router_proc import RouterProcess
+from router_proc import RouterProcess, serving
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the CPU build of MLX")
 
@@ -57,17 +57,14 @@ def served(tmp_path_factory: pytest.TempPathFactory, venv_bin: Path) -> Iterator
             "embed": _entry("minilm", embeddings_model_dir(venv_bin), "embeddings"),
         }
     }
-    process = _router(config, tmp_path_factory.mktemp("mlx-openai-server"), venv_bin).start()
-    try:
-        process.wait_backends_ready(240)
+    process = _router(config, tmp_path_factory.mktemp("mlx-openai-server"), venv_bin)
+    with serving(process, ready_within_s=240):
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
 def sdk(served: RouterProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{served.url}/v1", api_key="-", max_retries=0) as client:
+    with served.openai() as client:
         yield client
 
 
