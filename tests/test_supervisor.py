@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 import os
 import signal
 import socket
@@ -91,6 +93,27 @@ async def test_start_waits_for_health_then_serves(tmp_path: Path) -> None:
         await process.stop()
     assert process.state == "stopped"
     assert "=== slm_server: starting" in (tmp_path / "m.log").read_text()
+
+
+async def test_loading_is_reported_until_ready(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The main log says what starts and, while it loads, that it is still loading."""
+    caplog.set_level(logging.INFO, logger="slm_server.supervisor")
+    policy = dataclasses.replace(FAST, progress_every_s=0.3)
+    process = make_process(tmp_path, ["--loading-seconds", "1.5"], policy=policy)
+    try:
+        await ready(process)
+        pid = process.pid
+    finally:
+        await process.stop()
+    lines = [r.getMessage() for r in caplog.records]
+    started = next(line for line in lines if line.startswith("m: starting fake_backend.py"))
+    assert f"(PID {pid})" in started and str(tmp_path / "m.log") in started
+    progress = [line for line in lines if line.startswith("m: still loading after")]
+    assert 2 <= len(progress) <= 10  # every 0.3 s of the 1.5 s load, not every 50 ms poll
+    assert lines.index(started) < lines.index(progress[0])
+    assert lines.index(progress[-1]) < next(i for i, x in enumerate(lines) if "m: ready" in x)
 
 
 async def test_crashed_backend_is_restarted(tmp_path: Path, orphan_guard: str) -> None:

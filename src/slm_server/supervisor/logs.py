@@ -10,6 +10,7 @@ from typing import IO
 # (1 + _KEEP_ROTATED) * _MAX_BYTES per backend.
 _MAX_BYTES = 10 * 1024 * 1024
 _KEEP_ROTATED = 2
+_NOTE_PREFIX = "=== slm_server: "  # marks the supervisor's own lines in a backend's log
 
 
 def log_file_name(model_id: str) -> str:
@@ -36,8 +37,17 @@ class BackendLog:
         if self._size >= _MAX_BYTES:
             self._rotate()
 
+    def note(self, text: str) -> None:
+        """A line of the supervisor's own among the backend's output."""
+        self.write(_NOTE_PREFIX + text)
+
     def tail(self, lines: int = 20) -> list[str]:
         return list(self._tail)[-lines:]
+
+    def last_output(self) -> str | None:
+        """The backend's latest line, if it has written one since the last note."""
+        last = self._tail[-1] if self._tail else None
+        return None if last is None or last.startswith(_NOTE_PREFIX) else last
 
     def close(self) -> None:
         if self._file is not None:

@@ -45,6 +45,7 @@ class RestartPolicy:
     backoff_s: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30)
     stable_after_s: float = 60.0  # up this long: later crashes start the backoff afresh
     stop_grace_s: float = 10.0  # SIGTERM -> SIGKILL
+    progress_every_s: float = 15.0  # while loading: a log line this often, so it never looks hung
 
 
 class ModelDidNotLoad(Exception):
@@ -184,7 +185,7 @@ class BackendProcess:
         return message
 
     async def _spawn(self, spec: LaunchSpec) -> asyncio.subprocess.Process:
-        self.log.write(f"=== slm_server: starting {' '.join(spec.argv)}")
+        self.log.note(f"starting {' '.join(spec.argv)}")
         self._watched = uses_watchdog()
         proc = await asyncio.create_subprocess_exec(
             *guarded_argv(spec.argv, force_watchdog=self._watched),
@@ -198,6 +199,14 @@ class BackendProcess:
             preexec_fn=None if self._watched else die_with_parent_hook(),
         )
         self._proc, self.pid = proc, proc.pid
+        log.info(
+            "%s: starting %s for %s (PID %d); its output: %s",
+            self.role,
+            _program(spec.argv),
+            self.entry.id,
+            proc.pid,
+            self.log.path,
+        )
         self._pump = asyncio.create_task(self._pump_output(proc), name=f"log {self.role}")
         return proc
 
@@ -211,7 +220,9 @@ class BackendProcess:
     ) -> str | None:
         """None once the server answers; else why not (exited, or the deadline passed)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._policy.startup_timeout_s
+        started = loop.time()
+        deadline = started + self._policy.startup_timeout_s
+        next_progress = started + self._policy.progress_every_s
         exited = asyncio.ensure_future(self._exited(proc))
         try:
             while True:
@@ -227,11 +238,20 @@ class BackendProcess:
                 except ModelDidNotLoad as exc:
                     await asyncio.sleep(_LOG_SETTLE_S)  # let its traceback reach the log
                     return f"{exc}: {'; '.join(self.log.tail(5))}"
-                if loop.time() > deadline:
+                now = loop.time()
+                if now > deadline:
                     return f"not ready after {self._policy.startup_timeout_s:g}s"
+                if now >= next_progress:
+                    next_progress = now + self._policy.progress_every_s
+                    self._log_progress(now - started)
                 await asyncio.wait((exited,), timeout=_READY_POLL_S)
         finally:
             exited.cancel()
+
+    def _log_progress(self, elapsed_s: float) -> None:
+        last = self.log.last_output()
+        said = f"; last output: {last}" if last else " (no output yet)"
+        log.info("%s: still loading after %.0fs%s", self.role, elapsed_s, said)
 
     async def _answers(self, pool: UpstreamPool, spec: LaunchSpec, budget_s: float) -> bool:
         """Health is 200 and, where the spec asks for it, a real request succeeds."""
@@ -332,3 +352,11 @@ class BackendProcess:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):  # already gone
         os.killpg(pid, sig)
+
+
+def _program(argv: list[str]) -> str:
+    """What a command line runs, in a word: the executable, or what Python runs."""
+    program = os.path.basename(argv[0])
+    if program.startswith("python") and len(argv) > 1:
+        return argv[2] if argv[1] == "-m" and len(argv) > 2 else os.path.basename(argv[1])
+    return program
