@@ -58,6 +58,7 @@ def test_chat(sdk: openai.OpenAI) -> None:
         max_tokens=3,
         temperature=0,
     )
+    assert reply.model == "gemma-mlx"  # not the path the server answers with
     assert reply.choices[0].finish_reason == "length"
     assert reply.choices[0].message.content
     assert reply.usage is not None and reply.usage.completion_tokens == 3
@@ -72,6 +73,7 @@ def test_streamed_chat(sdk: openai.OpenAI) -> None:
         stream=True,
     )
     chunks = [chunk for chunk in stream if chunk.choices]
+    assert {chunk.model for chunk in chunks} == {"gemma-mlx"}
     texts = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
     assert len(texts) >= 2  # token by token
     assert chunks[-1].choices[0].finish_reason == "length"

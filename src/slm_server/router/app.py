@@ -31,6 +31,7 @@ from slm_server.router.errors import (
     MethodNotAllowed,
     RouterError,
 )
+from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
     forward,
@@ -186,6 +187,8 @@ class RouterApp:
                 self.pool, backend, process, path, request, body, headers, send, receive
             )
         else:
+            if upstream_model is not None:
+                send = restoring_model_name(send, served=upstream_model, asked=model)
             await forward(
                 self.pool, backend, path, headers, body, send, receive, stopwatch=stopwatch
             )
