@@ -25,6 +25,11 @@ Model endpoints (all answers are deterministic):
                                      score = share of query words found in the doc
 * ``POST /v1/responses``             minimal Responses API object (404 if
                                      ``no_responses``)
+* ``POST /v1/images/generations``    one image: ``b64_json`` of ``"<model>: <prompt>"``
+* ``POST /v1/images/edits``          multipart; one image: ``b64_json`` of
+                                     ``"<model>: <prompt>: <sha256 of the image>"``
+* ``POST /v1/audio/transcriptions``  multipart; ``text`` naming the model, the file's
+                                     size and sha256
 
 Test hooks:
 
@@ -55,6 +60,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import email.policy
 import hashlib
 import json
 import math
@@ -66,6 +72,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from email.parser import BytesParser
 from typing import Any
 
 from aiohttp import web
@@ -240,6 +247,9 @@ class FakeServer:
         for path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking"):
             app.router.add_post(path, self.rerank)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/images/generations", self.image_generation)
+        app.router.add_post("/v1/images/edits", self.image_edit)
+        app.router.add_post("/v1/audio/transcriptions", self.transcription)
         app.router.add_get("/_fake/last_request", self.fake_last_request)
         app.router.add_get("/_fake/stats", self.fake_stats)
         app.router.add_get("/_fake/control", self.fake_get_control)
@@ -695,6 +705,34 @@ class FakeServer:
             }
         )
 
+    async def image_generation(self, request: web.Request) -> web.Response:
+        body = await self.read_json(request)
+        if (early := await self.gate()) is not None:
+            return early
+        picture = f"{self.model_of(body)}: {body.get('prompt', '')}"
+        return _images_response(picture.encode())
+
+    async def image_edit(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        if "image" not in form:
+            raise _bad_request("the form needs an 'image' file")
+        if (early := await self.gate()) is not None:
+            return early
+        digest = hashlib.sha256(form["image"]).hexdigest()
+        picture = f"{_text(form, 'model')}: {_text(form, 'prompt')}: {digest}"
+        return _images_response(picture.encode())
+
+    async def transcription(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        if "file" not in form:
+            raise _bad_request("the form needs a 'file'")
+        if (early := await self.gate()) is not None:
+            return early
+        data = form["file"]
+        digest = hashlib.sha256(data).hexdigest()
+        text = f"{_text(form, 'model')} heard {len(data)} bytes, sha256 {digest}"
+        return web.json_response({"text": text})
+
     # ------------------------------------------------------------ /_fake
 
     async def fake_last_request(self, request: web.Request) -> web.Response:
@@ -738,6 +776,30 @@ class FakeServer:
         if body.get("loading") is False:
             self.loading_until = 0.0  # also ends a --loading-seconds window
         return web.json_response(self.control_snapshot())
+
+
+async def _form(request: web.Request) -> dict[str, bytes]:
+    """The multipart form's fields by name (parsed by the stdlib, not by the router's code)."""
+    head = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + await request.read())
+    if not message.is_multipart():
+        raise _bad_request("expected a multipart/form-data body")
+    fields: dict[str, bytes] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = payload
+    return fields
+
+
+def _text(form: dict[str, bytes], name: str) -> str:
+    return form.get(name, b"").decode()
+
+
+def _images_response(picture: bytes) -> web.Response:
+    data = [{"b64_json": base64.b64encode(picture).decode("ascii")}]
+    return web.json_response({"created": int(time.time()), "data": data})
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

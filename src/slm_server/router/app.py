@@ -19,6 +19,7 @@ from slm_server.router.asgi import (
     Receive,
     Scope,
     Send,
+    header,
     read_body,
     send_error,
     send_json,
@@ -31,6 +32,7 @@ from slm_server.router.errors import (
     MethodNotAllowed,
     RouterError,
 )
+from slm_server.router.forms import form_field, is_form
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
@@ -170,7 +172,12 @@ class RouterApp:
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         stopwatch = Stopwatch()
         body = await read_body(scope, receive, self.max_body_bytes)
-        request = _parse_json_object(body)
+        content_type = header(scope, b"content-type") or ""
+        form = is_form(content_type)
+        if form:
+            request: dict[str, Any] = {"model": form_field(content_type, body, "model")}
+        else:
+            request = _parse_json_object(body)
         model = request.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
@@ -180,7 +187,8 @@ class RouterApp:
         if process is not None:
             await _wait_until_ready(process, backend)
             upstream_model = process.upstream_model
-        body = _with_injected_fields(backend, path, request, body, upstream_model)
+        if not form:  # a form (a file upload) is forwarded exactly as sent
+            body = _with_injected_fields(backend, path, request, body, upstream_model)
         headers = forwarded_request_headers(scope["headers"])
         if path in BRIDGED_PATHS:
             await self.bridge.handle(

@@ -23,6 +23,9 @@ ENDPOINT_MODEL_TYPES: dict[str, frozenset[str]] = {
     "/v1/rerank": frozenset({"rerank"}),
     "/v1/reranking": frozenset({"rerank"}),
     "/rerank": frozenset({"rerank"}),
+    "/v1/images/generations": frozenset({"image-generation"}),
+    "/v1/images/edits": frozenset({"image-edit"}),  # multipart/form-data
+    "/v1/audio/transcriptions": frozenset({"whisper"}),  # multipart/form-data
 }
 
 
