@@ -93,12 +93,33 @@ async def test_stream_events_are_restored_even_when_split_across_pieces() -> Non
     assert [p["model"] for p in payloads] == [ASKED, ASKED]
     assert [p["choices"][0]["delta"]["content"] for p in payloads] == ["Hel", "lo"]
     assert events[-1].data == "[DONE]"
+    assert b": keep-alive\n\n" in client.body()
     assert b"content-length" not in client.headers()
 
 
-async def test_stream_events_keep_their_name_and_multi_line_data() -> None:
-    stream = b'event: note\ndata: {"model": "/models/gemma-3-270m-mlx"}\n\ndata: a\ndata: b\n\n'
+async def test_stream_lines_other_than_the_model_pass_byte_for_byte() -> None:
+    stream = (
+        b": keepalive 512/4096\r\n\r\n"  # mlx_lm.server's, while it reads a long prompt
+        b"event: note\nid: 7\n"
+        b'data: {"model": "/models/gemma-3-270m-mlx"}\r\n\r\n'
+        b"data: a\ndata: b\n\n"
+    )
     client = await relay([start(b"text/event-stream"), body(stream), body(b"")])
-    events = SseParser().feed(client.body())
-    assert events[0].event == "note" and json.loads(events[0].data) == {"model": ASKED}
-    assert events[1].data == "a\nb"
+    expected = stream.replace(b'{"model": "/models/gemma-3-270m-mlx"}', b'{"model": "gemma-mlx"}')
+    assert client.body() == expected
+
+
+async def test_a_stream_ending_without_a_newline_loses_nothing() -> None:
+    stream = (chunk("Hi") + "data: [DONE]").encode()
+    client = await relay(
+        [start(b"text/event-stream"), body(stream[:20], more=True), body(stream[20:])]
+    )
+    assert client.body().endswith(b"\n\ndata: [DONE]")
+    assert SseParser().feed(client.body())[0].data.count(ASKED) == 1
+
+
+async def test_text_python_cannot_encode_as_utf8_still_gets_through() -> None:
+    raw = b'{"model": "/models/gemma-3-270m-mlx", "choices": [{"text": "\\ud83d"}]}'
+    client = await relay([start(b"application/json", len(raw)), body(raw)])
+    restored = json.loads(client.body())
+    assert restored["model"] == ASKED and restored["choices"][0]["text"] == "\ud83d"
