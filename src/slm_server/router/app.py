@@ -32,7 +32,7 @@ from slm_server.router.errors import (
     MethodNotAllowed,
     RouterError,
 )
-from slm_server.router.forms import form_field, is_form
+from slm_server.router.forms import form_model, is_form
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
@@ -175,7 +175,7 @@ class RouterApp:
         content_type = header(scope, b"content-type") or ""
         form = is_form(content_type)
         if form:
-            request: dict[str, Any] = {"model": form_field(content_type, body, "model")}
+            request: dict[str, Any] = {"model": form_model(path, content_type, body)}
         else:
             request = _parse_json_object(body)
         model = request.get("model")

@@ -12,36 +12,77 @@ from email.parser import BytesHeaderParser
 from slm_server.router.errors import InvalidRequest
 
 FORM_DATA = "multipart/form-data"
+# The endpoints whose requests are forms (the others take JSON).
+FORM_PATHS = frozenset({"/v1/images/edits", "/v1/audio/transcriptions"})
+_CRLF = b"\r\n"
 _HEAD_END = b"\r\n\r\n"
+_MAX_NAME = 256  # longer is not a model name but, say, a file sent under that field
 
 
 def is_form(content_type: str) -> bool:
     return content_type.lower().startswith(FORM_DATA)
 
 
-def form_field(content_type: str, body: bytes, name: str) -> str | None:
-    """The text of the form field ``name``; None when the form has no such field."""
+def form_model(path: str, content_type: str, body: bytes) -> str | None:
+    """The form's ``model`` field; a clear 400 for a form where it cannot be one."""
+    if path not in FORM_PATHS:
+        raise InvalidRequest(f"{path} takes a JSON body, not {FORM_DATA}")
+    return _field(content_type, body, "model")
+
+
+def _field(content_type: str, body: bytes, name: str) -> str | None:
     boundary = _param(content_type, "boundary")
     if not boundary:
         raise InvalidRequest(f"a {FORM_DATA} request needs a boundary in its Content-Type")
-    delimiter = b"--" + boundary.encode("latin-1")
-    position = body.find(delimiter)
-    if position < 0:
+    delimiter = b"--" + boundary.encode("latin-1", errors="replace")
+    line_delimiter = _CRLF + delimiter  # every delimiter but an opening one starts a line
+    start = _first_part(body, delimiter)
+    if start is None:
         raise InvalidRequest(f"the {FORM_DATA} body has none of its boundary lines")
-    while True:
-        start = position + len(delimiter)
-        if body.startswith(b"--", start):
-            return None  # the closing delimiter
-        end = body.find(b"\r\n" + delimiter, start)
-        if end < 0:
+    while not body.startswith(b"--", start):  # `--` after the delimiter closes the form
+        end = _next_delimiter(body, line_delimiter, start)
+        if end is None:
             raise InvalidRequest(f"the {FORM_DATA} body ends inside a part")
         head_end = body.find(_HEAD_END, start, end)
         if head_end >= 0:
-            headers = BytesHeaderParser().parsebytes(body[start:head_end].lstrip(b"\r\n"))
+            headers = BytesHeaderParser().parsebytes(body[start:head_end].lstrip(_CRLF))
             if headers.get_param("name", header="content-disposition") == name:
-                value = body[head_end + len(_HEAD_END) : end]
-                return value.decode("utf-8", errors="replace")
-        position = end + 2
+                return _text(headers, body[head_end + len(_HEAD_END) : end], name)
+        start = end + len(line_delimiter)
+    return None
+
+
+def _first_part(body: bytes, delimiter: bytes) -> int | None:
+    """Where the first part begins: the body opens with the delimiter, or with a preamble."""
+    if body.startswith(delimiter) and _ends_delimiter_line(body, len(delimiter)):
+        return len(delimiter)
+    found = _next_delimiter(body, _CRLF + delimiter, 0)
+    return None if found is None else found + len(_CRLF) + len(delimiter)
+
+
+def _next_delimiter(body: bytes, delimiter: bytes, start: int) -> int | None:
+    """The next delimiter line: the boundary alone on its line, or followed by `--`."""
+    position = body.find(delimiter, start)
+    while position >= 0:
+        if _ends_delimiter_line(body, position + len(delimiter)):
+            return position
+        position = body.find(delimiter, position + 1)
+    return None
+
+
+def _ends_delimiter_line(body: bytes, position: int) -> bool:
+    if body.startswith(b"--", position):
+        return True
+    line_end = body.find(_CRLF, position)
+    return line_end >= 0 and not body[position:line_end].strip(b" \t")
+
+
+def _text(headers: Message, value: bytes, name: str) -> str:
+    if headers.get_param("filename", header="content-disposition") is not None:
+        raise InvalidRequest(f"the form's `{name}` field is a file, not a name", param=name)
+    if len(value) > _MAX_NAME:
+        raise InvalidRequest(f"the form's `{name}` field is too long for a name", param=name)
+    return value.decode("utf-8", errors="replace").strip()
 
 
 def _param(content_type: str, name: str) -> str | None:

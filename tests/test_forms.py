@@ -1,0 +1,62 @@
+"""Finding the `model` field of an upload's multipart form."""
+
+from __future__ import annotations
+
+import pytest
+
+from slm_server.router.errors import InvalidRequest
+from slm_server.router.forms import form_model
+
+PATH = "/v1/audio/transcriptions"
+TYPE = "multipart/form-data; boundary=XyZ"
+
+
+def form(*parts: bytes, preamble: bytes = b"") -> bytes:
+    body = preamble + b"".join(b"--XyZ\r\n" + part + b"\r\n" for part in parts)
+    return body + b"--XyZ--\r\n"
+
+
+def field(name: str, value: bytes, extra: str = "") -> bytes:
+    return f'Content-Disposition: form-data; name="{name}"{extra}\r\n\r\n'.encode() + value
+
+
+FILE_WITH_BOUNDARY_LOOKALIKES = (
+    b"RIFF\r\n--XyZ-is-not-a-delimiter\r\n--XyZ \tx\r\n\r\n" + bytes(range(256)) * 40
+)
+
+
+def test_model_after_a_file_that_holds_boundary_lookalikes() -> None:
+    body = form(
+        field("file", FILE_WITH_BOUNDARY_LOOKALIKES, '; filename="model.wav"'),
+        field("model", b"whisper"),
+    )
+    assert form_model(PATH, TYPE, body) == "whisper"
+
+
+def test_preamble_quoted_boundary_and_padding() -> None:
+    body = form(field("model", b" whisper\r\n"), preamble=b"ignored --XyZ text\r\n")
+    body = body.replace(b"--XyZ\r\n", b"--XyZ  \r\n")  # transport padding after a delimiter
+    assert form_model(PATH, 'multipart/form-data; boundary="XyZ"', body) == "whisper"
+
+
+def test_form_without_model() -> None:
+    assert form_model(PATH, TYPE, form(field("file", b"abc", '; filename="a.wav"'))) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body", "complaint"),
+    [
+        (PATH, "multipart/form-data", form(field("model", b"w")), "needs a boundary"),
+        (PATH, TYPE, b"model=whisper", "none of its boundary lines"),
+        (PATH, TYPE, b"--XyZ\r\n" + field("model", b"whisper"), "ends inside a part"),
+        (PATH, TYPE, form(field("model", b"x", '; filename="m.bin"')), "is a file"),
+        (PATH, TYPE, form(field("model", b"x" * 300)), "too long"),
+        ("/v1/chat/completions", TYPE, form(field("model", b"m")), "takes a JSON body"),
+    ],
+)
+def test_forms_that_cannot_be_routed_are_a_clear_400(
+    path: str, content_type: str, body: bytes, complaint: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=complaint) as refused:
+        form_model(path, content_type, body)
+    assert refused.value.status == 400
