@@ -45,9 +45,13 @@ class BackendLog:
         return list(self._tail)[-lines:]
 
     def last_output(self) -> str | None:
-        """The backend's latest line, if it has written one since the last note."""
-        last = self._tail[-1] if self._tail else None
-        return None if last is None or last.startswith(_NOTE_PREFIX) else last
+        """The backend's latest non-blank line, if it has written one since the last note."""
+        for line in reversed(self._tail):
+            if line.startswith(_NOTE_PREFIX):
+                return None
+            if line.strip():
+                return line
+        return None
 
     def close(self) -> None:
         if self._file is not None:

@@ -357,6 +357,14 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 def _program(argv: list[str]) -> str:
     """What a command line runs, in a word: the executable, or what Python runs."""
     program = os.path.basename(argv[0])
-    if program.startswith("python") and len(argv) > 1:
-        return argv[2] if argv[1] == "-m" and len(argv) > 2 else os.path.basename(argv[1])
+    if not program.startswith("python"):
+        return program
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "-m":
+            return next(args, program)
+        if arg in ("-X", "-W"):  # options that take a value
+            next(args, None)
+        elif not arg.startswith("-"):  # the script, after the interpreter's own options
+            return os.path.basename(arg)
     return program
