@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,6 +140,23 @@ def test_disconnect_during_a_plain_request_cancels_it_too(
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{router.url}/v1/chat/completions", json=CHAT, timeout=0.5)
     wait_until(lambda: fake.stats()["cancelled"] > before, 3, "the backend to see the cancel")
+
+
+def test_client_leaving_at_once_still_cancels_the_upstream_request(
+    router: RouterProcess, fake: FakeBackend
+) -> None:
+    """Gone before the router starts watching (it waits a little first): noticed all the same."""
+    fake.control(response_delay=30)
+    before = fake.stats()["cancelled"]
+    body = json.dumps(CHAT).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", router.port)) as client:
+        client.sendall(head + body)  # and closed at once
+    wait_until(lambda: fake.stats()["cancelled"] > before, 3, "the backend to see the cancel")
+    assert fake.stats()["in_flight"] == 0
 
 
 def test_openai_sdk_lists_models(sdk: openai.OpenAI) -> None:

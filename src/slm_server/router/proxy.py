@@ -59,6 +59,10 @@ UNAVAILABLE_RETRY_AFTER_S = 5
 # never hands out a connection the backend is about to close.
 _KEEPALIVE_TIMEOUT_S = 4.0
 
+# How long a request runs before the router starts watching for its client leaving, so a
+# client that leaves is noticed (and the backend's work cancelled) within this delay.
+_WATCH_AFTER_S = 0.05
+
 # uvicorn dates every response, the router's own included; the backend's would double it.
 _NOT_RELAYED = _NOT_FORWARDED | {"date"}
 
@@ -354,10 +358,14 @@ async def run_until_disconnect(
 
     The work runs in the calling task, and a watcher task cancels that task on a
     disconnect (as ``asyncio.timeout`` does on expiry): one task per request instead of two.
+    The watcher starts only once the work has run for ``_WATCH_AFTER_S``: a client that left
+    earlier is noticed then.
     """
-    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task(loop)
     assert task is not None
     client_left = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal client_left
@@ -366,7 +374,12 @@ async def run_until_disconnect(
         client_left = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    # Most answers from a fast backend are done by then: they never pay for the task.
+    watch_later = loop.call_later(_WATCH_AFTER_S, start_watching)
     try:
         await work
     except asyncio.CancelledError:
@@ -375,4 +388,6 @@ async def run_until_disconnect(
             raise
         log.info("%s: client disconnected; upstream request cancelled", backend.label)
     finally:
-        watcher.cancel()
+        watch_later.cancel()
+        if watcher is not None:
+            watcher.cancel()
