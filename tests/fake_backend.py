@@ -713,9 +713,7 @@ class FakeServer:
         return _images_response(picture.encode())
 
     async def image_edit(self, request: web.Request) -> web.Response:
-        form = await _form(request)
-        if "image" not in form:
-            raise _bad_request("the form needs an 'image' file")
+        form = await _form(request, "image")
         if (early := await self.gate()) is not None:
             return early
         digest = hashlib.sha256(form["image"]).hexdigest()
@@ -723,9 +721,7 @@ class FakeServer:
         return _images_response(picture.encode())
 
     async def transcription(self, request: web.Request) -> web.Response:
-        form = await _form(request)
-        if "file" not in form:
-            raise _bad_request("the form needs a 'file'")
+        form = await _form(request, "file")
         if (early := await self.gate()) is not None:
             return early
         data = form["file"]
@@ -778,8 +774,9 @@ class FakeServer:
         return web.json_response(self.control_snapshot())
 
 
-async def _form(request: web.Request) -> dict[str, bytes]:
-    """The multipart form's fields by name (parsed by the stdlib, not by the router's code)."""
+async def _form(request: web.Request, upload: str) -> dict[str, bytes]:
+    """The multipart form's fields by name (parsed by the stdlib, not by the router's code);
+    a 400 unless it has the field ``upload``."""
     head = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
     message = BytesParser(policy=email.policy.HTTP).parsebytes(head + await request.read())
     if not message.is_multipart():
@@ -790,6 +787,8 @@ async def _form(request: web.Request) -> dict[str, bytes]:
         payload = part.get_payload(decode=True)
         if isinstance(name, str) and isinstance(payload, bytes):
             fields[name] = payload
+    if upload not in fields:
+        raise _bad_request(f"the form needs a '{upload}' file")
     return fields
 
 

@@ -34,12 +34,8 @@ def _mlx(model_id: str, port: int, model_type: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    backend.start()
-    try:
+    with FakeBackend() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +139,14 @@ def test_hand_made_form_is_routed_by_its_model_field(router: RouterProcess) -> N
     response = _post_form(router, form, "multipart/form-data; boundary=XyZ")
     assert response.status_code == 200, response.text
     assert response.json()["text"].startswith(f"whisper heard {len(AUDIO)} bytes")
+
+
+def test_form_on_an_endpoint_that_takes_json_gets_400(router: RouterProcess) -> None:
+    form = b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nm-chat\r\n--b--\r\n'
+    response = httpx.post(
+        f"{router.url}/v1/chat/completions",
+        content=form,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert response.status_code == 400
+    assert "takes a JSON body" in response.json()["error"]["message"]

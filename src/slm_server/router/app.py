@@ -32,7 +32,7 @@ from slm_server.router.errors import (
     MethodNotAllowed,
     RouterError,
 )
-from slm_server.router.forms import form_model, is_form
+from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
@@ -172,12 +172,13 @@ class RouterApp:
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         stopwatch = Stopwatch()
         body = await read_body(scope, receive, self.max_body_bytes)
-        content_type = header(scope, b"content-type") or ""
+        # Only the upload endpoints look at the content type: the JSON ones stay as quick as before.
+        content_type = (header(scope, b"content-type") or "") if path in FORM_PATHS else ""
         form = is_form(content_type)
         if form:
-            request: dict[str, Any] = {"model": form_model(path, content_type, body)}
+            request: dict[str, Any] = {"model": form_model(content_type, body)}
         else:
-            request = _parse_json_object(body)
+            request = _parse_request_json(scope, path, body)
         model = request.get("model")
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
@@ -232,6 +233,15 @@ async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:
             f"{backend.label} could not be started: {exc}",
             retry_after=UNAVAILABLE_RETRY_AFTER_S,
         ) from None
+
+
+def _parse_request_json(scope: Scope, path: str, body: bytes) -> dict[str, Any]:
+    try:
+        return _parse_json_object(body)
+    except InvalidRequest:
+        if is_form(header(scope, b"content-type") or ""):  # say why, rather than "not JSON"
+            raise InvalidRequest(f"{path} takes a JSON body, not {FORM_DATA}") from None
+        raise
 
 
 def _parse_json_object(body: bytes) -> dict[str, Any]:

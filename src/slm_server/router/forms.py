@@ -23,10 +23,8 @@ def is_form(content_type: str) -> bool:
     return content_type.lower().startswith(FORM_DATA)
 
 
-def form_model(path: str, content_type: str, body: bytes) -> str | None:
+def form_model(content_type: str, body: bytes) -> str | None:
     """The form's ``model`` field; a clear 400 for a form where it cannot be one."""
-    if path not in FORM_PATHS:
-        raise InvalidRequest(f"{path} takes a JSON body, not {FORM_DATA}")
     return _field(content_type, body, "model")
 
 
