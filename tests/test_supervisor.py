@@ -150,7 +150,7 @@ async def test_watched_backend_that_crashes_is_restarted(
         assert process.state == "ready"
         assert process.restarts == 1
         assert not alive(watchdog)  # it went with its backend, and was seen to
-        assert "exited with code 137" in caplog.text  # 128 + SIGKILL, from the watchdog
+        assert "killed by SIGKILL" in caplog.text  # the watchdog exits with 128 + SIGKILL
     finally:
         await process.stop()
 
@@ -174,6 +174,22 @@ async def test_stopping_a_watched_backend_leaves_no_process(
     await eventually(lambda: not any(map(alive, processes)), 5, "every process to be gone")
     # The watchdog passed SIGTERM on, so only a backend that ignores it needed SIGKILL.
     assert ("after SIGTERM; SIGKILL" in caplog.text) == bool(args)
+
+
+async def test_backend_killed_by_a_signal_is_reported_by_its_name(
+    tmp_path: Path, orphan_guard: str
+) -> None:
+    # A stand-in for a llama-server built for CPU features this machine lacks.
+    die = "import os, signal; print('llama threadpool init'); os.kill(os.getpid(), signal.SIGILL)"
+    process = make_process(tmp_path, spec=LaunchSpec([sys.executable, "-c", die]))
+    process.start()
+    with pytest.raises(BackendFailed) as failed:
+        await asyncio.wait_for(process.ensure_ready(), 10)
+    reason = str(failed.value)
+    # Under the watchdog too, whose own exit status is 128 + SIGILL.
+    assert reason.startswith("killed by SIGILL (illegal instruction:"), reason
+    assert "llama threadpool init" in reason
+    assert "code" not in reason.split(" while starting")[0]
 
 
 async def test_backend_that_cannot_start_is_failed_with_its_output(tmp_path: Path) -> None:

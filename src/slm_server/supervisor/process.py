@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
+from slm_server.exits import describe_exit
 from slm_server.supervisor.logs import BackendLog
 from slm_server.supervisor.orphans import die_with_parent_hook, guarded_argv, uses_watchdog
 from slm_server.supervisor.ports import listener_description, port_in_use
@@ -177,7 +178,7 @@ class BackendProcess:
         self._proc, self.pid = None, None
         self._end_leftovers(proc)
         await self._drain_output()
-        message = f"exited with code {code}"
+        message = self._describe_exit(code, spec)
         log.warning("%s: %s\n%s", self.role, message, "\n".join(self.log.tail(10)))
         self._set("starting", message)
         if time.monotonic() - up_since >= self._policy.stable_after_s:
@@ -231,7 +232,8 @@ class BackendProcess:
                 if exited.done():
                     probe.cancel()
                     tail = "; ".join(self.log.tail(5))
-                    return f"exited with code {exited.result()} while starting: {tail}"
+                    ended = self._describe_exit(exited.result(), spec)
+                    return f"{ended} while starting: {tail}"
                 try:
                     if probe.result():
                         return None
@@ -247,6 +249,10 @@ class BackendProcess:
                 await asyncio.wait((exited,), timeout=_READY_POLL_S)
         finally:
             exited.cancel()
+
+    def _describe_exit(self, code: int, spec: LaunchSpec) -> str:
+        # The watchdog exits with 128 + N when its backend dies of signal N.
+        return describe_exit(code, _program(spec.argv), shell_convention=self._watched)
 
     def _log_progress(self, elapsed_s: float) -> None:
         last = self.log.last_output()
