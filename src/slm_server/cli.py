@@ -61,6 +61,15 @@ def _build_parser() -> argparse.ArgumentParser:
     supervise = commands.add_parser("backends", help="start the backends and keep them up")
     _add_config_flag(supervise)
     _add_log_level_flag(supervise)
+
+    build = commands.add_parser(
+        "build-llama-server",
+        help="build llama-server for this machine (or reuse the kept build), then check it",
+    )
+    build.add_argument("--rebuild", action="store_true", help="build again even if a build is kept")
+    build.add_argument(
+        "--jobs", type=int, metavar="N", help="compilers at once (default: CPUs, as memory allows)"
+    )
     return parser
 
 
@@ -90,13 +99,16 @@ def _load_or_report(config_arg: str | None, *, allow_default: bool = False) -> L
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from slm_server.backends import installation_problems
+
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
-    for problem in loaded.problems:
+    problems = [*loaded.problems, *installation_problems(loaded)]
+    for problem in problems:
         print(problem)
-    errors = len(loaded.errors)
-    warnings = len(loaded.problems) - errors
+    errors = sum(1 for problem in problems if problem.severity == "error")
+    warnings = len(problems) - errors
     enabled = sum(1 for entry in loaded.models.values() if entry.enabled)
     print(
         f"{loaded.path}: {len(loaded.models)} model(s), {enabled} enabled; "
@@ -173,6 +185,12 @@ def _stop(args: argparse.Namespace) -> int:
     return run_stop(loaded)
 
 
+def _build_llama_server(args: argparse.Namespace) -> int:
+    from slm_server.llama_server.command import run_build
+
+    return run_build(rebuild=args.rebuild, jobs=args.jobs)
+
+
 _COMMANDS = {
     "check-config": _check_config,
     "router": _router,
@@ -180,6 +198,7 @@ _COMMANDS = {
     "backends": _backends,
     "start": _start,
     "stop": _stop,
+    "build-llama-server": _build_llama_server,
 }
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from slm_server.backends import llamacpp, mlx
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
-from slm_server.config import ModelEntry
+from slm_server.config import LoadedConfig, ModelEntry, Problem
 
-__all__ = ["BackendUnsupported", "LaunchSpec", "launch_spec"]
+__all__ = ["BackendUnsupported", "LaunchSpec", "installation_problems", "launch_spec"]
 
 
 def launch_spec(entry: ModelEntry, base_dir: Path) -> LaunchSpec:
@@ -18,3 +18,25 @@ def launch_spec(entry: ModelEntry, base_dir: Path) -> LaunchSpec:
     if entry.backend == "mlx":
         return mlx.launch_spec(entry, base_dir)
     raise BackendUnsupported(f"starting {entry.backend} backends is not supported")
+
+
+def installation_problems(config: LoadedConfig) -> list[Problem]:
+    """What keeps this machine from starting the enabled entries (e.g. a llama-server that
+    fails its check here), for ``check-config``."""
+    llamacpp_roles = [
+        role
+        for role, entry in config.models.items()
+        if entry.enabled and entry.backend == "llamacpp"
+    ]
+    if not llamacpp_roles:
+        return []
+    try:
+        found = llamacpp.find_llama_server()
+    except BackendUnsupported as exc:
+        problem = str(exc)
+    else:
+        if found is not None or llamacpp.python_server_available():
+            return []
+        problem = llamacpp.NO_SERVER
+    where = f"llama-server (for models {', '.join(llamacpp_roles)}): {problem}"
+    return [Problem("error", config.path, None, None, None, where)]

