@@ -35,6 +35,7 @@ _POLL_S = 0.1
 _REQUEST_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 5.0
 _OUTPUT_LINES = 8
+_OUTPUT_TAIL_BYTES = 64 * 1024  # where those last lines are read from
 _PROMPT = {"prompt": "The capital of France is", "n_predict": 1, "temperature": 0}
 
 
@@ -127,7 +128,7 @@ def run_check(binary: Path, model: Path, timeout_s: float = CHECK_TIMEOUT_S) -> 
             took = time.monotonic() - started
             done = f"loaded a model and generated a token in {took:.1f}s"
             return Verdict(True, done, str(binary), cpu)
-        output.seek(0)
+        output.seek(max(0, os.fstat(output.fileno()).st_size - _OUTPUT_TAIL_BYTES))
         last = _last_lines(output.read())
         detail = f"{failure}; its last output: {last}" if last else failure
         # A death by signal is the binary's own doing on this CPU; other failures may pass.
