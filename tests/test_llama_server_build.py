@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from slm_server.llama_server import build as build_module
 from slm_server.llama_server.build import BuildError, build
 from slm_server.llama_server.cache import Layout
 from slm_server.llama_server.recipe import Recipe, Source, cache_key
@@ -180,3 +181,33 @@ def test_a_compile_error_is_reported_with_the_compilers_words(
     assert layout.current_binary() is None
     leftovers = [p.name for p in layout.builds.iterdir() if not p.name.endswith(".log")]
     assert leftovers == [".build.lock"]
+
+
+@pytest.fixture
+def slow(served: Served) -> Source:
+    """A project whose build is silent for 1.5 s: one long compile, as llama.cpp has."""
+    lists = CMAKE_LISTS.replace("add_executable(llama-other other.c)\n", "") + (
+        "add_custom_command(TARGET llama-server PRE_LINK COMMAND ${CMAKE_COMMAND} -E sleep 1.5)\n"
+    )
+    return served.source("slow.tar.gz", {"CMakeLists.txt": lists, "main.c": MAIN_C})
+
+
+def test_a_long_silent_step_still_shows_progress(
+    tmp_path: Path, slow: Source, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(build_module, "_PROGRESS_EVERY_S", 0.4)
+    with caplog.at_level(logging.INFO):
+        build(RECIPE, Layout(tmp_path / "cache"), pinned=slow)
+    working = [r.getMessage() for r in caplog.records if "still working" in r.getMessage()]
+    assert working, caplog.text
+    assert all(line.startswith("compiling llama-server: ") for line in working if "%" in line)
+
+
+def test_a_build_that_runs_too_long_is_stopped(
+    tmp_path: Path, slow: Source, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(build_module, "BUILD_TIMEOUT_S", 0.5)
+    layout = Layout(tmp_path / "cache")
+    with pytest.raises(BuildError, match=r"took over 0\.5s; stopped"):
+        build(RECIPE, layout, pinned=slow)
+    assert layout.current_binary() is None

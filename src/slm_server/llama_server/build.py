@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -133,42 +134,62 @@ def _build_into(recipe: Recipe, layout: Layout, key: str, jobs: int, pinned: Sou
 
 
 def _run(argv: Sequence[str], build_log: IO[bytes], log_path: Path, step: str) -> None:
-    """Run one build step, its output to the log, its progress (``[ 42%]``) to the user."""
+    """Run one build step, its output to the log, its progress (``[ 42%]``) to the user.
+
+    Progress shows every 5%, and at least once a minute while the compiler works on one
+    large file and prints nothing, so the build never looks hung.
+    """
     build_log.write(f"$ {' '.join(argv)}\n".encode())
     started = time.monotonic()
-    reported, reported_at = -_PROGRESS_STEP, started
+    deadline = started + BUILD_TIMEOUT_S
+    reported, reported_at, now = -_PROGRESS_STEP, started, started
+    lines: queue.Queue[bytes | None] = queue.Queue()  # None: the output has ended
     with subprocess.Popen(
         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     ) as proc:
-        assert proc.stdout is not None
-        # Silent or not, a step that runs too long is ended (its output then ends too).
-        too_long = threading.Timer(BUILD_TIMEOUT_S, proc.kill)
-        too_long.start()
+        reader = threading.Thread(target=_read_lines, args=(proc, lines), daemon=True)
+        reader.start()
         try:
-            for line in proc.stdout:
-                build_log.write(line)
+            while True:
+                try:
+                    line = lines.get(timeout=max(0.0, min(_PROGRESS_EVERY_S, deadline - now)))
+                except queue.Empty:
+                    line = b""
                 now = time.monotonic()
+                if line is None:
+                    break
+                if now > deadline:
+                    raise BuildError(
+                        f"{step} {TARGET} took over {BUILD_TIMEOUT_S:g}s; stopped. See {log_path}"
+                    )
+                build_log.write(line)
                 match = _PERCENT.match(line)
                 percent = int(match.group(1)) if match else None
                 stepped = percent is not None and percent >= reported + _PROGRESS_STEP
                 if stepped or now - reported_at >= _PROGRESS_EVERY_S:
-                    shown = f"{percent}%" if percent is not None else "still working"
+                    if percent is not None:
+                        shown = f"{percent}%"
+                    else:
+                        shown = "still working" if reported < 0 else f"{reported}%, still working"
                     log.info("%s %s: %s (%s)", step, TARGET, shown, _elapsed(now - started))
                     reported_at = now
                     if percent is not None:
                         reported = percent
         except BaseException:
-            proc.kill()  # left early (Ctrl-C, a full disk): the context's wait() must not hang
+            proc.kill()  # a timeout, Ctrl-C, a full disk: the context's wait() must not hang
             raise
-        finally:
-            too_long.cancel()
         code = proc.wait()
     build_log.flush()
-    if time.monotonic() - started >= BUILD_TIMEOUT_S:
-        raise BuildError(f"{step} {TARGET} took over {BUILD_TIMEOUT_S:g}s; stopped. See {log_path}")
     if code != 0:
         tail = _tail(log_path)
         raise BuildError(f"{step} {TARGET} failed (exit {code}); see {log_path}:\n{tail}")
+
+
+def _read_lines(proc: subprocess.Popen[bytes], into: queue.Queue[bytes | None]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        into.put(line)
+    into.put(None)
 
 
 def _elapsed(seconds: float) -> str:
