@@ -176,6 +176,30 @@ async def test_stopping_a_watched_backend_leaves_no_process(
     assert ("after SIGTERM; SIGKILL" in caplog.text) == bool(args)
 
 
+async def test_a_backend_writing_a_huge_progress_bar_still_becomes_ready(tmp_path: Path) -> None:
+    """130 KB redrawn with carriage returns and no newline, as a download bar writes."""
+    model = make_config({"m": entry("m-fake", free_port())}).models["m"]
+    script = tmp_path / "downloads_then_serves.py"
+    script.write_text(
+        "import runpy, sys\n"
+        "for n in range(1200):\n"
+        "    sys.stdout.write(f'\\rDownloading: {n % 100:3d}% ' + '#' * 100)\n"
+        "print('\\ndownloaded', flush=True)\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--port', '{model.port}']\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    spec = LaunchSpec([sys.executable, str(script)])
+    process = BackendProcess("m", model, lambda: spec, BackendLog(tmp_path / "m.log"), FAST)
+    try:
+        await ready(process)
+        lines = (tmp_path / "m.log").read_text().splitlines()
+        bars = [line for line in lines if line.startswith("Downloading: ")]
+        assert len(bars) == 1200 and all(len(line) < 200 for line in bars)
+        assert "downloaded" in lines  # and what came after it
+    finally:
+        await process.stop()
+
+
 async def test_backend_killed_by_a_signal_is_reported_by_its_name(
     tmp_path: Path, orphan_guard: str
 ) -> None:

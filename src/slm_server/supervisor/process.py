@@ -22,6 +22,7 @@ from typing import Any, Literal
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.exits import describe_exit
+from slm_server.supervisor.lines import LineSplitter
 from slm_server.supervisor.logs import BackendLog
 from slm_server.supervisor.orphans import die_with_parent_hook, guarded_argv, uses_watchdog
 from slm_server.supervisor.ports import listener_description, port_in_use
@@ -37,6 +38,8 @@ _PROBE_TIMEOUT_S = 1.0
 _PROBE_KEEPALIVE_S = 2.0  # polls come every 50 ms while starting; after that, none
 _JSON_CONTENT = (("content-type", "application/json"),)
 _LOG_SETTLE_S = 0.2
+_READ_CHUNK_BYTES = 64 * 1024
+_MAX_LOG_LINE_BYTES = 8 * 1024  # longer lines are cut: a log line is for reading
 
 
 @dataclass(frozen=True)
@@ -212,9 +215,18 @@ class BackendProcess:
         return proc
 
     async def _pump_output(self, proc: asyncio.subprocess.Process) -> None:
+        """Drain the backend's output, whatever its shape, so it never blocks on a full pipe.
+
+        Read in chunks, not lines: a line longer than the stream's limit (a download bar
+        redrawn with carriage returns) would end ``readline`` with an error, and the pump with it.
+        """
         assert proc.stdout is not None
-        async for raw in proc.stdout:
-            self.log.write(raw.decode(errors="replace"))
+        lines = LineSplitter(_MAX_LOG_LINE_BYTES)
+        while chunk := await proc.stdout.read(_READ_CHUNK_BYTES):
+            for line in lines.feed(chunk):
+                self.log.write(line)
+        for line in lines.flush():
+            self.log.write(line)
 
     async def _wait_ready(
         self, pool: UpstreamPool, proc: asyncio.subprocess.Process, spec: LaunchSpec
