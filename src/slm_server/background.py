@@ -16,19 +16,22 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from slm_server.config import LoadedConfig
+from slm_server.exits import describe_exit
 from slm_server.router.serve import WILDCARD_HOSTS
 from slm_server.supervisor.ports import listener_description, port_in_use
 
 _POLL_S = 0.2
+_REQUEST_TIMEOUT_S = 5.0
+_MAX_REPORT_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
 
 
 @dataclass(frozen=True)
@@ -112,43 +115,46 @@ def _report_readiness(
 ) -> int:
     reported: dict[str, str] = {}
     deadline = time.monotonic() + wait_s
-    with httpx.Client(base_url=url, timeout=5) as client:
-        while True:
-            code = child.poll()
-            if code is not None:
-                pids.unlink(missing_ok=True)
-                print(f"slm_server exited with code {code}; last lines of {log_path}:")
-                print(_tail(log_path, 15))
-                return 1
-            backends = _backends_if_ours(client, child.pid)
-            if backends is not None:
-                for role, report in backends.items():
-                    line = _describe(role, report)
-                    if line is not None and reported.get(role) != line:
-                        reported[role] = line
-                        print(line, flush=True)
-                states = [r.get("state") for r in backends.values() if "state" in r]
-                if all(state in ("ready", "failed") for state in states):
-                    failed = states.count("failed")
-                    print(f"{len(states) - failed} of {len(states)} model(s) ready at {url}")
-                    return 1 if failed else 0
-            if time.monotonic() > deadline:
-                print(
-                    f"still starting after {wait_s:g}s; slm_server keeps running (log: {log_path})"
-                )
-                return 1
-            time.sleep(_POLL_S)
+    while True:
+        code = child.poll()
+        if code is not None:
+            pids.unlink(missing_ok=True)
+            print(f"slm_server {describe_exit(code, 'slm_server')}; last lines of {log_path}:")
+            print(_tail(log_path, 15))
+            return 1
+        backends = _backends_if_ours(url, child.pid)
+        if backends is not None:
+            for role, report in backends.items():
+                line = _describe(role, report)
+                if line is not None and reported.get(role) != line:
+                    reported[role] = line
+                    print(line, flush=True)
+            states = [r.get("state") for r in backends.values() if "state" in r]
+            if all(state in ("ready", "failed") for state in states):
+                failed = states.count("failed")
+                print(f"{len(states) - failed} of {len(states)} model(s) ready at {url}")
+                return 1 if failed else 0
+        if time.monotonic() > deadline:
+            print(f"still starting after {wait_s:g}s; slm_server keeps running (log: {log_path})")
+            return 1
+        time.sleep(_POLL_S)
 
 
-def _backends_if_ours(client: httpx.Client, pid: int) -> dict[str, dict[str, Any]] | None:
+def _backends_if_ours(url: str, pid: int) -> dict[str, dict[str, Any]] | None:
     """The router's backend report, only if the router answering is our child."""
     try:
-        if client.get("/health").json().get("pid") != pid:
+        if _get_json(f"{url}/health").get("pid") != pid:
             return None
-        report: dict[str, dict[str, Any]] = client.get("/v1/backends/health").json()
-    except (httpx.HTTPError, ValueError, AttributeError):
+        report: dict[str, dict[str, Any]] = _get_json(f"{url}/v1/backends/health")
+    except (OSError, ValueError, AttributeError):  # URLError and HTTPError are OSErrors
         return None
     return report
+
+
+def _get_json(url: str) -> Any:
+    # The standard library's client: `start` and `stop` must work on a plain install.
+    with urllib.request.urlopen(url, timeout=_REQUEST_TIMEOUT_S) as response:
+        return json.loads(response.read(_MAX_REPORT_BYTES))
 
 
 def _describe(role: str, report: dict[str, Any]) -> str | None:
