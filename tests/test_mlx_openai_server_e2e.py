@@ -135,13 +135,22 @@ def test_embeddings(sdk: openai.OpenAI) -> None:
 
 
 def test_a_missing_hub_model_fails_with_its_message(tmp_path: Path, venv_bin: Path) -> None:
-    """Offline, an HF id that is not cached ends in `failed` with the server's own words."""
+    """Offline, an HF id that is not cached fails with the server's own words.
+
+    Its first failed start is enough: the three starts before ``failed`` are the
+    supervisor's, tested on the fake backend, and each costs this server ~20 s of imports.
+    """
     config = {"models": {"gone": _entry("gone", "slm-server-tests/no-such-model", "lm")}}
     process = _router(config, tmp_path, venv_bin, HF_HUB_OFFLINE="1").start()
     try:
-        wait_until(lambda: process.backends()["gone"]["state"] == "failed", 180, "failed")
-        report = process.backends()["gone"]
+        wait_until(lambda: _first_failure(process) is not None, 180, "a failed start")
         # huggingface_hub's own explanation, relayed from the server's last log lines.
-        assert "outgoing traffic has been disabled" in report["reason"]
+        assert "outgoing traffic has been disabled" in str(_first_failure(process))
     finally:
         process.stop()
+
+
+def _first_failure(process: RouterProcess) -> str | None:
+    report = process.backends()["gone"]
+    reason = report.get("reason", "")
+    return reason if report["restarts"] or report["state"] == "failed" else None
