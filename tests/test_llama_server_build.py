@@ -15,10 +15,12 @@ import logging
 import subprocess
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
 from slm_server.llama_server import build as build_module
@@ -183,31 +185,47 @@ def test_a_compile_error_is_reported_with_the_compilers_words(
     assert leftovers == [".build.lock"]
 
 
-@pytest.fixture
-def slow(served: Served) -> Source:
-    """A project whose build is silent for 1.5 s: one long compile, as llama.cpp has."""
+def silent_for(served: Served, seconds: float) -> Source:
+    """A project whose build is silent for ``seconds``: one long compile, as llama.cpp has."""
     lists = CMAKE_LISTS.replace("add_executable(llama-other other.c)\n", "") + (
-        "add_custom_command(TARGET llama-server PRE_LINK COMMAND ${CMAKE_COMMAND} -E sleep 1.5)\n"
+        "add_custom_command(TARGET llama-server PRE_LINK "
+        f"COMMAND ${{CMAKE_COMMAND}} -E sleep {seconds})\n"
     )
-    return served.source("slow.tar.gz", {"CMakeLists.txt": lists, "main.c": MAIN_C})
+    return served.source(f"slow-{seconds}.tar.gz", {"CMakeLists.txt": lists, "main.c": MAIN_C})
 
 
 def test_a_long_silent_step_still_shows_progress(
-    tmp_path: Path, slow: Source, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    served: Served,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setattr(build_module, "_PROGRESS_EVERY_S", 0.4)
     with caplog.at_level(logging.INFO):
-        build(RECIPE, Layout(tmp_path / "cache"), pinned=slow)
+        build(RECIPE, Layout(tmp_path / "cache"), pinned=silent_for(served, 1.5))
     working = [r.getMessage() for r in caplog.records if "still working" in r.getMessage()]
     assert working, caplog.text
     assert all(line.startswith("compiling llama-server: ") for line in working if "%" in line)
 
 
 def test_a_build_that_runs_too_long_is_stopped(
-    tmp_path: Path, slow: Source, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(build_module, "BUILD_TIMEOUT_S", 0.5)
     layout = Layout(tmp_path / "cache")
+    started = time.monotonic()
     with pytest.raises(BuildError, match=r"took over 0\.5s; stopped"):
-        build(RECIPE, layout, pinned=slow)
+        build(RECIPE, layout, pinned=silent_for(served, 60))
+    assert time.monotonic() - started < 30
     assert layout.current_binary() is None
+    assert working_in(tmp_path) == []  # make and what it ran were stopped with cmake
+
+
+def working_in(directory: Path) -> list[str]:
+    """Processes whose working directory is inside ``directory``."""
+    found = []
+    for proc in psutil.process_iter(["cwd", "cmdline"]):
+        cwd = proc.info["cwd"]
+        if cwd and Path(cwd).is_relative_to(directory):
+            found.append(" ".join(proc.info["cmdline"] or []))
+    return found

@@ -8,12 +8,14 @@ baseline says it may be.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -145,7 +147,11 @@ def _run(argv: Sequence[str], build_log: IO[bytes], log_path: Path, step: str) -
     reported, reported_at, now = -_PROGRESS_STEP, started, started
     lines: queue.Queue[bytes | None] = queue.Queue()  # None: the output has ended
     with subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: make and the compilers go with it
     ) as proc:
         reader = threading.Thread(target=_read_lines, args=(proc, lines), daemon=True)
         reader.start()
@@ -176,8 +182,12 @@ def _run(argv: Sequence[str], build_log: IO[bytes], log_path: Path, step: str) -
                     if percent is not None:
                         reported = percent
         except BaseException:
-            proc.kill()  # a timeout, Ctrl-C, a full disk: the context's wait() must not hang
+            # A timeout, Ctrl-C, a full disk: end every compiler it started, not only cmake.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             raise
+        finally:
+            reader.join(timeout=10)  # the pipe ends once the whole group is gone
         code = proc.wait()
     build_log.flush()
     if code != 0:
@@ -187,8 +197,9 @@ def _run(argv: Sequence[str], build_log: IO[bytes], log_path: Path, step: str) -
 
 def _read_lines(proc: subprocess.Popen[bytes], into: queue.Queue[bytes | None]) -> None:
     assert proc.stdout is not None
-    for line in proc.stdout:
-        into.put(line)
+    with contextlib.suppress(ValueError, OSError):  # closed under it: the step was stopped
+        for line in proc.stdout:
+            into.put(line)
     into.put(None)
 
 
