@@ -25,7 +25,7 @@ import mlx.core as mx
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
-from cache_lock import locked
+from slm_server.llama_server.files import locked
 
 # Bump whenever the output changes, so caches built by an older converter are rebuilt.
 CONVERTER_VERSION = 1

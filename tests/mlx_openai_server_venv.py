@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cache_lock import locked
+from slm_server.llama_server.files import locked
 
 REQUIREMENTS = Path(__file__).parent / "requirements" / "mlx-openai-server-linux-cpu.txt"
 TORCH = "torch==2.13.0"

@@ -52,7 +52,7 @@ def test_any_output_gives_bounded_lines_and_loses_no_short_line(
 ) -> None:
     splitter = LineSplitter(max_bytes)
     lines = [line for chunk in chunks for line in splitter.feed(chunk)] + splitter.flush()
-    limit = max_bytes * 3 + len(CUT_MARK)  # a byte may decode to up to 3 chars (U+FFFD)
+    limit = max_bytes + len(CUT_MARK)  # never more characters than bytes (U+FFFD is one)
     assert all(len(line) <= limit for line in lines)
     whole = b"".join(chunks).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     short = [raw for raw in whole.split(b"\n") if len(raw) <= max_bytes]

@@ -33,6 +33,12 @@ print("llama threadpool init, n_threads = 2", flush=True)
 os.kill(os.getpid(), signal.SIGILL)
 """
 
+KILLED_OUTRIGHT = """
+import os, signal
+open(os.environ["STAND_IN_RUNS"], "a").write("run\\n")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
 NEVER_ANSWERS = """
 import os, time
 open(os.environ["STAND_IN_RUNS"], "a").write("run\\n")
@@ -160,6 +166,15 @@ def test_a_binary_that_never_answers_fails_but_is_checked_again(
     verdict = run_check(binary, model, timeout_s=1)
     assert not verdict.ok and "not serving after 1s" in verdict.detail
     assert not verdict.keep  # a busy machine, not the binary's fault: tried again next time
+
+
+def test_a_binary_killed_by_another_signal_is_checked_again(layout: Layout, runs: Path) -> None:
+    """SIGKILL (the out-of-memory killer, a user) says nothing about the CPU: not kept."""
+    install_as_built(layout, KILLED_OUTRIGHT)
+    for _ in range(2):
+        with pytest.raises(LlamaServerUnusable, match="killed by SIGKILL"):
+            usable_llama_server(layout)
+    assert times_run(runs) == 2
 
 
 def test_a_working_binary_passes_once_and_is_not_run_again(layout: Layout, runs: Path) -> None:

@@ -42,6 +42,16 @@ def test_extra_flags_key_the_build_by_the_cpu_that_made_it() -> None:
     assert cache_key(on_amd) != cache_key(recipe_for("Linux", "x86_64", AMD))
 
 
+def test_compiler_settings_from_the_environment_key_the_build_by_cpu() -> None:
+    portable = recipe_for("Linux", "x86_64", AMD, compiler_env={"CFLAGS": ""})
+    assert portable.baseline == X86_64_V3  # set but empty: nothing changes
+    native = recipe_for("Linux", "x86_64", AMD, compiler_env={"CFLAGS": "-march=native"})
+    other_cpu = recipe_for("Linux", "x86_64", INTEL, compiler_env={"CFLAGS": "-march=native"})
+    assert native.compiler_env == ("CFLAGS=-march=native",)
+    assert not native.portable
+    assert len({cache_key(portable), cache_key(native), cache_key(other_cpu)}) == 3
+
+
 def test_other_architectures_build_natively_keyed_by_cpu() -> None:
     m1 = recipe_for("Darwin", "arm64", "Apple M1 Pro")
     m3 = recipe_for("Darwin", "arm64", "Apple M3 Max")

@@ -32,6 +32,8 @@ from slm_server.supervisor.ports import listener_description, port_in_use
 _POLL_S = 0.2
 _REQUEST_TIMEOUT_S = 5.0
 _MAX_REPORT_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
+# The router is asked directly: a proxy from the environment (HTTP_PROXY) must not be used.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _backends_if_ours(url: str, pid: int) -> dict[str, dict[str, Any]] | None:
 
 def _get_json(url: str) -> Any:
     # The standard library's client: `start` and `stop` must work on a plain install.
-    with urllib.request.urlopen(url, timeout=_REQUEST_TIMEOUT_S) as response:
+    with _DIRECT.open(url, timeout=_REQUEST_TIMEOUT_S) as response:
         return json.loads(response.read(_MAX_REPORT_BYTES))
 
 

@@ -68,9 +68,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--rebuild", action="store_true", help="build again even if a build is kept")
     build.add_argument(
-        "--jobs", type=int, metavar="N", help="compilers at once (default: CPUs, as memory allows)"
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="compilers at once (default: CPUs, as memory allows)",
     )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
 
 
 def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:

@@ -29,7 +29,8 @@ from typing import IO
 import psutil
 
 from slm_server.llama_server import source
-from slm_server.llama_server.cache import Layout, locked
+from slm_server.llama_server.cache import Layout
+from slm_server.llama_server.files import locked, write_atomic
 from slm_server.llama_server.recipe import LLAMA_CPP, TARGET, Recipe, Source, cache_key
 
 log = logging.getLogger(__name__)
@@ -82,12 +83,15 @@ def build(
     """The binary for ``recipe``: the kept one, or a new build. Marks it current either way."""
     key = cache_key(recipe, pinned)
     layout.builds.mkdir(parents=True, exist_ok=True)
-    with locked(layout.builds / ".build.lock"):  # two installs at once build once
+    # Two installs at once build once; the second waits, then reuses.
+    waiting = f"waiting for another build of {TARGET} to finish (lock: {layout.builds}/.build.lock)"
+    with locked(layout.builds / ".build.lock", waiting):
         binary = layout.binary(key)
         if binary.is_file() and not rebuild:
             _make_current(layout, key)
             return Built(binary, key, reused=True)
         started = time.monotonic()
+        _remove_leftovers(layout)
         _build_into(recipe, layout, key, jobs or default_jobs(), pinned)
         _make_current(layout, key)
         return Built(binary, key, reused=False, seconds=time.monotonic() - started)
@@ -125,6 +129,7 @@ def _build_into(recipe: Recipe, layout: Layout, key: str, jobs: int, pinned: Sou
             "cmake_args": list(recipe.cmake_args),
             "baseline": recipe.baseline,
             "platform": recipe.platform,
+            "compiler_env": list(recipe.compiler_env),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         (staged / "build.json").write_text(json.dumps(about, indent=2) + "\n")
@@ -213,7 +218,13 @@ def _tail(path: Path) -> str:
     return "\n".join(lines[-_LOG_TAIL_LINES:])
 
 
+def _remove_leftovers(layout: Layout) -> None:
+    """What an interrupted build left (killed outright, its cleanup never ran)."""
+    for leftover in layout.builds.glob(".build-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for partial in layout.sources.glob("*.part-*"):
+        partial.unlink(missing_ok=True)
+
+
 def _make_current(layout: Layout, key: str) -> None:
-    partial = layout.current.with_name(f"current.{os.getpid()}")
-    partial.write_text(key + "\n")
-    partial.replace(layout.current)
+    write_atomic(layout.current, key + "\n")

@@ -3,8 +3,9 @@
 A binary built for CPU features this machine lacks starts, prints its banner and dies with
 SIGILL only once it computes; so the check runs it for real, with the packaged Gemma 3 270M,
 and asks for one token. The result is kept per binary (by its sha256) and per CPU, so the
-check runs once per build and machine. Passes and deaths by a signal are kept; anything else
-(a port taken, a machine too busy to answer in time) may be passing, and is tried again.
+check runs once per build and machine. Passes and deaths by SIGILL are kept: those are the
+binary's own on this CPU. Anything else (a port taken, the out-of-memory killer, a machine too
+busy to answer in time) may pass next time, and is tried again.
 """
 
 from __future__ import annotations
@@ -25,18 +26,22 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slm_server.exits import describe_exit, exit_signal
-from slm_server.llama_server.cache import Layout, locked
+from slm_server.llama_server.cache import Layout
 from slm_server.llama_server.cpu import this_cpu
+from slm_server.llama_server.files import locked, sha256_of, write_atomic
 
 log = logging.getLogger(__name__)
 
-CHECK_TIMEOUT_S = 180.0  # loading 240 MB and one token: seconds, unless the machine is swamped
+CHECK_TIMEOUT_S = 60.0  # loading 240 MB and one token takes seconds, on a busy machine too
 _POLL_S = 0.1
 _REQUEST_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 5.0
 _OUTPUT_LINES = 8
 _OUTPUT_TAIL_BYTES = 64 * 1024  # where those last lines are read from
+_MAX_ANSWER_BYTES = 1 << 20
 _PROMPT = {"prompt": "The capital of France is", "n_predict": 1, "temperature": 0}
+# Loopback only: a proxy from the environment (HTTP_PROXY) must not see these requests.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -60,14 +65,6 @@ def check_model() -> Path | None:
     return Path(assemble())
 
 
-def binary_digest(binary: Path) -> str:
-    digest = hashlib.sha256()
-    with binary.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _record(layout: Layout, digest: str, cpu: str) -> Path:
     cpu_digest = hashlib.sha256(cpu.encode()).hexdigest()[:12]
     return layout.checks / f"{digest[:32]}-{cpu_digest}.json"
@@ -88,7 +85,7 @@ def ensure_checked(
     None when it cannot be checked: the packaged test model is not installed.
     """
     layout = layout or Layout.here()
-    record = _record(layout, binary_digest(binary), this_cpu().identity)
+    record = _record(layout, sha256_of(binary), this_cpu().identity)
     if not fresh and (kept := _read(record)) is not None:
         return kept
     model = check_model()
@@ -102,14 +99,15 @@ def ensure_checked(
         log.info("checking %s: loading a small model and generating a token", binary)
         verdict = run_check(binary, model)
         if verdict.keep:
-            partial = record.with_name(f"{record.name}.{os.getpid()}")
-            partial.write_text(json.dumps(asdict(verdict), indent=2))
-            partial.replace(record)
+            write_atomic(record, json.dumps(asdict(verdict), indent=2))
     return verdict
 
 
 def run_check(binary: Path, model: Path, timeout_s: float = CHECK_TIMEOUT_S) -> Verdict:
     """Start ``binary`` on ``model`` on a free loopback port and ask it for one token."""
+    # Here, not at the top: the supervisor package imports the backends, which import this.
+    from slm_server.supervisor.orphans import die_with_parent_hook
+
     cpu = this_cpu().identity
     port = _free_port()
     argv = [str(binary), "--model", str(model), "--host", "127.0.0.1", "--port", str(port)]
@@ -117,7 +115,13 @@ def run_check(binary: Path, model: Path, timeout_s: float = CHECK_TIMEOUT_S) -> 
     started = time.monotonic()
     with tempfile.TemporaryFile() as output:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            # Out of the terminal's process group: a Ctrl-C there is not the binary's failure.
+            start_new_session=True,
+            preexec_fn=die_with_parent_hook(),  # no server left behind by a killed supervisor
         )
         try:
             failure = _generate_one_token(proc, port, started + timeout_s, timeout_s)
@@ -131,9 +135,8 @@ def run_check(binary: Path, model: Path, timeout_s: float = CHECK_TIMEOUT_S) -> 
         output.seek(max(0, os.fstat(output.fileno()).st_size - _OUTPUT_TAIL_BYTES))
         last = _last_lines(output.read())
         detail = f"{failure}; its last output: {last}" if last else failure
-        # A death by signal is the binary's own doing on this CPU; other failures may pass.
-        died = ended_by_itself is not None and exit_signal(ended_by_itself) is not None
-        return Verdict(False, detail, str(binary), cpu, keep=died)
+        cpu_mismatch = ended_by_itself is not None and exit_signal(ended_by_itself) is signal.SIGILL
+        return Verdict(False, detail, str(binary), cpu, keep=cpu_mismatch)
 
 
 def _generate_one_token(
@@ -156,8 +159,8 @@ def _generate_one_token(
     )
     try:
         budget = max(1.0, min(_REQUEST_TIMEOUT_S, deadline - time.monotonic()))
-        with urllib.request.urlopen(request, timeout=budget) as response:
-            answer = json.loads(response.read())
+        with _LOCAL.open(request, timeout=budget) as response:
+            answer = json.loads(response.read(_MAX_ANSWER_BYTES))
     except (OSError, ValueError) as exc:
         # A server that dies while computing the token (SIGILL in a kernel) lands here.
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -168,12 +171,15 @@ def _generate_one_token(
         return f"the completion request failed: {exc}"
     if int(answer.get("tokens_predicted", 0)) < 1:
         return f"no token generated: {json.dumps(answer)[:200]}"
+    code = proc.poll()
+    if code is not None:  # what answered was another server that took the port first
+        return describe_exit(code, "llama-server")
     return None
 
 
 def _get(url: str) -> int | None:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with _LOCAL.open(url, timeout=1) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code  # 503 while loading

