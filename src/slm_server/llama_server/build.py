@@ -112,7 +112,7 @@ def _build_into(recipe: Recipe, layout: Layout, key: str, jobs: int, pinned: Sou
             jobs,
             log_path,
         )
-        with log_path.open("wb") as build_log:
+        with log_path.open("wb", buffering=0) as build_log:  # readable while it runs
             configure = [cmake, "-S", str(tree), "-B", str(build_dir), *recipe.cmake_args]
             _run(configure, build_log, log_path, "configuring")
             compile_ = [cmake, "--build", str(build_dir), "--target", TARGET, "-j", str(jobs)]
