@@ -91,6 +91,29 @@ def test_the_instruction_scan_finds_avx512_code(tmp_path: Path) -> None:
     assert instructions_above_v3(binary)  # what a native build on an AVX-512 machine makes
 
 
+QEMU = shutil.which("qemu-x86_64")  # .ci/run installs it (Debian's qemu-user)
+
+
+def on_emulated_cpu(binary: Path, cpu: str, directory: Path) -> Path:
+    """A stand-in that runs ``binary`` on an emulated ``cpu`` (QEMU's user mode)."""
+    wrapper = directory / f"llama-server-on-{cpu}"
+    wrapper.write_text(f'#!/bin/sh\nexec {QEMU} -cpu {cpu} {binary} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.mark.skipif(not ON_X86_64 or QEMU is None, reason="needs qemu-x86_64 (qemu-user)")
+def test_the_built_llama_server_runs_on_an_x86_64_v3_cpu_and_not_below(tmp_path: Path) -> None:
+    """Haswell has AVX2 and FMA but no AVX-512 or AMX; Nehalem lacks AVX."""
+    binary, model = built_here(), check_model()
+    assert model is not None
+    haswell = run_check(on_emulated_cpu(binary, "Haswell", tmp_path), model, timeout_s=600)
+    assert haswell.ok, haswell.detail
+    nehalem = run_check(on_emulated_cpu(binary, "Nehalem", tmp_path), model, timeout_s=600)
+    assert not nehalem.ok and nehalem.keep
+    assert nehalem.detail.startswith("killed by SIGILL (illegal instruction: llama-server")
+
+
 def test_a_second_build_reuses_the_kept_one_and_its_check() -> None:
     binary = built_here()
     if shutil.which("llama-server"):
