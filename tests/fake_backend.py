@@ -220,8 +220,14 @@ def rerank_score(query: str, document: str) -> float:
 
 class FakeServer:
     def __init__(
-        self, defaults: Config, model_name: str, embedding_dim: int, loading_seconds: float
+        self,
+        defaults: Config,
+        model_name: str,
+        embedding_dim: int,
+        loading_seconds: float,
+        health: bool = True,
     ) -> None:
+        self.health_routes = health
         self.defaults = defaults
         self.config = dataclasses.replace(defaults)
         self.model_name = model_name
@@ -234,8 +240,9 @@ class FakeServer:
 
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self.track], client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/v1/health", self.health)
+        if self.health_routes:  # without: like llama_cpp.server, which has /v1/models only
+            app.router.add_get("/health", self.health)
+            app.router.add_get("/v1/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
@@ -821,6 +828,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hang", action="store_true")
     p.add_argument("--die-mid-stream", type=int, default=None, metavar="K")
     p.add_argument("--no-responses", action="store_true")
+    p.add_argument("--no-health", action="store_true", help="no /health route at all")
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is no longer parent"
@@ -839,7 +847,9 @@ async def serve(args: argparse.Namespace) -> None:
         response_delay=args.response_delay,
         no_responses=args.no_responses,
     )
-    server = FakeServer(defaults, args.model_name, args.embedding_dim, args.loading_seconds)
+    server = FakeServer(
+        defaults, args.model_name, args.embedding_dim, args.loading_seconds, not args.no_health
+    )
     # handler_cancellation=True: cancel handlers when the client disconnects
     # (aiohttp >= 3.9 does not by default), so "cancelled" can be counted.
     runner = web.AppRunner(server.make_app(), handler_cancellation=True, access_log=None)

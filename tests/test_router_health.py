@@ -101,3 +101,14 @@ async def test_health_follows_the_backend_state(fake: FakeBackend) -> None:
     assert (await backends_health(RouterApp(config)))["m"]["status"] == "unhealthy"
     fake.stop()
     assert (await backends_health(RouterApp(config)))["m"]["status"] == "unreachable"
+
+
+async def test_a_server_without_health_route_is_healthy_when_it_lists_models() -> None:
+    """Run elsewhere, like llama_cpp.server: no /health, but /v1/models answers."""
+    bare = FakeBackend()
+    bare.start(["--no-health"])
+    try:
+        report = await backends_health(RouterApp(make_config({"m": entry("m", bare.port)})))
+    finally:
+        bare.stop()
+    assert report["m"]["status"] == "healthy", report

@@ -159,6 +159,36 @@ async def test_ready_request_holds_readiness_until_the_model_answers(tmp_path: P
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
 
 
+async def test_health_is_not_healthy_before_the_supervisor_calls_the_backend_ready(
+    tmp_path: Path,
+) -> None:
+    """Like mlx_lm.server: its /health answers 200 before the model has loaded."""
+    launch = ready_request_launcher("--response-delay", "1.5")
+    async with serving(tmp_path, launch) as (client, supervisor):
+        process = supervisor.processes["chat"]
+        async with httpx.AsyncClient() as direct:
+            await eventually_answers(direct, f"{process.entry.base_url}/health")
+        loading = await backend_health(client)
+        assert loading["state"] == "starting"
+        assert loading["status"] == "unhealthy"
+        assert "answers on /health but is starting" in loading["error"]
+        await eventually(lambda: process.state == "ready", 10, "the model to load")
+        assert (await backend_health(client))["status"] == "healthy"
+
+
+async def test_health_is_probed_where_the_backend_says_it_is_up(tmp_path: Path) -> None:
+    """Like llama_cpp.server, whose launch names /v1/models: it has no /health."""
+
+    def launch(role: str, model: ModelEntry) -> LaunchSpec:
+        argv = [sys.executable, str(SCRIPT), "--port", str(model.port), "--no-health"]
+        return LaunchSpec(argv, health_path="/v1/models")
+
+    async with serving(tmp_path, launch) as (client, supervisor):
+        await supervisor.processes["chat"].ensure_ready()
+        report = await backend_health(client)
+        assert (report["state"], report["status"]) == ("ready", "healthy"), report
+
+
 async def test_model_that_fails_to_load_fails_fast_with_the_reason(tmp_path: Path) -> None:
     """Its server stays up but cannot answer (e.g. an HF model offline): failed, not a hang."""
     async with serving(tmp_path, ready_request_launcher("--fail-status", "500")) as (client, _):

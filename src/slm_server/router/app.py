@@ -144,7 +144,7 @@ class RouterApp:
         if path == "/v1/models":
             return self._models()
         timeout = self.config.file.router.health_timeout
-        reports = await health.probe_all(self.pool, self.table.backends, timeout)
+        reports = await health.probe_all(self.pool, self.table.backends, timeout, self.processes)
         for role, process in self.processes.items():
             reports[role].update(process.snapshot())
         return reports

@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any, Literal
 
 from slm_server.router.proxy import connect_failure
 from slm_server.router.routing import Backend
+from slm_server.supervisor.process import BackendProcess
 from slm_server.upstream import ConnectFailed, UpstreamError, UpstreamPool
 
 HealthStatus = Literal["healthy", "unreachable", "timeout", "unhealthy", "error", "disabled"]
 
 
-async def probe(pool: UpstreamPool, backend: Backend, probe_timeout_s: float) -> dict[str, Any]:
-    """One backend's health report: status, model_id, backend, port, and error text if any."""
+async def probe(
+    pool: UpstreamPool,
+    backend: Backend,
+    probe_timeout_s: float,
+    process: BackendProcess | None = None,
+) -> dict[str, Any]:
+    """One backend's health report: status, model_id, backend, port, and error text if any.
+
+    A backend this router runs is probed where its supervisor checks readiness (not every
+    server has ``/health``), and is never ``healthy`` before its supervisor calls it ready:
+    some servers answer their health check before the model has loaded.
+    """
     entry = backend.entry
     report: dict[str, Any] = {
         "status": "disabled",
@@ -25,7 +38,13 @@ async def probe(pool: UpstreamPool, backend: Backend, probe_timeout_s: float) ->
     }
     if not entry.enabled:
         return report
-    status, error = await _probe_status(pool, backend, "/health", probe_timeout_s)
+    path = process.health_path if process is not None else "/health"
+    status, error, http_status = await _probe_status(pool, backend, path, probe_timeout_s)
+    if process is None and http_status == HTTPStatus.NOT_FOUND:
+        # A server run elsewhere, without /health (llama_cpp.server): up if it lists models.
+        status, error, _ = await _probe_status(pool, backend, "/v1/models", probe_timeout_s)
+    if status == "healthy" and process is not None and process.state != "ready":
+        status, error = "unhealthy", f"answers on {path} but is {process.state}: {process.reason}"
     report["status"] = status
     if error is not None:
         report["error"] = error
@@ -34,21 +53,22 @@ async def probe(pool: UpstreamPool, backend: Backend, probe_timeout_s: float) ->
 
 async def _probe_status(
     pool: UpstreamPool, backend: Backend, path: str, probe_timeout_s: float
-) -> tuple[HealthStatus, str | None]:
+) -> tuple[HealthStatus, str | None, int | None]:
+    """The status, the error text if any, and the HTTP status if the backend answered."""
     entry = backend.entry
     url = entry.base_url + path
     try:
         async with asyncio.timeout(probe_timeout_s):
             status, body = await pool.get(entry.connect_host, entry.port, path)
     except TimeoutError:
-        return "timeout", f"no answer from {url} within {probe_timeout_s:g}s"
+        return "timeout", f"no answer from {url} within {probe_timeout_s:g}s", None
     except ConnectFailed as exc:
-        return "unreachable", connect_failure(exc)
+        return "unreachable", connect_failure(exc), None
     except UpstreamError as exc:
-        return "error", f"{url}: {exc}"
-    if status == 200:
-        return "healthy", None
-    return "unhealthy", f"HTTP {status}: {_error_text(body)}"
+        return "error", f"{url}: {exc}", None
+    if status == HTTPStatus.OK:
+        return "healthy", None, status
+    return "unhealthy", f"HTTP {status}: {_error_text(body)}", status
 
 
 def _error_text(body: bytes) -> str:
@@ -65,8 +85,12 @@ def _error_text(body: bytes) -> str:
 
 
 async def probe_all(
-    pool: UpstreamPool, backends: dict[str, Backend], probe_timeout_s: float
+    pool: UpstreamPool,
+    backends: dict[str, Backend],
+    probe_timeout_s: float,
+    processes: Mapping[str, BackendProcess],
 ) -> dict[str, dict[str, Any]]:
     roles = list(backends)
-    reports = await asyncio.gather(*(probe(pool, backends[r], probe_timeout_s) for r in roles))
+    probes = (probe(pool, backends[r], probe_timeout_s, processes.get(r)) for r in roles)
+    reports = await asyncio.gather(*probes)
     return dict(zip(roles, reports, strict=True))

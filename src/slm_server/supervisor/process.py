@@ -80,6 +80,7 @@ class BackendProcess:
         self.restarts = 0
         self.generation = 0  # +1 per successful start, so callers can tell a restart
         self.upstream_model: str | None = None  # the `model` the running server accepts
+        self.health_path = "/health"  # where the running server says it is up
         # The endpoints the running server answers itself; None: unknown (try, then convert).
         self.native_endpoints: frozenset[str] | None = None
         self._changed = asyncio.Event()
@@ -168,6 +169,7 @@ class BackendProcess:
         except (OSError, ValueError, BackendUnsupported, subprocess.SubprocessError) as exc:
             return f"cannot start: {exc}"
         self.upstream_model = spec.upstream_model
+        self.health_path = spec.health_path
         self.native_endpoints = spec.native_endpoints or None
         problem = await self._wait_ready(pool, proc, spec)
         if problem is not None:
