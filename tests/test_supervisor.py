@@ -216,6 +216,62 @@ async def test_backend_killed_by_a_signal_is_reported_by_its_name(
     assert "code" not in reason.split(" while starting")[0]
 
 
+def fails_then_serves(tmp_path: Path, port: int, failures: int) -> LaunchSpec:
+    """A backend that exits at its first ``failures`` starts, then serves (a passing fault)."""
+    script = tmp_path / "flaky.py"
+    script.write_text(
+        "import pathlib, runpy, sys\n"
+        f"count = pathlib.Path({str(tmp_path / 'starts')!r})\n"
+        "starts = len(count.read_text()) if count.exists() else 0\n"
+        "count.write_text('x' * (starts + 1))\n"
+        f"if starts < {failures}:\n"
+        "    print('out of memory', flush=True); sys.exit(3)\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--port', '{port}']\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    return LaunchSpec([sys.executable, str(script)])
+
+
+async def test_a_failed_backend_is_tried_again_by_a_request_after_its_cooldown(
+    tmp_path: Path,
+) -> None:
+    policy = dataclasses.replace(FAST, retry_failed_after_s=1.0)
+    model = make_config({"m": entry("m-fake", free_port())}).models["m"]
+    spec = fails_then_serves(tmp_path, model.port, FAST.max_start_failures)
+    process = BackendProcess("m", model, lambda: spec, BackendLog(tmp_path / "m.log"), policy)
+    process.start()
+    try:
+        with pytest.raises(BackendFailed) as failed:
+            await asyncio.wait_for(process.ensure_ready(), 10)
+        assert "exited with code 3" in str(failed.value)
+        assert failed.value.retry_in_s is not None and 0 < failed.value.retry_in_s <= 1.0
+        assert 0 < process.snapshot()["retry_in_s"] <= 1.0
+        with pytest.raises(BackendFailed):  # within the cooldown: at once, not started
+            await asyncio.wait_for(process.ensure_ready(), 1)
+        await asyncio.sleep(1.0)
+        # Two callers at once after it: one start, both served.
+        await asyncio.wait_for(asyncio.gather(process.ensure_ready(), process.ensure_ready()), 15)
+        assert process.state == "ready"
+        assert (tmp_path / "starts").read_text() == "x" * (FAST.max_start_failures + 1)
+    finally:
+        await process.stop()
+
+
+async def test_a_stopped_failed_backend_is_not_tried_again(tmp_path: Path) -> None:
+    policy = dataclasses.replace(FAST, retry_failed_after_s=0.1)
+    crash = LaunchSpec([sys.executable, "-c", "exit(3)"])
+    process = make_process(tmp_path, spec=crash, policy=policy)
+    process.start()
+    with pytest.raises(BackendFailed):
+        await asyncio.wait_for(process.ensure_ready(), 10)
+    await process.stop()
+    await asyncio.sleep(0.2)
+    with pytest.raises(BackendFailed) as failed:
+        await asyncio.wait_for(process.ensure_ready(), 1)
+    assert failed.value.retry_in_s is None
+    assert process.state == "failed"
+
+
 async def test_backend_that_cannot_start_is_failed_with_its_output(tmp_path: Path) -> None:
     crash = LaunchSpec([sys.executable, "-c", "print('model file is corrupt'); exit(3)"])
     process = make_process(tmp_path, spec=crash)

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -229,9 +230,11 @@ async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:
             retry_after=UNAVAILABLE_RETRY_AFTER_S,
         ) from None
     except BackendFailed as exc:
+        retry_after = UNAVAILABLE_RETRY_AFTER_S
+        if exc.retry_in_s is not None:  # failed: the first request after its cooldown retries
+            retry_after = max(1, math.ceil(exc.retry_in_s))
         raise BackendUnavailable(
-            f"{backend.label} could not be started: {exc}",
-            retry_after=UNAVAILABLE_RETRY_AFTER_S,
+            f"{backend.label} could not be started: {exc}", retry_after=retry_after
         ) from None
 
 

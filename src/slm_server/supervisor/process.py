@@ -46,7 +46,10 @@ _MAX_LOG_LINE_BYTES = 8 * 1024  # longer lines are cut: a log line is for readin
 class RestartPolicy:
     startup_timeout_s: float = 600.0  # loading a large model from a slow disk takes minutes
     max_start_failures: int = 3  # consecutive failed starts before giving up
-    backoff_s: tuple[float, ...] = (0.5, 1, 2, 5, 10, 30)
+    backoff_s: tuple[float, ...] = (0.5, 1)  # before the 2nd and the 3rd start
+    # Failed (given up): tried again on the first request after this long. A model server
+    # that died for a passing reason (memory, a file being copied) must not stay down.
+    retry_failed_after_s: float = 30.0
     stable_after_s: float = 60.0  # up this long: later crashes start the backoff afresh
     stop_grace_s: float = 10.0  # SIGTERM -> SIGKILL
     progress_every_s: float = 15.0  # while loading: a log line this often, so it never looks hung
@@ -57,7 +60,11 @@ class ModelDidNotLoad(Exception):
 
 
 class BackendFailed(Exception):
-    """The backend could not be started; ``reason`` says why."""
+    """The backend could not be started; the message says why."""
+
+    def __init__(self, message: str, retry_in_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_in_s = retry_in_s  # when the next request will start it again
 
 
 class BackendProcess:
@@ -83,6 +90,7 @@ class BackendProcess:
         self.health_path = "/health"  # where the running server says it is up
         # The endpoints the running server answers itself; None: unknown (try, then convert).
         self.native_endpoints: frozenset[str] | None = None
+        self._failed_at: float | None = None  # monotonic time it was given up
         self._changed = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -96,20 +104,45 @@ class BackendProcess:
             self._owner = asyncio.create_task(self._own(), name=f"backend {self.role}")
 
     async def ensure_ready(self) -> None:
-        """Return once the backend serves; BackendFailed if it cannot be started."""
+        """Return once the backend serves; BackendFailed if it cannot be started.
+
+        A failed backend is started again by the first call after its cooldown.
+        """
         while True:
             if self.state == "ready":
                 return
+            if self.state == "failed":
+                self._retry_failed()
             if self.state in ("failed", "stopped", "stopping"):
-                raise BackendFailed(self.reason or f"backend is {self.state}")
+                raise BackendFailed(self.reason or f"backend is {self.state}", self._retry_in())
             self._changed.clear()
             await self._changed.wait()
 
     async def stop(self) -> None:
+        self._failed_at = None  # stopped for good: a failed backend is not tried again
         if self._owner is not None and not self._owner.done():
             self._owner.cancel()
             await asyncio.gather(self._owner, return_exceptions=True)
         self._owner = None
+
+    def _retry_in(self) -> float | None:
+        if self.state != "failed" or self._failed_at is None:
+            return None
+        elapsed = time.monotonic() - self._failed_at
+        return max(0.0, self._policy.retry_failed_after_s - elapsed)
+
+    def _retry_failed(self) -> None:
+        retry_in = self._retry_in()
+        if retry_in is None or retry_in > 0:
+            return
+        log.info(
+            "%s: trying again %gs after it failed", self.role, self._policy.retry_failed_after_s
+        )
+        # The owner task has ended with the failure: the new one takes over from here. Set
+        # before it runs, so that callers arriving meanwhile wait instead of starting it too.
+        self._failed_at = None
+        self._set("starting", "starting again after a failure")
+        self.start()
 
     def snapshot(self) -> dict[str, Any]:
         report: dict[str, Any] = {"state": self.state, "pid": self.pid, "restarts": self.restarts}
@@ -117,6 +150,9 @@ class BackendProcess:
             report["reason"] = self.reason
         if self.state == "failed":
             report["log_tail"] = self.log.tail(10)
+            retry_in = self._retry_in()
+            if retry_in is not None:
+                report["retry_in_s"] = round(retry_in, 1)
         return report
 
     # -- the owner -------------------------------------------------------------
@@ -137,7 +173,15 @@ class BackendProcess:
                     failures += 1
                     if failures >= self._policy.max_start_failures:
                         tail = "\n".join(self.log.tail(10))
-                        log.error("%s: giving up: %s\n%s", self.role, problem, tail)
+                        retry = self._policy.retry_failed_after_s
+                        log.error(
+                            "%s: giving up: %s (the first request after %gs tries again)\n%s",
+                            self.role,
+                            problem,
+                            retry,
+                            tail,
+                        )
+                        self._failed_at = time.monotonic()
                         self._set("failed", problem)
                         return
                     delay = self._policy.backoff_s[
