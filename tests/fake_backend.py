@@ -94,6 +94,7 @@ class Config:
     loading: bool = False
     response_delay: float = 0.0
     no_responses: bool = False
+    responses_status: int | None = None  # /v1/responses answers this error status
 
 
 # control key -> (accepted JSON types, nullable)
@@ -106,6 +107,7 @@ _CONTROL_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "loading": ((bool,), False),
     "response_delay": ((int, float), False),
     "no_responses": ((bool,), False),
+    "responses_status": ((int,), True),
 }
 
 
@@ -666,6 +668,9 @@ class FakeServer:
     async def responses(self, request: web.Request) -> web.Response:
         if self.config.no_responses:
             return _json_error(404, "File Not Found", "not_found_error", 404)
+        if self.config.responses_status is not None:
+            status = self.config.responses_status
+            return _json_error(status, "fake refusal", "invalid_request_error", status)
         body = await self.read_json(request)
         if body.get("stream"):
             raise _bad_request("the fake backend does not stream the Responses API")

@@ -115,7 +115,8 @@ def test_messages_through_the_bridge(served: RouterProcess) -> None:
             max_tokens=3,
             messages=[{"role": "user", "content": "The capital of France is"}],
         )
-    assert raw.headers["x-slm-converted-from"] == "chat-completions"  # no /v1/messages there
+    # No /v1/messages there, as its launch spec says: converted without a try.
+    assert raw.headers["x-slm-converted-from"] == "chat-completions; reason=not-served"
     message = raw.parse()
     assert message.content and message.content[0].type == "text"
 

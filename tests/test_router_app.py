@@ -116,7 +116,7 @@ async def test_chat_template_kwargs_injected_only_when_absent(fake: FakeBackend)
 
         fake.control(no_responses=True)  # converted to chat: the kwargs go in there too
         response = await client.post("/v1/responses", json={"model": "m-chat", "input": "hi"})
-        assert response.headers["x-slm-converted-from"] == "chat-completions"
+        assert response.headers["x-slm-converted-from"] == "chat-completions; reason=not-found"
         converted = json.loads(fake.last_request()["body"])
         assert "messages" in converted and converted["chat_template_kwargs"] == kwargs
     await app.aclose()
@@ -294,7 +294,7 @@ async def test_stalled_converted_stream_ends_in_its_own_dialect(fake: FakeBacken
     async with await client_for(app) as client:
         response = await client.post("/v1/responses", json=request)
     await app.aclose()
-    assert response.headers["x-slm-converted-from"] == "chat-completions"
+    assert response.headers["x-slm-converted-from"] == "chat-completions; reason=not-found"
     events = [line for line in response.text.splitlines() if line.startswith("event: ")]
     assert events[0] == "event: response.created"
     assert events[-1] == "event: response.failed"
@@ -340,3 +340,30 @@ asyncio.run(start())
         [sys.executable, "-c", script], capture_output=True, text=True, cwd=tests_dir, check=True
     )
     assert result.stdout.split() == ["True", "50000"]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "remembered"),
+    [(404, "not-found", True), (405, "method-not-allowed", True), (422, "unprocessable", False)],
+)
+async def test_only_an_absent_route_is_remembered_for_converting(
+    fake: FakeBackend, status: int, reason: str, remembered: bool
+) -> None:
+    """A 422 can be a real validation error of a backend that has /v1/responses."""
+    app = RouterApp(make_config(models_for(fake)))
+    request = {"model": "m-chat", "input": "hi"}
+    async with await client_for(app) as client:
+        fake.control(responses_status=status)
+        first = await client.post("/v1/responses", json=request)
+        assert first.status_code == 200, first.text
+        assert first.headers["x-slm-converted-from"] == f"chat-completions; reason={reason}"
+        fake.control(responses_status=None)  # the route works now (or always did)
+        second = await client.post("/v1/responses", json=request)
+        assert second.status_code == 200, second.text
+        if remembered:
+            marker = second.headers["x-slm-converted-from"]
+            assert marker == "chat-completions; reason=known-missing"
+        else:
+            assert "x-slm-converted-from" not in second.headers  # tried natively again
+            assert fake.last_request()["path"] == "/v1/responses"
+    await app.aclose()

@@ -218,7 +218,7 @@ async def test_endpoint_the_launch_spec_lacks_is_converted_without_a_try(tmp_pat
     async with serving(tmp_path, launch) as (client, supervisor):
         response = await client.post("/v1/responses", json=request, timeout=10)
         assert response.status_code == 200, response.text
-        assert response.headers["x-slm-converted-from"] == "chat-completions"
+        assert response.headers["x-slm-converted-from"] == "chat-completions; reason=not-served"
         assert response.json()["output"][0]["content"][0]["text"] == "echo: hello"
         port = supervisor.processes["chat"].entry.port
         async with httpx.AsyncClient() as direct:

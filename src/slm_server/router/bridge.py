@@ -1,12 +1,16 @@
 """Endpoints a backend may lack, answered through its Chat Completions endpoint.
 
 For ``/v1/responses``, ``/v1/messages`` and ``/v1/messages/count_tokens`` the
-backend's own endpoint is tried first. A 404 or 422 there means it lacks the
-endpoint: that is remembered for the backend (until it restarts), and the
-request is converted to a chat completion, sent, and the answer converted
-back. A backend whose launch spec says it lacks the endpoint is converted for
-at once. Requests that continue a stored response (``previous_response_id``)
-are always converted, since only the router holds that conversation.
+backend's own endpoint is tried first. A 404, 405 or 422 there has the request
+converted to a chat completion, sent, and the answer converted back. Only a
+404 or 405 says the route does not exist, and only that is remembered for the
+backend (until it restarts); a 422 may be a real validation error of a backend
+that has the route (FastAPI answers 422 for a body it rejects), so the next
+request tries natively again. A backend whose launch spec says it lacks the
+endpoint is converted for at once. Requests that continue a stored response
+(``previous_response_id``) are always converted, since only the router holds
+that conversation. A converted answer says why in its header, e.g.
+``x-slm-converted-from: chat-completions; reason=not-found``.
 """
 
 from __future__ import annotations
@@ -53,9 +57,20 @@ MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 BRIDGED_PATHS = frozenset({RESPONSES, MESSAGES, COUNT_TOKENS})
 ANTHROPIC_PATHS = frozenset({MESSAGES, COUNT_TOKENS})
-_MISSING_STATUSES = frozenset({404, 422})
-# Marks an answer the router converted from the backend's chat completion.
-CONVERTED_HEADER = (b"x-slm-converted-from", b"chat-completions")
+# Answers to a native try that have the request converted, and why, for the header.
+_CONVERT_ON = {404: "not-found", 405: "method-not-allowed", 422: "unprocessable"}
+_CONVERT_STATUSES = frozenset(_CONVERT_ON)
+_ROUTE_ABSENT = frozenset({404, 405})  # of those, the ones that say the route does not exist
+# Why a request was converted without a native try.
+_KNOWN_MISSING = "known-missing"  # this process answered 404 or 405 before
+_NOT_SERVED = "not-served"  # the backend's kind lacks the endpoint (its launch spec says)
+_STORED_CONVERSATION = "stored-conversation"  # previous_response_id: only the router has it
+
+
+def converted_header(reason: str) -> tuple[bytes, bytes]:
+    """Marks an answer the router converted from the backend's chat completion, and why."""
+    return (b"x-slm-converted-from", f"chat-completions; reason={reason}".encode())
+
 
 Events = list[tuple[str, dict[str, Any]]]
 
@@ -98,7 +113,8 @@ class Bridge:
     ) -> None:
         """Answer ``request`` (whose raw, possibly adjusted, bytes are ``body``) on ``path``."""
         generation = process.generation if process is not None else 0
-        if self._native_first(backend, process, path, request, generation):
+        reason = self._why_convert(backend, process, path, request, generation)
+        if reason is None:
             recorder = _NativeRecorder(request, self.store) if path == RESPONSES else None
             try:
                 await forward(
@@ -109,12 +125,21 @@ class Bridge:
                     body,
                     send,
                     receive,
-                    missing_statuses=_MISSING_STATUSES,
+                    missing_statuses=_CONVERT_STATUSES,
                     observe=recorder.feed if recorder else None,
                 )
-            except EndpointMissing:
-                log.info("%s has no %s; converting to chat completions", backend.label, path)
-                self._lacking[(backend.role, path)] = generation
+            except EndpointMissing as missing:
+                reason = _CONVERT_ON[missing.status]
+                if missing.status in _ROUTE_ABSENT:
+                    log.info("%s has no %s; converting to chat completions", backend.label, path)
+                    self._lacking[(backend.role, path)] = generation
+                else:
+                    log.info(
+                        "%s answered %s with %d; converting this request",
+                        backend.label,
+                        path,
+                        missing.status,
+                    )
             else:
                 if recorder is not None:
                     recorder.remember()
@@ -124,23 +149,27 @@ class Bridge:
         upstream_model = process.upstream_model if process is not None else None
         chat = conversion.chat
         chat.update(router_changes(backend, "/v1/chat/completions", chat, upstream_model))
-        await _converted(pool, backend, conversion, headers, send, receive)
+        marker = converted_header(reason)
+        await _converted(pool, backend, conversion, headers, send, receive, marker)
 
-    def _native_first(
+    def _why_convert(
         self,
         backend: Backend,
         process: BackendProcess | None,
         path: str,
         request: dict[str, Any],
         generation: int,
-    ) -> bool:
+    ) -> str | None:
+        """Why ``request`` is converted without trying natively; None: try natively first."""
         if path == RESPONSES and request.get("previous_response_id") is not None:
-            return False
+            return _STORED_CONVERSATION
         declared = process.native_endpoints if process is not None else None
         if declared is not None and path not in declared:
-            return False
+            return _NOT_SERVED
         # Declared or not, a 404 seen from this very process is believed over the declaration.
-        return self._lacking.get((backend.role, path)) != generation
+        if self._lacking.get((backend.role, path)) == generation:
+            return _KNOWN_MISSING
+        return None
 
     def _conversion(self, path: str, request: dict[str, Any]) -> Conversion:
         try:
@@ -298,10 +327,13 @@ async def _converted(
     headers: dict[str, str],
     send: Send,
     receive: Receive,
+    marker: tuple[bytes, bytes],
 ) -> None:
     body = json.dumps(conversion.chat).encode()
     async with admitted(backend) as deadline:
-        exchange = _converted_exchange(pool, backend, conversion, headers, body, send, deadline)
+        exchange = _converted_exchange(
+            pool, backend, conversion, headers, body, send, deadline, marker
+        )
         await run_until_disconnect(receive, exchange, backend)
 
 
@@ -313,6 +345,7 @@ async def _converted_exchange(
     body: bytes,
     send: Send,
     deadline: float,
+    marker: tuple[bytes, bytes],
 ) -> None:
     response = await open_upstream(pool, backend, "/v1/chat/completions", headers, body, deadline)
     completed = False
@@ -320,15 +353,15 @@ async def _converted_exchange(
         if response.status != 200:
             payload = await read_whole(response, backend, deadline)
             error = conversion.upstream_error(response.status, payload)
-            await send_response(send, response.status, error, [*JSON_HEADERS, CONVERTED_HEADER])
+            await send_response(send, response.status, error, [*JSON_HEADERS, marker])
         elif conversion.chat.get("stream"):
-            await _relay_converted_stream(response, send, backend, conversion.stream())
+            await _relay_converted_stream(response, send, backend, conversion.stream(), marker)
         else:
             chat = _json_object(await read_whole(response, backend, deadline))
             if "choices" not in chat:
                 raise BadGateway(f"{backend.label} answered a chat completion without choices")
             whole = json.dumps(conversion.whole(chat)).encode()
-            await send_response(send, 200, whole, [*JSON_HEADERS, CONVERTED_HEADER])
+            await send_response(send, 200, whole, [*JSON_HEADERS, marker])
         completed = True
     finally:
         if completed:
@@ -338,13 +371,13 @@ async def _converted_exchange(
 
 
 async def _relay_converted_stream(
-    response: UpstreamResponse, send: Send, backend: Backend, converter: StreamConverter
+    response: UpstreamResponse,
+    send: Send,
+    backend: Backend,
+    converter: StreamConverter,
+    marker: tuple[bytes, bytes],
 ) -> None:
-    headers = [
-        (b"content-type", b"text/event-stream; charset=utf-8"),
-        *SSE_HEADERS,
-        CONVERTED_HEADER,
-    ]
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS, marker]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await _send_events(send, converter.start())
     parser = SseParser()

@@ -105,7 +105,11 @@ Observer = Callable[[bytes], None]
 
 
 class EndpointMissing(Exception):
-    """The backend answered that it has no such endpoint (the caller may convert instead)."""
+    """The backend answered ``status``, one the caller takes for "convert instead"."""
+
+    def __init__(self, path: str, status: int) -> None:
+        super().__init__(f"{path}: {status}")
+        self.status = status
 
 
 async def forward(
@@ -254,7 +258,7 @@ async def _exchange(
         raise
     if response.status in missing_statuses:
         response.release()
-        raise EndpointMissing(path)
+        raise EndpointMissing(path, response.status)
     if response.status != 200:
         observe = None
     stopwatch.backend_answered()
