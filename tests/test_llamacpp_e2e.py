@@ -56,7 +56,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     config = {
         "models": {
             "chat": gemma("gemma-chat", max_concurrency=2),
-            "embed": gemma("gemma-embed", model_type="embeddings", pooling="mean"),
+            # No pooling: the model declares none, and the router must choose one for it.
+            "embed": gemma("gemma-embed", model_type="embeddings"),
             "rank": gemma("gemma-rank", model_type="rerank"),
         }
     }

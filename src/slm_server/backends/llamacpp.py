@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
+from slm_server.backends.gguf_metadata import GGUFError, pooling_type
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.config.paths import resolve_local, resolve_model_path
 from slm_server.llama_server.locate import LlamaServerUnusable, usable_llama_server
+
+log = logging.getLogger(__name__)
+
+_POOLING_NONE = 0  # llama.cpp's numbering of a GGUF's <arch>.pooling_type
 
 # llama-server answers these itself; the router converts requests for others.
 NATIVE_ENDPOINTS = frozenset(
@@ -69,21 +75,43 @@ def _model_file(entry: ModelEntry, base_dir: Path) -> str:
     return resolved.value
 
 
+def _default_pooling(entry: ModelEntry, model_file: str) -> str | None:
+    """``mean`` for an embeddings model that declares no pooling, or "none".
+
+    llama-server's /v1/embeddings refuses pooling "none" (it is "not OAI compatible"), so
+    such a model would answer every request with a 400; ``pooling`` in the entry wins.
+    """
+    try:
+        declared = pooling_type(Path(model_file))
+    except (OSError, GGUFError):
+        return None  # unreadable here: llama-server will say what is wrong with the file
+    if declared not in (None, _POOLING_NONE):
+        return None
+    log.info(
+        "%s: the model declares no pooling; embeddings use --pooling mean "
+        "(set `pooling` in the entry to choose another)",
+        entry.id,
+    )
+    return "mean"
+
+
 def _flag(on: bool) -> str:
     return "on" if on else "off"
 
 
 def native_argv(entry: ModelEntry, binary: Path, base_dir: Path) -> list[str]:
     """The exact ``llama-server`` command line for ``entry``."""
-    argv = [str(binary), "--model", _model_file(entry, base_dir)]
+    model_file = _model_file(entry, base_dir)
+    argv = [str(binary), "--model", model_file]
     argv += ["--host", entry.host, "--port", str(entry.port), "--alias", entry.id]
     argv += ["--parallel", str(entry.max_concurrency)]
     if entry.context_length is not None:
         argv += ["--ctx-size", str(entry.context_length)]
     if entry.model_type == "embeddings":
         argv += ["--embedding"]
-        if entry.pooling is not None:
-            argv += ["--pooling", entry.pooling]
+        pooling = entry.pooling or _default_pooling(entry, model_file)
+        if pooling is not None:
+            argv += ["--pooling", pooling]
     elif entry.model_type == "rerank":
         argv += ["--embedding", "--pooling", "rank", "--reranking"]
     if entry.chat_template_kwargs is not None:

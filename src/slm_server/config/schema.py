@@ -126,8 +126,8 @@ class ModelEntry(BaseModel):
     pooling: Literal["mean", "cls", "last"] | None = Field(
         default=None,
         description=(
-            "llamacpp embeddings: --pooling; default: the model's own. Set it for models "
-            "that declare none (native llama-server only)."
+            "llamacpp embeddings: --pooling; default: the model's own, or mean for a model "
+            "whose GGUF declares none (native llama-server only)."
         ),
     )
 

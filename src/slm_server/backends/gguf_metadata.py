@@ -1,0 +1,117 @@
+"""Reading one value from a GGUF file's metadata, without reading the rest.
+
+The official reader (``gguf.GGUFReader``) builds every array of the header, which for a
+262k-token vocabulary took 10 s: too slow for a backend's start. This walks the key-value
+section once, skipping what it does not want (a string array costs one length read per
+item), and never reads tensor data.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+_MAGIC = b"GGUF"
+_MAX_KEYS = 1 << 20  # sanity bounds: a corrupt header must fail, not loop or allocate
+_MAX_STRING = 1 << 26
+# Value type -> struct format, for the fixed-size types.
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+
+Scalar = int | float | bool | str
+
+
+class GGUFError(ValueError):
+    """Not a GGUF file, or one whose header cannot be read."""
+
+
+def read_values(path: Path, wanted: Callable[[str], bool]) -> dict[str, Scalar]:
+    """The scalar or string values of the ``wanted`` keys in ``path``'s metadata."""
+    found: dict[str, Scalar] = {}
+    with path.open("rb") as f:
+        if f.read(4) != _MAGIC:
+            raise GGUFError(f"{path} is not a GGUF file")
+        version = int(_unpack(f, "<I"))
+        if version < 2:
+            raise GGUFError(f"{path}: GGUF version {version} is too old to read")
+        _unpack(f, "<Q")  # tensor count
+        count = int(_unpack(f, "<Q"))
+        if count > _MAX_KEYS:
+            raise GGUFError(f"{path}: {count} metadata keys; the header is corrupt")
+        for _ in range(count):
+            key = _string(f)
+            kind = int(_unpack(f, "<I"))
+            if kind != _ARRAY and wanted(key):
+                found[key] = _value(f, kind)
+            else:
+                _skip(f, kind)
+    return found
+
+
+def pooling_type(path: Path) -> int | None:
+    """The model's declared pooling (llama.cpp's numbering: 0 none, 1 mean, 2 cls, 3 last,
+    4 rank), or None when it declares none."""
+    values = read_values(
+        path, lambda key: key == "general.architecture" or key.endswith(".pooling_type")
+    )
+    value = values.get(f"{values.get('general.architecture')}.pooling_type")
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _unpack(f: BinaryIO, fmt: str) -> Scalar:
+    size = struct.calcsize(fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise GGUFError("the GGUF header ends early")
+    value: Scalar = struct.unpack(fmt, data)[0]
+    return value
+
+
+def _string(f: BinaryIO) -> str:
+    length = int(_unpack(f, "<Q"))
+    if length > _MAX_STRING:
+        raise GGUFError("a GGUF string is implausibly long; the header is corrupt")
+    data = f.read(length)
+    if len(data) != length:
+        raise GGUFError("the GGUF header ends early")
+    return data.decode("utf-8", errors="replace")
+
+
+def _value(f: BinaryIO, kind: int) -> Scalar:
+    if kind == _STRING:
+        return _string(f)
+    if kind in _SCALARS:
+        return _unpack(f, _SCALARS[kind])
+    raise GGUFError(f"unknown GGUF value type {kind}")
+
+
+def _skip(f: BinaryIO, kind: int) -> None:
+    if kind == _STRING:
+        length = int(_unpack(f, "<Q"))
+        f.seek(length, 1)
+    elif kind in _SCALARS:
+        f.seek(struct.calcsize(_SCALARS[kind]), 1)
+    elif kind == _ARRAY:
+        item_kind = int(_unpack(f, "<I"))
+        count = int(_unpack(f, "<Q"))
+        if item_kind in _SCALARS:
+            f.seek(count * struct.calcsize(_SCALARS[item_kind]), 1)
+        else:
+            for _ in range(count):
+                _skip(f, item_kind)
+    else:
+        raise GGUFError(f"unknown GGUF value type {kind}")
