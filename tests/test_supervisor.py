@@ -200,6 +200,38 @@ async def test_a_backend_writing_a_huge_progress_bar_still_becomes_ready(tmp_pat
         await process.stop()
 
 
+async def test_probing_the_port_before_a_start_never_stalls_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """A listener with a full accept queue: a connect to it waits out its 0.5 s timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = [socket.socket() for _ in range(3)]
+        for client in queued:
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", port))
+        model = make_config({"m": entry("m-fake", port)}).models["m"]
+        spec = fake_spec(model)
+        process = BackendProcess("m", model, lambda: spec, BackendLog(tmp_path / "m.log"), FAST)
+        loop = asyncio.get_running_loop()
+        gaps: list[float] = []
+        try:
+            process.start()
+            last = loop.time()
+            for _ in range(100):  # 1 s of 10 ms ticks, while the supervisor probes
+                await asyncio.sleep(0.01)
+                now = loop.time()
+                gaps.append(now - last)
+                last = now
+        finally:
+            await process.stop()
+            for client in queued:
+                client.close()
+    assert max(gaps) < 0.4, f"the loop stalled for {max(gaps):.2f}s"
+
+
 async def test_backend_killed_by_a_signal_is_reported_by_its_name(
     tmp_path: Path, orphan_guard: str
 ) -> None:

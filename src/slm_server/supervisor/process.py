@@ -203,8 +203,10 @@ class BackendProcess:
         """Start, wait for ready, serve until exit. None after a long healthy run."""
         self._set("starting", "starting")
         host, port = self.entry.connect_host, self.entry.port
-        if port_in_use(host, port):
-            owner = listener_description(port) or "an unknown process"
+        # In a thread: the probe may wait 0.5 s for an unanswering host, and naming the
+        # owner scans every process; the loop meanwhile serves other models' requests.
+        if await asyncio.to_thread(port_in_use, host, port):
+            owner = await asyncio.to_thread(listener_description, port) or "an unknown process"
             return f"port {port} is already in use by {owner}"
         try:
             # In a thread: working out a command line may run the server's --help.
