@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import time
 from pathlib import Path
 
@@ -99,3 +100,50 @@ def test_the_entrys_own_pooling_wins(tmp_path: Path) -> None:
     path = written(tmp_path / "m.gguf", None)
     argv = native_argv(embeddings_entry(path, pooling="cls"), Path("llama-server"), tmp_path)
     assert argv[argv.index("--pooling") + 1] == "cls" and argv.count("--pooling") == 1
+
+
+def header(*kvs: bytes, version: int = 3) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", version, 0, len(kvs)) + b"".join(kvs)
+
+
+def key(name: str) -> bytes:
+    return struct.pack("<Q", len(name)) + name.encode()
+
+
+ARRAY, STRING, UINT32 = 9, 8, 4
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        # A string array claiming 2**60 items: refused before looping over them.
+        (header(key("t") + struct.pack("<IIQ", ARRAY, STRING, 2**60)), "ends early"),
+        # A string 2**63 bytes long.
+        (header(key("t") + struct.pack("<IQ", STRING, 2**63)), "ends early"),
+        # Arrays of arrays of arrays ...
+        (header(key("t") + struct.pack("<I", ARRAY) + struct.pack("<IQ", ARRAY, 1) * 50), "deep"),
+        # Version 3 written big-endian, and a version this reader does not know.
+        (b"GGUF" + struct.pack(">IQQ", 3, 0, 0), "version"),
+        (header(version=4), "version"),
+    ],
+    ids=["huge-count", "huge-string", "nested", "big-endian", "version-4"],
+)
+def test_a_corrupt_header_fails_at_once(tmp_path: Path, raw: bytes, why: str) -> None:
+    path = tmp_path / "corrupt.gguf"
+    path.write_bytes(raw)
+    with path.open("r+b") as f:  # a large file of zeros after it (sparse: no disk used)
+        f.truncate(256 * 2**20)
+    started = time.monotonic()
+    with pytest.raises(GGUFError, match=why):
+        pooling_type(path)
+    assert time.monotonic() - started < 1
+
+
+def test_a_hand_written_header_reads_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    arch = key("general.architecture") + struct.pack("<I", STRING) + key("llama")
+    tokens = key("tokenizer.ggml.tokens") + struct.pack("<IIQ", ARRAY, STRING, 2)
+    tokens += key("a") + key("b")
+    pooling = key("llama.pooling_type") + struct.pack("<II", UINT32, 3)
+    path.write_bytes(header(arch, tokens, pooling))
+    assert pooling_type(path) == 3

@@ -289,6 +289,25 @@ async def test_a_failed_backend_is_tried_again_by_a_request_after_its_cooldown(
         await process.stop()
 
 
+async def test_a_stop_just_after_a_retry_began_ends_in_stopped(tmp_path: Path) -> None:
+    """stop() may cancel the new owner before its first step, which then runs no cleanup."""
+    policy = dataclasses.replace(FAST, retry_failed_after_s=0.1)
+    process = make_process(
+        tmp_path, spec=LaunchSpec([sys.executable, "-c", "exit(3)"]), policy=policy
+    )
+    process.start()
+    with pytest.raises(BackendFailed):
+        await asyncio.wait_for(process.ensure_ready(), 10)
+    await asyncio.sleep(0.2)
+    waiting = asyncio.ensure_future(process.ensure_ready())
+    await asyncio.sleep(0)  # it starts the retry: "starting", a new owner not yet run
+    assert process.state == "starting"
+    await process.stop()
+    with pytest.raises(BackendFailed, match="stopped"):
+        await asyncio.wait_for(waiting, 2)  # not left waiting on a start that never comes
+    assert process.snapshot()["state"] == "stopped"
+
+
 async def test_a_stopped_failed_backend_is_not_tried_again(tmp_path: Path) -> None:
     policy = dataclasses.replace(FAST, retry_failed_after_s=0.1)
     crash = LaunchSpec([sys.executable, "-c", "exit(3)"])

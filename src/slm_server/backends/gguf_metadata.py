@@ -8,6 +8,7 @@ item), and never reads tensor data.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,8 @@ _SCALARS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+_VERSIONS = (2, 3)  # little-endian, with 64-bit lengths and counts
+_MAX_NESTING = 8  # arrays of arrays: deeper is a corrupt header, not a model
 
 Scalar = int | float | bool | str
 
@@ -46,8 +49,8 @@ def read_values(path: Path, wanted: Callable[[str], bool]) -> dict[str, Scalar]:
         if f.read(4) != _MAGIC:
             raise GGUFError(f"{path} is not a GGUF file")
         version = int(_unpack(f, "<I"))
-        if version < 2:
-            raise GGUFError(f"{path}: GGUF version {version} is too old to read")
+        if version not in _VERSIONS:  # big-endian files read as a huge number: refused too
+            raise GGUFError(f"{path}: GGUF version {version} cannot be read here")
         _unpack(f, "<Q")  # tensor count
         count = int(_unpack(f, "<Q"))
         if count > _MAX_KEYS:
@@ -99,19 +102,32 @@ def _value(f: BinaryIO, kind: int) -> Scalar:
     raise GGUFError(f"unknown GGUF value type {kind}")
 
 
-def _skip(f: BinaryIO, kind: int) -> None:
+def _skip(f: BinaryIO, kind: int, depth: int = 0) -> None:
+    """Move past one value, never beyond the end of the file (a corrupt length fails)."""
     if kind == _STRING:
-        length = int(_unpack(f, "<Q"))
-        f.seek(length, 1)
+        _seek_ahead(f, int(_unpack(f, "<Q")))
     elif kind in _SCALARS:
-        f.seek(struct.calcsize(_SCALARS[kind]), 1)
+        _seek_ahead(f, struct.calcsize(_SCALARS[kind]))
     elif kind == _ARRAY:
+        if depth >= _MAX_NESTING:
+            raise GGUFError("GGUF arrays nested implausibly deep; the header is corrupt")
         item_kind = int(_unpack(f, "<I"))
         count = int(_unpack(f, "<Q"))
         if item_kind in _SCALARS:
-            f.seek(count * struct.calcsize(_SCALARS[item_kind]), 1)
-        else:
-            for _ in range(count):
-                _skip(f, item_kind)
+            _seek_ahead(f, count * struct.calcsize(_SCALARS[item_kind]))
+            return
+        # Each string or array item takes at least its 8-byte length: a count the rest of
+        # the file cannot hold is corrupt, and is refused before looping over it.
+        _seek_ahead(f, count * 8, move=False)
+        for _ in range(count):
+            _skip(f, item_kind, depth + 1)
     else:
         raise GGUFError(f"unknown GGUF value type {kind}")
+
+
+def _seek_ahead(f: BinaryIO, size: int, *, move: bool = True) -> None:
+    here = f.tell()
+    if size > os.fstat(f.fileno()).st_size - here:
+        raise GGUFError("the GGUF header ends early")
+    if move:
+        f.seek(here + size)

@@ -44,7 +44,8 @@ async def probe(
         # A server run elsewhere, without /health (llama_cpp.server): up if it lists models.
         status, error, _ = await _probe_status(pool, backend, "/v1/models", probe_timeout_s)
     if status == "healthy" and process is not None and process.state != "ready":
-        status, error = "unhealthy", f"answers on {path} but is {process.state}: {process.reason}"
+        why = f": {process.reason}" if process.reason else ""
+        status, error = "unhealthy", f"answers on {path} but is {process.state}{why}"
     report["status"] = status
     if error is not None:
         report["error"] = error

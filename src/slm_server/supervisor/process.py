@@ -124,6 +124,10 @@ class BackendProcess:
             self._owner.cancel()
             await asyncio.gather(self._owner, return_exceptions=True)
         self._owner = None
+        if self.state in ("starting", "stopping"):
+            # An owner cancelled before its first step ran no cleanup (a retry set "starting"
+            # for it): without this, callers would wait on a start that never comes.
+            self._set("stopped", "stopped")
 
     def _retry_in(self) -> float | None:
         if self.state != "failed" or self._failed_at is None:
@@ -135,6 +139,7 @@ class BackendProcess:
         retry_in = self._retry_in()
         if retry_in is None or retry_in > 0:
             return
+        assert self._owner is None or self._owner.done(), "a failed backend has no owner left"
         log.info(
             "%s: trying again %gs after it failed", self.role, self._policy.retry_failed_after_s
         )
@@ -214,6 +219,11 @@ class BackendProcess:
             proc = await self._spawn(spec)
         except (OSError, ValueError, BackendUnsupported, subprocess.SubprocessError) as exc:
             return f"cannot start: {exc}"
+        except Exception as exc:
+            # A bug in working out the command line: a failed start (retried, reported),
+            # never a dead owner that leaves the backend "stopped" with no reason.
+            log.exception("%s: cannot start", self.role)
+            return f"cannot start: {type(exc).__name__}: {exc}"
         self.upstream_model = spec.upstream_model
         self.health_path = spec.health_path
         self.native_endpoints = spec.native_endpoints or None
