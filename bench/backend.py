@@ -74,6 +74,10 @@ def _response(status: bytes, content_type: bytes, body: bytes) -> bytes:
 
 COMPLETION_RESPONSE = _response(b"200 OK", b"application/json", _COMPLETION)
 HEALTH_RESPONSE = _response(b"200 OK", b"application/json", b'{"status":"ok"}')
+# llama-server's own /completion answer: what slm_server's check of a binary asks for.
+ONE_TOKEN_RESPONSE = _response(
+    b"200 OK", b"application/json", b'{"content":" Paris","tokens_predicted":1}'
+)
 NOT_FOUND_RESPONSE = _response(b"404 Not Found", b"application/json", b'{"error":"not found"}')
 STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
@@ -156,6 +160,8 @@ class BenchProtocol(asyncio.Protocol):
                 transport.write(COMPLETION_RESPONSE)
             elif head.startswith(b"get /health "):
                 transport.write(HEALTH_RESPONSE)
+            elif head.startswith(b"post /completion "):
+                transport.write(ONE_TOKEN_RESPONSE)
             else:
                 transport.write(NOT_FOUND_RESPONSE)
             if not keep_alive:

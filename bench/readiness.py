@@ -43,6 +43,9 @@ def measure_lag(tmp: Path, cpu: int | None, loading_s: float = 1.0) -> float:
     command += ["--host", HOST, "--port", str(router_port), "--log-level", "warning"]
     env = {
         "PATH": f"{_fake_llama_server_dir(tmp)}{os.pathsep}{os.environ['PATH']}",
+        # The fake passes serve's check of a llama-server (it answers /completion); its
+        # result, and any built llama-server, stay out of the user's own cache.
+        "SLM_SERVER_CACHE": str(tmp / "slm-server-cache"),
         _LOADING_S_ENV: str(loading_s),
         _TIMES_FILE_ENV: str(times_file),
     }
