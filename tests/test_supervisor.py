@@ -11,6 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from slm_server.supervisor import (
     Supervisor,
     watchdog,
 )
+from slm_server.supervisor.log_writer import LogWriter
 from slm_server.supervisor.logs import BackendLog
 from slm_server.supervisor.orphans import WATCHDOG_ENV, guarded_argv
 
@@ -230,6 +233,100 @@ async def test_probing_the_port_before_a_start_never_stalls_the_event_loop(
             for client in queued:
                 client.close()
     assert max(gaps) < 0.4, f"the loop stalled for {max(gaps):.2f}s"
+
+
+class FifoReader:
+    """Reads a FIFO in a thread, but only once released (or after ``release_after_s``)."""
+
+    def __init__(self, path: Path, release_after_s: float) -> None:
+        self.release = threading.Event()
+        self.data = b""
+        self._path = path
+        self._release_after_s = release_after_s
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        # Bounded even if the test never gets to release it (a loop blocked on the FIFO).
+        self.release.wait(self._release_after_s)
+        with self._path.open("rb") as fifo:  # until the last writer closes it
+            self.data = fifo.read()
+
+    def lines(self, timeout: float) -> list[str]:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the log file was never closed"
+        return self.data.decode().splitlines()
+
+
+async def test_a_log_file_that_blocks_never_stalls_the_event_loop(tmp_path: Path) -> None:
+    """Nobody reads the log (a FIFO): the loop runs on, and every line arrives once read."""
+    model = make_config({"m": entry("m-fake", free_port())}).models["m"]
+    script = tmp_path / "chatty.py"
+    script.write_text(  # 200 KB of output: more than a pipe holds
+        "import runpy, sys\n"
+        "for n in range(2000):\n"
+        "    print(f'line {n} ' + '#' * 100)\n"
+        "print('loaded', flush=True)\n"
+        f"sys.argv = [{str(SCRIPT)!r}, '--port', '{model.port}']\n"
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')\n"
+    )
+    fifo = tmp_path / "m.log"
+    os.mkfifo(fifo)
+    reader = FifoReader(fifo, release_after_s=3)
+    spec = LaunchSpec([sys.executable, str(script)])
+    process = BackendProcess("m", model, lambda: spec, BackendLog(fifo), FAST)
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    try:
+        process.start()
+        last = loop.time()
+        for _ in range(100):  # 1 s of 10 ms ticks, while the backend writes and nobody reads
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+        await asyncio.wait_for(process.ensure_ready(), 10)  # its output drained meanwhile
+        reader.release.set()
+    finally:
+        await process.stop()
+    assert max(gaps) < 0.4, f"the loop stalled for {max(gaps):.2f}s"
+    lines = reader.lines(5)
+    output = [line for line in lines if not line.startswith("=== slm_server: ")]
+    expected = [f"line {n} " + "#" * 100 for n in range(2000)]
+    assert output[:2001] == [*expected, "loaded"]
+
+
+async def test_the_last_lines_of_a_dead_backend_are_in_its_log_when_its_exit_is_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However slow the disk, the file has a dead backend's last words by then."""
+    original = LogWriter._write
+
+    def slow_write(self: LogWriter, text: str) -> None:
+        time.sleep(0.2)
+        original(self, text)
+
+    monkeypatch.setattr(LogWriter, "_write", slow_write)
+    script = tmp_path / "dies.py"
+    script.write_text(
+        "import time\n"
+        "for n in range(50):\n"
+        "    print(f'loading {n}', flush=True)\n"
+        "    time.sleep(0.005)\n"
+        "print('error: out of memory', flush=True)\n"
+        "exit(3)\n"
+    )
+    policy = dataclasses.replace(FAST, max_start_failures=1)
+    crash = LaunchSpec([sys.executable, str(script)])
+    process = make_process(tmp_path, spec=crash, policy=policy)
+    process.start()
+    try:
+        with pytest.raises(BackendFailed, match="out of memory"):
+            await asyncio.wait_for(process.ensure_ready(), 10)
+        lines = (tmp_path / "m.log").read_text().splitlines()
+    finally:
+        await process.stop()
+    assert lines[1:] == [*(f"loading {n}" for n in range(50)), "error: out of memory"]
 
 
 async def test_backend_killed_by_a_signal_is_reported_by_its_name(

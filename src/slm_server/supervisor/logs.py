@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import deque
 from pathlib import Path
-from typing import IO
+
+from slm_server.supervisor.log_writer import LogWriter
 
 # Rotation keeps a chatty backend from filling the disk: at most
 # (1 + _KEEP_ROTATED) * _MAX_BYTES per backend.
 _MAX_BYTES = 10 * 1024 * 1024
 _KEEP_ROTATED = 2
+# Lines waiting for a slow disk; beyond this they are dropped (and counted in the file).
+_MAX_PENDING_CHARS = 4 * 1024 * 1024
 _NOTE_PREFIX = "=== slm_server: "  # marks the supervisor's own lines in a backend's log
 
 
@@ -19,23 +22,32 @@ def log_file_name(model_id: str) -> str:
 
 
 class BackendLog:
-    """Appends lines to ``path`` (rotated by size) and keeps the last ``tail_lines``."""
+    """Appends lines to ``path`` (rotated by size) and keeps the last ``tail_lines``.
 
-    def __init__(self, path: Path, tail_lines: int = 200) -> None:
+    ``write`` only queues the line: a thread writes the file, so a slow or blocked disk
+    never holds up the event loop that calls it.
+    """
+
+    def __init__(
+        self, path: Path, tail_lines: int = 200, max_pending_chars: int = _MAX_PENDING_CHARS
+    ) -> None:
         self.path = path
         self._tail: deque[str] = deque(maxlen=tail_lines)
-        self._file: IO[str] | None = None
-        self._size = 0
+        self._max_pending = max_pending_chars
+        self._writer: LogWriter | None = None
 
     def write(self, line: str) -> None:
         line = line.rstrip("\r\n")
         self._tail.append(line)
-        file = self._open()
-        file.write(line + "\n")
-        file.flush()
-        self._size += len(line) + 1
-        if self._size >= _MAX_BYTES:
-            self._rotate()
+        if self._writer is None:
+            self._writer = LogWriter(
+                self.path,
+                max_bytes=_MAX_BYTES,
+                rotate=self._rotate,
+                max_pending_chars=self._max_pending,
+                dropped_note=_dropped_note,
+            )
+        self._writer.put(line)
 
     def note(self, text: str) -> None:
         """A line of the supervisor's own among the backend's output."""
@@ -53,22 +65,23 @@ class BackendLog:
                 return line
         return None
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait (bounded) until every line written so far is in the file."""
+        return self._writer is None or await self._writer.flush(timeout_s)
 
-    def _open(self) -> IO[str]:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8", errors="replace")
-            self._size = self._file.tell()
-        return self._file
+    async def aclose(self, timeout_s: float) -> bool:
+        """Write what is queued and close the file (bounded); a later ``write`` opens it again."""
+        writer, self._writer = self._writer, None
+        return writer is None or await writer.aclose(timeout_s)
 
     def _rotate(self) -> None:
-        self.close()
+        """Called by the writer's thread, with the file closed."""
         for n in range(_KEEP_ROTATED, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")
             newer = self.path.with_name(f"{self.path.name}.{n - 1}") if n > 1 else self.path
             if newer.exists():
                 newer.replace(older)
+
+
+def _dropped_note(count: int) -> str:
+    return f"{_NOTE_PREFIX}{count} line(s) dropped here: the log file could not keep up"

@@ -40,6 +40,7 @@ _JSON_CONTENT = (("content-type", "application/json"),)
 _LOG_SETTLE_S = 0.2
 _READ_CHUNK_BYTES = 64 * 1024
 _MAX_LOG_LINE_BYTES = 8 * 1024  # longer lines are cut: a log line is for reading
+_LOG_FLUSH_S = 2.0  # a dead backend's last lines reach its log file before its exit is told
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ class BackendProcess:
             await self._terminate()
             if self.state != "failed":
                 self._set("stopped", "stopped")
-            self.log.close()
+            await self.log.aclose(_LOG_FLUSH_S)
 
     async def _run_once(self, pool: UpstreamPool) -> str | None:
         """Start, wait for ready, serve until exit. None after a long healthy run."""
@@ -418,11 +419,16 @@ class BackendProcess:
             _signal_group(proc.pid, signal.SIGKILL)
 
     async def _drain_output(self) -> None:
-        """Let the output pump write the last lines (a grandchild may hold the pipe: bound it)."""
+        """Let the last lines reach the log file (a grandchild may hold the pipe: bounded).
+
+        Before the exit is reported: the last words of a backend that died are what its
+        user reads the file for.
+        """
         if self._pump is not None:
             await asyncio.wait((self._pump,), timeout=1)
             self._pump.cancel()
             self._pump = None
+        await self.log.flush(_LOG_FLUSH_S)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
