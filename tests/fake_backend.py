@@ -19,6 +19,7 @@ Model endpoints (all answers are deterministic):
                                      with ``{"text": <last user text>}``, streamed
                                      in N argument pieces; after a tool result:
                                      ``"tool said: <result>"``
+* ``POST /completion``               llama-server's own: one token (what its check asks for)
 * ``POST /v1/completions``           text ``"echo: <prompt>"``; streamed like chat
 * ``POST /v1/embeddings``            hash-derived unit vectors (float or base64)
 * ``POST /v1/rerank`` (``/rerank``, ``/v1/reranking``)  llama.cpp rerank format,
@@ -251,6 +252,7 @@ class FakeServer:
         app.router.add_post("/chat/completions", self.chat_completions)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/completions", self.completions)
+        app.router.add_post("/completion", self.native_completion)
         app.router.add_post("/v1/embeddings", self.embeddings)
         app.router.add_post("/embeddings", self.embeddings)
         for path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking"):
@@ -552,6 +554,11 @@ class FakeServer:
             ),
             tail,
         )
+
+    async def native_completion(self, request: web.Request) -> web.Response:
+        """llama-server's own endpoint, as far as its check asks: one token."""
+        await self.read_json(request)
+        return web.json_response({"content": "echo", "tokens_predicted": 1})
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self.read_json(request)

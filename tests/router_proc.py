@@ -101,6 +101,13 @@ class RouterProcess:
         """The official SDK pointed at this router (no retries: tests see every failure)."""
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="-", max_retries=0)
 
+    def wait(self, timeout: float) -> int:
+        """The exit status, once the process has ended by itself within ``timeout``."""
+        assert self._proc is not None, "not started"
+        code = self._proc.wait(timeout)
+        self._proc = None
+        return code
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -166,6 +166,15 @@ class RouterSettings(BaseModel):
     health_timeout: float = Field(
         default=2.0, gt=0, description="Seconds a backend health probe may take."
     )
+    shutdown_grace_s: float = Field(
+        default=10,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "On SIGTERM/SIGINT: seconds requests in flight may take to finish; those still "
+            "running are then ended with an error, and the backends stopped."
+        ),
+    )
 
 
 class ConfigFile(BaseModel):

@@ -34,6 +34,7 @@ from slm_server.router.errors import (
     RouterError,
 )
 from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
+from slm_server.router.interrupted import end_cut_short
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
@@ -104,17 +105,26 @@ class RouterApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = False
+        start: Message | None = None  # the first message sent, and the latest after it
+        last: Message | None = None
 
         async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = True
+            nonlocal start, last
+            if start is None:
+                start = message
+            else:
+                last = message
             await send(message)
 
         try:
             await self._dispatch(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            # Only the server cancels a request: its shutdown grace is over. The request is
+            # ended here, in its protocol's way, instead of by a dropped connection (or
+            # uvicorn's text/plain 500); the task ends right after, as the cancel asked.
+            await end_cut_short(send, scope["path"], start, last)
         except RouterError as error:
-            if started:
+            if start is not None:
                 raise
             if error.status >= 500:
                 log.warning("%s %s -> %d: %s", scope["method"], scope["path"], error.status, error)

@@ -8,6 +8,7 @@ import uvicorn
 
 from slm_server.config import LoadedConfig
 from slm_server.router.app import RouterApp
+from slm_server.router.shutdown import GracefulServer
 from slm_server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,10 @@ def run_uvicorn(
     port: int | None,
     log_level: str,
 ) -> int:
-    """Serve the router until SIGINT/SIGTERM, which also stops ``supervisor``'s backends."""
+    """Serve the router until SIGINT/SIGTERM, which also stops ``supervisor``'s backends.
+
+    The requests in flight get ``router.shutdown_grace_s`` to finish; see ``shutdown``.
+    """
     settings = config.file.router
     host = host if host is not None else settings.host
     port = port if port is not None else settings.port
@@ -42,7 +46,7 @@ def run_uvicorn(
             "authentication; use --host 127.0.0.1 to keep it local",
             host or "all interfaces",
         )
-    uvicorn.run(
+    server_config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -57,5 +61,10 @@ def run_uvicorn(
         http="auto",
         lifespan="on",
         log_config=None,  # uvicorn's lines go through our logging setup, in our format
+        # Typed int, but any number works: it goes to asyncio.wait_for.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
+    stop_backends = supervisor.stop_all if supervisor is not None else None
+    server = GracefulServer(server_config, stop_backends)
+    server.run()
     return 0

@@ -371,6 +371,7 @@ class BackendProcess:
             self.pid = None
             await self._drain_output()
             return
+        self.log.note(f"stopping it: SIGTERM, SIGKILL after {self._policy.stop_grace_s:g}s")
         if self._watched:
             # The watchdog passes it on to the group; sent to the group as well, the
             # backend would get it twice, which llama-server takes as "exit right now".

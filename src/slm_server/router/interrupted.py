@@ -1,0 +1,55 @@
+"""Ending a request that the server cut short on its way down, in its protocol's own way.
+
+The server cancels the requests still running when the shutdown grace is over. A client
+must then learn that its answer ends here, not be left with a connection that just drops
+(or, worse, a stream that looks finished): the status line may already be out, so a stream
+ends with the protocol's error event, as any failure after the headers does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from slm_server.router.asgi import Message, Send, send_error
+from slm_server.router.bridge import ANTHROPIC_PATHS, anthropic_error_payload
+from slm_server.router.errors import RouterError
+
+_EVENT_STREAM = b"text/event-stream"
+
+
+class ShuttingDown(RouterError):
+    status = 503
+    code = "shutting_down"
+
+
+async def end_cut_short(send: Send, path: str, start: Message | None, last: Message | None) -> None:
+    """End the answer after ``start`` and ``last`` (the first and latest messages sent).
+
+    Not started: a 503 in the endpoint's error shape. A stream: its error event, then the
+    end. A plain body half sent cannot be ended well: the server closes the connection.
+    """
+    error = ShuttingDown("the server is shutting down; this request was cut short")
+    anthropic = path in ANTHROPIC_PATHS
+    with contextlib.suppress(OSError, RuntimeError):  # the client left, or the answer was done
+        if start is None:
+            body = anthropic_error_payload(error.status, error.body()) if anthropic else None
+            await send_error(send, error, body)
+        elif last is not None and not last.get("more_body", False):
+            return  # complete already
+        elif _is_event_stream(start):
+            if anthropic:
+                payload = anthropic_error_payload(error.status, error.body())
+                event = b"event: error\ndata: " + payload
+            else:
+                event = b"data: " + error.body()
+            sent = b"" if last is None else bytes(last.get("body", b""))
+            gap = b"" if not sent or sent.endswith(b"\n\n") else b"\n\n"  # after a whole event
+            body = gap + event + b"\n\n"
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _is_event_stream(start: Message) -> bool:
+    return any(
+        name.lower() == b"content-type" and value.lower().startswith(_EVENT_STREAM)
+        for name, value in start.get("headers", ())
+    )
