@@ -213,6 +213,16 @@ def test_example_config_documents_every_field() -> None:
         assert name in text, name
 
 
+@pytest.mark.parametrize("grace", [-1, "soon", float("inf")])
+def test_shutdown_grace_must_be_a_number_of_seconds(grace: object) -> None:
+    from slm_server.config import RouterSettings
+
+    assert RouterSettings().shutdown_grace_s == 10
+    assert RouterSettings(shutdown_grace_s=0).shutdown_grace_s == 0
+    with pytest.raises(ValueError, match="shutdown_grace_s"):
+        RouterSettings.model_validate({"shutdown_grace_s": grace})
+
+
 def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
     assert resolve_config_path(None) == DEFAULT_CONFIG_PATH == Path("config/models.yaml")

@@ -77,6 +77,15 @@ def gone(processes: list[psutil.Process]) -> bool:
     return not any(map(alive, processes))
 
 
+def backend_url(router: RouterProcess) -> str:
+    return f"http://127.0.0.1:{router.backends()['chat']['port']}"
+
+
+def in_flight(router: RouterProcess) -> bool:
+    stats = httpx.get(f"{backend_url(router)}/_fake/stats", timeout=2).json()
+    return int(stats["in_flight"]) > 0
+
+
 class Stream:
     """A streamed chat through the router, read in a thread until it ends."""
 
@@ -161,15 +170,9 @@ def test_a_short_request_in_flight_finishes_normally_within_the_grace(
     router = serve(tmp_path, grace_s, "--response-delay 1.5")
     stopped_at_the_end.append(router)
     backends = backend_processes(router)
-    backend_url = f"http://127.0.0.1:{router.backends()['chat']['port']}"
-
-    def in_flight() -> bool:
-        stats = httpx.get(f"{backend_url}/_fake/stats", timeout=2).json()
-        return int(stats["in_flight"]) > 0
-
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(httpx.post, f"{router.url}/v1/chat/completions", json=CHAT, timeout=30)
-        wait_until(in_flight, 10, "the request to reach the backend")
+        wait_until(lambda: in_flight(router), 10, "the request to reach the backend")
         signalled = time.monotonic()
         os.kill(router.pid, signal.SIGTERM)
         response = answer.result(timeout=grace_s)
@@ -177,4 +180,25 @@ def test_a_short_request_in_flight_finishes_normally_within_the_grace(
     assert response.json()["choices"][0]["message"]["content"] == "echo: hi"
     assert router.wait(15) == 0, router.log()
     assert time.monotonic() - signalled < grace_s  # no wait for a grace nobody needed
+    assert gone(backends) and stopped_by_the_router(tmp_path)
+
+
+def test_a_request_still_unanswered_after_the_grace_gets_a_503(
+    tmp_path: Path, stopped_at_the_end: list[RouterProcess]
+) -> None:
+    grace_s = 1.0
+    router = serve(tmp_path, grace_s, "")
+    stopped_at_the_end.append(router)
+    backends = backend_processes(router)
+    httpx.post(f"{backend_url(router)}/_fake/control", json={"response_delay": 60}, timeout=2)
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, f"{router.url}/v1/chat/completions", json=CHAT, timeout=30)
+        wait_until(lambda: in_flight(router), 10, "the request to reach the backend")
+        signalled = time.monotonic()
+        os.kill(router.pid, signal.SIGTERM)
+        response = answer.result(timeout=grace_s + MARGIN_S + 5)
+    assert grace_s <= time.monotonic() - signalled < grace_s + MARGIN_S
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "shutting_down"
+    assert router.wait(15) == 0, router.log()
     assert gone(backends) and stopped_by_the_router(tmp_path)

@@ -31,6 +31,7 @@ from slm_server.supervisor.ports import listener_description, port_in_use
 
 _POLL_S = 0.2
 _REQUEST_TIMEOUT_S = 5.0
+_BACKENDS_STOP_S = 30  # each gets SIGTERM, then SIGKILL 10 s later: ample
 _MAX_REPORT_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
 # The router is asked directly: a proxy from the environment (HTTP_PROXY) must not be used.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -177,8 +178,13 @@ def _tail(path: Path, lines: int) -> str:
     return ""
 
 
-def run_stop(config: LoadedConfig, grace_s: float = 30) -> int:
-    """SIGTERM the running instance (which stops its backends); SIGKILL after ``grace_s``."""
+def run_stop(config: LoadedConfig, grace_s: float | None = None) -> int:
+    """SIGTERM the running instance (which stops its backends); SIGKILL after ``grace_s``.
+
+    By default, its requests' shutdown grace and then time for its backends to stop.
+    """
+    if grace_s is None:
+        grace_s = config.file.router.shutdown_grace_s + _BACKENDS_STOP_S
     pids = pid_file(config)
     instance = running_instance(pids)
     if instance is None:
