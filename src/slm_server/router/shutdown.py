@@ -50,10 +50,16 @@ class GracefulServer(uvicorn.Server):
         with self.capture_signals():
             try:
                 await super().serve(sockets)
-            finally:
-                await self._end_requests()
+            finally:  # after a failed start-up too, when no shutdown ran
                 if self._stop_backends is not None:
                     await self._stop_backends()
+
+    async def shutdown(self, sockets: list[socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        await self._end_requests()
+        done = getattr(self.lifespan, "shutdown_event", None)  # lifespan "on" has it
+        if self.force_exit and done is not None and not done.is_set():
+            await self.lifespan.shutdown()  # skipped by uvicorn: the app stops the backends
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:

@@ -36,7 +36,9 @@ class LogWriter:
         self._max_pending = max_pending_chars
         self._dropped_note = dropped_note
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        # Two conditions on the one lock: a line for the writer must never wake a flush instead.
+        self._work = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
         # Guarded by _lock: what waits to be written, and the progress made.
         self._pending: list[str] = []
         self._pending_chars = 0
@@ -59,7 +61,7 @@ class LogWriter:
                 return
             self._pending.append(line)
             self._pending_chars += len(line) + 1
-            self._changed.notify()
+            self._work.notify()
 
     async def flush(self, timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until the lines queued so far are written; False if not."""
@@ -77,18 +79,18 @@ class LogWriter:
         """
         with self._lock:
             self._closing = True
-            self._changed.notify()
+            self._work.notify()
         await asyncio.to_thread(self._thread.join, timeout_s)
         return not self._thread.is_alive()
 
     def _wait_done(self, target: int, timeout_s: float) -> bool:
         with self._lock:
-            return self._changed.wait_for(lambda: self._done >= target, timeout_s)
+            return self._progress.wait_for(lambda: self._done >= target, timeout_s)
 
     def _run(self) -> None:
         while True:
             with self._lock:
-                self._changed.wait_for(lambda: bool(self._pending) or self._closing)
+                self._work.wait_for(lambda: bool(self._pending) or self._closing)
                 batch, self._pending, self._pending_chars = self._pending, [], 0
                 dropped, self._dropped = self._dropped, 0
                 closing = self._closing and not batch
@@ -100,7 +102,7 @@ class LogWriter:
             self._write("".join(line + "\n" for line in batch))
             with self._lock:
                 self._done += len(batch) - (1 if dropped else 0) + dropped
-                self._changed.notify_all()
+                self._progress.notify_all()
 
     def _write(self, text: str) -> None:
         try:
