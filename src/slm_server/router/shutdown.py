@@ -7,12 +7,11 @@ protocol's way: see ``interrupted``) and runs the lifespan shutdown, which stops
 backends. Three gaps are closed here, through the methods it has for this:
 
 - A second Ctrl-C sets ``force_exit``: the wait ends at once, which is fine (a shorter
-  grace), but uvicorn then neither cancels the requests (their streams just break off)
-  nor runs the lifespan shutdown: the backends would be stopped only as a side effect of
-  ``asyncio.run`` cancelling every task at its end, with the signal handlers gone, so
-  one more Ctrl-C would leave them to the kernel's SIGKILL. Here the requests are ended
-  and the backends stopped after every shutdown, forced or not, and after a failed
-  start-up (a port already taken) as well.
+  grace), but uvicorn then neither cancels the requests nor runs the lifespan shutdown:
+  both would happen only as a side effect of ``asyncio.run`` cancelling every task at
+  its end, with the signal handlers gone, so that one more Ctrl-C would interrupt it and
+  leave the backends to the kernel's SIGKILL. Here the requests are ended and the
+  backends stopped after every shutdown, forced or not, and after a failed start-up.
 - uvicorn does not wait for the requests it cancelled: they could not say their last
   word before the loop closes. Here they get a bounded moment to.
 - After serving, uvicorn raises the signal it caught again, for a program that embeds
