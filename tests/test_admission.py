@@ -90,3 +90,17 @@ async def test_slot_handed_to_a_cancelled_waiter_is_passed_on() -> None:
         await doomed
     await asyncio.wait_for(patient, 1)
     assert gate.active == 1
+
+
+async def test_a_waiter_cancelled_just_before_a_release_leaves_cleanly() -> None:
+    """The release drops the cancelled waiter before its task runs: no error, no lost slot."""
+    gate = AdmissionGate(limit=1, max_waiting=10)
+    await gate.acquire()
+    waiter = asyncio.ensure_future(gate.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    gate.release()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (gate.active, gate.waiting) == (0, 0)
+    await asyncio.wait_for(gate.acquire(), 1)  # the slot is free for the next one

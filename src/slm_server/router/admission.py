@@ -44,15 +44,19 @@ class AdmissionGate:
             return True
         return False
 
-    async def acquire(self) -> None:
-        if self.try_acquire():
-            return
+    def check_room(self) -> None:
+        """QueueFull if a request that cannot have a slot now could not wait for one either."""
         if len(self._waiters) >= self._max_waiting:
             raise QueueFull(
                 f"{self._active} request(s) running and {len(self._waiters)} waiting "
                 "for this model; try again shortly",
                 retry_after=QUEUE_FULL_RETRY_AFTER_S,
             )
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        self.check_room()
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(granted)
         try:
@@ -61,7 +65,7 @@ class AdmissionGate:
             if granted.done() and not granted.cancelled():
                 # The slot was handed over just as we were cancelled: pass it on.
                 self.release()
-            else:
+            elif granted in self._waiters:  # a release may have dropped it already
                 self._waiters.remove(granted)
             raise
 
