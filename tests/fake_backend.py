@@ -35,8 +35,9 @@ Model endpoints (all answers are deterministic):
 Test hooks:
 
 * ``GET  /_fake/last_request``  last recorded request (everything except
-  ``/health`` and ``/_fake/*``): method, path, query, headers (lower-case
-  names), body (raw text); ``null`` before the first one.
+  ``/health`` and ``/_fake/*``): method, path, query, raw_query (as sent),
+  headers (lower-case names; the last of repeated ones), header_list (every
+  ``[name, value]`` in order), body (raw text); ``null`` before the first one.
 * ``GET  /_fake/stats``         requests, in_flight, max_in_flight, cancelled,
   completed (same set of requests).
 * ``GET  /_fake/control``       current switches.
@@ -49,7 +50,9 @@ Switches (startup flag / control key): ``--fail-status`` / ``fail_status``,
 ``--hang`` / ``hang``, ``--die-mid-stream`` / ``die_mid_stream``,
 ``--chunk-delay`` / ``chunk_delay``, ``--chunks`` / ``chunks``,
 ``--loading`` / ``loading``, ``--response-delay`` / ``response_delay``,
-``--no-responses`` / ``no_responses``.  ``fail_status``, ``hang`` and
+``--no-responses`` / ``no_responses``; control only: ``responses_status``
+(/v1/responses answers it), ``refusal_delay`` (seconds before /v1/responses
+refuses).  ``fail_status``, ``hang`` and
 ``response_delay`` apply to the POST model endpoints (not ``/v1/models``,
 ``/health`` or ``/_fake``).
 """
@@ -96,6 +99,7 @@ class Config:
     response_delay: float = 0.0
     no_responses: bool = False
     responses_status: int | None = None  # /v1/responses answers this error status
+    refusal_delay: float = 0.0  # seconds before /v1/responses refuses (no_responses, status)
 
 
 # control key -> (accepted JSON types, nullable)
@@ -109,6 +113,7 @@ _CONTROL_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "response_delay": ((int, float), False),
     "no_responses": ((bool,), False),
     "responses_status": ((int,), True),
+    "refusal_delay": ((int, float), False),
 }
 
 
@@ -277,6 +282,8 @@ class FakeServer:
             "path": request.path,
             "query": request.query_string,
             "headers": {k.lower(): v for k, v in request.headers.items()},
+            "header_list": [[k.lower(), v] for k, v in request.headers.items()],
+            "raw_query": request.rel_url.raw_query_string,
             "body": body.decode("utf-8", errors="replace"),
         }
         # Always go through self.stats: reset_stats may swap the object meanwhile.
@@ -673,6 +680,8 @@ class FakeServer:
         )
 
     async def responses(self, request: web.Request) -> web.Response:
+        if self.config.no_responses or self.config.responses_status is not None:
+            await asyncio.sleep(self.config.refusal_delay)
         if self.config.no_responses:
             return _json_error(404, "File Not Found", "not_found_error", 404)
         if self.config.responses_status is not None:

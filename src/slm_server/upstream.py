@@ -266,19 +266,21 @@ class UpstreamPool:
         host: str,
         port: int,
         path: str,
-        headers: Iterable[tuple[str, str]] = (),
+        headers: Iterable[tuple[bytes, bytes]] = (),
         body: bytes = b"",
     ) -> UpstreamResponse:
         """Send the request; return once the answer's status line and headers are in.
 
+        ``path`` may carry a query; ``headers`` are sent as given, repeats included.
         Not for HEAD: the parser is not told the method, so it would wait for a body.
         """
         assert method != "HEAD", "HEAD answers have no body to frame"
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 literal
-        lines = [f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n"]
-        lines += [f"{name}: {value}\r\n" for name, value in headers]
-        lines.append(f"content-length: {len(body)}\r\n\r\n")
-        data = "".join(lines).encode("latin-1") + body
+        lines = [f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n".encode("latin-1")]
+        lines += [b"%s: %s\r\n" % header for header in headers]
+        lines.append(b"content-length: %d\r\n\r\n" % len(body))
+        lines.append(body)
+        data = b"".join(lines)
         key = (host, port)
         while True:
             connection = self._take_idle(key)

@@ -83,7 +83,7 @@ def answering(*replies: bytes, then_close: bool = False) -> Callable[[Server], H
 async def test_a_post_arrives_whole_and_the_answer_is_read() -> None:
     async with serving(answering(OK)) as server:
         pool = UpstreamPool(keepalive_s=4)
-        headers = [("content-type", "application/json"), ("x-extra", "1")]
+        headers = [(b"content-type", b"application/json"), (b"x-extra", b"1")]
         response = await pool.request(
             "POST", "127.0.0.1", server.port, "/v1/x", headers, b'{"a":1}'
         )

@@ -35,6 +35,7 @@ from slm_server.router.errors import (
 )
 from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
 from slm_server.router.interrupted import end_cut_short
+from slm_server.router.lifetime import LOADING, QUEUED, RequestLifetime
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
@@ -43,7 +44,6 @@ from slm_server.router.proxy import (
     new_upstream_pool,
 )
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable, router_changes
-from slm_server.router.stopwatch import Stopwatch
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 
 log = logging.getLogger(__name__)
@@ -140,11 +140,11 @@ class RouterApp:
         method: str = scope["method"]
         if path in ENDPOINT_MODEL_TYPES:
             if method != "POST":
-                raise MethodNotAllowed(f"{path} takes POST, not {method}")
+                raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
             await self._model_request(scope, receive, send, path)
         elif path in _GET_ENDPOINTS:
             if method not in ("GET", "HEAD"):
-                raise MethodNotAllowed(f"{path} takes GET, not {method}")
+                raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
             await send_json(send, 200, await self._info(path))
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
@@ -181,7 +181,7 @@ class RouterApp:
         return {"object": "list", "data": data}
 
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        stopwatch = Stopwatch()
+        lifetime = RequestLifetime(receive)
         body = await read_body(scope, receive, self.max_body_bytes)
         # Only the upload endpoints look at the content type: the JSON ones stay as quick as before.
         content_type = (header(scope, b"content-type") or "") if path in FORM_PATHS else ""
@@ -194,24 +194,68 @@ class RouterApp:
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
         backend = self.table.lookup(model, path)
-        process = self.processes.get(backend.role)
-        upstream_model = None
-        if process is not None:
-            await _wait_until_ready(process, backend)
-            upstream_model = process.upstream_model
-        if not form:  # a form (a file upload) is forwarded exactly as sent
-            body = _with_injected_fields(backend, path, request, body, upstream_model)
-        headers = forwarded_request_headers(scope["headers"])
-        if path in BRIDGED_PATHS:
-            await self.bridge.handle(
-                self.pool, backend, process, path, request, body, headers, send, receive
-            )
-        else:
-            if upstream_model is not None:
-                send = restoring_model_name(send, served=upstream_model, asked=model)
-            await forward(
-                self.pool, backend, path, headers, body, send, receive, stopwatch=stopwatch
-            )
+        lifetime.begin(backend.entry.default_timeout, backend.label)
+        try:
+            await self._admitted(scope, send, path, request, body, form, backend, lifetime)
+        except asyncio.CancelledError:
+            if not lifetime.client_left():
+                raise
+            log.info("%s: client disconnected; its request was dropped", backend.label)
+        finally:
+            lifetime.end()
+
+    async def _admitted(
+        self,
+        scope: Scope,
+        send: Send,
+        path: str,
+        request: dict[str, Any],
+        body: bytes,
+        form: bool,
+        backend: Backend,
+        lifetime: RequestLifetime,
+    ) -> None:
+        """Serve ``request`` with one of ``backend``'s slots, waiting for it if need be.
+
+        The slot is taken before waiting for a loading backend, so the queue bounds those
+        waits too, and it is held through a converted retry (which must not queue again).
+        """
+        gate = backend.gate
+        if not gate.try_acquire():
+            gate.check_room()  # a 429 at once, before any waiting starts
+            await lifetime.wait_for(gate.acquire(), QUEUED)
+        try:
+            process = self.processes.get(backend.role)
+            upstream_model = None
+            if process is not None:
+                await _wait_until_ready(process, backend, lifetime)
+                upstream_model = process.upstream_model
+            if not form:  # a form (a file upload) is forwarded exactly as sent
+                body = _with_injected_fields(backend, path, request, body, upstream_model)
+            headers = forwarded_request_headers(scope["headers"])
+            query: bytes = scope["query_string"]
+            target = f"{path}?{query.decode('latin-1')}" if query else path
+            if path in BRIDGED_PATHS:
+                await self.bridge.handle(
+                    self.pool,
+                    backend,
+                    process,
+                    path,
+                    target,
+                    request,
+                    body,
+                    headers,
+                    send,
+                    lifetime,
+                )
+            else:
+                if upstream_model is not None:
+                    send = restoring_model_name(
+                        send, served=upstream_model, asked=str(request["model"])
+                    )
+                await forward(self.pool, backend, target, headers, body, send, lifetime)
+        finally:
+            gate.release()
 
 
 def settle_garbage_collector() -> None:
@@ -229,16 +273,14 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
-async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:
-    """Hold a request while its backend starts, within the entry's timeout."""
+async def _wait_until_ready(
+    process: BackendProcess, backend: Backend, lifetime: RequestLifetime
+) -> None:
+    """Hold a request while its backend starts, within the request's deadline."""
+    if process.state == "ready":  # ensure_ready decides; this only spares a ready one a timer
+        return
     try:
-        async with asyncio.timeout(backend.entry.default_timeout):
-            await process.ensure_ready()
-    except TimeoutError:
-        raise BackendUnavailable(
-            f"{backend.label} is still starting (loading the model); try again shortly",
-            retry_after=UNAVAILABLE_RETRY_AFTER_S,
-        ) from None
+        await lifetime.wait_for(process.ensure_ready(), LOADING)
     except BackendFailed as exc:
         retry_after = UNAVAILABLE_RETRY_AFTER_S
         if exc.retry_in_s is not None:  # failed: the first request after its cooldown retries

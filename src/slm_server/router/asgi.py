@@ -78,7 +78,5 @@ async def send_json(send: Send, status: int, payload: Any) -> None:
 
 async def send_error(send: Send, error: RouterError, body: bytes | None = None) -> None:
     """``error`` in the OpenAI envelope, unless ``body`` gives it in another dialect's shape."""
-    headers = list(JSON_HEADERS)
-    if error.retry_after is not None:
-        headers.append((b"retry-after", str(error.retry_after).encode()))
+    headers = [*JSON_HEADERS, *error.headers()]
     await send_response(send, error.status, body or error.body(), headers)

@@ -23,17 +23,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from slm_server.router.asgi import JSON_HEADERS, Receive, Send, send_response
+from slm_server.router.asgi import JSON_HEADERS, Headers, Send, send_response
 from slm_server.router.errors import BadGateway, UnknownResponse, UnsupportedRequestField
+from slm_server.router.lifetime import RequestLifetime
 from slm_server.router.proxy import (
     SSE_HEADERS,
     EndpointMissing,
     StreamBroken,
-    admitted,
     forward,
     open_upstream,
     read_whole,
-    run_until_disconnect,
     stream_pieces,
 )
 from slm_server.router.routing import Backend, router_changes
@@ -105,13 +104,18 @@ class Bridge:
         backend: Backend,
         process: BackendProcess | None,
         path: str,
+        target: str,
         request: dict[str, Any],
         body: bytes,
-        headers: dict[str, str],
+        headers: Headers,
         send: Send,
-        receive: Receive,
+        lifetime: RequestLifetime,
     ) -> None:
-        """Answer ``request`` (whose raw, possibly adjusted, bytes are ``body``) on ``path``."""
+        """Answer ``request`` (whose raw, possibly adjusted, bytes are ``body``) on ``path``.
+
+        ``target``: ``path`` with the client's query, for a native try. The caller holds
+        the backend's slot, for the native try and the converted request alike.
+        """
         generation = process.generation if process is not None else 0
         reason = self._why_convert(backend, process, path, request, generation)
         if reason is None:
@@ -120,11 +124,11 @@ class Bridge:
                 await forward(
                     pool,
                     backend,
-                    path,
+                    target,
                     headers,
                     body,
                     send,
-                    receive,
+                    lifetime,
                     missing_statuses=_CONVERT_STATUSES,
                     observe=recorder.feed if recorder else None,
                 )
@@ -150,7 +154,7 @@ class Bridge:
         chat = conversion.chat
         chat.update(router_changes(backend, "/v1/chat/completions", chat, upstream_model))
         marker = converted_header(reason)
-        await _converted(pool, backend, conversion, headers, send, receive, marker)
+        await _converted(pool, backend, conversion, headers, send, lifetime, marker)
 
     def _why_convert(
         self,
@@ -324,44 +328,34 @@ async def _converted(
     pool: UpstreamPool,
     backend: Backend,
     conversion: Conversion,
-    headers: dict[str, str],
+    headers: Headers,
     send: Send,
-    receive: Receive,
+    lifetime: RequestLifetime,
     marker: tuple[bytes, bytes],
 ) -> None:
     body = json.dumps(conversion.chat).encode()
-    async with admitted(backend) as deadline:
-        exchange = _converted_exchange(
-            pool, backend, conversion, headers, body, send, deadline, marker
-        )
-        await run_until_disconnect(receive, exchange, backend)
-
-
-async def _converted_exchange(
-    pool: UpstreamPool,
-    backend: Backend,
-    conversion: Conversion,
-    headers: dict[str, str],
-    body: bytes,
-    send: Send,
-    deadline: float,
-    marker: tuple[bytes, bytes],
-) -> None:
-    response = await open_upstream(pool, backend, "/v1/chat/completions", headers, body, deadline)
+    stopwatch = lifetime.stopwatch
+    stopwatch.pause()
+    response = await open_upstream(pool, backend, "/v1/chat/completions", headers, body, lifetime)
     completed = False
     try:
         if response.status != 200:
-            payload = await read_whole(response, backend, deadline)
+            payload = await read_whole(response, backend, lifetime)
+            stopwatch.resume()
             error = conversion.upstream_error(response.status, payload)
-            await send_response(send, response.status, error, [*JSON_HEADERS, marker])
+            answer_headers = [*JSON_HEADERS, marker, *stopwatch.headers()]
+            await send_response(send, response.status, error, answer_headers)
         elif conversion.chat.get("stream"):
-            await _relay_converted_stream(response, send, backend, conversion.stream(), marker)
+            stopwatch.resume()
+            head = [marker, *stopwatch.headers()]
+            await _relay_converted_stream(response, send, backend, conversion.stream(), head)
         else:
-            chat = _json_object(await read_whole(response, backend, deadline))
+            chat = _json_object(await read_whole(response, backend, lifetime))
+            stopwatch.resume()
             if "choices" not in chat:
                 raise BadGateway(f"{backend.label} answered a chat completion without choices")
             whole = json.dumps(conversion.whole(chat)).encode()
-            await send_response(send, 200, whole, [*JSON_HEADERS, marker])
+            await send_response(send, 200, whole, [*JSON_HEADERS, marker, *stopwatch.headers()])
         completed = True
     finally:
         if completed:
@@ -375,9 +369,9 @@ async def _relay_converted_stream(
     send: Send,
     backend: Backend,
     converter: StreamConverter,
-    marker: tuple[bytes, bytes],
+    extra: Headers,
 ) -> None:
-    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS, marker]
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS, *extra]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await _send_events(send, converter.start())
     parser = SseParser()

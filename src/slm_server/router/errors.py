@@ -52,6 +52,12 @@ class RouterError(Exception):
     def body(self) -> bytes:
         return error_body(self.status, self.message, param=self.param, code=self.code)
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers the answer carries besides its content type."""
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(self.retry_after).encode())]
+
 
 class InvalidRequest(RouterError):
     status = 400
@@ -85,6 +91,14 @@ class EndpointNotFound(RouterError):
 class MethodNotAllowed(RouterError):
     status = 405
     code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str) -> None:
+        """``allow``: the methods the endpoint takes, for the ``Allow`` header HTTP requires."""
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"allow", self.allow.encode())]
 
 
 class AmbiguousModel(RouterError):

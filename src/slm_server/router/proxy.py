@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
 
-from slm_server.router.asgi import Headers, Receive, Send, send_response
+from slm_server.router.asgi import Headers, Send, send_response
 from slm_server.router.errors import (
-    BackendTimeout,
     BackendUnavailable,
     BadGateway,
     error_body,
 )
+from slm_server.router.lifetime import ANSWERING, RequestLifetime
 from slm_server.router.routing import Backend
-from slm_server.router.stopwatch import Stopwatch
 from slm_server.upstream import (
     ConnectFailed,
     UpstreamError,
@@ -31,24 +29,25 @@ from slm_server.upstream import (
 
 log = logging.getLogger(__name__)
 
-# Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy sets itself.
+# Hop-by-hop headers (RFC 9110 7.6.1) and those the proxy sets itself. Names are lower
+# case: ASGI servers lower-case request header names, the upstream client response ones.
 _NOT_FORWARDED = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "accept-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"accept-encoding",
         # The router sends whole bodies at once: a backend's 100 Continue would only
         # delay the request (the client's own wait was answered by uvicorn).
-        "expect",
+        b"expect",
     }
 )
 
@@ -59,12 +58,12 @@ UNAVAILABLE_RETRY_AFTER_S = 5
 # never hands out a connection the backend is about to close.
 _KEEPALIVE_TIMEOUT_S = 4.0
 
-# How long a request runs before the router starts watching for its client leaving, so a
-# client that leaves is noticed (and the backend's work cancelled) within this delay.
-_WATCH_AFTER_S = 0.05
-
 # uvicorn dates every response, the router's own included; the backend's would double it.
-_NOT_RELAYED = _NOT_FORWARDED | {"date"}
+_NOT_RELAYED = _NOT_FORWARDED | {b"date"}
+
+# Compression would delay every SSE chunk behind the compressor's buffer.
+_IDENTITY = (b"accept-encoding", b"identity")
+_JSON_CONTENT = (b"content-type", b"application/json")
 
 SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
 
@@ -81,24 +80,36 @@ def connect_failure(exc: ConnectFailed) -> str:
     return str(exc.os_error)
 
 
-def forwarded_request_headers(raw: Headers) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for key, value in raw:
-        name = key.decode("latin-1").lower()
-        if name not in _NOT_FORWARDED:
-            headers[name] = value.decode("latin-1")
-    # Compression would delay every SSE chunk behind the compressor's buffer.
-    headers["accept-encoding"] = "identity"
-    headers.setdefault("content-type", "application/json")
+def forwarded_request_headers(raw: Headers) -> Headers:
+    """The client's headers as a backend gets them: repeats and order kept, hop-by-hop
+    ones dropped (the fixed set and any named in ``Connection``), a content type ensured."""
+    headers = _end_to_end(raw, _NOT_FORWARDED)
+    headers.append(_IDENTITY)
+    for name, _ in headers:
+        if name == b"content-type":
+            return headers
+    headers.append(_JSON_CONTENT)
     return headers
 
 
 def _response_headers(response: UpstreamResponse) -> Headers:
-    return [
-        (name, value)
-        for name, value in response.headers
-        if name.decode("latin-1") not in _NOT_RELAYED
-    ]
+    return _end_to_end(response.headers, _NOT_RELAYED)
+
+
+def _end_to_end(raw: Headers, hop_by_hop: frozenset[bytes]) -> Headers:
+    """``raw`` without ``hop_by_hop`` names nor those its ``Connection`` headers name."""
+    kept: Headers = []
+    named: list[bytes] = []
+    for name, value in raw:
+        if name not in hop_by_hop:
+            kept.append((name, value))
+        elif name == b"connection":
+            named += value.lower().split(b",")
+    # "Connection: keep-alive" or "close", the usual ones, name headers dropped anyway.
+    dropped = {token.strip() for token in named} - hop_by_hop
+    if dropped:
+        return [header for header in kept if header[0] not in dropped]
+    return kept
 
 
 Observer = Callable[[bytes], None]
@@ -115,163 +126,57 @@ class EndpointMissing(Exception):
 async def forward(
     pool: UpstreamPool,
     backend: Backend,
-    path: str,
-    headers: dict[str, str],
+    target: str,
+    headers: Headers,
     body: bytes,
     send: Send,
-    receive: Receive,
+    lifetime: RequestLifetime,
     *,
     missing_statuses: frozenset[int] = frozenset(),
     observe: Observer | None = None,
-    stopwatch: Stopwatch | None = None,
 ) -> None:
-    """POST ``body`` to ``path`` on ``backend`` and relay the answer to the client.
+    """POST ``body`` to ``target`` (path and query) on ``backend``; relay the answer.
 
-    The entry's ``default_timeout`` bounds the wait for a free slot plus the
-    answer (for a stream: until its first byte, then each gap between reads).
-    When the client disconnects, the upstream request is cancelled. An answer
-    with a status in ``missing_statuses`` is not relayed: EndpointMissing.
-    ``observe`` sees each piece of a successful answer's body as it is relayed.
-    ``stopwatch``, when given, times the router's own share for the response header.
+    The caller holds the backend's slot. The request's deadline bounds the answer (for
+    a stream: until its response headers; then each gap between reads has the entry's
+    ``default_timeout``). An answer with a status in ``missing_statuses`` is not
+    relayed: EndpointMissing. ``observe`` sees each piece of a successful answer's body
+    as it is relayed.
     """
-    async with admitted(backend) as deadline:
-        exchange = _exchange(
-            pool,
-            backend,
-            path,
-            headers,
-            body,
-            send,
-            deadline,
-            missing_statuses,
-            observe,
-            stopwatch or Stopwatch(),
-        )
-        await run_until_disconnect(receive, exchange, backend)
-
-
-def admitted(backend: Backend) -> Slot:
-    """``async with admitted(backend) as deadline``: one of the backend's slots for the block.
-
-    ``deadline`` (loop time) is when the request's ``default_timeout`` runs out; the wait
-    for a slot counts towards it.
-    """
-    return Slot(backend)
-
-
-class Slot:
-    """A held slot of a backend's admission gate (a class, not a generator: it is per request)."""
-
-    __slots__ = ("_backend",)
-
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
-
-    async def __aenter__(self) -> float:
-        backend = self._backend
-        timeout = backend.entry.default_timeout
-        deadline = asyncio.get_running_loop().time() + timeout
-        if backend.gate.try_acquire():  # the usual case: no timer needed
-            return deadline
-        try:
-            async with asyncio.timeout_at(deadline):
-                await backend.gate.acquire()
-        except TimeoutError:
-            raise BackendTimeout(
-                f"no free slot on {backend.label} within its default_timeout of {timeout:g}s "
-                f"(max_concurrency {backend.entry.max_concurrency})"
-            ) from None
-        return deadline
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._backend.gate.release()
-
-
-async def open_upstream(
-    pool: UpstreamPool,
-    backend: Backend,
-    path: str,
-    headers: dict[str, str],
-    body: bytes,
-    deadline: float,
-) -> UpstreamResponse:
-    """POST to the backend; connection failures and timeouts become router errors."""
-    try:
-        async with asyncio.timeout_at(deadline):
-            return await _post(pool, backend, path, headers, body)
-    except TimeoutError:
-        raise _late(backend, answered=False) from None
-
-
-async def _post(
-    pool: UpstreamPool, backend: Backend, path: str, headers: dict[str, str], body: bytes
-) -> UpstreamResponse:
-    entry = backend.entry
-    try:
-        return await pool.request(
-            "POST", entry.connect_host, entry.port, path, headers.items(), body
-        )
-    except ConnectFailed as exc:
-        raise BackendUnavailable(
-            f"{backend.label} is not reachable: {connect_failure(exc)}",
-            retry_after=UNAVAILABLE_RETRY_AFTER_S,
-        ) from None
-    except UpstreamError as exc:
-        raise BadGateway(f"{backend.label} failed: {exc}") from None
-
-
-def _late(backend: Backend, *, answered: bool) -> BackendTimeout:
-    what = "finish its answer" if answered else "answer"
-    return BackendTimeout(
-        f"{backend.label} did not {what} within its default_timeout of "
-        f"{backend.entry.default_timeout:g}s"
-    )
-
-
-async def _exchange(
-    pool: UpstreamPool,
-    backend: Backend,
-    path: str,
-    headers: dict[str, str],
-    body: bytes,
-    send: Send,
-    deadline: float,
-    missing_statuses: frozenset[int],
-    observe: Observer | None,
-    stopwatch: Stopwatch,
-) -> None:
-    stopwatch.backend_asked()
+    stopwatch = lifetime.stopwatch
+    stopwatch.pause()
     response: UpstreamResponse | None = None
     try:
         # One timer for the answer: its head, and its whole body unless it is a stream.
-        async with asyncio.timeout_at(deadline):
-            response = await _post(pool, backend, path, headers, body)
+        async with asyncio.timeout_at(lifetime.deadline):
+            response = await _post(pool, backend, target, headers, body)
             streamed = response.content_type == "text/event-stream"
             payload = b"" if streamed else await _read(response, backend)
     except TimeoutError:
         if response is not None:
             response.close()
-        raise _late(backend, answered=response is not None) from None
+        raise lifetime.ran_out(ANSWERING) from None
     except BaseException:  # the client left, or the body broke off: never reuse the connection
         if response is not None:
             response.close()
         raise
+    stopwatch.resume()
     if response.status in missing_statuses:
         response.release()
-        raise EndpointMissing(path, response.status)
+        raise EndpointMissing(target, response.status)
     if response.status != 200:
         observe = None
-    stopwatch.backend_answered()
     if not streamed:
         response.release()
         if observe is not None:
             observe(payload)
-        headers_out = [*_response_headers(response), stopwatch.header()]
+        headers_out = _response_headers(response)
+        headers_out += stopwatch.headers()
         await send_response(send, response.status, payload, headers_out)
         return
     completed = False
     try:
-        await _relay_stream(response, send, backend, observe, stopwatch)
+        await _relay_stream(response, send, backend, observe, stopwatch.headers())
         completed = True
     finally:
         if completed:
@@ -281,12 +186,45 @@ async def _exchange(
             response.close()
 
 
-async def read_whole(response: UpstreamResponse, backend: Backend, deadline: float) -> bytes:
+async def open_upstream(
+    pool: UpstreamPool,
+    backend: Backend,
+    target: str,
+    headers: Headers,
+    body: bytes,
+    lifetime: RequestLifetime,
+) -> UpstreamResponse:
+    """POST to the backend within the request's deadline; failures become router errors."""
     try:
-        async with asyncio.timeout_at(deadline):
+        async with asyncio.timeout_at(lifetime.deadline):
+            return await _post(pool, backend, target, headers, body)
+    except TimeoutError:
+        raise lifetime.ran_out(ANSWERING) from None
+
+
+async def _post(
+    pool: UpstreamPool, backend: Backend, target: str, headers: Headers, body: bytes
+) -> UpstreamResponse:
+    entry = backend.entry
+    try:
+        return await pool.request("POST", entry.connect_host, entry.port, target, headers, body)
+    except ConnectFailed as exc:
+        raise BackendUnavailable(
+            f"{backend.label} is not reachable: {connect_failure(exc)}",
+            retry_after=UNAVAILABLE_RETRY_AFTER_S,
+        ) from None
+    except UpstreamError as exc:
+        raise BadGateway(f"{backend.label} failed: {exc}") from None
+
+
+async def read_whole(
+    response: UpstreamResponse, backend: Backend, lifetime: RequestLifetime
+) -> bytes:
+    try:
+        async with asyncio.timeout_at(lifetime.deadline):
             return await _read(response, backend)
     except TimeoutError:
-        raise _late(backend, answered=True) from None
+        raise lifetime.ran_out(ANSWERING) from None
 
 
 async def _read(response: UpstreamResponse, backend: Backend) -> bytes:
@@ -301,11 +239,11 @@ async def _relay_stream(
     send: Send,
     backend: Backend,
     observe: Observer | None,
-    stopwatch: Stopwatch,
+    timing: Headers,
 ) -> None:
     own = {name for name, _ in SSE_HEADERS}  # ours replace the backend's, never doubled
     passed = [header for header in _response_headers(response) if header[0] not in own]
-    headers = [*passed, *SSE_HEADERS, stopwatch.header()]
+    headers = [*passed, *SSE_HEADERS, *timing]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     final = b""
     try:
@@ -353,45 +291,3 @@ async def stream_pieces(
 
 def _sse_error(status: int, message: str, code: str) -> bytes:
     return b"data: " + error_body(status, message, code=code) + b"\n\n"
-
-
-async def run_until_disconnect(
-    receive: Receive, work: Coroutine[Any, Any, None], backend: Backend
-) -> None:
-    """Run ``work`` in this task; cancel it if the client disconnects first.
-
-    The work runs in the calling task, and a watcher task cancels that task on a
-    disconnect (as ``asyncio.timeout`` does on expiry): one task per request instead of two.
-    The watcher starts only once the work has run for ``_WATCH_AFTER_S``: a client that left
-    earlier is noticed then.
-    """
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task(loop)
-    assert task is not None
-    client_left = False
-    watcher: asyncio.Task[None] | None = None
-
-    async def watch() -> None:
-        nonlocal client_left
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        client_left = True
-        task.cancel()
-
-    def start_watching() -> None:
-        nonlocal watcher
-        watcher = loop.create_task(watch())
-
-    # Most answers from a fast backend are done by then: they never pay for the task.
-    watch_later = loop.call_later(_WATCH_AFTER_S, start_watching)
-    try:
-        await work
-    except asyncio.CancelledError:
-        # Swallowed only when this cancel was the watcher's alone (not a shutdown's).
-        if not client_left or task.uncancel() > 0:
-            raise
-        log.info("%s: client disconnected; upstream request cancelled", backend.label)
-    finally:
-        watch_later.cancel()
-        if watcher is not None:
-            watcher.cancel()

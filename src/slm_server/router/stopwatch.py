@@ -1,31 +1,50 @@
-"""The router's own time on a request, reported to clients as ``x-slm-overhead-ms``."""
+"""The router's own time on a request and its time queued, reported to clients in headers."""
 
 from __future__ import annotations
 
 from time import perf_counter
 
 OVERHEAD_HEADER = b"x-slm-overhead-ms"
+QUEUE_HEADER = b"x-slm-queue-ms"
 
 
 class Stopwatch:
-    """Time spent on a request except while waiting for the backend.
+    """Time spent on a request by the router itself, and time it waited to be served.
 
-    Started when the request arrives; paused while the backend is asked and
-    answers (up to its response headers for a stream, its whole body otherwise);
-    read when the response starts, so a stream's figure is its added time to
-    the first byte.
+    Started when the request arrives. Paused while the request waits for a slot or for its
+    backend to load (that time is its queue time) and while the backend is asked and
+    answers (up to its response headers for a stream, its whole body otherwise). Read when
+    the response starts, so a stream's figure is the router's added time to the first byte.
     """
+
+    __slots__ = ("_own", "_queued", "_since")
 
     def __init__(self) -> None:
         self._since = perf_counter()
         self._own = 0.0
+        self._queued = 0.0
 
-    def backend_asked(self) -> None:
-        self._own += perf_counter() - self._since
+    def pause(self) -> None:
+        now = perf_counter()
+        self._own += now - self._since
+        self._since = now
 
-    def backend_answered(self) -> None:
+    def resume(self) -> None:
         self._since = perf_counter()
 
-    def header(self) -> tuple[bytes, bytes]:
+    def resume_after_queue(self) -> None:
+        """Resume after a pause spent waiting for a slot or a load."""
+        now = perf_counter()
+        self._queued += now - self._since
+        self._since = now
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """``x-slm-overhead-ms``, and ``x-slm-queue-ms`` when the request waited at all."""
         own_ms = (self._own + perf_counter() - self._since) * 1000
-        return OVERHEAD_HEADER, f"{own_ms:.3f}".encode()
+        if not self._queued:
+            return [(OVERHEAD_HEADER, f"{own_ms:.3f}".encode())]
+        queued_ms = self._queued * 1000
+        return [
+            (OVERHEAD_HEADER, f"{own_ms:.3f}".encode()),
+            (QUEUE_HEADER, f"{queued_ms:.3f}".encode()),
+        ]

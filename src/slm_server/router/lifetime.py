@@ -1,0 +1,123 @@
+"""What bounds one request in time: a single deadline, and its client still being there.
+
+The deadline runs from the request's arrival for its entry's ``default_timeout`` and
+covers every wait in turn: a slot, a loading backend, the backend's answer (for a stream,
+its response headers), and a converted retry after a native try. Whichever phase is
+running when it passes is named in the 504.
+
+A client that hangs up is noticed by a watcher task reading ``receive()`` for
+``http.disconnect``; it cancels the request's own task (as ``asyncio.timeout`` does on
+expiry), so the request stops wherever it is: queued, waiting for a load, or waiting for
+the backend, which then sees its connection dropped. The watcher costs a task, so a
+request that is quickly answered never starts one: it starts the moment the request has to
+wait (for a slot or a load), and otherwise only once the request has run for
+``_WATCH_AFTER_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from slm_server.router.asgi import Receive
+from slm_server.router.errors import BackendTimeout
+from slm_server.router.stopwatch import Stopwatch
+
+T = TypeVar("T")
+
+# The phases a request's deadline can run out in, as the 504 names them.
+LOADING = "loading the backend"
+QUEUED = "waiting for a free slot"
+ANSWERING = "waiting for the backend's answer"
+
+# How long a request runs before its client is watched when it never had to wait: a client
+# that leaves earlier is noticed then. Most answers from a fast backend are done by then.
+_WATCH_AFTER_S = 0.05
+
+
+class RequestLifetime:
+    """One request's deadline, stopwatch and watch on its client, from arrival to answer.
+
+    ``begin`` once the backend is known (its ``default_timeout`` sets the deadline); then
+    ``end`` in a ``finally``, and on a CancelledError ask ``client_left`` whose it was.
+    """
+
+    __slots__ = (
+        "_arrived",
+        "_left",
+        "_receive",
+        "_task",
+        "_timer",
+        "_watcher",
+        "deadline",
+        "label",
+        "stopwatch",
+        "timeout",
+    )
+
+    def __init__(self, receive: Receive) -> None:
+        self.stopwatch = Stopwatch()
+        self._arrived = asyncio.get_running_loop().time()
+        self._receive = receive
+        self.deadline = self._arrived
+        self.timeout = 0.0
+        self.label = ""
+        self._task: asyncio.Task[object] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._left = False
+
+    def begin(self, timeout: float, label: str) -> None:
+        """The request goes to the backend ``label``, within ``timeout`` s of its arrival."""
+        loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.label = label
+        self.deadline = self._arrived + timeout
+        self._task = asyncio.current_task(loop)
+        self._timer = loop.call_later(_WATCH_AFTER_S, self.watch)
+
+    async def wait_for(self, waiting: Awaitable[T], phase: str) -> T:
+        """Await a wait for a slot or a load: bounded by the deadline, ended by the client
+        leaving, and counted as queue time rather than the router's own."""
+        self.watch()
+        self.stopwatch.pause()
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                return await waiting
+        except TimeoutError:
+            raise self.ran_out(phase) from None
+        finally:
+            self.stopwatch.resume_after_queue()
+
+    def ran_out(self, phase: str) -> BackendTimeout:
+        return BackendTimeout(
+            f"{self.label}: its default_timeout of {self.timeout:g}s ran out while {phase}"
+        )
+
+    def watch(self) -> None:
+        """Start watching for the client leaving now, if not yet."""
+        if self._watcher is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._left = True
+        assert self._task is not None
+        self._task.cancel()
+
+    def client_left(self) -> bool:
+        """For a CancelledError in the request's task: True if the watcher alone sent it
+        (then it is consumed); False if something else, e.g. a shutdown, cancelled too."""
+        assert self._task is not None
+        return self._left and self._task.uncancel() == 0
+
+    def end(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()

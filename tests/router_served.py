@@ -1,0 +1,67 @@
+"""The router app in this process, served by uvicorn on a real loopback socket.
+
+For tests that need what only a socket shows (a client that closes its connection) and
+that also look inside the app (its admission gates) while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import uvicorn
+
+from net import eventually
+from slm_server.router import RouterApp
+
+
+@asynccontextmanager
+async def served(app: RouterApp) -> AsyncIterator[str]:
+    """``app`` under uvicorn (lifespan on, as ``serve`` runs it); yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        ws="none",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started or task.done(), 15, "uvicorn to start")
+        assert not task.done(), "uvicorn stopped at start-up"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+        sock.close()
+
+
+class RawClient:
+    """One request written on its own connection, for a client that hangs up while waiting."""
+
+    def __init__(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+        self.writer = writer
+        self.reader = reader
+
+    @classmethod
+    async def post(cls, url: str, path: str, body: bytes) -> RawClient:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head = (
+            f"POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        return cls(writer, reader)
+
+    async def hang_up(self) -> None:
+        self.writer.close()
+        await asyncio.wait_for(self.writer.wait_closed(), 5)
