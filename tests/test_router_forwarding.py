@@ -18,6 +18,7 @@ from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from router_served import served
 from slm_server.router import RouterApp
+from slm_server.router.proxy import forwarded_request_headers
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -122,3 +123,26 @@ async def test_405_says_which_methods_are_allowed(
     assert response.status_code == 405
     assert response.headers["allow"] == allow
     assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_forwarded_headers_policy() -> None:
+    """Plain calls: every ``Connection`` header counts, tokens are trimmed and case-blind."""
+    raw = [
+        (b"connection", b"Keep-Alive , X-One"),
+        (b"x-one", b"dropped"),
+        (b"connection", b"x-two"),
+        (b"x-two", b"dropped"),
+        (b"x-keep", b"a"),
+        (b"x-keep", b"b"),
+        (b"host", b"router"),
+        (b"content-length", b"2"),
+        (b"accept-encoding", b"gzip"),
+    ]
+    assert forwarded_request_headers(raw) == [
+        (b"x-keep", b"a"),
+        (b"x-keep", b"b"),
+        (b"accept-encoding", b"identity"),
+        (b"content-type", b"application/json"),
+    ]
+    with_type = [(b"content-type", b"multipart/form-data; boundary=x")]
+    assert forwarded_request_headers(with_type) == [*with_type, (b"accept-encoding", b"identity")]
