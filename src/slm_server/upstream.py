@@ -23,6 +23,10 @@ import httptools
 _PAUSE_ABOVE_BYTES = 256 * 1024
 _RESUME_BELOW_BYTES = 64 * 1024
 
+# A request body up to this size is written joined to its head (a copy, one write); a
+# larger one is written as it is, so an upload is never held twice while it goes out.
+_JOIN_BODIES_UP_TO = 64 * 1024
+
 
 class UpstreamError(Exception):
     """The exchange with a backend failed."""
@@ -80,11 +84,14 @@ class _Connection(asyncio.Protocol):
             and transport.get_write_buffer_size() == 0
         )
 
-    def send(self, data: bytes) -> None:
+    def send(self, head: bytes, body: bytes | bytearray) -> None:
         """Start an exchange: write the whole request."""
         assert self._transport is not None
         self._begin()
-        self._transport.write(data)
+        if len(body) <= _JOIN_BODIES_UP_TO:
+            self._transport.write(head + body)  # one buffer, one system call
+        else:  # a large body is not copied: it goes out as the client's own bytes object
+            self._transport.writelines((head, body))
 
     async def read_piece(self) -> bytes:
         """All of the body that has arrived, waiting for some; b"" once it has ended."""
@@ -267,7 +274,7 @@ class UpstreamPool:
         port: int,
         path: str,
         headers: Iterable[tuple[str, str]] = (),
-        body: bytes = b"",
+        body: bytes | bytearray = b"",
     ) -> UpstreamResponse:
         """Send the request; return once the answer's status line and headers are in.
 
@@ -278,14 +285,14 @@ class UpstreamPool:
         lines = [f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers]
         lines.append(f"content-length: {len(body)}\r\n\r\n")
-        data = "".join(lines).encode("latin-1") + body
+        head = "".join(lines).encode("latin-1")
         key = (host, port)
         while True:
             connection = self._take_idle(key)
             reused = connection is not None
             if connection is None:
                 connection = await self._connect(host, port)
-            connection.send(data)
+            connection.send(head, body)
             try:
                 await connection.head_received
             except ConnectionBroken:

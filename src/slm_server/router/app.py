@@ -15,6 +15,7 @@ from typing import Any
 from slm_server.config import LoadedConfig
 from slm_server.router import health
 from slm_server.router.asgi import (
+    Body,
     ClientDisconnected,
     Message,
     Receive,
@@ -25,6 +26,7 @@ from slm_server.router.asgi import (
     send_error,
     send_json,
 )
+from slm_server.router.body_budget import BodyBudget
 from slm_server.router.bridge import ANTHROPIC_PATHS, BRIDGED_PATHS, Bridge, anthropic_error_payload
 from slm_server.router.errors import (
     BackendUnavailable,
@@ -42,7 +44,14 @@ from slm_server.router.proxy import (
     forwarded_request_headers,
     new_upstream_pool,
 )
-from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable, router_changes
+from slm_server.router.request_json import model_of, parse_object
+from slm_server.router.routing import (
+    ENDPOINT_MODEL_TYPES,
+    Backend,
+    RoutingTable,
+    may_change,
+    router_changes,
+)
 from slm_server.router.stopwatch import Stopwatch
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 
@@ -75,6 +84,7 @@ class RouterApp:
         self.processes: Mapping[str, BackendProcess] = supervisor.processes if supervisor else {}
         self.table = RoutingTable(config)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
+        self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.started_at = int(time.time())
         self.pool = new_upstream_pool()
         self.bridge = Bridge()
@@ -181,16 +191,20 @@ class RouterApp:
         return {"object": "list", "data": data}
 
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        body = await read_body(scope, receive, self.max_body_bytes, self.bodies)
+        try:
+            await self._route(scope, receive, send, path, body)
+        finally:
+            self.bodies.give_back(len(body))
+
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, path: str, body: Body
+    ) -> None:
         stopwatch = Stopwatch()
-        body = await read_body(scope, receive, self.max_body_bytes)
         # Only the upload endpoints look at the content type: the JSON ones stay as quick as before.
         content_type = (header(scope, b"content-type") or "") if path in FORM_PATHS else ""
         form = is_form(content_type)
-        if form:
-            request: dict[str, Any] = {"model": form_model(content_type, body)}
-        else:
-            request = _parse_request_json(scope, path, body)
-        model = request.get("model")
+        model = form_model(content_type, body) if form else _model_of(scope, path, body)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
         backend = self.table.lookup(model, path)
@@ -199,19 +213,20 @@ class RouterApp:
         if process is not None:
             await _wait_until_ready(process, backend)
             upstream_model = process.upstream_model
-        if not form:  # a form (a file upload) is forwarded exactly as sent
-            body = _with_injected_fields(backend, path, request, body, upstream_model)
         headers = forwarded_request_headers(scope["headers"])
-        if path in BRIDGED_PATHS:
-            await self.bridge.handle(
-                self.pool, backend, process, path, request, body, headers, send, receive
-            )
-        else:
-            if upstream_model is not None:
-                send = restoring_model_name(send, served=upstream_model, asked=model)
-            await forward(
-                self.pool, backend, path, headers, body, send, receive, stopwatch=stopwatch
-            )
+        # A form (a file upload) is forwarded exactly as sent; so is JSON the router
+        # neither converts nor changes, without building its document.
+        if not form and (path in BRIDGED_PATHS or may_change(backend, path, upstream_model)):
+            request = parse_object(body)
+            body = _with_injected_fields(backend, path, request, body, upstream_model)
+            if path in BRIDGED_PATHS:
+                await self.bridge.handle(
+                    self.pool, backend, process, path, request, body, headers, send, receive
+                )
+                return
+        if upstream_model is not None:
+            send = restoring_model_name(send, served=upstream_model, asked=model)
+        await forward(self.pool, backend, path, headers, body, send, receive, stopwatch=stopwatch)
 
 
 def settle_garbage_collector() -> None:
@@ -248,32 +263,22 @@ async def _wait_until_ready(process: BackendProcess, backend: Backend) -> None:
         ) from None
 
 
-def _parse_request_json(scope: Scope, path: str, body: bytes) -> dict[str, Any]:
+def _model_of(scope: Scope, path: str, body: Body) -> object:
     try:
-        return _parse_json_object(body)
+        return model_of(body)
     except InvalidRequest:
         if is_form(header(scope, b"content-type") or ""):  # say why, rather than "not JSON"
             raise InvalidRequest(f"{path} takes a JSON body, not {FORM_DATA}") from None
         raise
 
 
-def _parse_json_object(body: bytes) -> dict[str, Any]:
-    try:
-        request = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return request
-
-
 def _with_injected_fields(
     backend: Backend,
     path: str,
     request: dict[str, Any],
-    body: bytes,
+    body: Body,
     upstream_model: str | None = None,
-) -> bytes:
+) -> Body:
     """The body to forward: the client's own bytes unless the router must change it."""
     changes = router_changes(backend, path, request, upstream_model)
     if not changes:

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from slm_server.router.asgi import JSON_HEADERS, Receive, Send, send_response
+from slm_server.router.asgi import JSON_HEADERS, Body, Receive, Send, send_response
 from slm_server.router.errors import BadGateway, UnknownResponse, UnsupportedRequestField
 from slm_server.router.proxy import (
     SSE_HEADERS,
@@ -106,7 +106,7 @@ class Bridge:
         process: BackendProcess | None,
         path: str,
         request: dict[str, Any],
-        body: bytes,
+        body: Body,
         headers: dict[str, str],
         send: Send,
         receive: Receive,

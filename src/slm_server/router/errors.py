@@ -119,3 +119,10 @@ class BackendUnavailable(RouterError):
 class BackendTimeout(RouterError):
     status = 504
     code = "backend_timeout"
+
+
+class TooManyBodies(RouterError):
+    """The request bodies already held fill ``router.max_inflight_body_mb``."""
+
+    status = 503
+    code = "router_busy"

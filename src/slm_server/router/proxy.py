@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
-from slm_server.router.asgi import Headers, Receive, Send, send_response
+from slm_server.router.asgi import Body, Headers, Receive, Send, send_response
 from slm_server.router.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -117,7 +117,7 @@ async def forward(
     backend: Backend,
     path: str,
     headers: dict[str, str],
-    body: bytes,
+    body: Body,
     send: Send,
     receive: Receive,
     *,
@@ -192,7 +192,7 @@ async def open_upstream(
     backend: Backend,
     path: str,
     headers: dict[str, str],
-    body: bytes,
+    body: Body,
     deadline: float,
 ) -> UpstreamResponse:
     """POST to the backend; connection failures and timeouts become router errors."""
@@ -204,7 +204,7 @@ async def open_upstream(
 
 
 async def _post(
-    pool: UpstreamPool, backend: Backend, path: str, headers: dict[str, str], body: bytes
+    pool: UpstreamPool, backend: Backend, path: str, headers: dict[str, str], body: Body
 ) -> UpstreamResponse:
     entry = backend.entry
     try:
@@ -233,7 +233,7 @@ async def _exchange(
     backend: Backend,
     path: str,
     headers: dict[str, str],
-    body: bytes,
+    body: Body,
     send: Send,
     deadline: float,
     missing_statuses: frozenset[int],
