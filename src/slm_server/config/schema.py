@@ -183,6 +183,14 @@ class RouterSettings(BaseModel):
             "beyond it -> 503 with Retry-After. Default: twice max_body_mb (128 MiB)."
         ),
     )
+    response_store_mb: float = Field(
+        default=256,
+        gt=0,
+        description=(
+            "Memory for earlier /v1/responses turns (previous_response_id), in MiB; "
+            "the least recently used go first."
+        ),
+    )
 
     @field_validator("max_inflight_body_mb")
     @classmethod

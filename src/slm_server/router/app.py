@@ -54,6 +54,7 @@ from slm_server.router.routing import (
 )
 from slm_server.router.stopwatch import Stopwatch
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
+from slm_server.translate.response_store import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ class RouterApp:
         self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.started_at = int(time.time())
         self.pool = new_upstream_pool()
-        self.bridge = Bridge()
+        store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
+        self.bridge = Bridge(ResponseStore(store_bytes))
 
     async def aclose(self) -> None:
         self.pool.close()

@@ -96,7 +96,7 @@ class Bridge:
     """Serves the bridged endpoints for every backend; holds the Responses store."""
 
     def __init__(self, store: ResponseStore | None = None) -> None:
-        self.store = store or ResponseStore()
+        self.store = store if store is not None else ResponseStore()  # an empty one is falsy
         self._lacking: dict[tuple[str, str], int] = {}  # (role, path) -> process generation
 
     async def handle(
@@ -189,9 +189,11 @@ class _ResponsesConversion:
         if previous is not None:
             history = store.get(str(previous))
             if history is None:
+                megabytes = store.max_bytes / (1024 * 1024)
                 raise UnknownResponse(
                     f"previous response '{previous}' is unknown or expired (the router keeps "
-                    f"the last {store.capacity} responses, in memory, until it restarts)",
+                    f"responses in memory until it restarts, within {megabytes:g} MiB "
+                    "(router.response_store_mb), the least recently used going first)",
                     param="previous_response_id",
                 )
         self.request = request
