@@ -192,7 +192,7 @@ class _ResponsesConversion:
                 megabytes = store.max_bytes / (1024 * 1024)
                 raise UnknownResponse(
                     f"previous response '{previous}' is unknown or expired (the router keeps "
-                    f"responses in memory until it restarts, within {megabytes:g} MiB "
+                    f"responses in memory until it restarts, within {megabytes:.3g} MiB "
                     "(router.response_store_mb), the least recently used going first)",
                     param="previous_response_id",
                 )
