@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,7 +12,7 @@ from pydantic import ValidationError
 from slm_server.config import RouterSettings
 from slm_server.router.asgi import ClientDisconnected, Message, Receive, read_body
 from slm_server.router.body_budget import BodyBudget
-from slm_server.router.errors import BodyTooLarge, TooManyBodies
+from slm_server.router.errors import BodyStalled, BodyTooLarge, TooManyBodies
 
 
 def test_what_does_not_fit_is_refused_and_counts_nothing() -> None:
@@ -101,3 +102,35 @@ def test_the_budget_defaults_to_two_of_the_largest_bodies_and_holds_at_least_one
     assert RouterSettings(max_inflight_body_mb=300).inflight_body_bytes == 300 * 1024 * 1024
     with pytest.raises(ValidationError, match="below max_body_mb"):
         RouterSettings(max_body_mb=64, max_inflight_body_mb=32)
+
+
+def stalling_after(messages: Iterable[Message]) -> Receive:
+    """``messages``, then nothing ever again (a client that stopped sending)."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+@pytest.mark.parametrize(
+    ("length", "parts"),
+    [
+        (None, [part(b"x" * 10, more=True)]),  # chunked: stalls after a first part
+        (500_000, []),  # a large declared body that never starts
+        (500_000, [part(b"x" * 10, more=True)]),
+    ],
+)
+async def test_a_stalled_upload_is_ended_and_gives_its_bytes_back(
+    length: int | None, parts: list[Message]
+) -> None:
+    budget = BodyBudget(1 << 20)
+    with pytest.raises(BodyStalled) as stalled:
+        async with asyncio.timeout(5):
+            await read_body(scope(length), stalling_after(parts), 1 << 20, budget, 0.05)
+    assert stalled.value.status == 408
+    assert budget.in_use == 0

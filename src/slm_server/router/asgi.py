@@ -7,12 +7,13 @@ helpers here keep that path short and the handlers readable.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from slm_server.router.body_budget import BodyBudget
-from slm_server.router.errors import BodyTooLarge, RouterError
+from slm_server.router.errors import BodyStalled, BodyTooLarge, RouterError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -27,12 +28,22 @@ JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 # Bodies of declared length above this are read into one buffer (see read_body).
 _FILL_IN_PLACE_ABOVE = 64 * 1024
 
+# How long a body may stop arriving before the request is ended: far longer than any
+# pause of a live upload, short enough that a stalled one gives its bytes back.
+BODY_IDLE_TIMEOUT_S = 30.0
+
 
 class ClientDisconnected(Exception):
     """The client went away before the request body was read."""
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int, budget: BodyBudget) -> Body:
+async def read_body(
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    budget: BodyBudget,
+    idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+) -> Body:
     """The whole request body; BodyTooLarge as soon as it exceeds ``limit`` bytes.
 
     Its bytes are taken from ``budget`` (the caller gives ``len(body)`` back once done
@@ -43,6 +54,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int, budget: BodyBudg
     A large body of declared length is filled into one bytearray of that size: joining
     the pieces instead held it twice for a moment, which with several uploads at once
     was a third of the router's peak memory.
+
+    A body that stops arriving for ``idle_timeout_s`` is BodyStalled (408): its bytes,
+    declared ones included, would otherwise stay taken for as long as the client
+    lingers. A small body, whole in its first part, is read without the timer.
     """
     declared = header(scope, b"content-length")
     taken = 0
@@ -56,9 +71,11 @@ async def read_body(scope: Scope, receive: Receive, limit: int, budget: BodyBudg
             filled = bytearray(taken)
     chunks: list[bytes] = []
     size = 0
+    timed = filled is not None
     try:
         while True:
-            message = await receive()
+            message = await _within(receive, idle_timeout_s) if timed else await receive()
+            timed = True
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
             chunk = message.get("body", b"")
@@ -85,6 +102,16 @@ async def read_body(scope: Scope, receive: Receive, limit: int, budget: BodyBudg
         del filled[size:]
         return filled
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _within(receive: Receive, idle_timeout_s: float) -> Message:
+    try:
+        async with asyncio.timeout(idle_timeout_s):
+            return await receive()
+    except TimeoutError:
+        raise BodyStalled(
+            f"the request body stopped arriving: nothing came for {idle_timeout_s:g}s"
+        ) from None
 
 
 def _too_large_message(limit: int) -> str:

@@ -92,6 +92,13 @@ class AmbiguousModel(RouterError):
     code = "ambiguous_model"
 
 
+class BodyStalled(RouterError):
+    """The client stopped sending its request body part-way."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class BodyTooLarge(RouterError):
     status = 413
     code = "body_too_large"
