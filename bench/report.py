@@ -232,12 +232,31 @@ def _process_rows(results: Results, rows: _Rows) -> None:
         "x-slm-overhead-ms p50, stream c=64 gap=5ms",
         {ROUTER: _overhead_cell(stream_overhead, streamed)},
     )
+    _upload_rows(results, rows)
     lag_ms = Figure.of([lag * 1000 for lag in results.readiness_lag_s])
     rows.add_plain(
         "readiness lag (serve) ms",
         {ROUTER: with_spread(lag_ms, 1)},
         "< 100 ms",
         None if lag_ms.missing else lag_ms.median < 100,
+    )
+
+
+def _upload_rows(results: Results, rows: _Rows) -> None:
+    run, settings = results.uploads, results.settings
+    label = f"uploads {settings.uploads}x{settings.upload_mb:g}MB"
+    peak = None if run is None or not run.rss_mb else run.peak_rss_mb
+    rows.add_plain(
+        f"{label} RSS peak MB",
+        {ROUTER: _mb(peak)},
+        "< 200 MB",
+        None if peak is None else peak < 200,
+    )
+    rows.add_plain(
+        f"{label} answered / 503 retried / errors",
+        {ROUTER: "-" if run is None else f"{run.uploads} / {run.refused} / {run.errors}"},
+        f"{settings.uploads} / any / 0",
+        None if run is None else run.uploads == settings.uploads and run.errors == 0,
     )
 
 

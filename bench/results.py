@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.streams import PlainSample, StreamRun
+from bench.uploads import UploadRun
 from bench.wrk import WrkRun
 
 DIRECT = "direct"
@@ -29,6 +30,9 @@ class Settings:
     load_cpu: int | None = None
     # The connection count whose runs give "RSS under load".
     rss_connections: int = 256
+    # Large uploads sent to the router at once, and the size of each.
+    uploads: int = 16
+    upload_mb: float = 20.0
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Results:
     rss_load_mb: dict[str, list[float]] = field(default_factory=dict)  # peak of each run
     rss_after_mb: dict[str, float] = field(default_factory=dict)
     overhead: dict[int, PlainSample] = field(default_factory=dict)  # by concurrency
+    uploads: UploadRun | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Every raw figure, for comparing sessions later (tuple keys become strings)."""
@@ -82,4 +87,8 @@ class Results:
                 }
                 for c, s in self.overhead.items()
             },
+            "uploads": None
+            if self.uploads is None
+            else {k: v for k, v in asdict(self.uploads).items() if k != "rss_mb"}
+            | {"peak_rss_mb": self.uploads.peak_rss_mb},
         }

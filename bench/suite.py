@@ -18,6 +18,7 @@ from bench.readiness import measure_lag
 from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results, Settings
 from bench.router import start_router, write_config
 from bench.streams import plain_sample, stream_load
+from bench.uploads import upload_load
 from bench.wrk import run_wrk
 
 _HEALTH_TIMEOUT_S = 30
@@ -105,6 +106,19 @@ def _measure(
             urls[ROUTER], concurrency, settings.sample_duration_s
         )
     _streams(settings, results, urls, processes)
+    _uploads(settings, results, urls[ROUTER], processes[ROUTER])
+
+
+def _uploads(settings: Settings, results: Results, url: str, router: Started) -> None:
+    """Concurrent large uploads through the router alone: its memory is what is measured."""
+    concurrency, size_mb = settings.uploads, settings.upload_mb
+    progress(f"uploads: {concurrency} x {size_mb:g} MiB at once")
+    run = upload_load(url, concurrency, size_mb, functools.partial(rss_mb, router))
+    results.uploads = run
+    progress(
+        f"uploads: {run.uploads} answered, {run.refused} refused and retried, "
+        f"errors {run.errors}, peak RSS {run.peak_rss_mb:.1f} MB in {run.elapsed_s:.2f} s"
+    )
 
 
 def _plain(

@@ -7,7 +7,7 @@ import pytest
 from openai.types.responses import Response
 
 from slm_server.translate.errors import UnsupportedField
-from slm_server.translate.response_store import DEFAULT_MAX_RESPONSES, ResponseStore
+from slm_server.translate.response_store import ResponseStore
 from slm_server.translate.responses_request import input_messages, responses_to_chat
 from slm_server.translate.responses_response import (
     chat_to_response,
@@ -835,35 +835,6 @@ def test_store_get_and_put_copy() -> None:
     assert got is not None
     got.append({"role": "assistant", "content": "x"})
     assert store.get("resp_1") == [USER_HI]
-
-
-def test_store_evicts_least_recently_used() -> None:
-    store = ResponseStore(max_responses=3)
-    for n in range(3):
-        store.put(f"resp_{n}", [USER_HI])
-    assert store.get("resp_0") is not None  # now the most recently used
-    store.put("resp_3", [USER_HI])
-    assert len(store) == 3
-    assert "resp_1" not in store
-    assert [n for n in range(4) if f"resp_{n}" in store] == [0, 2, 3]
-    store.put("resp_2", [USER_HI])  # replacing counts as use
-    store.put("resp_4", [USER_HI])
-    assert [n for n in range(5) if f"resp_{n}" in store] == [2, 3, 4]
-
-
-def test_store_default_bound() -> None:
-    store = ResponseStore()
-    for n in range(DEFAULT_MAX_RESPONSES + 1):
-        store.put(f"resp_{n}", [])
-    assert DEFAULT_MAX_RESPONSES == store.capacity == 1000
-    assert len(store) == 1000
-    assert store.get("resp_0") is None
-    assert store.get("resp_1") == []
-
-
-def test_store_rejects_a_zero_bound() -> None:
-    with pytest.raises(ValueError):
-        ResponseStore(max_responses=0)
 
 
 def test_store_false_is_not_recorded() -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from slm_server.translate.sse import SseEvent, SseParser, sse_frame
+from slm_server.translate.sse import MAX_EVENT_BYTES, SseEvent, SseParser, SseTooLarge, sse_frame
 
 STREAM = (
     b": keep-alive\n\n"
@@ -45,3 +45,33 @@ def test_frame_round_trips_through_the_parser() -> None:
     assert event.event == "content_block_delta"
     assert json.loads(event.data) == {"text": "héllo\nworld"}
     assert sse_frame(None, {"x": 1}) == b'data: {"x":1}\n\n'
+
+
+def test_a_line_that_never_ends_is_refused_at_the_limit() -> None:
+    parser = SseParser(max_event_bytes=1000)
+    assert parser.feed(b'data: {"a": 1}\n\n') == [SseEvent(None, '{"a": 1}')]
+    parser.feed(b"data: " + b"x" * 900)
+    with pytest.raises(SseTooLarge, match="1000 bytes"):
+        parser.feed(b"x" * 200)
+
+
+def test_an_event_of_many_lines_is_refused_at_the_limit() -> None:
+    parser = SseParser(max_event_bytes=1000)
+    with pytest.raises(SseTooLarge):
+        for _ in range(100):
+            parser.feed(b"data: " + b"x" * 50 + b"\n")  # no blank line: one event, growing
+
+
+def test_events_up_to_the_limit_pass_in_any_split() -> None:
+    text = "y" * 900
+    stream = (f"data: {text}\n\n" * 3).encode()
+    for piece in (1, 64, len(stream)):
+        parser = SseParser(max_event_bytes=1000)
+        events = []
+        for start in range(0, len(stream), piece):
+            events += parser.feed(stream[start : start + piece])
+        assert events == [SseEvent(None, text)] * 3
+
+
+def test_the_default_limit_is_stated() -> None:
+    assert MAX_EVENT_BYTES == 8 * 1024 * 1024

@@ -23,6 +23,15 @@ import httptools
 _PAUSE_ABOVE_BYTES = 256 * 1024
 _RESUME_BELOW_BYTES = 64 * 1024
 
+# The most a backend's status line and headers may take, together (common proxies allow
+# 8-64 KiB). More is refused rather than buffered: a backend that sends headers without
+# end would otherwise hold the router's memory until the request's timeout.
+MAX_HEADER_BYTES = 64 * 1024
+
+# A request body up to this size is written joined to its head (a copy, one write); a
+# larger one is written as it is, so an upload is never held twice while it goes out.
+_JOIN_BODIES_UP_TO = 64 * 1024
+
 
 class UpstreamError(Exception):
     """The exchange with a backend failed."""
@@ -38,6 +47,10 @@ class ConnectFailed(UpstreamError):
 
 class ConnectionBroken(UpstreamError):
     """The connection closed, or sent something that is not HTTP, before the answer ended."""
+
+
+class ResponseTooLarge(ConnectionBroken):
+    """The backend sent more than the router holds for one answer (see MAX_HEADER_BYTES)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -61,6 +74,8 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = False
         self.received_any = False
         self._interim = False
+        self._header_bytes = 0  # of this answer's header lines, as parsed
+        self._unended_head_bytes = 0  # received while its head has not ended
         self._pieces: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -80,11 +95,14 @@ class _Connection(asyncio.Protocol):
             and transport.get_write_buffer_size() == 0
         )
 
-    def send(self, data: bytes) -> None:
+    def send(self, head: bytes, body: bytes | bytearray) -> None:
         """Start an exchange: write the whole request."""
         assert self._transport is not None
         self._begin()
-        self._transport.write(data)
+        if len(body) <= _JOIN_BODIES_UP_TO:
+            self._transport.write(head + body)  # one buffer, one system call
+        else:  # a large body is not copied: it goes out as the client's own bytes object
+            self._transport.writelines((head, body))
 
     async def read_piece(self) -> bytes:
         """All of the body that has arrived, waiting for some; b"" once it has ended."""
@@ -125,10 +143,18 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        heading = not self.head_received.done()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(ConnectionBroken(f"the backend's answer is not valid HTTP: {exc}"))
+            self.abort()
+            return
+        if heading and not self.head_received.done():
+            # Still no end of the head: the parser holds what came, so count it all.
+            self._unended_head_bytes += len(data)
+            self._check_head_size(self._unended_head_bytes)
+        if self._error is not None:
             self.abort()
             return
         if self._buffered > _PAUSE_ABOVE_BYTES and not self._paused and self._transport:
@@ -154,6 +180,14 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
+        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
+        self._check_head_size(self._header_bytes)
+
+    def _check_head_size(self, size: int) -> None:
+        if size > MAX_HEADER_BYTES and self._error is None:
+            self._fail(
+                ResponseTooLarge(f"the backend's response headers exceed {MAX_HEADER_BYTES} bytes")
+            )
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -161,6 +195,7 @@ class _Connection(asyncio.Protocol):
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             self._interim = True
             self.headers = []
+            self._header_bytes = self._unended_head_bytes = 0
             return
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
@@ -267,7 +302,7 @@ class UpstreamPool:
         port: int,
         path: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
-        body: bytes = b"",
+        body: bytes | bytearray = b"",
     ) -> UpstreamResponse:
         """Send the request; return once the answer's status line and headers are in.
 
@@ -279,15 +314,14 @@ class UpstreamPool:
         lines = [f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n".encode("latin-1")]
         lines += [b"%s: %s\r\n" % header for header in headers]
         lines.append(b"content-length: %d\r\n\r\n" % len(body))
-        lines.append(body)
-        data = b"".join(lines)
+        head = b"".join(lines)
         key = (host, port)
         while True:
             connection = self._take_idle(key)
             reused = connection is not None
             if connection is None:
                 connection = await self._connect(host, port)
-            connection.send(data)
+            connection.send(head, body)
             try:
                 await connection.head_received
             except ConnectionBroken:

@@ -14,7 +14,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from slm_server.upstream import ConnectFailed, ConnectionBroken, UpstreamPool
+from slm_server.upstream import (
+    MAX_HEADER_BYTES,
+    ConnectFailed,
+    ConnectionBroken,
+    ResponseTooLarge,
+    UpstreamPool,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -313,3 +319,75 @@ async def test_a_closed_pool_keeps_nothing() -> None:
         assert await response.read() == b"{}"
         response.release()
         assert pool.idle_connections() == 0
+
+
+def answering_head(head: bytes) -> Callable[[Server], Handler]:
+    """Read a request, then write ``head`` (which need not end) and wait for the close."""
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(head)
+            await writer.drain()
+            await reader.read()
+
+        return handle
+
+    return make
+
+
+async def test_headers_over_the_limit_end_the_exchange() -> None:
+    many = b"".join(b"x-filler-%d: %s\r\n" % (n, b"v" * 1000) for n in range(100))
+    head = b"HTTP/1.1 200 OK\r\n" + many + b"content-length: 2\r\n\r\n{}"
+    async with serving(answering_head(head)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        with pytest.raises(ResponseTooLarge, match="headers"):
+            async with asyncio.timeout(5):
+                await pool.request("POST", "127.0.0.1", server.port, "/v1/x")
+        assert pool.idle_connections() == 0
+        pool.close()
+
+
+async def test_a_header_that_never_ends_is_cut_off_at_the_limit() -> None:
+    # No blank line ever comes: waiting for it would hold the bytes until a timeout.
+    head = b"HTTP/1.1 200 OK\r\nx-endless: " + b"v" * (MAX_HEADER_BYTES * 4)
+    async with serving(answering_head(head)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        with pytest.raises(ResponseTooLarge, match=str(MAX_HEADER_BYTES)):
+            async with asyncio.timeout(5):
+                await pool.request("POST", "127.0.0.1", server.port, "/v1/x")
+        pool.close()
+
+
+async def test_headers_just_under_the_limit_are_accepted() -> None:
+    filler = b"x-filler: " + b"v" * (MAX_HEADER_BYTES - 200) + b"\r\n"
+    head = b"HTTP/1.1 200 OK\r\n" + filler + b"content-length: 2\r\n\r\n{}"
+    async with serving(answering_head(head)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/x")
+        assert await response.read() == b"{}"
+        response.release()
+        pool.close()
+
+
+async def test_a_head_arriving_in_pieces_is_counted_once() -> None:
+    filler = b"".join(b"x-filler-%d: %s\r\n" % (n, b"v" * 1000) for n in range(40))  # 40 KB
+    head = b"HTTP/1.1 200 OK\r\n" + filler + b"content-length: 2\r\n\r\n{}"
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            for start in range(0, len(head), 7000):
+                writer.write(head[start : start + 7000])
+                await writer.drain()
+                await asyncio.sleep(0.005)  # separate reads on the client's side
+            await reader.read()
+
+        return handle
+
+    async with serving(make) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/x")
+        assert await response.read() == b"{}"
+        response.release()
+        pool.close()

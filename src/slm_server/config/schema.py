@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Backend = Literal["mlx", "llamacpp"]
 ModelType = Literal[
@@ -175,6 +175,39 @@ class RouterSettings(BaseModel):
             "running are then ended with an error, and the backends stopped."
         ),
     )
+    max_inflight_body_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "Request body bytes the router holds at once, across all requests, in MiB; "
+            "beyond it -> 503 with Retry-After. Default: twice max_body_mb (128 MiB)."
+        ),
+    )
+    response_store_mb: float = Field(
+        default=256,
+        gt=0,
+        description=(
+            "Memory for earlier /v1/responses turns (previous_response_id), in MiB; "
+            "the least recently used go first."
+        ),
+    )
+
+    @field_validator("max_inflight_body_mb")
+    @classmethod
+    def _holds_the_largest_body(cls, value: float | None, info: ValidationInfo) -> float | None:
+        largest = info.data.get("max_body_mb")
+        if value is not None and largest is not None and value < largest:
+            raise ValueError(
+                f"{value:g} is below max_body_mb ({largest:g}): a body of the largest "
+                "accepted size could never be held"
+            )
+        return value
+
+    @property
+    def inflight_body_bytes(self) -> int:
+        """The body budget in bytes (``max_inflight_body_mb``, or twice ``max_body_mb``)."""
+        megabytes = self.max_inflight_body_mb or 2 * self.max_body_mb
+        return int(megabytes * 1024 * 1024)
 
 
 class ConfigFile(BaseModel):

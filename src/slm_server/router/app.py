@@ -15,6 +15,7 @@ from typing import Any
 from slm_server.config import LoadedConfig
 from slm_server.router import health
 from slm_server.router.asgi import (
+    Body,
     ClientDisconnected,
     Message,
     Receive,
@@ -25,6 +26,7 @@ from slm_server.router.asgi import (
     send_error,
     send_json,
 )
+from slm_server.router.body_budget import BodyBudget
 from slm_server.router.bridge import ANTHROPIC_PATHS, BRIDGED_PATHS, Bridge, anthropic_error_payload
 from slm_server.router.errors import (
     BackendUnavailable,
@@ -43,8 +45,16 @@ from slm_server.router.proxy import (
     forwarded_request_headers,
     new_upstream_pool,
 )
-from slm_server.router.routing import ENDPOINT_MODEL_TYPES, Backend, RoutingTable, router_changes
+from slm_server.router.request_json import model_of, parse_object
+from slm_server.router.routing import (
+    ENDPOINT_MODEL_TYPES,
+    Backend,
+    RoutingTable,
+    may_change,
+    router_changes,
+)
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
+from slm_server.translate.response_store import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +85,11 @@ class RouterApp:
         self.processes: Mapping[str, BackendProcess] = supervisor.processes if supervisor else {}
         self.table = RoutingTable(config)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
+        self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.started_at = int(time.time())
         self.pool = new_upstream_pool()
-        self.bridge = Bridge()
+        store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
+        self.bridge = Bridge(ResponseStore(store_bytes))
 
     async def aclose(self) -> None:
         self.pool.close()
@@ -182,21 +194,25 @@ class RouterApp:
 
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         lifetime = RequestLifetime(receive)
-        body = await read_body(scope, receive, self.max_body_bytes)
+        body = await read_body(scope, receive, self.max_body_bytes, self.bodies)
+        try:
+            await self._route(scope, send, path, body, lifetime)
+        finally:
+            self.bodies.give_back(len(body))
+
+    async def _route(
+        self, scope: Scope, send: Send, path: str, body: Body, lifetime: RequestLifetime
+    ) -> None:
         # Only the upload endpoints look at the content type: the JSON ones stay as quick as before.
         content_type = (header(scope, b"content-type") or "") if path in FORM_PATHS else ""
         form = is_form(content_type)
-        if form:
-            request: dict[str, Any] = {"model": form_model(content_type, body)}
-        else:
-            request = _parse_request_json(scope, path, body)
-        model = request.get("model")
+        model = form_model(content_type, body) if form else _model_of(scope, path, body)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
         backend = self.table.lookup(model, path)
         lifetime.begin(backend.entry.default_timeout, backend.label)
         try:
-            await self._admitted(scope, send, path, request, body, form, backend, lifetime)
+            await self._admitted(scope, send, path, model, body, form, backend, lifetime)
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise
@@ -209,13 +225,13 @@ class RouterApp:
         scope: Scope,
         send: Send,
         path: str,
-        request: dict[str, Any],
-        body: bytes,
+        model: str,
+        body: Body,
         form: bool,
         backend: Backend,
         lifetime: RequestLifetime,
     ) -> None:
-        """Serve ``request`` with one of ``backend``'s slots, waiting for it if need be.
+        """Serve the request for ``model`` with one of ``backend``'s slots, waiting if need be.
 
         The slot is taken before waiting for a loading backend, so the queue bounds those
         waits too, and it is held through a converted retry (which must not queue again).
@@ -230,30 +246,31 @@ class RouterApp:
             if process is not None:
                 await _wait_until_ready(process, backend, lifetime)
                 upstream_model = process.upstream_model
-            if not form:  # a form (a file upload) is forwarded exactly as sent
-                body = _with_injected_fields(backend, path, request, body, upstream_model)
             headers = forwarded_request_headers(scope["headers"])
             query: bytes = scope["query_string"]
             target = f"{path}?{query.decode('latin-1')}" if query else path
-            if path in BRIDGED_PATHS:
-                await self.bridge.handle(
-                    self.pool,
-                    backend,
-                    process,
-                    path,
-                    target,
-                    request,
-                    body,
-                    headers,
-                    send,
-                    lifetime,
-                )
-            else:
-                if upstream_model is not None:
-                    send = restoring_model_name(
-                        send, served=upstream_model, asked=str(request["model"])
+            # A form (a file upload) is forwarded exactly as sent; so is JSON the router
+            # neither converts nor changes, without building its document.
+            if not form and (path in BRIDGED_PATHS or may_change(backend, path, upstream_model)):
+                request = parse_object(body)
+                body = _with_injected_fields(backend, path, request, body, upstream_model)
+                if path in BRIDGED_PATHS:
+                    await self.bridge.handle(
+                        self.pool,
+                        backend,
+                        process,
+                        path,
+                        target,
+                        request,
+                        body,
+                        headers,
+                        send,
+                        lifetime,
                     )
-                await forward(self.pool, backend, target, headers, body, send, lifetime)
+                    return
+            if upstream_model is not None:
+                send = restoring_model_name(send, served=upstream_model, asked=model)
+            await forward(self.pool, backend, target, headers, body, send, lifetime)
         finally:
             gate.release()
 
@@ -290,32 +307,22 @@ async def _wait_until_ready(
         ) from None
 
 
-def _parse_request_json(scope: Scope, path: str, body: bytes) -> dict[str, Any]:
+def _model_of(scope: Scope, path: str, body: Body) -> object:
     try:
-        return _parse_json_object(body)
+        return model_of(body)
     except InvalidRequest:
         if is_form(header(scope, b"content-type") or ""):  # say why, rather than "not JSON"
             raise InvalidRequest(f"{path} takes a JSON body, not {FORM_DATA}") from None
         raise
 
 
-def _parse_json_object(body: bytes) -> dict[str, Any]:
-    try:
-        request = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(request, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return request
-
-
 def _with_injected_fields(
     backend: Backend,
     path: str,
     request: dict[str, Any],
-    body: bytes,
+    body: Body,
     upstream_model: str | None = None,
-) -> bytes:
+) -> Body:
     """The body to forward: the client's own bytes unless the router must change it."""
     changes = router_changes(backend, path, request, upstream_model)
     if not changes:

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from slm_server.router.asgi import JSON_HEADERS, Headers, Send, send_response
+from slm_server.router.asgi import JSON_HEADERS, Body, Headers, Send, send_response
 from slm_server.router.errors import BadGateway, UnknownResponse, UnsupportedRequestField
 from slm_server.router.lifetime import RequestLifetime
 from slm_server.router.proxy import (
@@ -46,7 +46,7 @@ from slm_server.translate.responses_response import (
     chat_to_response,
 )
 from slm_server.translate.responses_stream import ResponsesStream
-from slm_server.translate.sse import SseParser, sse_frame
+from slm_server.translate.sse import MAX_EVENT_BYTES, SseParser, SseTooLarge, sse_frame
 from slm_server.upstream import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Bridge:
     """Serves the bridged endpoints for every backend; holds the Responses store."""
 
     def __init__(self, store: ResponseStore | None = None) -> None:
-        self.store = store or ResponseStore()
+        self.store = store if store is not None else ResponseStore()  # an empty one is falsy
         self._lacking: dict[tuple[str, str], int] = {}  # (role, path) -> process generation
 
     async def handle(
@@ -106,7 +106,7 @@ class Bridge:
         path: str,
         target: str,
         request: dict[str, Any],
-        body: bytes,
+        body: Body,
         headers: Headers,
         send: Send,
         lifetime: RequestLifetime,
@@ -193,9 +193,11 @@ class _ResponsesConversion:
         if previous is not None:
             history = store.get(str(previous))
             if history is None:
+                megabytes = store.max_bytes / (1024 * 1024)
                 raise UnknownResponse(
                     f"previous response '{previous}' is unknown or expired (the router keeps "
-                    f"the last {store.capacity} responses, in memory, until it restarts)",
+                    f"responses in memory until it restarts, within {megabytes:.3g} MiB "
+                    "(router.response_store_mb), the least recently used going first)",
                     param="previous_response_id",
                 )
         self.request = request
@@ -288,25 +290,48 @@ def anthropic_error_payload(status: int, payload: bytes) -> bytes:
 
 
 class _NativeRecorder:
-    """Watches a native /v1/responses answer go by, to store it for previous_response_id."""
+    """Watches a native /v1/responses answer go by, to store it for previous_response_id.
+
+    It keeps at most ``MAX_EVENT_BYTES`` of it (the whole body, or one event of a
+    stream): a larger answer is relayed all the same, only not stored.
+    """
 
     def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
         self.request = request
         self.store = store
         self.streamed = bool(request.get("stream"))
-        self.parser = SseParser()
+        self.parser = SseParser(MAX_EVENT_BYTES)
         self.whole = bytearray()
         self.response: dict[str, Any] | None = None
+        self.keeping = True
 
     def feed(self, piece: bytes) -> None:
-        if not self.streamed:
-            self.whole += piece
+        if not self.keeping:
             return
-        for event in self.parser.feed(piece):
+        if not self.streamed:
+            if len(self.whole) + len(piece) > MAX_EVENT_BYTES:
+                self._give_up()
+            else:
+                self.whole += piece
+            return
+        try:
+            events = self.parser.feed(piece)
+        except SseTooLarge:
+            self._give_up()
+            return
+        for event in events:
             if event.event in ("response.completed", "response.incomplete"):
                 self.response = _json_object(event.data).get("response")
 
+    def _give_up(self) -> None:
+        log.info("native response over %d bytes: relayed, not stored", MAX_EVENT_BYTES)
+        self.keeping = False
+        self.whole = bytearray()
+        self.response = None
+
     def remember(self) -> None:
+        if not self.keeping:
+            return
         response = self.response if self.streamed else _json_object(bytes(self.whole))
         if not isinstance(response, dict) or "id" not in response:
             return
@@ -391,6 +416,9 @@ async def _relay_converted_stream(
         final = converter.finish()  # the backend closed without [DONE]: what came is whole
     except StreamBroken as broken:
         final = converter.error(str(broken))
+    except SseTooLarge as exc:  # the response has started: the error can only go in-band
+        log.warning("%s: %s; ending the stream", backend.label, exc)
+        final = converter.error(f"{backend.label} sent a broken stream: {exc}")
     await _send_events(send, final, last=True)
 
 

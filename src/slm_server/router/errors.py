@@ -106,6 +106,13 @@ class AmbiguousModel(RouterError):
     code = "ambiguous_model"
 
 
+class BodyStalled(RouterError):
+    """The client stopped sending its request body part-way."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class BodyTooLarge(RouterError):
     status = 413
     code = "body_too_large"
@@ -133,3 +140,10 @@ class BackendUnavailable(RouterError):
 class BackendTimeout(RouterError):
     status = 504
     code = "backend_timeout"
+
+
+class TooManyBodies(RouterError):
+    """The request bodies already held fill ``router.max_inflight_body_mb``."""
+
+    status = 503
+    code = "router_busy"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from email.message import Message
 from email.parser import BytesHeaderParser
 
+from slm_server.router.asgi import Body
 from slm_server.router.errors import InvalidRequest
 
 FORM_DATA = "multipart/form-data"
@@ -23,12 +24,12 @@ def is_form(content_type: str) -> bool:
     return content_type.lower().startswith(FORM_DATA)
 
 
-def form_model(content_type: str, body: bytes) -> str | None:
+def form_model(content_type: str, body: Body) -> str | None:
     """The form's ``model`` field; a clear 400 for a form where it cannot be one."""
     return _field(content_type, body, "model")
 
 
-def _field(content_type: str, body: bytes, name: str) -> str | None:
+def _field(content_type: str, body: Body, name: str) -> str | None:
     boundary = _param(content_type, "boundary")
     if not boundary:
         raise InvalidRequest(f"a {FORM_DATA} request needs a boundary in its Content-Type")
@@ -50,7 +51,7 @@ def _field(content_type: str, body: bytes, name: str) -> str | None:
     return None
 
 
-def _first_part(body: bytes, delimiter: bytes) -> int | None:
+def _first_part(body: Body, delimiter: bytes) -> int | None:
     """Where the first part begins: the body opens with the delimiter, or with a preamble."""
     if body.startswith(delimiter) and _ends_delimiter_line(body, len(delimiter)):
         return len(delimiter)
@@ -58,7 +59,7 @@ def _first_part(body: bytes, delimiter: bytes) -> int | None:
     return None if found is None else found + len(_CRLF) + len(delimiter)
 
 
-def _next_delimiter(body: bytes, delimiter: bytes, start: int) -> int | None:
+def _next_delimiter(body: Body, delimiter: bytes, start: int) -> int | None:
     """The next delimiter line: the boundary alone on its line, or followed by `--`."""
     position = body.find(delimiter, start)
     while position >= 0:
@@ -68,14 +69,14 @@ def _next_delimiter(body: bytes, delimiter: bytes, start: int) -> int | None:
     return None
 
 
-def _ends_delimiter_line(body: bytes, position: int) -> bool:
+def _ends_delimiter_line(body: Body, position: int) -> bool:
     if body.startswith(b"--", position):
         return True
     line_end = body.find(_CRLF, position)
     return line_end >= 0 and not body[position:line_end].strip(b" \t")
 
 
-def _text(headers: Message, value: bytes, name: str) -> str:
+def _text(headers: Message, value: Body, name: str) -> str:
     if headers.get_param("filename", header="content-disposition") is not None:
         raise InvalidRequest(f"the form's `{name}` field is a file, not a name", param=name)
     if len(value) > _MAX_NAME:

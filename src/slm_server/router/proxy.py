@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 
-from slm_server.router.asgi import Headers, Send, send_response
+from slm_server.router.asgi import Body, Headers, Send, send_response
 from slm_server.router.errors import (
     BackendUnavailable,
     BadGateway,
@@ -128,7 +128,7 @@ async def forward(
     backend: Backend,
     target: str,
     headers: Headers,
-    body: bytes,
+    body: Body,
     send: Send,
     lifetime: RequestLifetime,
     *,
@@ -191,7 +191,7 @@ async def open_upstream(
     backend: Backend,
     target: str,
     headers: Headers,
-    body: bytes,
+    body: Body,
     lifetime: RequestLifetime,
 ) -> UpstreamResponse:
     """POST to the backend within the request's deadline; failures become router errors."""
@@ -203,7 +203,7 @@ async def open_upstream(
 
 
 async def _post(
-    pool: UpstreamPool, backend: Backend, target: str, headers: Headers, body: bytes
+    pool: UpstreamPool, backend: Backend, target: str, headers: Headers, body: Body
 ) -> UpstreamResponse:
     entry = backend.entry
     try:

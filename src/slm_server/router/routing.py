@@ -84,6 +84,13 @@ class RoutingTable:
         return backend
 
 
+def may_change(backend: Backend, path: str, upstream_model: str | None) -> bool:
+    """Whether ``router_changes`` can set anything in a request to ``path`` on ``backend``
+    (False: the body goes out as sent, and nothing but its ``model`` need be read)."""
+    injects = backend.entry.chat_template_kwargs is not None and path == "/v1/chat/completions"
+    return injects or upstream_model is not None
+
+
 def router_changes(
     backend: Backend, path: str, request: dict[str, Any], upstream_model: str | None
 ) -> dict[str, Any]:

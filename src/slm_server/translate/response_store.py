@@ -1,43 +1,50 @@
 """Earlier turns of Responses conversations, so ``previous_response_id`` works.
 
-Memory is bounded by a count of responses, not bytes: each entry holds its
-whole conversation (every earlier turn again), so a long conversation costs
-roughly quadratic memory in its length. With the default of 1,000 entries and
-a few-thousand-token context per model that stays in the tens of megabytes.
-Nothing survives a restart; an evicted or unknown id is simply not found.
+Bounded in bytes, not in entries: each entry holds its whole conversation (every
+earlier turn again, so a long conversation costs memory roughly quadratic in its
+length), and entries range from a few hundred bytes to many megabytes, so a count
+bounded nothing. Nothing survives a restart; an evicted or unknown id is not found.
+
+Each entry is kept as its JSON encoding, made once when it is stored: that bytes
+object is immutable (nothing a caller does later can change it, so no defensive deep
+copy is needed on the way in), its length is the entry's size, and it is far smaller
+than the dicts it came from. ``get`` decodes it into new objects the caller owns. Both
+run through msgspec, several times quicker than ``copy.deepcopy`` of the same dicts,
+and only for the requests that store or continue a conversation.
 """
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Any
+
+import msgspec
 
 from slm_server.translate.responses_request import input_messages
 from slm_server.translate.responses_response import response_output_as_chat_messages
 
-DEFAULT_MAX_RESPONSES = 1000
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+
+# Counted for each entry on top of its JSON: the id, the bytes object, the dict slot.
+_ENTRY_OVERHEAD = 200
+
+_decode_messages = msgspec.json.Decoder(list[dict[str, Any]]).decode
 
 
 class ResponseStore:
-    """Response id -> the chat messages of its conversation, up to ``max_responses``.
+    """Response id -> the chat messages of its conversation, within ``max_bytes``.
 
-    When full, the least recently used entry goes (``get`` and ``put`` both
-    count as use), so an active conversation outlives abandoned ones. Messages
-    are copied in and out: callers may change what they pass or receive. Not
-    thread-safe; meant for one event loop.
+    When full, the least recently used entries go (``get`` and ``put`` both count as
+    use), so an active conversation outlives abandoned ones. What goes in and what
+    comes out are copies: callers may change them. Not thread-safe; one event loop.
     """
 
-    def __init__(self, max_responses: int = DEFAULT_MAX_RESPONSES) -> None:
-        if max_responses < 1:
-            raise ValueError("max_responses must be >= 1")
-        self._max = max_responses
-        self._entries: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-
-    @property
-    def capacity(self) -> int:
-        """How many responses are kept before the least recently used one goes."""
-        return self._max
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self.max_bytes = max_bytes
+        self.used_bytes = 0
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -47,18 +54,32 @@ class ResponseStore:
 
     def get(self, response_id: str) -> list[dict[str, Any]] | None:
         """The conversation ending with ``response_id``'s output, or None if not stored."""
-        messages = self._entries.get(response_id)
-        if messages is None:
+        encoded = self._entries.get(response_id)
+        if encoded is None:
             return None
         self._entries.move_to_end(response_id)
-        return copy.deepcopy(messages)
+        return _decode_messages(encoded)
 
-    def put(self, response_id: str, messages: list[dict[str, Any]]) -> None:
-        """Store (or replace) the conversation for ``response_id``, evicting the LRU entry."""
-        self._entries[response_id] = copy.deepcopy(messages)
-        self._entries.move_to_end(response_id)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+    def put(self, response_id: str, messages: list[dict[str, Any]]) -> bool:
+        """Store (or replace) the conversation for ``response_id``, evicting the LRU entries.
+
+        False, and nothing kept under that id, when it alone exceeds ``max_bytes``.
+        """
+        self._drop(response_id)
+        encoded = msgspec.json.encode(messages)
+        if _size(response_id, encoded) > self.max_bytes:
+            return False
+        self._entries[response_id] = encoded
+        self.used_bytes += _size(response_id, encoded)
+        while self.used_bytes > self.max_bytes:
+            oldest, dropped = self._entries.popitem(last=False)
+            self.used_bytes -= _size(oldest, dropped)
+        return True
+
+    def _drop(self, response_id: str) -> None:
+        encoded = self._entries.pop(response_id, None)
+        if encoded is not None:
+            self.used_bytes -= _size(response_id, encoded)
 
     def record_turn(
         self,
@@ -75,5 +96,8 @@ class ResponseStore:
         if request.get("store") is False:
             return False
         messages = input_messages(request, history) + response_output_as_chat_messages(response)
-        self.put(str(response["id"]), messages)
-        return True
+        return self.put(str(response["id"]), messages)
+
+
+def _size(response_id: str, encoded: bytes) -> int:
+    return len(encoded) + len(response_id) + _ENTRY_OVERHEAD
