@@ -25,7 +25,7 @@ from slm_server.translate.anthropic_response import (
     error_body,
     openai_error_to_anthropic,
 )
-from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.errors import InvalidField, UnsupportedField
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 PNG = "iVBORw0KGgo="
@@ -386,6 +386,69 @@ def test_unsupported_fields_name_the_param(body: dict[str, Any], param: str) -> 
         messages_to_chat(body)
     assert raised.value.param == param
     assert str(raised.value)
+
+
+def tool_result(content: Any) -> dict[str, Any]:
+    return {"type": "tool_result", "tool_use_id": "t1", "content": content}
+
+
+INVALID = [
+    (
+        "a tool result's text block holding null",
+        request(user([tool_result([{"type": "text", "text": None}])])),
+        "messages[0].content[0].content[0].text",
+    ),
+    ("a text block holding a number", request(user([{"type": "text", "text": 5}])), None),
+    (
+        "a tool_use id that is not a string",
+        request(assistant([{"type": "tool_use", "id": 1, "name": "f"}])),
+        "messages[0].content[0].id",
+    ),
+    (
+        "a tool_use input that is a string",
+        request(assistant([{"type": "tool_use", "id": "a", "name": "f", "input": "{}"}])),
+        "messages[0].content[0].input",
+    ),
+    (
+        "an image media type that is a list",
+        request(user([{"type": "image", "source": {"type": "base64", "media_type": ["x"]}}])),
+        "messages[0].content[0].source.media_type",
+    ),
+    (
+        "an image source that is a string",
+        request(user([{"type": "image", "source": "https://x"}])),
+        "messages[0].content[0].source",
+    ),
+    ("max_tokens as a string", request(user("hi"), max_tokens="10"), "max_tokens"),
+    ("temperature as true", request(user("hi"), temperature=True), "temperature"),
+    ("stream as a string", request(user("hi"), stream="yes"), "stream"),
+    ("metadata as a list", request(user("hi"), metadata=["u"]), "metadata"),
+    ("user_id as a number", request(user("hi"), metadata={"user_id": 7}), "metadata.user_id"),
+    (
+        "a tool schema that is a string",
+        request(user("hi"), tools=[{"name": "f", "input_schema": "{}"}]),
+        "tools[0].input_schema",
+    ),
+    (
+        "a tool name that is a number",
+        request(user("hi"), tools=[{"name": 1, "input_schema": {}}]),
+        "tools[0].name",
+    ),
+    (
+        "an output schema that is a string",
+        request(user("hi"), output_config={"format": {"type": "json_schema", "schema": "{}"}}),
+        "output_config.format.schema",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_wrongly_typed_fields_are_named(body: dict[str, Any], param: str | None) -> None:
+    param = param or "messages[0].content[0].text"
+    with pytest.raises(InvalidField) as raised:
+        messages_to_chat(body)
+    assert raised.value.param == param
+    assert param in str(raised.value)
 
 
 def test_count_tokens_asks_for_one_token_without_streaming() -> None:

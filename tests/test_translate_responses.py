@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from openai.types.responses import Response
 
-from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.errors import InvalidField, UnsupportedField
 from slm_server.translate.response_store import ResponseStore
 from slm_server.translate.responses_request import input_messages, responses_to_chat
 from slm_server.translate.responses_response import (
@@ -392,7 +392,6 @@ UNSUPPORTED_CASES: list[tuple[dict[str, Any], str]] = [
         },
         "input[0].output[0]",
     ),
-    ({"input": [{"type": "function_call", "name": "a", "arguments": "{}"}]}, "input[0].call_id"),
     ({"background": True}, "background"),
     ({"conversation": "conv_1"}, "conversation"),
     ({"prompt": {"id": "pmpt_1"}}, "prompt"),
@@ -412,6 +411,46 @@ def test_unsupported_fields_name_the_field(fields: dict[str, Any], param: str) -
     with pytest.raises(UnsupportedField) as raised:
         responses_to_chat(body)
     assert raised.value.param == param
+
+
+IMAGE_PART = {"type": "input_image", "image_url": "https://x"}
+INVALID_CASES: list[tuple[dict[str, Any], str]] = [
+    ({"input": [{"type": "function_call", "name": "a", "arguments": "{}"}]}, "input[0].call_id"),
+    ({"include": 5}, "include"),
+    ({"include": [5]}, "include"),
+    (
+        {"input": [{"role": "user", "content": [{**IMAGE_PART, "detail": ["high"]}]}]},
+        "input[0].content[0].detail",
+    ),
+    (
+        {"input": [{"role": "user", "content": [{"type": "input_text", "text": None}]}]},
+        "input[0].content[0].text",
+    ),
+    ({"temperature": "hot"}, "temperature"),
+    ({"max_output_tokens": 1.5}, "max_output_tokens"),
+    ({"max_output_tokens": True}, "max_output_tokens"),
+    ({"stream": "yes"}, "stream"),
+    ({"metadata": []}, "metadata"),
+    ({"previous_response_id": 5}, "previous_response_id"),
+    ({"text": "plain"}, "text"),
+    ({"text": {"format": "json"}}, "text.format"),
+    (
+        {"text": {"format": {"type": "json_schema", "name": "n", "schema": []}}},
+        "text.format.schema",
+    ),
+    ({"reasoning": "high"}, "reasoning"),
+    ({"tools": [{"type": "function", "name": "f", "parameters": "{}"}]}, "tools[0].parameters"),
+    ({"tools": [{"type": "function", "name": "f", "description": 1}]}, "tools[0].description"),
+]
+
+
+@pytest.mark.parametrize(("fields", "param"), INVALID_CASES, ids=[c[1] for c in INVALID_CASES])
+def test_wrongly_typed_fields_are_named(fields: dict[str, Any], param: str) -> None:
+    body: dict[str, Any] = {"model": "m", "input": "hi", **fields}
+    with pytest.raises(InvalidField) as raised:
+        responses_to_chat(body)
+    assert raised.value.param == param
+    assert param in str(raised.value)
 
 
 def test_request_and_history_are_not_modified_or_shared() -> None:

@@ -47,6 +47,16 @@ import json
 from typing import Any
 
 from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.fields import (
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    OBJECT,
+    STRING,
+    Kind,
+    check_fields,
+    required,
+)
 
 _PASSTHROUGH = ("model", "max_tokens", "temperature", "top_p", "top_k")
 _HANDLED = frozenset(
@@ -74,6 +84,27 @@ _IGNORED = frozenset(
         "workspace_id",
     }
 )
+# The type of each top-level field the conversion reads (the rest are checked as read).
+_FIELD_KINDS: dict[str, Kind] = {
+    "model": STRING,
+    "max_tokens": INTEGER,
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "top_k": INTEGER,
+    "stream": BOOLEAN,
+    "metadata": OBJECT,
+}
+# What each block type must hold, beyond its ``type``; optional fields may be absent.
+_BLOCK_REQUIRED: dict[str, dict[str, Kind]] = {
+    "text": {"text": STRING},
+    "tool_use": {"id": STRING, "name": STRING},
+    "tool_result": {"tool_use_id": STRING},
+}
+_BLOCK_OPTIONAL: dict[str, dict[str, Kind]] = {
+    "tool_use": {"input": OBJECT},
+    "tool_result": {"is_error": BOOLEAN},
+    "image": {"source": OBJECT},
+}
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 
 
@@ -85,6 +116,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     for key in ("model", "messages", "max_tokens"):
         if key not in body:
             raise UnsupportedField(key, f"`{key}` is required")
+    check_fields(body, _FIELD_KINDS)
     chat: dict[str, Any] = {key: body[key] for key in _PASSTHROUGH if body.get(key) is not None}
 
     messages: list[dict[str, Any]] = []
@@ -107,7 +139,9 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}
     metadata = body.get("metadata")
-    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    if metadata is not None:
+        check_fields(metadata, {"user_id": STRING}, "metadata.")
+    user_id = metadata.get("user_id") if metadata is not None else None
     if user_id is not None:
         chat["user"] = user_id
     if body.get("tools"):
@@ -253,6 +287,7 @@ def _image(block: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(source, dict):
         source = {}
     kind = source.get("type")
+    check_fields(source, {"media_type": STRING, "data": STRING, "url": STRING}, f"{where}.source.")
     if kind == "base64":
         media_type = source.get("media_type")
         if media_type not in _IMAGE_MEDIA_TYPES:
@@ -287,10 +322,11 @@ def _block_type(block: Any, where: str) -> str:
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
         raise UnsupportedField(f"{where}.type", "each content block must be an object with a type")
     kind: str = block["type"]
-    required = {"text": ("text",), "tool_use": ("id", "name"), "tool_result": ("tool_use_id",)}
-    for key in required.get(kind, ()):
+    for key, field_kind in _BLOCK_REQUIRED.get(kind, {}).items():
         if key not in block:
             raise UnsupportedField(f"{where}.{key}", f"`{kind}` blocks need `{key}`")
+        required(block, key, field_kind, where)
+    check_fields(block, _BLOCK_OPTIONAL.get(kind, {}), f"{where}.")
     return kind
 
 
@@ -303,9 +339,11 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
             f"{where}.type",
             f"server tool {kind!r} is not available; only client tools (name, input_schema) are",
         )
-    for key in ("name", "input_schema"):
+    for key, field_kind in (("name", STRING), ("input_schema", OBJECT)):
         if key not in tool:
             raise UnsupportedField(f"{where}.{key}", f"tools need `{key}`")
+        required(tool, key, field_kind, where)
+    check_fields(tool, {"description": STRING, "strict": BOOLEAN}, f"{where}.")
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
     if tool.get("description"):
         function["description"] = tool["description"]
@@ -343,6 +381,7 @@ def _output_config(config: Any) -> dict[str, Any]:
         raise UnsupportedField(
             "output_config.format", "only {type: json_schema, schema} formats are supported"
         )
+    required(fmt, "schema", OBJECT, "output_config.format")
     return {
         "response_format": {
             "type": "json_schema",

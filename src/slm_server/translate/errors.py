@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 
-class UnsupportedField(ValueError):
-    """The request uses something the conversion cannot express for a chat backend.
-
-    ``param`` is the request field (dotted path, e.g. ``tools[2].type``), reported
-    to the client so they know what to drop.
-    """
+class ConversionError(ValueError):
+    """A request the conversion refuses; ``param`` is the field (dotted path, e.g.
+    ``tools[2].type``), reported to the client so they know what to change."""
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+class UnsupportedField(ConversionError):
+    """The request uses something the conversion cannot express for a chat backend."""
+
+
+class InvalidField(ConversionError):
+    """A field of the request has the wrong type (or is missing where it is required)."""

@@ -35,7 +35,18 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.errors import InvalidField, UnsupportedField
+from slm_server.translate.fields import (
+    BOOLEAN,
+    INTEGER,
+    LIST,
+    NUMBER,
+    OBJECT,
+    STRING,
+    Kind,
+    check_fields,
+    string_list,
+)
 
 # Chat Completions knows only these image details; "original" has no equivalent,
 # so it falls back to the backend's default.
@@ -51,6 +62,28 @@ _REJECTED_FIELDS = {
     "moderation": "moderation is not available",
 }
 
+# The type of each top-level field the conversion reads or echoes (input,
+# instructions, tools and tool_choice are checked item by item as they are read).
+_FIELD_KINDS: dict[str, Kind] = {
+    "model": STRING,
+    "temperature": NUMBER,
+    "top_p": NUMBER,
+    "max_output_tokens": INTEGER,
+    "parallel_tool_calls": BOOLEAN,
+    "user": STRING,
+    "stream": BOOLEAN,
+    "store": BOOLEAN,
+    "background": BOOLEAN,
+    "metadata": OBJECT,
+    "text": OBJECT,
+    "reasoning": OBJECT,
+    "previous_response_id": STRING,
+    "truncation": STRING,
+    "top_logprobs": INTEGER,
+    "include": LIST,
+}
+_TOOL_KINDS: dict[str, Kind] = {"description": STRING, "parameters": OBJECT, "strict": BOOLEAN}
+
 
 def responses_to_chat(
     body: dict[str, Any], history: list[dict[str, Any]] | None = None
@@ -62,8 +95,10 @@ def responses_to_chat(
     precede this request's input. Neither argument is modified: the history is
     copied, while values passed through unchanged (tool parameter schemas, the
     JSON schema) are shared with ``body``. Raises :class:`UnsupportedField`
-    naming the offending field for anything a chat backend cannot be asked.
+    naming the offending field for anything a chat backend cannot be asked, and
+    :class:`InvalidField` for a field of the wrong type.
     """
+    check_request(body)
     _reject_unsupported_fields(body)
     messages: list[dict[str, Any]] = []
     instructions = body.get("instructions")
@@ -103,6 +138,16 @@ def responses_to_chat(
     if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
         chat["reasoning_effort"] = reasoning["effort"]
     return chat
+
+
+def check_request(body: dict[str, Any]) -> None:
+    """InvalidField unless the top-level fields the conversion reads have their types.
+
+    :func:`responses_to_chat` calls it; callers that read such a field before
+    converting (``previous_response_id``) call it first.
+    """
+    check_fields(body, _FIELD_KINDS)
+    string_list(body.get("include"), "include")
 
 
 def input_messages(
@@ -209,6 +254,7 @@ def _content_part(part: Any, role: str, path: str) -> dict[str, Any]:
                 "file_id needs the Files API, which is not available",
             )
         image: dict[str, Any] = {"url": url}
+        check_fields(part, {"detail": STRING}, f"{path}.")
         if part.get("detail") in _IMAGE_DETAILS:
             image["detail"] = part["detail"]
         return {"type": "image_url", "image_url": image}
@@ -263,7 +309,8 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
                 "can be offered to a chat backend",
             )
         function: dict[str, Any] = {"name": _string(tool, "name", path)}
-        for key in ("description", "parameters", "strict"):
+        check_fields(tool, _TOOL_KINDS, f"{path}.")
+        for key in _TOOL_KINDS:
             if tool.get(key) is not None:
                 function[key] = tool[key]
         converted.append({"type": "function", "function": function})
@@ -284,9 +331,12 @@ def _tool_choice(choice: Any) -> str | dict[str, Any]:
 
 
 def _response_format(text: Any) -> dict[str, Any] | None:
-    if not isinstance(text, dict) or not isinstance(text.get("format"), dict):
+    if not isinstance(text, dict) or text.get("format") is None:
         return None
+    if not isinstance(text["format"], dict):
+        raise InvalidField("text.format", "`text.format` must be an object")
     fmt = text["format"]
+    check_fields(fmt, {"schema": OBJECT, "description": STRING, "strict": BOOLEAN}, "text.format.")
     kind = fmt.get("type")
     if kind == "text":
         return None
@@ -312,7 +362,7 @@ def _reject_unsupported_fields(body: dict[str, Any]) -> None:
         raise UnsupportedField("background", "background responses are not available")
     if body.get("top_logprobs"):
         raise UnsupportedField("top_logprobs", "logprobs are not available")
-    if "message.output_text.logprobs" in (body.get("include") or []):
+    if "message.output_text.logprobs" in string_list(body.get("include"), "include"):
         raise UnsupportedField("include", "logprobs are not available")
 
 
@@ -324,5 +374,5 @@ def _copy_if_set(source: dict[str, Any], target: dict[str, Any], key: str, as_ke
 def _string(obj: dict[str, Any], key: str, path: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
-        raise UnsupportedField(f"{path}.{key}", f"{key} must be a string")
+        raise InvalidField(f"{path}.{key}", f"`{path}.{key}` must be a string")
     return value
