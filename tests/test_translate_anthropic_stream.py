@@ -204,13 +204,17 @@ def test_tool_arguments_are_emitted_piece_by_piece() -> None:
         ["input_json_delta"],
         ["input_json_delta"],
         ["input_json_delta"],
-        ["content_block_stop", "tool_use", "input_json_delta"],
+        [],  # a second call while the first is open waits for it to end (they may interleave)
         [],  # finish_reason
         [],  # usage
     ]
+    closing = [
+        (data.get("content_block") or data.get("delta") or data)["type"] for _, data in finish[:4]
+    ]
+    assert closing == ["content_block_stop", "tool_use", "input_json_delta", "content_block_stop"]
     partial = [
         data["delta"]["partial_json"]
-        for events in per_chunk
+        for events in [*per_chunk, finish]
         for _, data in events
         if data.get("delta", {}).get("type") == "input_json_delta"
     ]
@@ -327,16 +331,65 @@ def test_upstream_failure_becomes_an_error_event() -> None:
     assert name == "error"
     assert body == {"type": "error", "error": {"type": "api_error", "message": "context overflow"}}
     ErrorResponse.model_validate(body)
-    [(name, body)] = stream.error("backend went away", status=529)
+    assert stream.feed(delta(content="more")) == [] and stream.finish() == []  # it has ended
+    other = MessagesStream("gemma", "msg_2")
+    [(name, body)] = other.error("backend went away", status=529)
     assert body["error"] == {"type": "overloaded_error", "message": "backend went away"}
     ErrorResponse.model_validate(body)
 
 
-def test_a_tool_call_cannot_resume_after_the_next_began() -> None:
+def test_a_string_error_chunk_ends_the_stream() -> None:
     stream = MessagesStream("gemma", "msg_1")
     stream.start()
-    call = {"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}
-    stream.feed(delta(tool_calls=[call]))
-    stream.feed(delta(tool_calls=[{"index": 1, "id": "b", "function": {"name": "g"}}]))
-    with pytest.raises(ValueError, match="tool call 0"):
-        stream.feed(delta(tool_calls=[{"index": 0, "function": {"arguments": "}"}}]))
+    [(name, body)] = stream.feed({"error": "model crashed"})
+    assert (name, body["error"]["message"]) == ("error", "model crashed")
+    ErrorResponse.model_validate(body)
+
+
+def tool_piece(index: int, arguments: str, **call: str) -> dict[str, Any]:
+    function = {"arguments": arguments, **({"name": call["name"]} if "name" in call else {})}
+    piece: dict[str, Any] = {"index": index, "function": function}
+    if "id" in call:
+        piece["id"] = call["id"]
+    return delta(tool_calls=[piece])
+
+
+def test_interleaved_tool_calls_become_whole_blocks_in_order() -> None:
+    chunks = [
+        delta(content="Checking."),
+        tool_piece(0, '{"city":', id="a", name="weather"),
+        tool_piece(1, '{"tz":', id="b", name="time"),
+        tool_piece(0, ' "Paris"}'),
+        tool_piece(2, "{}", id="c", name="now"),
+        tool_piece(1, ' "CET"}'),
+        delta(finish="tool_calls"),
+    ]
+    message = validated(run(chunks))
+    assert [block.to_dict() for block in message.content] == [
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "a", "name": "weather", "input": {"city": "Paris"}},
+        {"type": "tool_use", "id": "b", "name": "time", "input": {"tz": "CET"}},
+        {"type": "tool_use", "id": "c", "name": "now", "input": {}},
+    ]
+    assert message.stop_reason == "tool_use"
+
+
+def test_held_tool_calls_go_out_before_following_text() -> None:
+    chunks = [
+        tool_piece(0, "{}", id="a", name="f"),
+        tool_piece(1, "{}", id="b", name="g"),
+        delta(content="done"),
+    ]
+    message = validated(run(chunks))
+    assert [block.type for block in message.content] == ["tool_use", "tool_use", "text"]
+
+
+def test_a_tool_call_resumed_after_text_ends_the_stream_with_an_error() -> None:
+    stream = MessagesStream("gemma", "msg_1")
+    stream.start()
+    stream.feed(tool_piece(0, "{", id="a", name="f"))
+    stream.feed(delta(content="then text"))
+    [(name, body)] = stream.feed(tool_piece(0, "}"))
+    assert name == "error" and "tool call 0" in body["error"]["message"]
+    ErrorResponse.model_validate(body)
+    assert stream.finish() == []

@@ -14,8 +14,15 @@ Reasoning deltas become a ``thinking`` block (closed with a ``signature_delta``,
 as the SDK expects), content deltas a ``text`` block, and each tool call a
 ``tool_use`` block whose arguments arrive as ``input_json_delta`` pieces. When
 the kind of delta changes, the open block is closed and the next one opened at
-the following index. Nothing is held back: every delta is emitted as soon as it
-is fed.
+the following index.
+
+Anthropic blocks cannot interleave or be reopened, but a chat backend may send
+the pieces of parallel tool calls interleaved (index 0, 1, 0, ...). So only the
+first tool call of a run streams live; calls that start while it is open are
+held and sent whole, each as one block, when it closes (at the next text or
+thinking, or at the end). Everything else is emitted as soon as it is fed. A
+piece for a call already sent whole or closed (it would have to follow text the
+client already has) cannot be placed: the stream ends with an ``error`` event.
 
 Usage is only known from the last upstream chunk (``stream_options.include_usage``),
 so ``message_start`` reports zeros and ``message_delta`` carries the real input
@@ -34,8 +41,20 @@ from slm_server.translate.anthropic_response import (
     stop_reason,
     tool_use_id,
 )
+from slm_server.translate.chat_chunks import chunk_error
 
 Event = tuple[str, dict[str, Any]]
+
+
+class _HeldCall:
+    """A tool call that began while another was streaming: sent whole once that one ends."""
+
+    __slots__ = ("arguments", "id", "name")
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.arguments: list[str] = []
 
 
 class MessagesStream:
@@ -48,7 +67,9 @@ class MessagesStream:
         # The open block: "thinking", "text", ("tool", upstream index), or None.
         self._open: str | tuple[str, int] | None = None
         self._closed_tools: set[int] = set()
+        self._held: dict[int, _HeldCall] = {}  # by upstream index, in order of arrival
         self._used_tools = False
+        self._ended = False
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
 
@@ -69,15 +90,15 @@ class MessagesStream:
     def feed(self, chunk: dict[str, Any]) -> list[Event]:
         """The events for one upstream chunk (often none, e.g. for the role-only first chunk).
 
-        A chunk carrying an ``error`` object instead of choices (llama-server's way
-        to fail mid-stream) yields ``error``'s event. Raises ValueError if a tool
-        call's arguments resume after another block began: Anthropic blocks
-        cannot be reopened, and backends stream calls one after another.
+        A chunk carrying an ``error`` (an object or a string) instead of choices
+        (llama-server's way to fail mid-stream) yields ``error``'s event. Once the
+        stream has ended (an error) every call returns ``[]``.
         """
-        if chunk.get("error") is not None and not chunk.get("choices"):
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else str(error)
-            return self.error(str(message or "upstream error"))
+        if self._ended:
+            return []
+        message = chunk_error(chunk)
+        if message is not None:
+            return self.error(message)
         if chunk.get("usage"):
             self._usage = chunk["usage"]
         events: list[Event] = []
@@ -95,12 +116,17 @@ class MessagesStream:
                 events.append(self._delta({"type": "text_delta", "text": text}))
             for position, call in enumerate(delta.get("tool_calls") or []):
                 events += self._tool_call(call, position)
+                if self._ended:
+                    return events
             if choice.get("finish_reason"):
                 self._finish_reason = choice["finish_reason"]
         return events
 
     def finish(self) -> list[Event]:
         """At ``[DONE]``: close the open block, then ``message_delta`` and ``message_stop``."""
+        if self._ended:
+            return []
+        self._ended = True
         events = self._close()
         reason = stop_reason(self._finish_reason, used_tools=self._used_tools)
         delta = {
@@ -114,28 +140,59 @@ class MessagesStream:
 
     def error(self, message: str, status: int = 500) -> list[Event]:
         """An ``error`` event for an upstream failure mid-stream; the stream ends there."""
+        if self._ended:
+            return []
+        self._ended = True
         return [("error", error_body(status, message))]
 
     def _tool_call(self, call: dict[str, Any], position: int) -> list[Event]:
         index = call.get("index", position)
         function = call.get("function") or {}
+        arguments = function.get("arguments")
         events: list[Event] = []
+        if index in self._held:
+            _hold(self._held[index], call)
+            return []
         if self._open != ("tool", index):
             if index in self._closed_tools:
-                raise ValueError(f"tool call {index} resumed after another block began")
+                return self.error(
+                    f"the backend sent more of tool call {index} after it was complete"
+                )
+            if isinstance(self._open, tuple):  # another call is streaming: this one waits
+                self._held[index] = _hold(_HeldCall(), call)
+                return []
             events += self._close()
             self._open = ("tool", index)
             self._used_tools = True
-            block: dict[str, Any] = {
-                "type": "tool_use",
-                "id": call.get("id") or tool_use_id(self._message_id, index),
-                "name": function.get("name") or "",
-                "input": {},
-            }
-            events.append(self._start(block))
-        arguments = function.get("arguments")
+            events.append(
+                self._start(self._tool_block(call.get("id"), function.get("name"), index))
+            )
         if isinstance(arguments, str) and arguments:
             events.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+        return events
+
+    def _tool_block(self, call_id: Any, name: Any, index: int) -> dict[str, Any]:
+        return {
+            "type": "tool_use",
+            "id": call_id or tool_use_id(self._message_id, index),
+            "name": name or "",
+            "input": {},
+        }
+
+    def _send_held(self) -> list[Event]:
+        """Each held call as one whole block, in the order they began."""
+        events: list[Event] = []
+        held, self._held = self._held, {}
+        for index, call in held.items():
+            events.append(self._start(self._tool_block(call.id, call.name, index)))
+            arguments = "".join(call.arguments)
+            if arguments:
+                events.append(self._delta({"type": "input_json_delta", "partial_json": arguments}))
+            events.append(
+                ("content_block_stop", {"type": "content_block_stop", "index": self._next_index})
+            )
+            self._closed_tools.add(index)
+            self._next_index += 1
         return events
 
     def _switch_to(self, kind: str) -> list[Event]:
@@ -159,16 +216,33 @@ class MessagesStream:
         data = {"type": "content_block_delta", "index": self._next_index, "delta": delta}
         return ("content_block_delta", data)
 
+    def _stop(self) -> Event:
+        """The open block's ``content_block_stop``; the next block takes the next index."""
+        stop = {"type": "content_block_stop", "index": self._next_index}
+        self._next_index += 1
+        return ("content_block_stop", stop)
+
     def _close(self) -> list[Event]:
         if self._open is None:
             return []
         events: list[Event] = []
         if self._open == "thinking":
             events.append(self._delta({"type": "signature_delta", "signature": THINKING_SIGNATURE}))
-        elif isinstance(self._open, tuple):
+        events.append(self._stop())
+        if isinstance(self._open, tuple):
             self._closed_tools.add(self._open[1])
-        stop = {"type": "content_block_stop", "index": self._next_index}
-        events.append(("content_block_stop", stop))
+            events += self._send_held()
         self._open = None
-        self._next_index += 1
         return events
+
+
+def _hold(held: _HeldCall, call: dict[str, Any]) -> _HeldCall:
+    function = call.get("function") or {}
+    if call.get("id") and not held.id:
+        held.id = call["id"]
+    if function.get("name") and not held.name:
+        held.name = function["name"]
+    arguments = function.get("arguments")
+    if isinstance(arguments, str) and arguments:
+        held.arguments.append(arguments)
+    return held
