@@ -23,20 +23,20 @@ from slm_server.router.asgi import (
     Send,
     header,
     read_body,
-    send_error,
     send_json,
 )
 from slm_server.router.body_budget import BodyBudget
-from slm_server.router.bridge import ANTHROPIC_PATHS, BRIDGED_PATHS, Bridge, anthropic_error_payload
+from slm_server.router.bridge import BRIDGED_PATHS, Bridge
 from slm_server.router.errors import (
     BackendUnavailable,
     EndpointNotFound,
+    InternalError,
     InvalidRequest,
     MethodNotAllowed,
     RouterError,
 )
 from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
-from slm_server.router.interrupted import end_cut_short
+from slm_server.router.interrupted import end_cut_short, end_with_error
 from slm_server.router.lifetime import LOADING, QUEUED, RequestLifetime
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
@@ -136,16 +136,15 @@ class RouterApp:
             # uvicorn's text/plain 500); the task ends right after, as the cancel asked.
             await end_cut_short(send, scope["path"], start, last)
         except RouterError as error:
-            if start is not None:
-                raise
             if error.status >= 500:
                 log.warning("%s %s -> %d: %s", scope["method"], scope["path"], error.status, error)
-            body = None
-            if scope["path"] in ANTHROPIC_PATHS:  # Anthropic clients parse their own shape
-                body = anthropic_error_payload(error.status, error.body())
-            await send_error(send, error, body)
+            await end_with_error(send, scope["path"], start, last, error)
         except ClientDisconnected:
             log.debug("client left before sending its whole request")
+        except Exception:  # a bug: said as a 500 in the client's shape, never uvicorn's text/plain
+            log.exception("%s %s: unexpected error", scope["method"], scope["path"])
+            internal = InternalError("internal error in the router (logged with details)")
+            await end_with_error(send, scope["path"], start, last, internal)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]

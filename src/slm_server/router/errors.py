@@ -123,6 +123,13 @@ class QueueFull(RouterError):
     code = "queue_full"
 
 
+class InternalError(RouterError):
+    """A bug in the router: the client learns only that, the log has the traceback."""
+
+    status = 500
+    code = "internal_error"
+
+
 class BadGateway(RouterError):
     """The backend answered with something that is not HTTP, or broke the connection."""
 

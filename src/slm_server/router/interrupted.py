@@ -1,9 +1,10 @@
-"""Ending a request that the server cut short on its way down, in its protocol's own way.
+"""Ending a request cut short, in its protocol's own way.
 
-The server cancels the requests still running when the shutdown grace is over. A client
-must then learn that its answer ends here, not be left with a connection that just drops
-(or, worse, a stream that looks finished): the status line may already be out, so a stream
-ends with the protocol's error event, as any failure after the headers does.
+The server cancels the requests still running when the shutdown grace is over; a request
+may also fail on its own (a router error, a bug). A client must then learn that its answer
+ends here, not be left with a connection that just drops (or, worse, a stream that looks
+finished): the status line may already be out, so a stream ends with the protocol's error
+event, as any failure after the headers does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ async def end_cut_short(send: Send, path: str, start: Message | None, last: Mess
     end. A plain body half sent cannot be ended well: the server closes the connection.
     """
     error = ShuttingDown("the server is shutting down; this request was cut short")
+    await end_with_error(send, path, start, last, error)
+
+
+async def end_with_error(
+    send: Send, path: str, start: Message | None, last: Message | None, error: RouterError
+) -> None:
+    """End the answer after ``start`` and ``last`` with ``error``, as ``end_cut_short`` does.
+
+    For any failure of a request (the shutdown's cut, a router error, a bug): before the
+    status line, an error answer in the path's shape; after it, the stream's error event.
+    """
     anthropic = path in ANTHROPIC_PATHS
     with contextlib.suppress(OSError, RuntimeError):  # the client left, or the answer was done
         if start is None:
