@@ -52,7 +52,12 @@ Switches (startup flag / control key): ``--fail-status`` / ``fail_status``,
 ``--loading`` / ``loading``, ``--response-delay`` / ``response_delay``,
 ``--no-responses`` / ``no_responses``; control only: ``responses_status``
 (/v1/responses answers it), ``refusal_delay`` (seconds before /v1/responses
-refuses).  ``fail_status``, ``hang`` and
+refuses), ``stream_error`` (a string: streams end with
+``{"error": "<it>"}`` after their content, no ``[DONE]``), ``interleave_tools``
+(a streamed tool call comes with a second one, their pieces interleaved:
+index 0, 1, 0, 1 ...), ``ignore_stream`` (chat completions answer plain JSON even
+when asked to stream), ``messages`` (native ``/v1/messages`` and
+``/v1/messages/count_tokens``; off: 404 as without the routes).  ``fail_status``, ``hang`` and
 ``response_delay`` apply to the POST model endpoints (not ``/v1/models``,
 ``/health`` or ``/_fake``).
 """
@@ -100,6 +105,10 @@ class Config:
     no_responses: bool = False
     responses_status: int | None = None  # /v1/responses answers this error status
     refusal_delay: float = 0.0  # seconds before /v1/responses refuses (no_responses, status)
+    stream_error: str | None = None
+    interleave_tools: bool = False
+    ignore_stream: bool = False
+    messages: bool = False
 
 
 # control key -> (accepted JSON types, nullable)
@@ -114,6 +123,10 @@ _CONTROL_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "no_responses": ((bool,), False),
     "responses_status": ((int,), True),
     "refusal_delay": ((int, float), False),
+    "stream_error": ((str,), True),
+    "interleave_tools": ((bool,), False),
+    "ignore_stream": ((bool,), False),
+    "messages": ((bool,), False),
 }
 
 
@@ -263,6 +276,8 @@ class FakeServer:
         for path in ("/v1/rerank", "/rerank", "/v1/reranking", "/reranking"):
             app.router.add_post(path, self.rerank)
         app.router.add_post("/v1/responses", self.responses)
+        app.router.add_post("/v1/messages", self.messages)
+        app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
         app.router.add_post("/v1/images/generations", self.image_generation)
         app.router.add_post("/v1/images/edits", self.image_edit)
         app.router.add_post("/v1/audio/transcriptions", self.transcription)
@@ -343,8 +358,9 @@ class FakeServer:
         head: list[dict[str, Any]],
         content_chunk: Callable[[int], dict[str, Any]],
         tail: list[dict[str, Any]],
+        count: int | None = None,
     ) -> web.StreamResponse:
-        """Write ``head`` events, ``chunks`` content events, ``tail`` events, [DONE].
+        """Write ``head`` events, ``count`` (default ``chunks``) content events, ``tail``, [DONE].
 
         Every event is a separate write (flushed to the socket), with
         ``chunk_delay`` seconds between consecutive events.
@@ -370,11 +386,15 @@ class FakeServer:
             for event in head:
                 await send(json.dumps(event))
             written = 0
-            for i in range(self.config.chunks):
+            for i in range(self.config.chunks if count is None else count):
                 maybe_die(written)
                 await send(json.dumps(content_chunk(i)))
                 written += 1
             maybe_die(written)
+            if self.config.stream_error is not None:
+                await send(json.dumps({"error": self.config.stream_error}))
+                await resp.write_eof()
+                return resp
             for event in tail:
                 await send(json.dumps(event))
             await send("[DONE]")
@@ -417,7 +437,7 @@ class FakeServer:
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise _bad_request("'messages' must be a list")
-        stream = bool(body.get("stream"))
+        stream = bool(body.get("stream")) and not self.config.ignore_stream
         if (early := await self.gate(streamed=stream)) is not None:
             return early
         model = self.model_of(body)
@@ -428,7 +448,7 @@ class FakeServer:
         tool = _tool_to_call(body)
         if tool is not None:
             arguments = json.dumps({"text": _last_user_text(messages)})
-            return await self.tool_call(request, body, cid, created, model, tool, arguments)
+            return await self.tool_call(request, body, cid, created, model, tool, arguments, stream)
         if not stream:
             content = _reply_to(messages)
             completion_tokens = _count_tokens(content)
@@ -501,6 +521,7 @@ class FakeServer:
         model: str,
         tool: str,
         arguments: str,
+        stream: bool,
     ) -> web.StreamResponse:
         """Call ``tool`` with ``arguments``; streamed, the arguments come in ``chunks`` pieces."""
         call_id = _new_id("call_")
@@ -523,7 +544,7 @@ class FakeServer:
                 ],
             }
 
-        if not body.get("stream"):
+        if not stream:
             message = {"role": "assistant", "content": None, "tool_calls": [call(arguments)]}
             choice = {
                 "index": 0,
@@ -541,9 +562,10 @@ class FakeServer:
                     "usage": usage,
                 }
             )
+        if self.config.interleave_tools:
+            return await self.interleaved_tool_calls(request, body, chunk, call, arguments, usage)
         n = max(self.config.chunks, 1)
-        size = -(-len(arguments) // n)
-        pieces = [arguments[i * size : (i + 1) * size] for i in range(n)]
+        pieces = _split(arguments, n)
         head = [
             chunk(
                 {"role": "assistant", "content": None, "tool_calls": [{**call(""), "index": 0}]},
@@ -566,6 +588,36 @@ class FakeServer:
         """llama-server's own endpoint, as far as its check asks: one token."""
         await self.read_json(request)
         return web.json_response({"content": "echo", "tokens_predicted": 1})
+
+    async def interleaved_tool_calls(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        chunk: Callable[[dict[str, Any], str | None], dict[str, Any]],
+        call: Callable[[str], dict[str, Any]],
+        arguments: str,
+        usage: dict[str, int],
+    ) -> web.StreamResponse:
+        """Two calls of the tool (the second with ``{"text": "again"}``), pieces alternating."""
+        n = max(self.config.chunks, 2)
+        first, second = call(""), {**call(""), "id": _new_id("call_")}
+        pieces = [_split(arguments, n - n // 2), _split(json.dumps({"text": "again"}), n // 2)]
+        head = [
+            chunk(
+                {"role": "assistant", "content": None, "tool_calls": [{**first, "index": 0}]}, None
+            ),
+            chunk({"tool_calls": [{**second, "index": 1}]}, None),
+        ]
+        tail = [chunk({}, "tool_calls")]
+        if _include_usage(body):
+            tail.append({**chunk({}, None), "choices": [], "usage": usage})
+
+        def piece(i: int) -> dict[str, Any]:
+            which = i % 2
+            function = {"arguments": pieces[which][i // 2]}
+            return chunk({"tool_calls": [{"index": which, "function": function}]}, None)
+
+        return await self.sse(request, head, piece, tail, count=n)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body = await self.read_json(request)
@@ -733,6 +785,34 @@ class FakeServer:
             }
         )
 
+    async def messages(self, request: web.Request) -> web.Response:
+        if not self.config.messages:
+            raise web.HTTPNotFound()  # as without the route
+        body = await self.read_json(request)
+        if body.get("stream"):
+            raise _bad_request("the fake backend does not stream the Messages API")
+        if (early := await self.gate()) is not None:
+            return early
+        text = f"echo: {_last_user_text(body.get('messages'))}"
+        return web.json_response(
+            {
+                "id": _new_id("msg_"),
+                "type": "message",
+                "role": "assistant",
+                "model": self.model_of(body),
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 1, "output_tokens": _count_tokens(text)},
+            }
+        )
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        if not self.config.messages:
+            raise web.HTTPNotFound()
+        body = await self.read_json(request)
+        return web.json_response({"input_tokens": _count_tokens(_all_text(body.get("messages")))})
+
     async def image_generation(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
         if (early := await self.gate()) is not None:
@@ -827,6 +907,12 @@ def _text(form: dict[str, bytes], name: str) -> str:
 def _images_response(picture: bytes) -> web.Response:
     data = [{"b64_json": base64.b64encode(picture).decode("ascii")}]
     return web.json_response({"created": int(time.time()), "data": data})
+
+
+def _split(text: str, n: int) -> list[str]:
+    """``text`` in ``n`` consecutive pieces (the last ones empty if it is short)."""
+    size = -(-len(text) // n) if text else 0
+    return [text[i * size : (i + 1) * size] for i in range(n)]
 
 
 def _include_usage(body: dict[str, Any]) -> bool:

@@ -24,7 +24,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from slm_server.router.asgi import JSON_HEADERS, Body, Headers, Send, send_response
-from slm_server.router.errors import BadGateway, UnknownResponse, UnsupportedRequestField
+from slm_server.router.errors import (
+    BadGateway,
+    InvalidRequest,
+    UnknownResponse,
+    UnsupportedRequestField,
+)
 from slm_server.router.lifetime import RequestLifetime
 from slm_server.router.proxy import (
     SSE_HEADERS,
@@ -39,9 +44,10 @@ from slm_server.router.routing import Backend, router_changes
 from slm_server.supervisor import BackendProcess
 from slm_server.translate import anthropic_request, anthropic_response
 from slm_server.translate.anthropic_stream import MessagesStream
-from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.chat_chunks import chunk_error, completion_as_chunks
+from slm_server.translate.errors import InvalidField, UnsupportedField
 from slm_server.translate.response_store import ResponseStore
-from slm_server.translate.responses_request import responses_to_chat
+from slm_server.translate.responses_request import check_request, responses_to_chat
 from slm_server.translate.responses_response import (
     chat_to_response,
 )
@@ -184,11 +190,14 @@ class Bridge:
             return _CountTokensConversion(request)
         except UnsupportedField as exc:
             raise UnsupportedRequestField(str(exc), param=exc.param) from None
+        except InvalidField as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from None
 
 
 class _ResponsesConversion:
     def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
         history = None
+        check_request(request)  # previous_response_id is read before the conversion
         previous = request.get("previous_response_id")
         if previous is not None:
             history = store.get(str(previous))
@@ -371,9 +380,17 @@ async def _converted(
             answer_headers = [*JSON_HEADERS, marker, *stopwatch.headers()]
             await send_response(send, response.status, error, answer_headers)
         elif conversion.chat.get("stream"):
-            stopwatch.resume()
-            head = [marker, *stopwatch.headers()]
-            await _relay_converted_stream(response, send, backend, conversion.stream(), head)
+            converter = conversion.stream()
+            if response.content_type == "text/event-stream":
+                stopwatch.resume()
+                head = [marker, *stopwatch.headers()]
+                await _relay_converted_stream(response, send, backend, converter, head)
+            else:  # the backend ignored `stream: true`: its whole answer, as the stream's events
+                answer = _json_object(await read_whole(response, backend, lifetime))
+                stopwatch.resume()
+                await _send_start(send, [marker, *stopwatch.headers()])
+                events = converter.start() + _whole_as_events(answer, converter, backend)
+                await _send_events(send, events, last=True)
         else:
             chat = _json_object(await read_whole(response, backend, lifetime))
             stopwatch.resume()
@@ -389,6 +406,11 @@ async def _converted(
             response.close()  # the backend sees the client leave
 
 
+async def _send_start(send: Send, extra: Headers) -> None:
+    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS, *extra]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+
 async def _relay_converted_stream(
     response: UpstreamResponse,
     send: Send,
@@ -396,10 +418,10 @@ async def _relay_converted_stream(
     converter: StreamConverter,
     extra: Headers,
 ) -> None:
-    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), *SSE_HEADERS, *extra]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await _send_start(send, extra)
     await _send_events(send, converter.start())
     parser = SseParser()
+    # The status is out: from here on every way out ends the stream with its own last event.
     try:
         async with contextlib.aclosing(stream_pieces(response, backend)) as pieces:
             async for piece in pieces:
@@ -408,8 +430,8 @@ async def _relay_converted_stream(
                         await _send_events(send, converter.finish(), last=True)
                         return
                     chunk = _json_object(event.data)
-                    if "error" in chunk and "choices" not in chunk:
-                        message = str(chunk["error"].get("message", chunk["error"]))
+                    message = chunk_error(chunk)
+                    if message is not None:
                         await _send_events(send, converter.error(message), last=True)
                         return
                     await _send_events(send, converter.feed(chunk))
@@ -419,7 +441,26 @@ async def _relay_converted_stream(
     except SseTooLarge as exc:  # the response has started: the error can only go in-band
         log.warning("%s: %s; ending the stream", backend.label, exc)
         final = converter.error(f"{backend.label} sent a broken stream: {exc}")
+    except Exception:  # a bug converting: the client still gets a well-formed end
+        log.exception("%s: converting the stream failed", backend.label)
+        final = converter.error("internal error in the router converting the stream (logged)")
     await _send_events(send, final, last=True)
+
+
+def _whole_as_events(whole: dict[str, Any], converter: StreamConverter, backend: Backend) -> Events:
+    """The events for a backend's whole (non-streamed) JSON answer to a streamed request."""
+    message = chunk_error(whole)
+    if message is not None:
+        return converter.error(message)
+    chunks = completion_as_chunks(whole)
+    if chunks is None:
+        return converter.error(
+            f"{backend.label} answered a streamed request with JSON that is not a chat completion"
+        )
+    events: Events = []
+    for chunk in chunks:
+        events += converter.feed(chunk)
+    return events + converter.finish()
 
 
 async def _send_events(send: Send, events: Events, *, last: bool = False) -> None:
