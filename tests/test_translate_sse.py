@@ -75,3 +75,9 @@ def test_events_up_to_the_limit_pass_in_any_split() -> None:
 
 def test_the_default_limit_is_stated() -> None:
     assert MAX_EVENT_BYTES == 8 * 1024 * 1024
+
+
+def test_a_lone_surrogate_is_framed_as_its_json_escape() -> None:
+    frame = sse_frame("x", {"text": "a\ud800b"})
+    [event] = SseParser().feed(frame)
+    assert json.loads(event.data) == {"text": "a\ud800b"}

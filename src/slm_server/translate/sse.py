@@ -73,4 +73,6 @@ def sse_frame(event: str | None, data: dict[str, Any]) -> bytes:
     """One event as SSE bytes; ``event`` None leaves out the ``event:`` line (OpenAI chat style)."""
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     head = f"event: {event}\n" if event is not None else ""
-    return f"{head}data: {payload}\n\n".encode()
+    # A lone surrogate (valid as a JSON escape in a request, echoed back) has no UTF-8 form:
+    # backslashreplace writes it as the same \udXXXX escape, which is valid JSON again.
+    return f"{head}data: {payload}\n\n".encode("utf-8", "backslashreplace")
