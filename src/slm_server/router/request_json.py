@@ -28,6 +28,11 @@ _ROUTED = msgspec.json.Decoder(_Routed)
 _UTF8_SLICE = 1 << 20
 
 
+def _too_deep() -> InvalidRequest:
+    # e.g. 100,000 nested lists: the decoders give up (RecursionError), and so does the router.
+    return InvalidRequest("request body is nested too deeply")
+
+
 def model_of(body: Body) -> object:
     """The top-level ``model`` value of a JSON object body (None when absent)."""
     _require_utf8(body)
@@ -37,6 +42,8 @@ def model_of(body: Body) -> object:
         raise InvalidRequest("request body must be a JSON object") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
 
 
 def _require_utf8(body: Body) -> None:
@@ -62,6 +69,8 @@ def parse_object(body: Body) -> dict[str, Any]:
         request = json.loads(body)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(request, dict):
         raise InvalidRequest("request body must be a JSON object")
     return request
