@@ -57,9 +57,10 @@ refuses), ``stream_error`` (a string: streams end with
 (a streamed tool call comes with a second one, their pieces interleaved:
 index 0, 1, 0, 1 ...), ``ignore_stream`` (chat completions answer plain JSON even
 when asked to stream), ``messages`` (native ``/v1/messages`` and
-``/v1/messages/count_tokens``; off: 404 as without the routes).  ``fail_status``, ``hang`` and
-``response_delay`` apply to the POST model endpoints (not ``/v1/models``,
-``/health`` or ``/_fake``).
+``/v1/messages/count_tokens``; off: 404 as without the routes), ``chat_body``
+(any JSON: chat completions answer it as is, status 200, whatever was asked).
+``fail_status``, ``hang`` and ``response_delay`` apply to the POST model endpoints
+(not ``/v1/models``, ``/health`` or ``/_fake``).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Config:
     interleave_tools: bool = False
     ignore_stream: bool = False
     messages: bool = False
+    chat_body: Any = None
 
 
 # control key -> (accepted JSON types, nullable)
@@ -127,6 +129,7 @@ _CONTROL_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "interleave_tools": ((bool,), False),
     "ignore_stream": ((bool,), False),
     "messages": ((bool,), False),
+    "chat_body": ((object,), True),
 }
 
 
@@ -440,6 +443,8 @@ class FakeServer:
         stream = bool(body.get("stream")) and not self.config.ignore_stream
         if (early := await self.gate(streamed=stream)) is not None:
             return early
+        if self.config.chat_body is not None:
+            return web.json_response(self.config.chat_body)
         model = self.model_of(body)
         cid = _new_id("chatcmpl-")
         created = int(time.time())

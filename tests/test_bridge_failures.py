@@ -202,3 +202,44 @@ def test_a_backend_ignoring_stream_with_a_tool_call_streams_it(
         message = stream.get_final_message()
     [use] = [block for block in message.content if block.type == "tool_use"]
     assert use.input == {"text": "find cats"} and message.stop_reason == "tool_use"
+
+
+# -------------------------------------------------------------- answers that are no completions
+
+NOT_A_COMPLETION = {"choices": "none today"}
+UNREADABLE = {
+    "choices": [
+        {"message": {"role": "assistant", "tool_calls": {"0": 1}}, "finish_reason": "stop"}
+    ],
+    "usage": "plenty",
+}
+
+
+def test_an_answer_that_is_not_a_chat_completion_is_a_502(
+    router: RouterProcess, fake: FakeBackend
+) -> None:
+    fake.control(chat_body=NOT_A_COMPLETION)
+    body = {"model": "m-chat", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+    response = post(router, "/v1/messages", body)
+    assert response.status_code == 502, response.text
+    payload = response.json()
+    assert payload["type"] == "error" and "not a chat completion" in payload["error"]["message"]
+
+
+def test_a_chat_completion_the_router_cannot_read_is_a_502(
+    router: RouterProcess, fake: FakeBackend
+) -> None:
+    fake.control(chat_body=UNREADABLE)
+    response = post(router, "/v1/responses", {"model": "m-chat", "input": "hi"})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "backend_error"
+
+
+def test_a_streamed_request_answered_with_other_json_fails_the_stream(
+    oai: openai.OpenAI, fake: FakeBackend
+) -> None:
+    fake.control(chat_body={"hello": "world"})
+    final = list(oai.responses.create(model="m-chat", input="hi", stream=True))[-1]
+    assert isinstance(final, ResponseFailedEvent)
+    assert final.response.error is not None
+    assert "not a chat completion" in final.response.error.message

@@ -394,9 +394,7 @@ async def _converted(
         else:
             chat = _json_object(await read_whole(response, backend, lifetime))
             stopwatch.resume()
-            if "choices" not in chat:
-                raise BadGateway(f"{backend.label} answered a chat completion without choices")
-            whole = json.dumps(conversion.whole(chat)).encode()
+            whole = json.dumps(_converted_whole(conversion, chat, backend)).encode()
             await send_response(send, 200, whole, [*JSON_HEADERS, marker, *stopwatch.headers()])
         completed = True
     finally:
@@ -404,6 +402,21 @@ async def _converted(
             response.release()
         else:
             response.close()  # the backend sees the client leave
+
+
+def _converted_whole(
+    conversion: Conversion, chat: dict[str, Any], backend: Backend
+) -> dict[str, Any]:
+    """The client's answer for the backend's chat completion; BadGateway if it is none."""
+    if completion_as_chunks(chat) is None:
+        raise BadGateway(f"{backend.label} answered with JSON that is not a chat completion")
+    try:
+        return conversion.whole(chat)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        # The converters trust the shape of a completion's fields; this one broke it
+        # (e.g. tool_calls as an object). The backend's answer is at fault, not the request.
+        log.warning("%s: unreadable chat completion", backend.label, exc_info=True)
+        raise BadGateway(f"{backend.label} answered a chat completion it could not read") from None
 
 
 async def _send_start(send: Send, extra: Headers) -> None:
