@@ -145,3 +145,65 @@ def test_python_server_refuses_native_only_features(
 def test_hf_id_is_refused_for_llamacpp(repo: Path) -> None:
     with pytest.raises(ValueError, match="not supported for llamacpp"):
         native_argv(model(repo, model_path="Qwen/Qwen3-0.6B-GGUF"), BIN, repo)
+
+
+def test_extra_args_end_the_command_line(repo: Path) -> None:
+    extra = ["-ngl", "99", "--threads", "4", "--jinja"]
+    entry_ = model(repo, extra_args=extra, flash_attn=True)
+    assert native_argv(entry_, BIN, repo)[-7:] == ["--flash-attn", "on", *extra]
+    assert python_server_argv(model(repo, extra_args=["--n_threads", "2"]), "/py", repo)[-2:] == [
+        "--n_threads",
+        "2",
+    ]
+
+
+@pytest.fixture
+def vision(tmp_path: Path) -> Path:
+    """A model directory as Hugging Face ships a vision GGUF: model and projector side by side."""
+    directory = tmp_path / "vision"
+    directory.mkdir()
+    # Sorted by name the projectors come first; none may be taken for the model.
+    projectors = ("MMPROJ-model-f32.gguf", "llava-mmproj-q4.gguf", "mmproj-model-f16.gguf")
+    for name in ("vision-Q4_K_M.gguf", *projectors):
+        (directory / name).touch()
+    return directory
+
+
+def test_multimodal_directory_finds_its_projector(repo: Path, vision: Path) -> None:
+    argv = native_argv(model(repo, model_path=str(vision), model_type="multimodal"), BIN, repo)
+    assert argv[1:3] == ["--model", str(vision / "vision-Q4_K_M.gguf")]
+    assert argv[argv.index("--mmproj") + 1] == str(vision / "MMPROJ-model-f32.gguf")
+
+
+def test_named_mmproj_wins_and_resolves_like_model_path(repo: Path, vision: Path) -> None:
+    (repo / "models" / "mmproj-own.gguf").touch()
+    multimodal = model(
+        repo, model_path=str(vision), model_type="multimodal", mmproj="models/mmproj-own.gguf"
+    )
+    argv = native_argv(multimodal, BIN, repo)
+    assert argv.count("--mmproj") == 1
+    assert argv[argv.index("--mmproj") + 1] == str(repo / "models" / "mmproj-own.gguf")
+
+
+def test_text_model_in_a_directory_with_a_projector_gets_none(repo: Path, vision: Path) -> None:
+    argv = native_argv(model(repo, model_path=str(vision)), BIN, repo)
+    assert argv[1:3] == ["--model", str(vision / "vision-Q4_K_M.gguf")]
+    assert "--mmproj" not in argv
+
+
+def test_directory_of_projectors_only_has_no_model(repo: Path, vision: Path) -> None:
+    (vision / "vision-Q4_K_M.gguf").unlink()
+    with pytest.raises(ValueError, match=r"no \.gguf model file"):
+        native_argv(model(repo, model_path=str(vision), model_type="multimodal"), BIN, repo)
+
+
+def test_missing_mmproj_is_refused_like_a_missing_model(repo: Path) -> None:
+    multimodal = model(repo, model_type="multimodal", mmproj="models/mmproj-gone.gguf")
+    with pytest.raises(ValueError, match=r"mmproj-gone.gguf does not exist"):
+        native_argv(multimodal, BIN, repo)
+
+
+def test_python_server_refuses_a_projector(repo: Path, vision: Path) -> None:
+    multimodal = model(repo, model_path=str(vision), model_type="multimodal")
+    with pytest.raises(BackendUnsupported, match="mmproj needs the native llama-server"):
+        python_server_argv(multimodal, "/py", repo)

@@ -184,3 +184,12 @@ def test_broken_server_is_reported(tmp_path: Path) -> None:
     binary = fake_server(tmp_path, 'echo "ImportError: no mlx" >&2; exit 1')
     with pytest.raises(BackendUnsupported, match="ImportError: no mlx"):
         mlx.launch_flags(binary)
+
+
+def test_extra_args_end_the_command_line(tmp_path: Path) -> None:
+    extra = ["--log-level", "DEBUG", "--trust-remote-code"]
+    entry = model(max_concurrency=2, extra_args=extra)
+    assert mlx.openai_server_argv(entry, BIN, FLAGS_1_8, tmp_path)[-7:] == [
+        "--decode-concurrency", "2", "--prompt-concurrency", "2", *extra,
+    ]  # fmt: skip
+    assert mlx.mlx_lm_argv(entry, "/py", tmp_path)[-3:] == extra

@@ -200,9 +200,9 @@ def test_base_dir_is_repo_root_for_a_config_directory(tmp_path: Path) -> None:
 
 def test_example_config_has_no_schema_errors() -> None:
     loaded = load_config(REPO / "config" / "models.yaml.example")
-    assert set(loaded.models) == {"standard", "embed", "rerank", "coder"}
+    assert set(loaded.models) == {"standard", "embed", "rerank", "coder", "vision"}
     assert {p.field for p in loaded.problems} <= {"model_path", "chat_template_file"}
-    assert all(p.severity == "warning" for p in loaded.problems if p.role == "coder")
+    assert all(p.severity == "warning" for p in loaded.problems if p.role in ("coder", "vision"))
 
 
 def test_example_config_documents_every_field() -> None:

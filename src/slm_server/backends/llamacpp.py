@@ -10,7 +10,7 @@ from pathlib import Path
 from slm_server.backends.gguf_metadata import GGUFError, pooling_type
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import ModelEntry
-from slm_server.config.paths import resolve_local, resolve_model_path
+from slm_server.config.paths import resolve_local, resolve_mmproj, resolve_model_path
 from slm_server.llama_server.locate import LlamaServerUnusable, usable_llama_server
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,9 @@ def native_argv(entry: ModelEntry, binary: Path, base_dir: Path) -> list[str]:
     """The exact ``llama-server`` command line for ``entry``."""
     model_file = _model_file(entry, base_dir)
     argv = [str(binary), "--model", model_file]
+    projector = resolve_mmproj(entry, base_dir)  # ModelPathError is a ValueError
+    if projector is not None:
+        argv += ["--mmproj", str(projector)]
     argv += ["--host", entry.host, "--port", str(entry.port), "--alias", entry.id]
     argv += ["--parallel", str(entry.max_concurrency)]
     if entry.context_length is not None:
@@ -134,7 +137,7 @@ def native_argv(entry: ModelEntry, binary: Path, base_dir: Path) -> list[str]:
         argv += ["--kv-unified" if entry.kv_unified else "--no-kv-unified"]
     if entry.fit is not None:
         argv += ["--fit", _flag(entry.fit)]
-    return argv
+    return argv + entry.extra_args
 
 
 # ggml type ids, which llama_cpp.server takes instead of names.
@@ -164,6 +167,12 @@ def python_server_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[s
             raise BackendUnsupported(
                 f"{field} needs the native llama-server; llama_cpp.server has no such option"
             )
+    if resolve_mmproj(entry, base_dir) is not None:
+        # It takes a projector only with a per-family --chat_format; llama-server needs neither.
+        raise BackendUnsupported(
+            "mmproj needs the native llama-server (install llama.cpp so that llama-server is "
+            "on PATH, or run `uv run slm-server build-llama-server`)"
+        )
     argv = [python, "-m", "llama_cpp.server", "--model", _model_file(entry, base_dir)]
     argv += ["--model_alias", entry.id, "--host", entry.host, "--port", str(entry.port)]
     # Its default answers a new request by aborting the running one; the router queues instead.
@@ -178,7 +187,7 @@ def python_server_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[s
         if cache_type not in _GGML_TYPE_IDS:
             raise BackendUnsupported(f"cache type {cache_type!r} is not known to llama_cpp.server")
         argv += [f"--type_{kind}", str(_GGML_TYPE_IDS[cache_type])]
-    return argv
+    return argv + entry.extra_args
 
 
 def python_server_available() -> bool:

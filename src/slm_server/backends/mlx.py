@@ -98,7 +98,7 @@ def openai_server_argv(
                 f"the installed mlx-openai-server has no {flag}; upgrade it (uv sync --extra mlx)"
             )
         argv += [flag] if value is None else [flag, value]
-    return argv + _concurrency_flags(entry, flags)
+    return argv + _concurrency_flags(entry, flags) + entry.extra_args
 
 
 def _concurrency_flags(entry: ModelEntry, flags: Set[str]) -> list[str]:
@@ -134,7 +134,7 @@ def mlx_lm_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[str]:
     argv = [python, "-m", "mlx_lm.server", "--model", _model_path(entry, base_dir)]
     argv += ["--host", entry.host, "--port", str(entry.port)]
     limit = str(entry.max_concurrency)
-    return [*argv, "--decode-concurrency", limit, "--prompt-concurrency", limit]
+    return [*argv, "--decode-concurrency", limit, "--prompt-concurrency", limit, *entry.extra_args]
 
 
 def _hf_cache_env() -> dict[str, str]:

@@ -57,9 +57,9 @@ def resolve_model_path(entry: ModelEntry, base_dir: Path) -> ResolvedModelPath:
 
     A local path wins over a Hugging Face ID when both readings are possible.
     llamacpp takes a ``.gguf`` file or a directory (its first ``.gguf`` by
-    name, so part 1 of a split model; ``mmproj*`` projector files are skipped
-    because they are never the model itself). mlx takes a model directory or
-    an HF ID.
+    name, so part 1 of a split model; projector files, named ``*mmproj*``, are
+    skipped because they are never the model itself). mlx takes a model
+    directory or an HF ID.
     """
     raw = entry.model_path
     path = resolve_local(raw, base_dir)
@@ -68,15 +68,45 @@ def resolve_model_path(entry: ModelEntry, base_dir: Path) -> ResolvedModelPath:
     return _resolve_mlx(raw, path)
 
 
+def resolve_mmproj(entry: ModelEntry, base_dir: Path) -> Path | None:
+    """The projector file a llamacpp multimodal entry passes as ``--mmproj``, if any.
+
+    ``mmproj`` when set (a file, or a directory's first projector), resolved like
+    ``model_path``; else the first projector in ``model_path`` when that is a
+    directory. None for other entries and when there is none. A named ``mmproj``
+    that is missing raises :class:`ModelPathError`.
+    """
+    if entry.backend != "llamacpp" or entry.model_type != "multimodal":
+        return None
+    if entry.mmproj is None:
+        directory = resolve_local(entry.model_path, base_dir)
+        return _first_projector(directory) if directory.is_dir() else None
+    path = resolve_local(entry.mmproj, base_dir)
+    if path.is_dir():
+        found = _first_projector(path)
+        if found is None:
+            raise ModelPathError(f"directory {path} contains no mmproj*.gguf file")
+        return found
+    if path.is_file():
+        if not _is_gguf(path):
+            raise ModelPathError(f"{path} is not a .gguf file; llama-server's --mmproj takes GGUF")
+        return path
+    raise ModelPathError(f"{path} does not exist")
+
+
+def _first_projector(directory: Path) -> Path | None:
+    projectors = sorted(p.name for p in _ggufs(directory) if _is_projector(p))
+    return directory / projectors[0] if projectors else None
+
+
 def _resolve_llamacpp(raw: str, path: Path) -> ResolvedModelPath:
     if path.is_dir():
-        ggufs = sorted(
-            p.name
-            for p in path.iterdir()
-            if _is_gguf(p) and p.is_file() and not p.name.lower().startswith("mmproj")
-        )
+        ggufs = sorted(p.name for p in _ggufs(path) if not _is_projector(p))
         if not ggufs:
-            raise ModelPathError(f"directory {path} contains no .gguf file")
+            raise ModelPathError(
+                f"directory {path} contains no .gguf model file (projector files, "
+                "*mmproj*.gguf, are not models)"
+            )
         return ResolvedModelPath("file", str(path / ggufs[0]))
     if path.is_file():
         if not _is_gguf(path):
@@ -102,3 +132,13 @@ def _resolve_mlx(raw: str, path: Path) -> ResolvedModelPath:
 
 def _is_gguf(path: Path) -> bool:
     return path.suffix.lower() == ".gguf"
+
+
+def _ggufs(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if _is_gguf(p) and p.is_file()]
+
+
+def _is_projector(path: Path) -> bool:
+    # Projectors are published as mmproj-<model>-f16.gguf, mmproj-F16.gguf, and in
+    # older repos <model>-mmproj-q4.gguf: the word is the mark, wherever it stands.
+    return "mmproj" in path.name.lower()

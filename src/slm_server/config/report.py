@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slm_server.config.paths import ModelPathError, resolve_local, resolve_model_path
+from slm_server.config.paths import (
+    ModelPathError,
+    resolve_local,
+    resolve_mmproj,
+    resolve_model_path,
+)
 from slm_server.config.problems import Problem, Severity
 from slm_server.config.schema import (
     LLAMACPP_ONLY_FIELDS,
@@ -42,6 +47,7 @@ def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> lis
         resolve_model_path(entry, base_dir)
     except ModelPathError as exc:
         found.append((severity, "model_path", str(exc)))
+    found.extend(_projector_problems(entry, base_dir, severity))
     if not 1 <= entry.port <= _MAX_PORT:
         found.append((severity, "port", f"{entry.port} is out of range 1..{_MAX_PORT}"))
     supported = SUPPORTED_MODEL_TYPES[entry.backend]
@@ -67,6 +73,27 @@ def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> lis
         if not path.is_file():
             found.append((severity, "chat_template_file", f"{path} does not exist"))
     return [Problem(sev, file, role, entry.id, name, text) for sev, name, text in found]
+
+
+def _projector_problems(
+    entry: ModelEntry, base_dir: Path, severity: Severity
+) -> list[tuple[Severity, str, str]]:
+    if entry.backend != "llamacpp" or entry.model_type != "multimodal":
+        return []  # a stray mmproj is a schema-level error (validation.py)
+    try:
+        projector = resolve_mmproj(entry, base_dir)
+    except ModelPathError as exc:
+        return [(severity, "mmproj", str(exc))]
+    if projector is None and resolve_local(entry.model_path, base_dir).exists():
+        return [
+            (
+                "warning",
+                "mmproj",
+                "no projector: the model answers text only; set mmproj, or put the "
+                "mmproj*.gguf in model_path's directory",
+            )
+        ]
+    return []
 
 
 def _is_set(entry: ModelEntry, name: str) -> bool:

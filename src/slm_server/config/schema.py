@@ -7,9 +7,9 @@ example config and ``--help`` texts draw on. Unknown keys are errors
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 Backend = Literal["mlx", "llamacpp"]
 ModelType = Literal[
@@ -42,6 +42,17 @@ LLAMACPP_ONLY_FIELDS = (
 )
 
 
+def _number_as_text(value: object) -> object:
+    # YAML reads `[-ngl, 99]` as a string and an int; on a command line both are text.
+    # A bool stays a bool (and an error): YAML's `on`/`yes` are rarely meant as words.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+CommandLineArg = Annotated[str, BeforeValidator(_number_as_text)]
+
+
 class ModelEntry(BaseModel):
     """One backend server instance serving one model."""
 
@@ -57,8 +68,8 @@ class ModelEntry(BaseModel):
     model_path: str = Field(
         min_length=1,
         description=(
-            "Local .gguf file, a directory (llamacpp: its first .gguf alphabetically), "
-            "or a Hugging Face model ID (MLX only)."
+            "Local .gguf file, a directory (llamacpp: its first .gguf alphabetically, "
+            "projector files aside), or a Hugging Face model ID (MLX only)."
         ),
     )
     default_timeout: float = Field(
@@ -77,6 +88,13 @@ class ModelEntry(BaseModel):
     host: str = Field(default="0.0.0.0", description="Address the backend server binds to.")
     enabled: bool = Field(default=True, description="false: not started and not routed.")
     supports_function_calling: bool = Field(default=False, description="Reported in /v1/models.")
+    extra_args: list[CommandLineArg] = Field(
+        default_factory=list,
+        description=(
+            "Appended to the backend's command line, for flags no field names "
+            "(e.g. [-ngl, 99, --threads, 4]); a flag a field sets is an error."
+        ),
+    )
 
     # MLX only (mlx-openai-server launch).
     enable_auto_tool_choice: bool = Field(
@@ -95,6 +113,13 @@ class ModelEntry(BaseModel):
     )
 
     # llama.cpp only (llama-server or llama_cpp.server).
+    mmproj: str | None = Field(
+        default=None,
+        description=(
+            "llamacpp multimodal: the projector .gguf, passed as --mmproj; resolved like "
+            "model_path. Default: the mmproj*.gguf in model_path's directory."
+        ),
+    )
     chat_template_kwargs: dict[str, Any] | None = Field(
         default=None,
         description=(

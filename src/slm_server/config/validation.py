@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from slm_server.config.backend_flags import flag_clashes
 from slm_server.config.problems import Problem
 from slm_server.config.schema import ConfigFile, ModelEntry, RouterSettings
 
@@ -36,12 +37,33 @@ def validate_entries(
         entry_id = value.get("id")
         entry_id = entry_id if isinstance(entry_id, str) else None
         try:
-            entries[role] = ModelEntry.model_validate(value)
+            entry = ModelEntry.model_validate(value)
         except ValidationError as exc:
             problems.extend(
                 _problem(error, ModelEntry, file, role, entry_id) for error in exc.errors()
             )
+            continue
+        entries[role] = entry
+        problems.extend(
+            Problem("error", file, role, entry.id, field, message)
+            for field, message in _launch_field_problems(entry)
+        )
     return entries, problems
+
+
+def _launch_field_problems(entry: ModelEntry) -> list[tuple[str, str]]:
+    """(field, message) for ``mmproj`` and ``extra_args`` values no backend could launch with.
+
+    Errors whether or not the entry is enabled: they are mistakes in what was written,
+    not in the machine (a missing file is checked later, by check_config).
+    """
+    found = [("extra_args", message) for message in flag_clashes(entry.backend, entry.extra_args)]
+    if entry.mmproj is not None:
+        if entry.backend != "llamacpp":
+            found.append(("mmproj", "applies to llamacpp only; an mlx model holds its own"))
+        elif entry.model_type != "multimodal":
+            found.append(("mmproj", "applies to model_type multimodal only"))
+    return found
 
 
 def validate_top_level(data: Mapping[Any, Any], file: Path) -> tuple[ConfigFile, list[Problem]]:
