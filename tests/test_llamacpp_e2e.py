@@ -55,7 +55,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
     assert find_llama_server() is not None, "llama-server missing: run scripts/sync"
     config = {
         "models": {
-            "chat": gemma("gemma-chat", max_concurrency=2),
+            # extra_args: a flag no field names reaches the real binary, which accepts it.
+            "chat": gemma("gemma-chat", max_concurrency=2, extra_args=["--threads", "1"]),
             # No pooling: the model declares none, and the router must choose one for it.
             "embed": gemma("gemma-embed", model_type="embeddings"),
             "rank": gemma("gemma-rank", model_type="rerank"),
@@ -124,6 +125,49 @@ def test_embeddings_on_the_chat_model_is_a_clear_400(sdk: openai.OpenAI) -> None
     with pytest.raises(openai.BadRequestError) as caught:
         sdk.embeddings.create(model="gemma-chat", input="x")
     assert "embeddings" in str(caught.value)
+
+
+def backend_cmdline(pid: int) -> list[str]:
+    """The llama-server's own command line: ``pid`` may be the watchdog above it."""
+    top = psutil.Process(pid)
+    for process in (top, *top.children(recursive=True)):
+        cmdline = process.cmdline()
+        if cmdline and Path(cmdline[0]).name == "llama-server":
+            return cmdline
+    raise AssertionError(f"no llama-server at or under pid {pid}: {top.cmdline()}")
+
+
+def test_extra_args_reach_llama_server(served: RouterProcess, sdk: openai.OpenAI) -> None:
+    cmdline = backend_cmdline(served.backends()["chat"]["pid"])
+    assert cmdline[-2:] == ["--threads", "1"]
+    reply = sdk.chat.completions.create(
+        model="gemma-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+
+
+def test_a_file_that_is_no_projector_fails_in_words(tmp_path: Path) -> None:
+    # No real projector can be fetched here; the text model given as one proves that
+    # --mmproj reaches llama-server, which loads it, and that its refusal reaches the user.
+    vision = gemma("gemma-vision", model_type="multimodal", mmproj=gemma_path())
+    process = RouterProcess({"models": {"vision": vision}}, tmp_path, command="serve").start()
+    try:
+
+        def refused() -> bool:
+            return "failed to load multimodal model" in process.backends()["vision"].get(
+                "reason", ""
+            )
+
+        wait_until(refused, 120, "llama-server to refuse the projector")
+        with process.openai() as client, pytest.raises(openai.APIStatusError) as caught:
+            client.chat.completions.create(
+                model="gemma-vision", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            )
+    finally:
+        process.stop()
+    assert caught.value.status_code == 503
+    assert "failed to load multimodal model" in caught.value.message
+    assert "--mmproj" in (tmp_path / "logs" / "gemma-vision.log").read_text()
 
 
 def test_backend_killed_mid_run_comes_back_and_serves(
