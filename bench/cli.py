@@ -13,6 +13,8 @@ from bench.report import render
 from bench.results import Settings
 from bench.suite import progress, run_suite
 
+_QUICK_SOAK_REQUESTS = 5_000
+
 
 def _numbers(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
@@ -89,7 +91,34 @@ def _parser() -> argparse.ArgumentParser:
         help="CPU for backend and load generators (default: the next usable)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="1 run of 2 s each: a smoke test, not a measurement"
+        "--quick",
+        action="store_true",
+        help="1 run of 2 s each and a 5,000-request soak: a smoke test, not a measurement",
+    )
+    parser.add_argument(
+        "--only",
+        choices=("soak",),
+        help="run only this part: `soak` starts just the fake backend and the router",
+    )
+    parser.add_argument(
+        "--soak-requests",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"requests in the soak run; 0 skips it (default: {defaults.soak_requests:,})",
+    )
+    parser.add_argument(
+        "--soak-connections",
+        type=int,
+        default=defaults.soak_connections,
+        help="concurrent connections in the soak run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--soak-deadline",
+        type=float,
+        default=defaults.soak_deadline_s,
+        metavar="S",
+        help="the soak run stops after S seconds, finished or not (default: %(default)s)",
     )
     parser.add_argument(
         "--json", type=Path, metavar="PATH", help="also write every raw figure to PATH"
@@ -99,8 +128,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     repeats, duration, stream_duration = args.repeats, args.duration, args.stream_duration
+    soak_requests = Settings().soak_requests
     if args.quick:
         repeats, duration, stream_duration = 1, 2.0, 2.0
+        soak_requests = _QUICK_SOAK_REQUESTS
+    if args.soak_requests is not None:
+        soak_requests = args.soak_requests
     proxy_cpu, load_cpu = choose_cpus(args.proxy_cpu, args.load_cpu)
     return Settings(
         repeats=repeats,
@@ -114,12 +147,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
         proxy_cpu=proxy_cpu,
         load_cpu=load_cpu,
         rss_connections=max(args.connections),
+        soak_requests=soak_requests,
+        soak_connections=args.soak_connections,
+        soak_deadline_s=args.soak_deadline,
+        only_soak=args.only == "soak",
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    require_tools("wrk", "nginx", "taskset")
+    require_tools(*(("taskset",) if args.only == "soak" else ("wrk", "nginx", "taskset")))
     settings = settings_from(args)
     if settings.proxy_cpu is None:
         progress("fewer than 2 usable CPUs: nothing pinned, figures are only comparative")

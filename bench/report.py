@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -260,6 +261,42 @@ def _upload_rows(results: Results, rows: _Rows) -> None:
     )
 
 
+def _soak_rows(results: Results, rows: _Rows) -> None:
+    run = results.soak
+    if run is None:
+        return
+    label = f"soak {run.planned:,} mixed at c={run.connections}"
+    done = f"{run.requests:,} in {run.elapsed_s:.0f} s ({run.rate:,.0f}/s)"
+    if run.timed_out:
+        done += f", stopped at the {results.settings.soak_deadline_s:g} s deadline"
+    rows.add_plain(f"{label}: requests done", {ROUTER: done}, "all", run.complete)
+    rows.add_plain(
+        f"{label}: wrong answers + socket errors",
+        {ROUTER: str(run.errors)},
+        "0",
+        run.errors == 0,
+    )
+    growth_ok = None if math.isnan(run.rss_growth) else run.complete and run.rss_growth <= 0.10
+    rows.add_plain(
+        f"{label}: RSS after {run.mark:,} -> end MB",
+        {ROUTER: f"{run.rss_mark_mb:.1f} -> {run.rss_end_mb:.1f} ({run.rss_growth:+.1%})"},
+        "end <= +10%",
+        growth_ok,
+    )
+    before, after = run.fds_before, run.fds_after
+    if before is None or after is None:
+        return
+    rows.add_plain(
+        f"{label}: open fds before -> after",
+        {
+            ROUTER: f"{before.own} -> {after.own} "
+            f"(+ pooled to backend: {before.pooled} -> {after.pooled})"
+        },
+        f"same, pool <= {run.connections}",
+        after.own <= before.own and after.pooled <= run.connections,
+    )
+
+
 def _overhead_cell(values: list[float], responses: int) -> str:
     if not responses:
         return "-"
@@ -270,9 +307,11 @@ def _overhead_cell(values: list[float], responses: int) -> str:
 
 def render(results: Results) -> str:
     rows = _Rows()
-    _plain_rows(results, rows)
-    _stream_rows(results, rows)
-    _process_rows(results, rows)
+    if not results.settings.only_soak:
+        _plain_rows(results, rows)
+        _stream_rows(results, rows)
+        _process_rows(results, rows)
+    _soak_rows(results, rows)
     table = [list(_COLUMNS)]
     for row in rows.rows:
         table.append(
@@ -292,12 +331,15 @@ def render(results: Results) -> str:
     settings = results.settings
     header = [f"{key}: {value}" for key, value in results.environment.items()]
     header.append(f"load average at end: {load_average()}")
-    header.append(
-        f"each figure: median of {settings.repeats} run(s) of {settings.duration_s:g} s "
-        f"(streams {settings.stream_duration_s:g} s, {settings.chunks} chunks each), "
-        "[min-max] over the runs; 'vs direct': ratio for rates, added ms for times; "
-        "CPU: the proxy's per request or chunk (direct column: the backend's)"
-    )
+    if settings.only_soak:
+        header.append("soak run only: the fake backend and the router, nothing else")
+    else:
+        header.append(
+            f"each figure: median of {settings.repeats} run(s) of {settings.duration_s:g} s "
+            f"(streams {settings.stream_duration_s:g} s, {settings.chunks} chunks each), "
+            "[min-max] over the runs; 'vs direct': ratio for rates, added ms for times; "
+            "CPU: the proxy's per request or chunk (direct column: the backend's)"
+        )
     misses = sum(1 for row in rows.rows if row.check == "MISS")
     checked = sum(1 for row in rows.rows if row.check in ("PASS", "MISS"))
     footer = f"targets: {checked - misses}/{checked} PASS"

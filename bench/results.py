@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.soak import SoakRun
 from bench.streams import PlainSample, StreamRun
 from bench.uploads import UploadRun
 from bench.wrk import WrkRun
@@ -33,6 +34,10 @@ class Settings:
     # Large uploads sent to the router at once, and the size of each.
     uploads: int = 16
     upload_mb: float = 20.0
+    soak_requests: int = 100_000  # 0: no soak run
+    soak_connections: int = 64
+    soak_deadline_s: float = 900.0  # the soak stops here, finished or not
+    only_soak: bool = False
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Results:
     rss_after_mb: dict[str, float] = field(default_factory=dict)
     overhead: dict[int, PlainSample] = field(default_factory=dict)  # by concurrency
     uploads: UploadRun | None = None
+    soak: SoakRun | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Every raw figure, for comparing sessions later (tuple keys become strings)."""
@@ -91,4 +97,5 @@ class Results:
             if self.uploads is None
             else {k: v for k, v in asdict(self.uploads).items() if k != "rss_mb"}
             | {"peak_rss_mb": self.uploads.peak_rss_mb},
+            "soak": None if self.soak is None else asdict(self.soak),
         }

@@ -17,6 +17,7 @@ from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn,
 from bench.readiness import measure_lag
 from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results, Settings
 from bench.router import start_router, write_config
+from bench.soak import soak
 from bench.streams import plain_sample, stream_load
 from bench.uploads import upload_load
 from bench.wrk import run_wrk
@@ -37,8 +38,13 @@ def run_suite(settings: Settings) -> Results:
     with tempfile.TemporaryDirectory(prefix="slm-bench-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            with _targets(tmp, settings, results) as (ports, processes):
-                _measure(settings, results, ports, processes)
+            if settings.only_soak:
+                with _router_only(tmp, settings) as (ports, processes):
+                    _soak(settings, results, ports, processes)
+            else:
+                with _targets(tmp, settings, results) as (ports, processes):
+                    _measure(settings, results, ports, processes)
+                    _soak(settings, results, ports, processes)
         except Exception:
             _print_logs(tmp)
             raise
@@ -70,6 +76,24 @@ def _targets(
                 results.rss_idle_mb = {name: rss_mb(p) for name, p in proxies.items()}
                 yield ports, {DIRECT: backend, **proxies}
                 results.rss_after_mb = {name: rss_mb(p) for name, p in proxies.items()}
+
+
+@contextlib.contextmanager
+def _router_only(
+    tmp: Path, settings: Settings
+) -> Iterator[tuple[dict[str, int], dict[str, Started]]]:
+    """Backend and router only (``--only soak``): no nginx, no start-up timings."""
+    ports = {DIRECT: free_port(), ROUTER: free_port()}
+    backend_cmd = [sys.executable, "-m", "bench.backend", "--port", str(ports[DIRECT])]
+    backend = spawn("backend", [*backend_cmd, "--chunks", str(settings.chunks)], tmp,
+                    settings.load_cpu)  # fmt: skip
+    with running(backend):
+        wait_healthy(backend, ports[DIRECT], _HEALTH_TIMEOUT_S)
+        config = write_config(tmp, ports[DIRECT])
+        router = start_router(tmp, config, ports[ROUTER], settings.proxy_cpu, "router")
+        with running(router):
+            wait_healthy(router, ports[ROUTER], _HEALTH_TIMEOUT_S)
+            yield ports, {DIRECT: backend, ROUTER: router}
 
 
 def _startups(tmp: Path, config: Path, settings: Settings) -> list[float]:
@@ -183,6 +207,35 @@ def _streams(
                         f"TTFC p50 {run.ttfc_p50_ms:.2f} ms, {cpu_us:.1f} CPU us/chunk, "
                         f"errors {run.errors}"
                     )
+
+
+def _soak(
+    settings: Settings, results: Results, ports: dict[str, int], processes: dict[str, Started]
+) -> None:
+    if settings.soak_requests <= 0:
+        return
+    router = processes[ROUTER]
+    progress(
+        f"soak: {settings.soak_requests:,} mixed requests at c={settings.soak_connections} "
+        f"(stops after {settings.soak_deadline_s:g} s, finished or not)"
+    )
+    run = soak(
+        f"http://{HOST}:{ports[ROUTER]}",
+        settings.soak_requests,
+        settings.soak_connections,
+        settings.soak_deadline_s,
+        router.pid,
+        ports[DIRECT],
+        functools.partial(rss_mb, router),
+    )
+    results.soak = run
+    progress(
+        f"soak: {run.requests:,} requests in {run.elapsed_s:.1f} s ({run.rate:,.0f}/s), "
+        f"errors {run.errors} {run.error_kinds or ''}, RSS {run.rss_mark_mb:.1f} MB after "
+        f"{run.mark:,} -> {run.rss_end_mb:.1f} MB, fds {run.fds_before} -> {run.fds_after}"
+    )
+    if run.first_error:
+        progress(f"soak: first error: {run.first_error}")
 
 
 def _print_logs(tmp: Path) -> None:
