@@ -59,7 +59,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        # None once the connection is lost (see connection_lost).
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.closed = False
         self._aborted = False
         self.idle_since = 0.0
@@ -143,6 +144,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
+        assert self._parser is not None, "data after connection_lost"
         heading = not self.head_received.done()
         try:
             self._parser.feed_data(data)
@@ -170,6 +172,11 @@ class _Connection(asyncio.Protocol):
         elif not self.complete:
             reason = f": {exc}" if exc else ""
             self._fail(ConnectionBroken(f"the backend closed the connection mid-answer{reason}"))
+        # The parser calls back into this object and the transport holds it: both are cycles,
+        # and the router's cyclic collector runs rarely (router/app.py), so without this a
+        # connection dropped mid-answer (a client that left) kept its buffers until then.
+        self._parser = None
+        self._transport = None
 
     def _ends_at_close(self) -> bool:
         """An answer with neither length nor chunks, which HTTP/1.0-style servers send."""
@@ -190,7 +197,9 @@ class _Connection(asyncio.Protocol):
             )
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None  # called from within feed_data
+        status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # An interim answer (100 Continue, 103 Early Hints): the real one follows.
             self._interim = True
@@ -198,7 +207,7 @@ class _Connection(asyncio.Protocol):
             self._header_bytes = self._unended_head_bytes = 0
             return
         self.status = status
-        self.keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = parser.should_keep_alive()
         if not self.head_received.done():
             self.head_received.set_result(None)
 
