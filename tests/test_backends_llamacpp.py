@@ -207,3 +207,15 @@ def test_python_server_refuses_a_projector(repo: Path, vision: Path) -> None:
     multimodal = model(repo, model_path=str(vision), model_type="multimodal")
     with pytest.raises(BackendUnsupported, match="mmproj needs the native llama-server"):
         python_server_argv(multimodal, "/py", repo)
+
+
+def test_mmproj_naming_a_directory_takes_its_projector(repo: Path, vision: Path) -> None:
+    multimodal = model(repo, model_type="multimodal", mmproj=str(vision))
+    argv = native_argv(multimodal, BIN, repo)
+    assert argv[argv.index("--mmproj") + 1] == str(vision / "MMPROJ-model-f32.gguf")
+    empty = model(repo, model_type="multimodal", mmproj="templates")
+    with pytest.raises(ValueError, match=r"contains no projector"):
+        native_argv(empty, BIN, repo)
+    not_gguf = model(repo, model_type="multimodal", mmproj="templates/chat.jinja")
+    with pytest.raises(ValueError, match=r"is not a \.gguf file"):
+        native_argv(not_gguf, BIN, repo)

@@ -85,7 +85,7 @@ def resolve_mmproj(entry: ModelEntry, base_dir: Path) -> Path | None:
     if path.is_dir():
         found = _first_projector(path)
         if found is None:
-            raise ModelPathError(f"directory {path} contains no mmproj*.gguf file")
+            raise ModelPathError(f"directory {path} contains no projector (*mmproj*.gguf)")
         return found
     if path.is_file():
         if not _is_gguf(path):

@@ -90,7 +90,7 @@ def _projector_problems(
                 "warning",
                 "mmproj",
                 "no projector: the model answers text only; set mmproj, or put the "
-                "mmproj*.gguf in model_path's directory",
+                "projector (a .gguf named *mmproj*) in model_path's directory",
             )
         ]
     return []

@@ -117,7 +117,7 @@ class ModelEntry(BaseModel):
         default=None,
         description=(
             "llamacpp multimodal: the projector .gguf, passed as --mmproj; resolved like "
-            "model_path. Default: the mmproj*.gguf in model_path's directory."
+            "model_path. Default: the .gguf named *mmproj* in model_path's directory."
         ),
     )
     chat_template_kwargs: dict[str, Any] | None = Field(
