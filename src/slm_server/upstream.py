@@ -28,6 +28,11 @@ _RESUME_BELOW_BYTES = 64 * 1024
 # end would otherwise hold the router's memory until the request's timeout.
 MAX_HEADER_BYTES = 64 * 1024
 
+# The most an answer that is read whole (not relayed piece by piece, as streams are) may
+# take. Generous for real answers (a batch of embeddings, base64 images, a long speech
+# file: tens of MB), it bounds what one backend that sends without end can cost.
+MAX_WHOLE_BODY_BYTES = 256 * 1024 * 1024
+
 # A request body up to this size is written joined to its head (a copy, one write); a
 # larger one is written as it is, so an upload is never held twice while it goes out.
 _JOIN_BODIES_UP_TO = 64 * 1024
@@ -50,7 +55,8 @@ class ConnectionBroken(UpstreamError):
 
 
 class ResponseTooLarge(ConnectionBroken):
-    """The backend sent more than the router holds for one answer (see MAX_HEADER_BYTES)."""
+    """The backend sent more than the router holds for one answer (MAX_HEADER_BYTES of
+    headers, MAX_WHOLE_BODY_BYTES of a body read whole)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -267,10 +273,14 @@ class UpstreamResponse:
         assert self._connection is not None, "released"
         return await self._connection.read_piece()
 
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, limit: int = MAX_WHOLE_BODY_BYTES) -> bytes:
+        """The whole body; ResponseTooLarge as soon as it exceeds ``limit`` bytes."""
         pieces = []
+        size = 0
         while piece := await self.read_piece():
+            size += len(piece)
+            if size > limit:
+                raise ResponseTooLarge(f"the backend's answer exceeds {limit} bytes")
             pieces.append(piece)
         return b"".join(pieces)
 

@@ -434,3 +434,24 @@ async def test_a_head_arriving_in_pieces_is_counted_once() -> None:
         assert await response.read() == b"{}"
         response.release()
         pool.close()
+
+
+async def test_a_body_read_whole_is_cut_off_at_its_limit() -> None:
+    # A backend that answers without end: chunked, never a last chunk.
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        chunk = b"x" * 4096
+        while True:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+
+    async with serving(lambda server: endless) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/x")
+        with pytest.raises(ResponseTooLarge, match="100000 bytes"):
+            async with asyncio.timeout(5):
+                await response.read(limit=100_000)
+        response.close()
+        assert pool.idle_connections() == 0
+        pool.close()
