@@ -58,3 +58,25 @@ def test_forms_that_cannot_be_routed_are_a_clear_400(
     with pytest.raises(InvalidRequest, match=complaint) as refused:
         form_model(content_type, body)
     assert refused.value.status == 400
+
+
+def test_a_form_of_countless_parts_is_refused_before_its_model_is_looked_for() -> None:
+    # 49 MB of such parts kept the router's event loop (every other client) busy for 21 s
+    parts = [field("a", b"")] * 10_000
+    with pytest.raises(InvalidRequest, match="more than 100 parts") as refused:
+        form_model(TYPE, form(*parts, field("model", b"whisper")))
+    assert refused.value.status == 400
+
+
+def test_part_headers_beyond_any_real_forms_are_refused() -> None:
+    # 16 MB of short header lines took 5 s to parse, on the event loop
+    heavy = b"X-A: a\r\n" * 5_000 + field("a", b"")
+    with pytest.raises(InvalidRequest, match="part headers") as refused:
+        form_model(TYPE, form(heavy, field("model", b"whisper")))
+    assert refused.value.status == 400
+
+
+def test_a_usual_upload_form_stays_within_the_bounds() -> None:
+    images = [field("image[]", b"\x89PNG" * 1000, f'; filename="{i}.png"') for i in range(16)]
+    text = [field(name, b"v") for name in ("prompt", "size", "n", "quality", "user")]
+    assert form_model(TYPE, form(*images, *text, field("model", b"edit"))) == "edit"
