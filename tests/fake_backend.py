@@ -890,7 +890,8 @@ class FakeServer:
 async def _form(request: web.Request, upload: str) -> dict[str, bytes]:
     """The multipart form's fields by name (parsed by the stdlib, not by the router's code);
     a 400 unless it has the field ``upload``."""
-    head = f"Content-Type: {request.headers.get('content-type', '')}\r\n\r\n".encode()
+    content_type = request.headers.get("content-type", "")  # its bytes, as aiohttp decoded them
+    head = f"Content-Type: {content_type}\r\n\r\n".encode("utf-8", "surrogateescape")
     message = BytesParser(policy=email.policy.HTTP).parsebytes(head + await request.read())
     if not message.is_multipart():
         raise _bad_request("expected a multipart/form-data body")
@@ -906,7 +907,7 @@ async def _form(request: web.Request, upload: str) -> dict[str, bytes]:
 
 
 def _text(form: dict[str, bytes], name: str) -> str:
-    return form.get(name, b"").decode()
+    return form.get(name, b"").decode(errors="replace")  # a form's text may be any bytes
 
 
 def _images_response(picture: bytes) -> web.Response:

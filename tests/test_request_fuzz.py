@@ -32,7 +32,9 @@ from hypothesis import strategies as st
 
 from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
+from form_bodies import FORMS, form_requests
 from slm_server.router import RouterApp
+from slm_server.router.forms import FORM_PATHS
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES
 from slm_server.translate.sse import SseParser
 
@@ -265,8 +267,10 @@ class Router:
         transport = httpx.ASGITransport(app=self.app)  # an exception in the app fails the test
         self.client = httpx.AsyncClient(transport=transport, base_url="http://router", timeout=30)
 
-    def post(self, path: str, body: bytes) -> httpx.Response:
-        headers = {"content-type": "application/json"}
+    def post(
+        self, path: str, body: bytes, content_type: bytes = b"application/json"
+    ) -> httpx.Response:
+        headers = {b"content-type": content_type}
         return self.runner.run(self.client.post(path, content=body, headers=headers))
 
     def get(self, path: str) -> httpx.Response:
@@ -375,3 +379,15 @@ def test_other_model_endpoints(router: Router, data: st.DataObject) -> None:
     others = sorted(set(BASES) - set(ANTHROPIC_PATHS) - {"/v1/responses", "/v1/chat/completions"})
     path = data.draw(st.sampled_from(others))
     check(path, router.post(path, data.draw(bodies(path))))
+
+
+def test_every_form_endpoint_is_covered() -> None:
+    assert set(FORMS) == set(FORM_PATHS)
+
+
+@settings(FUZZ, max_examples=400)  # router/forms.py parses these bytes by hand
+@given(st.data())
+def test_form_endpoints(router: Router, data: st.DataObject) -> None:
+    path = data.draw(st.sampled_from(sorted(FORMS)))
+    request = data.draw(form_requests(path))
+    check(path, router.post(path, request.body, request.content_type))
