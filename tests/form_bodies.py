@@ -71,6 +71,17 @@ ODD_NAMES = st.sampled_from(
 FILE_BYTES = st.binary(max_size=64) | st.sampled_from([b"\x89PNG\r\n\x1a\n" * 1000])
 
 
+DAMAGES = (
+    *["none"] * 3,
+    "truncate",
+    "unclosed",
+    "preamble",
+    "epilogue",
+    "empty",
+    "countless parts",
+)
+
+
 @dataclass
 class FormRequest:
     content_type: bytes
@@ -130,11 +141,7 @@ def _encode(parts: list[Part], boundary: bytes, crlf: bytes) -> bytes:
 
 
 def _break(draw: st.DrawFn, body: bytes, boundary: bytes) -> bytes:
-    damage = draw(
-        st.sampled_from(
-            ["none", "none", "none", "truncate", "unclosed", "preamble", "epilogue", "empty"]
-        )
-    )
+    damage = draw(st.sampled_from(DAMAGES))
     if damage == "truncate":
         return body[: draw(st.integers(min_value=0, max_value=max(len(body) - 1, 0)))]
     if damage == "unclosed":
@@ -145,6 +152,9 @@ def _break(draw: st.DrawFn, body: bytes, boundary: bytes) -> bytes:
         return body + b"trailing\r\n--" + boundary + b"\r\n"
     if damage == "empty":
         return b""
+    if damage == "countless parts":  # more than any real form has, before the rest
+        part = b"--" + boundary + b'\r\nContent-Disposition: form-data; name="a"\r\n\r\n\r\n'
+        return part * 150 + body
     return body
 
 

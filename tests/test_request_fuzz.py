@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from form_bodies import FORMS, form_requests
+from slm_server.config import LoadedConfig
 from slm_server.router import RouterApp
 from slm_server.router.forms import FORM_PATHS
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES
@@ -244,26 +245,32 @@ def _encode(body: Any, *, ascii: bool) -> bytes:
 # ------------------------------------------------------------------ the router under test
 
 
+def fuzz_config(full: FakeBackend, bare: FakeBackend) -> LoadedConfig:
+    """A model of each type: "-full" entries on ``full`` (every bridged endpoint), "-bare"
+    on ``bare`` (none), the others on ``full``."""
+    models = {
+        "chat-full": entry("chat-full", full.port, default_timeout=10),
+        "chat-bare": entry("chat-bare", bare.port, default_timeout=10),
+        "embed": entry("embed", full.port, model_type="embeddings"),
+        "rank": entry("rank", full.port, model_type="rerank"),
+    }
+    for name, kind in (
+        ("draw", "image-generation"),
+        ("edit", "image-edit"),
+        ("listen", "whisper"),
+    ):
+        models[name] = entry(
+            name, full.port, backend="mlx", model_type=kind, model_path=f"hub/{name}"
+        )
+    return make_config(models)
+
+
 class Router:
     """The app and a client for it on one event loop, usable from synchronous tests."""
 
     def __init__(self, full: FakeBackend, bare: FakeBackend) -> None:
-        models = {
-            "chat-full": entry("chat-full", full.port, default_timeout=10),
-            "chat-bare": entry("chat-bare", bare.port, default_timeout=10),
-            "embed": entry("embed", full.port, model_type="embeddings"),
-            "rank": entry("rank", full.port, model_type="rerank"),
-        }
-        for name, kind in (
-            ("draw", "image-generation"),
-            ("edit", "image-edit"),
-            ("listen", "whisper"),
-        ):
-            models[name] = entry(
-                name, full.port, backend="mlx", model_type=kind, model_path=f"hub/{name}"
-            )
         self.runner = asyncio.Runner()
-        self.app = RouterApp(make_config(models))
+        self.app = RouterApp(fuzz_config(full, bare))
         transport = httpx.ASGITransport(app=self.app)  # an exception in the app fails the test
         self.client = httpx.AsyncClient(transport=transport, base_url="http://router", timeout=30)
 
