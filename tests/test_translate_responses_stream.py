@@ -129,11 +129,12 @@ FIXTURE_CASES: list[tuple[str, dict[str, Any], list[str], str, str]] = [
             "response.output_item.added",
             "response.function_call_arguments.delta",
             "response.function_call_arguments.delta",
-            "response.function_call_arguments.done",
-            "response.output_item.done",
+            # Calls stay open until the end: a backend may yet send more of the first.
             "response.output_item.added",
             "response.function_call_arguments.delta",
             "response.function_call_arguments.delta",
+            "response.function_call_arguments.done",
+            "response.output_item.done",
             "response.function_call_arguments.done",
             "response.output_item.done",
             "response.completed",
@@ -331,16 +332,84 @@ def test_tool_call_with_no_id_at_all_gets_one() -> None:
     assert stream.response["output"][0]["call_id"] == "call_s_0"
 
 
-def test_interleaved_tool_call_pieces_fail_the_response() -> None:
+def test_interleaved_tool_calls_are_open_at_once() -> None:
+    stream = ResponsesStream(REQUEST, "resp_s", 1)
+    events = stream.start() + stream.feed(chunk({"content": "Both."}))
+    for part in (
+        piece(0, '{"a":', id="c0", name="f"),
+        piece(1, '{"b":', id="c1", name="g"),
+        piece(0, "1}"),
+        piece(1, "2}"),
+    ):
+        events += stream.feed(part)
+    events += stream.finish()
+    check_with_sdk(events)
+    assert events[-1][0] == "response.completed"
+    added = {
+        data["item"]["call_id"]: (data["output_index"], data["item"]["id"])
+        for kind, data in events
+        if kind == "response.output_item.added" and data["item"]["type"] == "function_call"
+    }
+    assert added == {"c0": (1, "fc_s_1"), "c1": (2, "fc_s_2")}
+    deltas = [
+        (data["output_index"], data["item_id"], data["delta"])
+        for kind, data in events
+        if kind == "response.function_call_arguments.delta"
+    ]
+    assert deltas == [
+        (1, "fc_s_1", '{"a":'),
+        (2, "fc_s_2", '{"b":'),
+        (1, "fc_s_1", "1}"),
+        (2, "fc_s_2", "2}"),
+    ]
+    done = [
+        (data["output_index"], data["arguments"])
+        for kind, data in events
+        if kind == "response.function_call_arguments.done"
+    ]
+    assert done == [(1, '{"a":1}'), (2, '{"b":2}')]
+    assert stream.response is not None
+    calls = [item for item in stream.response["output"] if item["type"] == "function_call"]
+    assert [(c["call_id"], c["name"], c["arguments"], c["status"]) for c in calls] == [
+        ("c0", "f", '{"a":1}', "completed"),
+        ("c1", "g", '{"b":2}', "completed"),
+    ]
+
+
+def test_open_tool_calls_are_kept_incomplete_when_the_stream_fails() -> None:
+    stream = ResponsesStream(REQUEST, "resp_s", 1)
+    events = stream.start() + stream.feed(piece(0, '{"a":', id="c0", name="f"))
+    events += stream.feed(piece(1, "{}", id="c1", name="g"))
+    events += stream.error("backend died")
+    check_with_sdk(events)
+    assert stream.response is not None
+    output = stream.response["output"]
+    assert [(item["call_id"], item["status"]) for item in output] == [
+        ("c0", "incomplete"),
+        ("c1", "incomplete"),
+    ]
+
+
+def test_more_of_a_tool_call_after_text_fails_the_response() -> None:
     stream = ResponsesStream(REQUEST, "resp_s", 1)
     events = stream.start()
     events += stream.feed(piece(0, '{"a":', id="c0", name="f"))
-    events += stream.feed(piece(1, "{}", id="c1", name="g"))
+    events += stream.feed(chunk({"content": "then text"}))
     events += stream.feed(piece(0, "1}"))
     check_with_sdk(events)
     assert events[-1][0] == "response.failed"
     assert stream.feed(piece(1, "")) == []
     assert stream.finish() == []
+
+
+def test_a_null_error_beside_the_usage_is_no_error() -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    events, stream = run(
+        [chunk({"content": "hi"}, "stop"), {"choices": [], "usage": usage, "error": None}]
+    )
+    check_with_sdk(events)
+    assert events[-1][0] == "response.completed"
+    assert stream.response is not None and stream.response["usage"]["input_tokens"] == 3
 
 
 def test_upstream_error_chunk_fails_the_response() -> None:

@@ -15,10 +15,14 @@ sends them::
                       response.output_item.done
     response.completed | response.incomplete | response.failed
 
-One output item is open at a time, as with OpenAI: a chunk that starts a
-different item (reasoning -> text, text -> tool call, tool call 0 -> 1) closes
-the open one first. Deltas go out as soon as they arrive; the only state kept
-is what the ``.done`` events and the final response repeat.
+A text or reasoning item is open alone: a chunk that starts a different item
+(reasoning -> text, text -> tool call) closes it first. Tool calls, though, stay
+open together until text follows or the stream ends, since a chat backend may
+send the pieces of parallel calls interleaved (index 0, 1, 0, ...): each call is
+its own item with its own ``output_index`` and ``item_id``, every argument delta
+names the item it belongs to, and the open calls' ``.done`` events follow in
+output order when they close. Deltas go out as soon as they arrive; the only
+state kept is what the ``.done`` events and the final response repeat.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from slm_server.translate.chat_chunks import chunk_error
 from slm_server.translate.responses_response import (
     CALL_ID_PREFIX,
     FUNCTION_CALL_PREFIX,
@@ -48,14 +53,14 @@ Event = tuple[str, dict[str, Any]]
 
 @dataclass
 class _OpenItem:
-    """The output item being streamed: what its closing events must repeat."""
+    """An output item being streamed: what its closing events must repeat."""
 
     kind: str  # "message", "reasoning" or "function_call"
     output_index: int
     id: str
     text: str = ""
     # Function calls only.
-    tool_index: int | None = None
+    tool_index: Any = None  # the upstream's index (JSON: any value)
     call_id: str = ""
     name: str = ""
 
@@ -78,8 +83,11 @@ class ResponsesStream:
         self._started = False
         self._ended = False
         self._output: list[dict[str, Any]] = []
-        self._open: _OpenItem | None = None
-        self._closed_tool_indexes: set[int] = set()
+        # Items streamed but not yet done, in output order: one text or reasoning
+        # item, or any number of tool calls (also found by their upstream index).
+        self._open: list[_OpenItem] = []
+        self._open_calls: dict[Any, _OpenItem] = {}
+        self._closed_tool_indexes: set[Any] = set()
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
         self._response: dict[str, Any] | None = None
@@ -105,8 +113,9 @@ class ResponsesStream:
         if self._ended:
             return []
         events = self.start()
-        if "error" in chunk and not chunk.get("choices"):
-            return events + self.error(_error_message(chunk["error"]))
+        message = chunk_error(chunk)  # an "error": null beside usage is no error
+        if message is not None:
+            return events + self.error(message)
         if chunk.get("usage"):
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
@@ -140,13 +149,11 @@ class ResponsesStream:
         events = self.start()
         reason = incomplete_reason(self._finish_reason)
         status = "completed" if reason is None else "incomplete"
-        kinds = {item["type"] for item in self._output}
-        if self._open is not None:
-            kinds.add(self._open.kind)
+        kinds = {item["type"] for item in self._output} | {item.kind for item in self._open}
         if not kinds & {"message", "function_call"}:
-            events += self._close_open("completed")
+            events += self._close_all("completed")
             events += self._open_item("message")
-        events += self._close_open(status)
+        events += self._close_all(status)
         self._ended = True
         self._response = response_object(
             self._request,
@@ -173,9 +180,8 @@ class ResponsesStream:
         self._ended = True
         if not self._started:
             return [self._event("error", code="server_error", message=message, param=None)]
-        if self._open is not None:
-            self._output.append(self._item(self._open, "incomplete"))
-            self._open = None
+        self._output += [self._item(item, "incomplete") for item in self._open]
+        self._open, self._open_calls = [], {}
         self._response = response_object(
             self._request,
             self._response_id,
@@ -189,11 +195,10 @@ class ResponsesStream:
 
     def _text_delta(self, kind: str, delta: str) -> list[Event]:
         events: list[Event] = []
-        if self._open is None or self._open.kind != kind:
-            events += self._close_open("completed")
+        if not self._open or self._open[-1].kind != kind:
+            events += self._close_all("completed")
             events += self._open_item(kind)
-        item = self._open
-        assert item is not None
+        item = self._open[-1]
         item.text += delta
         event = (
             "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
@@ -215,16 +220,15 @@ class ResponsesStream:
         index = call.get("index", 0)
         function = call.get("function") or {}
         events: list[Event] = []
-        item = self._open
-        if item is None or item.kind != "function_call" or item.tool_index != index:
+        item = self._open_calls.get(index)
+        if item is None:
             if index in self._closed_tool_indexes:
-                # Pieces of parallel calls interleaved: the earlier call is already
-                # done for the client, so this piece cannot be delivered faithfully.
-                return self.error(f"backend sent more of tool call {index} after a later one")
-            events += self._close_open("completed")
+                # Text came between: the call is done for the client and cannot grow.
+                return self.error(f"backend sent more of tool call {index} after it was complete")
+            if self._open and self._open[-1].kind != "function_call":
+                events += self._close_all("completed")  # the text before the calls
             events += self._open_item("function_call", call, index)
-            item = self._open
-            assert item is not None
+            item = self._open_calls[index]
         else:
             if call.get("id") and not item.call_id:
                 item.call_id = call["id"]
@@ -244,11 +248,11 @@ class ResponsesStream:
         return events
 
     def _open_item(
-        self, kind: str, call: dict[str, Any] | None = None, tool_index: int | None = None
+        self, kind: str, call: dict[str, Any] | None = None, tool_index: Any = None
     ) -> list[Event]:
-        output_index = len(self._output)
+        output_index = len(self._output) + len(self._open)
         if kind == "function_call":
-            assert call is not None and tool_index is not None
+            assert call is not None
             function = call.get("function") or {}
             item = _OpenItem(
                 kind,
@@ -258,7 +262,8 @@ class ResponsesStream:
                 call_id=call.get("id") or "",
                 name=function.get("name") or "",
             )
-            self._open = item
+            self._open.append(item)
+            self._open_calls[tool_index] = item
             return [
                 self._event(
                     "response.output_item.added",
@@ -268,7 +273,7 @@ class ResponsesStream:
             ]
         prefix = MESSAGE_PREFIX if kind == "message" else REASONING_PREFIX
         item = _OpenItem(kind, output_index, item_id(prefix, self._response_id, output_index))
-        self._open = item
+        self._open.append(item)
         empty = self._item(item, "in_progress", with_part=False)
         return [
             self._event("response.output_item.added", output_index=output_index, item=empty),
@@ -281,17 +286,20 @@ class ResponsesStream:
             ),
         ]
 
-    def _close_open(self, status: str) -> list[Event]:
-        item = self._open
-        if item is None:
-            return []
-        self._open = None
+    def _close_all(self, status: str) -> list[Event]:
+        """The ``.done`` events of every open item, in output order."""
+        events: list[Event] = []
+        for item in self._open:
+            events += self._close(item, status)
+        self._open, self._open_calls = [], {}
+        return events
+
+    def _close(self, item: _OpenItem, status: str) -> list[Event]:
         done = self._item(item, status)
         self._output.append(done)
         where = {"item_id": item.id, "output_index": item.output_index}
         events: list[Event]
         if item.kind == "function_call":
-            assert item.tool_index is not None
             self._closed_tool_indexes.add(item.tool_index)
             events = [
                 self._event(
@@ -354,9 +362,3 @@ class ResponsesStream:
 
 def _part(kind: str, text: str) -> dict[str, Any]:
     return output_text_part(text) if kind == "message" else reasoning_text_part(text)
-
-
-def _error_message(error: Any) -> str:
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return str(error)
