@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 
 from slm_server.translate.anthropic_response import THINKING_SIGNATURE, chat_to_message
 from slm_server.translate.anthropic_stream import MessagesStream
-from slm_server.translate.sse import SseParser
+from slm_server.translate.sse import MAX_EVENT_BYTES, SseParser
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 STREAM_EVENT: TypeAdapter[RawMessageStreamEvent] = TypeAdapter(RawMessageStreamEvent)
@@ -382,6 +382,21 @@ def test_held_tool_calls_go_out_before_following_text() -> None:
     ]
     message = validated(run(chunks))
     assert [block.type for block in message.content] == ["tool_use", "tool_use", "text"]
+
+
+def test_held_tool_call_arguments_are_bounded() -> None:
+    stream = MessagesStream("gemma", "msg_1")
+    stream.start()
+    stream.feed(tool_piece(0, "{}", id="a", name="f"))
+    stream.feed(tool_piece(1, "", id="b", name="g"))
+    megabyte = "x" * (1024 * 1024)
+    events: list[Event] = []
+    for _ in range(MAX_EVENT_BYTES // len(megabyte) + 1):
+        events += stream.feed(tool_piece(1, megabyte))
+    [(name, body)] = events  # nothing of call 1 went out: it ends the stream instead
+    assert name == "error" and "tool calls exceed" in body["error"]["message"]
+    ErrorResponse.model_validate(body)
+    assert stream.finish() == []
 
 
 def test_a_tool_call_resumed_after_text_ends_the_stream_with_an_error() -> None:

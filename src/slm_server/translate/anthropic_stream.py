@@ -20,9 +20,11 @@ Anthropic blocks cannot interleave or be reopened, but a chat backend may send
 the pieces of parallel tool calls interleaved (index 0, 1, 0, ...). So only the
 first tool call of a run streams live; calls that start while it is open are
 held and sent whole, each as one block, when it closes (at the next text or
-thinking, or at the end). Everything else is emitted as soon as it is fed. A
-piece for a call already sent whole or closed (it would have to follow text the
-client already has) cannot be placed: the stream ends with an ``error`` event.
+thinking, or at the end: a chat stream does not say when a call is complete).
+Everything else is emitted as soon as it is fed. A piece for a call already
+sent whole or closed (it would have to follow text the client already has)
+cannot be placed, and held arguments past ``MAX_EVENT_BYTES`` are more than a
+client is sent as one event: either way the stream ends with an ``error`` event.
 
 Usage is only known from the last upstream chunk (``stream_options.include_usage``),
 so ``message_start`` reports zeros and ``message_delta`` carries the real input
@@ -42,6 +44,7 @@ from slm_server.translate.anthropic_response import (
     tool_use_id,
 )
 from slm_server.translate.chat_chunks import chunk_error
+from slm_server.translate.sse import MAX_EVENT_BYTES
 
 Event = tuple[str, dict[str, Any]]
 
@@ -68,6 +71,7 @@ class MessagesStream:
         self._open: str | tuple[str, int] | None = None
         self._closed_tools: set[int] = set()
         self._held: dict[int, _HeldCall] = {}  # by upstream index, in order of arrival
+        self._held_bytes = 0  # their arguments' length together, bounded
         self._used_tools = False
         self._ended = False
         self._finish_reason: str | None = None
@@ -151,16 +155,15 @@ class MessagesStream:
         arguments = function.get("arguments")
         events: list[Event] = []
         if index in self._held:
-            _hold(self._held[index], call)
-            return []
+            return self._hold(self._held[index], call)
         if self._open != ("tool", index):
             if index in self._closed_tools:
                 return self.error(
                     f"the backend sent more of tool call {index} after it was complete"
                 )
             if isinstance(self._open, tuple):  # another call is streaming: this one waits
-                self._held[index] = _hold(_HeldCall(), call)
-                return []
+                self._held[index] = _HeldCall()
+                return self._hold(self._held[index], call)
             events += self._close()
             self._open = ("tool", index)
             self._used_tools = True
@@ -179,10 +182,28 @@ class MessagesStream:
             "input": {},
         }
 
+    def _hold(self, held: _HeldCall, call: dict[str, Any]) -> list[Event]:
+        """Add ``call``'s piece to ``held``; the stream's ``error`` past the bound, else none."""
+        function = call.get("function") or {}
+        if call.get("id") and not held.id:
+            held.id = call["id"]
+        if function.get("name") and not held.name:
+            held.name = function["name"]
+        arguments = function.get("arguments")
+        if isinstance(arguments, str) and arguments:
+            self._held_bytes += len(arguments.encode())
+            if self._held_bytes > MAX_EVENT_BYTES:
+                return self.error(
+                    f"the backend's parallel tool calls exceed {MAX_EVENT_BYTES} bytes of "
+                    "arguments held while an earlier call streams"
+                )
+            held.arguments.append(arguments)
+        return []
+
     def _send_held(self) -> list[Event]:
         """Each held call as one whole block, in the order they began."""
         events: list[Event] = []
-        held, self._held = self._held, {}
+        held, self._held, self._held_bytes = self._held, {}, 0
         for index, call in held.items():
             events.append(self._start(self._tool_block(call.id, call.name, index)))
             arguments = "".join(call.arguments)
@@ -235,14 +256,3 @@ class MessagesStream:
         self._open = None
         return events
 
-
-def _hold(held: _HeldCall, call: dict[str, Any]) -> _HeldCall:
-    function = call.get("function") or {}
-    if call.get("id") and not held.id:
-        held.id = call["id"]
-    if function.get("name") and not held.name:
-        held.name = function["name"]
-    arguments = function.get("arguments")
-    if isinstance(arguments, str) and arguments:
-        held.arguments.append(arguments)
-    return held
