@@ -321,7 +321,6 @@ UNSUPPORTED: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("unknown top-level field", request(user("hi"), container="c_1"), "container"),
     ("mcp servers", request(user("hi"), mcp_servers=[]), "mcp_servers"),
-    ("missing max_tokens", {"model": "gemma", "messages": [user("hi")]}, "max_tokens"),
     ("unknown role", request({"role": "tool", "content": "x"}), "messages[0].role"),
     (
         "document block",
@@ -356,25 +355,13 @@ UNSUPPORTED: list[tuple[str, dict[str, Any], str]] = [
         request(assistant([{"type": "server_tool_use", "id": "s", "name": "web_search"}])),
         "messages[0].content[0].type",
     ),
-    (
-        "tool_use without id",
-        request(assistant([{"type": "tool_use", "name": "x"}])),
-        "messages[0].content[0].id",
-    ),
     ("unknown tool_choice", request(user("hi"), tool_choice={"type": "some"}), "tool_choice.type"),
-    (
-        "tool choice without name",
-        request(user("hi"), tool_choice={"type": "tool"}),
-        "tool_choice.name",
-    ),
     (
         "output format other than json_schema",
         request(user("hi"), output_config={"format": {"type": "text"}}),
         "output_config.format",
     ),
     ("system as an image", request(user("hi"), system=[IMAGE_FILE]), "system[0].type"),
-    ("stop sequences as a string", request(user("hi"), stop_sequences="END"), "stop_sequences"),
-    ("tools as an object", request(user("hi"), tools={"name": "x"}), "tools"),
 ]
 
 
@@ -393,6 +380,20 @@ def tool_result(content: Any) -> dict[str, Any]:
 
 
 INVALID = [
+    # Missing or of the wrong type: one code (invalid_request) for all of them.
+    ("missing max_tokens", {"model": "gemma", "messages": [user("hi")]}, "max_tokens"),
+    (
+        "tool_use without id",
+        request(assistant([{"type": "tool_use", "name": "x"}])),
+        "messages[0].content[0].id",
+    ),
+    (
+        "tool choice without name",
+        request(user("hi"), tool_choice={"type": "tool"}),
+        "tool_choice.name",
+    ),
+    ("stop sequences as a string", request(user("hi"), stop_sequences="END"), "stop_sequences"),
+    ("tools as an object", request(user("hi"), tools={"name": "x"}), "tools"),
     (
         "a tool result's text block holding null",
         request(user([tool_result([{"type": "text", "text": None}])])),

@@ -376,10 +376,6 @@ UNSUPPORTED_CASES: list[tuple[dict[str, Any], str]] = [
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
     ({"input": [USER_HI, {"type": "web_search_call", "id": "ws_1"}]}, "input[1].type"),
     ({"input": [{"role": "critic", "content": "x"}]}, "input[0].role"),
-    ({"input": ["hi"]}, "input[0]"),
-    ({"input": 3}, "input"),
-    ({"input": []}, "input"),
-    ({"input": None}, "input"),
     (
         {
             "input": [
@@ -399,7 +395,6 @@ UNSUPPORTED_CASES: list[tuple[dict[str, Any], str]] = [
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"include": ["message.output_text.logprobs"]}, "include"),
     ({"text": {"format": {"type": "grammar"}}}, "text.format.type"),
-    ({"instructions": 7}, "instructions"),
 ]
 
 
@@ -415,6 +410,11 @@ def test_unsupported_fields_name_the_field(fields: dict[str, Any], param: str) -
 
 IMAGE_PART = {"type": "input_image", "image_url": "https://x"}
 INVALID_CASES: list[tuple[dict[str, Any], str]] = [
+    ({"input": ["hi"]}, "input[0]"),
+    ({"input": 3}, "input"),
+    ({"input": []}, "input"),
+    ({"input": None}, "input"),
+    ({"instructions": 7}, "instructions"),
     ({"input": [{"type": "function_call", "name": "a", "arguments": "{}"}]}, "input[0].call_id"),
     ({"include": 5}, "include"),
     ({"include": [5]}, "include"),

@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.errors import InvalidField, UnsupportedField
 from slm_server.translate.fields import (
     BOOLEAN,
     INTEGER,
@@ -115,7 +115,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
             raise UnsupportedField(key, f"`{key}` is not supported by this server")
     for key in ("model", "messages", "max_tokens"):
         if key not in body:
-            raise UnsupportedField(key, f"`{key}` is required")
+            raise InvalidField(key, f"`{key}` is required")
     check_fields(body, _FIELD_KINDS)
     chat: dict[str, Any] = {key: body[key] for key in _PASSTHROUGH if body.get(key) is not None}
 
@@ -124,7 +124,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
         messages.append({"role": "system", "content": _plain_text(body["system"], "system")})
     turns = body["messages"]
     if not isinstance(turns, list):
-        raise UnsupportedField("messages", "`messages` must be a list")
+        raise InvalidField("messages", "`messages` must be a list")
     for i, turn in enumerate(turns):
         for message in _turn(turn, f"messages[{i}]"):
             _append(messages, message)
@@ -133,7 +133,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop_sequences")
     if stop:
         if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            raise UnsupportedField("stop_sequences", "must be a list of strings")
+            raise InvalidField("stop_sequences", "`stop_sequences` must be a list of strings")
         chat["stop"] = list(stop)
     if body.get("stream"):
         chat["stream"] = True
@@ -146,7 +146,7 @@ def messages_to_chat(body: dict[str, Any]) -> dict[str, Any]:
         chat["user"] = user_id
     if body.get("tools"):
         if not isinstance(body["tools"], list):
-            raise UnsupportedField("tools", "`tools` must be a list")
+            raise InvalidField("tools", "`tools` must be a list")
         chat["tools"] = [_tool(tool, f"tools[{i}]") for i, tool in enumerate(body["tools"])]
     if body.get("tool_choice") is not None:
         chat.update(_tool_choice(body["tool_choice"]))
@@ -190,7 +190,7 @@ def _as_parts(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _turn(turn: Any, where: str) -> list[dict[str, Any]]:
     """The chat messages for one Messages turn (a user turn may become several)."""
     if not isinstance(turn, dict):
-        raise UnsupportedField(where, "each message must be an object")
+        raise InvalidField(where, "each message must be an object")
     role, content = turn.get("role"), turn.get("content")
     if role == "system":
         return [{"role": "system", "content": _plain_text(content, f"{where}.content")}]
@@ -199,7 +199,7 @@ def _turn(turn: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
-        raise UnsupportedField(f"{where}.content", "content must be a string or a list of blocks")
+        raise InvalidField(f"{where}.content", "content must be a string or a list of blocks")
     if role == "assistant":
         return [_assistant(content, f"{where}.content")]
     return _user(content, f"{where}.content")
@@ -276,7 +276,7 @@ def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
             pieces.append(inner["text"])
         text = "\n\n".join(pieces)
     else:
-        raise UnsupportedField(f"{where}.content", "must be a string or a list of blocks")
+        raise InvalidField(f"{where}.content", f"`{where}.content` must be a string or a list of blocks")
     if block.get("is_error"):
         text = f"Error: {text}"
     return {"role": "tool", "tool_call_id": block.get("tool_use_id", ""), "content": text}
@@ -307,7 +307,7 @@ def _plain_text(value: Any, where: str) -> str:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise UnsupportedField(where, "must be a string or a list of text blocks")
+        raise InvalidField(where, f"`{where}` must be a string or a list of text blocks")
     texts: list[str] = []
     for j, block in enumerate(value):
         kind = _block_type(block, f"{where}[{j}]")
@@ -320,11 +320,11 @@ def _plain_text(value: Any, where: str) -> str:
 def _block_type(block: Any, where: str) -> str:
     """The block's ``type``, after checking the fields that type requires are there."""
     if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-        raise UnsupportedField(f"{where}.type", "each content block must be an object with a type")
+        raise InvalidField(f"{where}.type", "each content block must be an object with a type")
     kind: str = block["type"]
     for key, field_kind in _BLOCK_REQUIRED.get(kind, {}).items():
         if key not in block:
-            raise UnsupportedField(f"{where}.{key}", f"`{kind}` blocks need `{key}`")
+            raise InvalidField(f"{where}.{key}", f"`{where}.{key}` is required in `{kind}` blocks")
         required(block, key, field_kind, where)
     check_fields(block, _BLOCK_OPTIONAL.get(kind, {}), f"{where}.")
     return kind
@@ -332,7 +332,7 @@ def _block_type(block: Any, where: str) -> str:
 
 def _tool(tool: Any, where: str) -> dict[str, Any]:
     if not isinstance(tool, dict):
-        raise UnsupportedField(where, "each tool must be an object")
+        raise InvalidField(where, "each tool must be an object")
     kind = tool.get("type")
     if kind not in (None, "custom"):
         raise UnsupportedField(
@@ -341,7 +341,7 @@ def _tool(tool: Any, where: str) -> dict[str, Any]:
         )
     for key, field_kind in (("name", STRING), ("input_schema", OBJECT)):
         if key not in tool:
-            raise UnsupportedField(f"{where}.{key}", f"tools need `{key}`")
+            raise InvalidField(f"{where}.{key}", f"`{where}.{key}` is required in tools")
         required(tool, key, field_kind, where)
     check_fields(tool, {"description": STRING, "strict": BOOLEAN}, f"{where}.")
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
@@ -359,7 +359,7 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     out: dict[str, Any]
     if kind == "tool":
         if not isinstance(choice.get("name"), str):
-            raise UnsupportedField("tool_choice.name", "tool_choice of type tool needs a name")
+            raise InvalidField("tool_choice.name", "`tool_choice.name` is required for type tool")
         out = {"tool_choice": {"type": "function", "function": {"name": choice["name"]}}}
     else:
         out = {"tool_choice": {"auto": "auto", "any": "required", "none": "none"}[kind]}
@@ -370,7 +370,7 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 
 def _output_config(config: Any) -> dict[str, Any]:
     if not isinstance(config, dict):
-        raise UnsupportedField("output_config", "must be an object")
+        raise InvalidField("output_config", "`output_config` must be an object")
     for key in config:
         if key not in ("format", "effort"):
             raise UnsupportedField(f"output_config.{key}", f"`{key}` is not supported")

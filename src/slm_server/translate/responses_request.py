@@ -108,10 +108,10 @@ def responses_to_chat(
     elif isinstance(instructions, list):
         messages.extend(input_items_to_messages(instructions, "instructions"))
     elif instructions is not None:
-        raise UnsupportedField("instructions", "instructions must be a string or a list of items")
+        raise InvalidField("instructions", "instructions must be a string or a list of items")
     messages.extend(input_messages(body, history))
     if not messages:
-        raise UnsupportedField("input", "input is required")
+        raise InvalidField("input", "input is required")
 
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     _copy_if_set(body, chat, "temperature", "temperature")
@@ -169,7 +169,7 @@ def input_messages(
         # client had replayed the earlier items instead.
         _append_items(messages, raw, "input")
     elif raw is not None:
-        raise UnsupportedField("input", "input must be a string or a list of items")
+        raise InvalidField("input", "input must be a string or a list of items")
     return messages
 
 
@@ -191,7 +191,7 @@ def _append_items(messages: list[dict[str, Any]], items: list[Any], param: str) 
     for index, item in enumerate(items):
         path = f"{param}[{index}]"
         if not isinstance(item, dict):
-            raise UnsupportedField(path, "an input item must be an object")
+            raise InvalidField(path, f"`{path}` must be an object (an input item)")
         # EasyInputMessage may leave out "type"; a role makes it a message.
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message":
@@ -227,7 +227,7 @@ def _content(content: Any, role: str, path: str) -> str | list[dict[str, Any]]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise UnsupportedField(path, "content must be a string or a list of parts")
+        raise InvalidField(path, "content must be a string or a list of parts")
     parts = [_content_part(part, role, f"{path}[{i}]") for i, part in enumerate(content)]
     if all(part["type"] == "text" for part in parts):
         return "\n".join(part["text"] for part in parts)
@@ -236,7 +236,7 @@ def _content(content: Any, role: str, path: str) -> str | list[dict[str, Any]]:
 
 def _content_part(part: Any, role: str, path: str) -> dict[str, Any]:
     if not isinstance(part, dict):
-        raise UnsupportedField(path, "a content part must be an object")
+        raise InvalidField(path, f"`{path}` must be an object (a content part)")
     kind = part.get("type")
     if kind in ("input_text", "output_text"):
         return {"type": "text", "text": _string(part, "text", path)}
@@ -291,13 +291,13 @@ def _tool_result(item: dict[str, Any], path: str) -> dict[str, Any]:
             texts.append(_string(part, "text", f"{path}.output[{i}]"))
         output = "\n".join(texts)
     elif not isinstance(output, str):
-        raise UnsupportedField(f"{path}.output", "output must be a string or a list of parts")
+        raise InvalidField(f"{path}.output", "output must be a string or a list of parts")
     return {"role": "tool", "tool_call_id": _string(item, "call_id", path), "content": output}
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise UnsupportedField("tools", "tools must be a list")
+        raise InvalidField("tools", "tools must be a list")
     converted = []
     for index, tool in enumerate(tools):
         path = f"tools[{index}]"
