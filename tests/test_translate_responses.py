@@ -469,6 +469,22 @@ def test_request_and_history_are_not_modified_or_shared() -> None:
     assert (body, history) == before
 
 
+def test_a_continued_turn_reuses_the_history_without_copying_it() -> None:
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": "w" * 1000},
+        {"role": "assistant", "content": "a", "tool_calls": [call("c0", "a", "{}")]},
+    ]
+    before = copy.deepcopy(history)
+    joined = {"type": "function_call", "call_id": "c1", "name": "a", "arguments": "{}"}
+    for body in ({"model": "m", "input": "next"}, {"model": "m", "input": [joined]}):
+        messages = input_messages(body, history)
+        assert messages[0] is history[0]  # the store hands out a fresh history: no copy
+        assert history == before
+    # Only the message a call joins is copied, so the history keeps its own calls.
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["c0", "c1"]
+    assert [c["id"] for c in history[1]["tool_calls"]] == ["c0"]
+
+
 # ---------------------------------------------------------------- responses
 
 REQUEST = {"model": "gemma-3-270m", "input": "hi"}

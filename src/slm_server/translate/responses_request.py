@@ -32,7 +32,6 @@ the output conversion does not carry.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from slm_server.translate.errors import InvalidField, UnsupportedField
@@ -92,9 +91,9 @@ def responses_to_chat(
 
     ``history`` is the chat messages of the turns before this one (the caller
     resolves ``previous_response_id`` to them); they follow the instructions and
-    precede this request's input. Neither argument is modified: the history is
-    copied, while values passed through unchanged (tool parameter schemas, the
-    JSON schema) are shared with ``body``. Raises :class:`UnsupportedField`
+    precede this request's input. Neither argument is modified, though the
+    result shares the history's messages, and values passed through unchanged
+    (tool parameter schemas, the JSON schema) with ``body``. Raises :class:`UnsupportedField`
     naming the offending field for anything a chat backend cannot be asked, and
     :class:`InvalidField` for a field of the wrong type.
     """
@@ -159,14 +158,22 @@ def input_messages(
     OpenAI does not carry over to a follow-up turn; it is what the response
     store keeps, together with the turn's output.
     """
-    messages = copy.deepcopy(history) if history else []
+    # The history's messages are shared, not copied: the store decodes a fresh history
+    # for each request, and this is called twice with it (the request, then the turn
+    # to store), so neither call may change it.
+    messages = list(history) if history else []
     raw = body.get("input")
     if isinstance(raw, str):
         messages.append({"role": "user", "content": raw})
     elif isinstance(raw, list):
-        # Appended to the history itself so a function_call that opens the input
-        # joins the assistant message ending the history, as it would if the
-        # client had replayed the earlier items instead.
+        # Appended after the history so a function_call that opens the input joins the
+        # assistant message ending the history, as it would if the client had replayed
+        # the earlier items instead; that one message is copied for it.
+        last = messages[-1] if messages else None
+        if last is not None and last.get("role") == "assistant":
+            messages[-1] = {**last}
+            if isinstance(last.get("tool_calls"), list):
+                messages[-1]["tool_calls"] = list(last["tool_calls"])
         _append_items(messages, raw, "input")
     elif raw is not None:
         raise InvalidField("input", "input must be a string or a list of items")
