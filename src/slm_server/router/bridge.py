@@ -20,7 +20,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from slm_server.router.asgi import JSON_HEADERS, Body, Headers, Send, send_response
@@ -40,6 +39,12 @@ from slm_server.router.proxy import (
     read_whole,
     stream_pieces,
 )
+from slm_server.router.responses_memory import (
+    RememberingStream,
+    json_object,
+    native_recorder,
+    store_turn,
+)
 from slm_server.router.routing import Backend, router_changes
 from slm_server.supervisor import BackendProcess
 from slm_server.translate import anthropic_request, anthropic_response
@@ -52,7 +57,7 @@ from slm_server.translate.responses_response import (
     chat_to_response,
 )
 from slm_server.translate.responses_stream import ResponsesStream
-from slm_server.translate.sse import MAX_EVENT_BYTES, SseParser, SseTooLarge, sse_frame
+from slm_server.translate.sse import SseParser, SseTooLarge, sse_frame
 from slm_server.upstream import UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -125,7 +130,7 @@ class Bridge:
         generation = process.generation if process is not None else 0
         reason = self._why_convert(backend, process, path, request, generation)
         if reason is None:
-            recorder = _NativeRecorder(request, self.store) if path == RESPONSES else None
+            recorder = native_recorder(request, self.store) if path == RESPONSES else None
             try:
                 await forward(
                     pool,
@@ -222,7 +227,7 @@ class _ResponsesConversion:
         return response
 
     def stream(self) -> StreamConverter:
-        return _Remembering(
+        return RememberingStream(
             ResponsesStream(self.request, self.response_id, self.created_at), self._remember
         )
 
@@ -230,31 +235,7 @@ class _ResponsesConversion:
         return payload  # already an OpenAI error envelope
 
     def _remember(self, response: dict[str, Any]) -> None:
-        self.store.record_turn(self.request, self.history, response)
-
-
-class _Remembering:
-    """A Responses stream that stores the final response as it goes out."""
-
-    def __init__(self, inner: ResponsesStream, remember: Callable[[dict[str, Any]], None]):
-        self.inner = inner
-        self.remember = remember
-
-    def start(self) -> Events:
-        return self.inner.start()
-
-    def feed(self, chunk: dict[str, Any]) -> Events:
-        return self.inner.feed(chunk)
-
-    def finish(self) -> Events:
-        events = self.inner.finish()
-        for name, data in events:
-            if name in ("response.completed", "response.incomplete"):
-                self.remember(data["response"])
-        return events
-
-    def error(self, message: str) -> Events:
-        return self.inner.error(message)
+        store_turn(self.store, self.request, self.history, response)
 
 
 class _MessagesConversion:
@@ -298,66 +279,6 @@ def anthropic_error_payload(status: int, payload: bytes) -> bytes:
     return json.dumps(converted).encode()
 
 
-class _NativeRecorder:
-    """Watches a native /v1/responses answer go by, to store it for previous_response_id.
-
-    It keeps at most ``MAX_EVENT_BYTES`` of it (the whole body, or one event of a
-    stream): a larger answer is relayed all the same, only not stored.
-    """
-
-    def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
-        self.request = request
-        self.store = store
-        self.streamed = bool(request.get("stream"))
-        self.parser = SseParser(MAX_EVENT_BYTES)
-        self.whole = bytearray()
-        self.response: dict[str, Any] | None = None
-        self.keeping = True
-
-    def feed(self, piece: bytes) -> None:
-        if not self.keeping:
-            return
-        if not self.streamed:
-            if len(self.whole) + len(piece) > MAX_EVENT_BYTES:
-                self._give_up()
-            else:
-                self.whole += piece
-            return
-        try:
-            events = self.parser.feed(piece)
-        except SseTooLarge:
-            self._give_up()
-            return
-        for event in events:
-            if event.event in ("response.completed", "response.incomplete"):
-                self.response = _json_object(event.data).get("response")
-
-    def _give_up(self) -> None:
-        log.info("native response over %d bytes: relayed, not stored", MAX_EVENT_BYTES)
-        self.keeping = False
-        self.whole = bytearray()
-        self.response = None
-
-    def remember(self) -> None:
-        if not self.keeping:
-            return
-        response = self.response if self.streamed else _json_object(bytes(self.whole))
-        if not isinstance(response, dict) or "id" not in response:
-            return
-        try:  # no history: requests continuing a conversation are never served natively
-            self.store.record_turn(self.request, None, response)
-        except (UnsupportedField, KeyError, TypeError, ValueError):
-            log.debug("native response %s not stored: not convertible", response.get("id"))
-
-
-def _json_object(text: str | bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 async def _converted(
     pool: UpstreamPool,
     backend: Backend,
@@ -386,13 +307,13 @@ async def _converted(
                 head = [marker, *stopwatch.headers()]
                 await _relay_converted_stream(response, send, backend, converter, head)
             else:  # the backend ignored `stream: true`: its whole answer, as the stream's events
-                answer = _json_object(await read_whole(response, backend, lifetime))
+                answer = json_object(await read_whole(response, backend, lifetime))
                 stopwatch.resume()
                 await _send_start(send, [marker, *stopwatch.headers()])
                 events = converter.start() + _whole_as_events(answer, converter, backend)
                 await _send_events(send, events, last=True)
         else:
-            chat = _json_object(await read_whole(response, backend, lifetime))
+            chat = json_object(await read_whole(response, backend, lifetime))
             stopwatch.resume()
             whole = json.dumps(_converted_whole(conversion, chat, backend)).encode()
             await send_response(send, 200, whole, [*JSON_HEADERS, marker, *stopwatch.headers()])
@@ -442,7 +363,7 @@ async def _relay_converted_stream(
                     if event.data.strip() == "[DONE]":
                         await _send_events(send, converter.finish(), last=True)
                         return
-                    chunk = _json_object(event.data)
+                    chunk = json_object(event.data)
                     message = chunk_error(chunk)
                     if message is not None:
                         await _send_events(send, converter.error(message), last=True)

@@ -1,0 +1,126 @@
+"""What the Responses store keeps of /v1/responses answers, native and converted.
+
+Storing is a side effect of answering: the client's answer must never depend on
+it. A turn the store cannot keep is logged and the answer goes out all the same,
+including a converted stream's final event (without which the client would not
+know the response had completed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slm_server.translate.errors import UnsupportedField
+from slm_server.translate.response_store import ResponseStore
+from slm_server.translate.responses_stream import ResponsesStream
+from slm_server.translate.sse import MAX_EVENT_BYTES, SseParser, SseTooLarge
+
+log = logging.getLogger(__name__)
+
+Events = list[tuple[str, dict[str, Any]]]
+
+
+def store_turn(
+    store: ResponseStore,
+    request: dict[str, Any],
+    history: list[dict[str, Any]] | None,
+    response: dict[str, Any],
+) -> None:
+    """Store the turn ending with ``response``; a failure is logged, never raised."""
+    try:
+        store.record_turn(request, history, response)
+    except Exception:  # any: an answer that is otherwise fine must still go out
+        log.warning("response %s not stored", response.get("id"), exc_info=True)
+
+
+class RememberingStream:
+    """A converted Responses stream that stores its final response as it goes out."""
+
+    def __init__(self, inner: ResponsesStream, remember: Callable[[dict[str, Any]], None]):
+        self.inner = inner
+        self.remember = remember
+
+    def start(self) -> Events:
+        return self.inner.start()
+
+    def feed(self, chunk: dict[str, Any]) -> Events:
+        return self.inner.feed(chunk)
+
+    def finish(self) -> Events:
+        events = self.inner.finish()  # built whole before anything is stored
+        for name, data in events:
+            if name in ("response.completed", "response.incomplete"):
+                self.remember(data["response"])
+        return events
+
+    def error(self, message: str) -> Events:
+        return self.inner.error(message)
+
+
+def native_recorder(request: dict[str, Any], store: ResponseStore) -> NativeRecorder | None:
+    """A recorder for a native answer to ``request``; None when it asks not to be stored."""
+    return None if request.get("store") is False else NativeRecorder(request, store)
+
+
+class NativeRecorder:
+    """Watches a native /v1/responses answer go by, to store it for previous_response_id.
+
+    It keeps at most ``MAX_EVENT_BYTES`` of it (the whole body, or one event of a
+    stream): a larger answer is relayed all the same, only not stored.
+    """
+
+    def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
+        self.request = request
+        self.store = store
+        self.streamed = bool(request.get("stream"))
+        self.parser = SseParser(MAX_EVENT_BYTES)
+        self.whole = bytearray()
+        self.response: dict[str, Any] | None = None
+        self.keeping = True
+
+    def feed(self, piece: bytes) -> None:
+        if not self.keeping:
+            return
+        if not self.streamed:
+            if len(self.whole) + len(piece) > MAX_EVENT_BYTES:
+                self._give_up()
+            else:
+                self.whole += piece
+            return
+        try:
+            events = self.parser.feed(piece)
+        except SseTooLarge:
+            self._give_up()
+            return
+        for event in events:
+            if event.event in ("response.completed", "response.incomplete"):
+                self.response = json_object(event.data).get("response")
+
+    def _give_up(self) -> None:
+        log.info("native response over %d bytes: relayed, not stored", MAX_EVENT_BYTES)
+        self.keeping = False
+        self.whole = bytearray()
+        self.response = None
+
+    def remember(self) -> None:
+        if not self.keeping:
+            return
+        response = self.response if self.streamed else json_object(bytes(self.whole))
+        if not isinstance(response, dict) or "id" not in response:
+            return
+        try:  # no history: requests continuing a conversation are never served natively
+            self.store.record_turn(self.request, None, response)
+        except (UnsupportedField, KeyError, TypeError, ValueError):
+            log.debug("native response %s not stored: not convertible", response.get("id"))
+
+
+def json_object(text: str | bytes) -> dict[str, Any]:
+    """``text`` parsed when it is a JSON object, else an empty dict."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
