@@ -50,13 +50,16 @@ Switches (startup flag / control key): ``--fail-status`` / ``fail_status``,
 ``--hang`` / ``hang``, ``--die-mid-stream`` / ``die_mid_stream``,
 ``--chunk-delay`` / ``chunk_delay``, ``--chunks`` / ``chunks``,
 ``--loading`` / ``loading``, ``--response-delay`` / ``response_delay``,
-``--no-responses`` / ``no_responses``; control only: ``responses_status``
+``--no-responses`` / ``no_responses``; control only: ``fail_text`` (with
+``fail_status``: that status answers this text/plain body, as a bare web server
+would), ``responses_status``
 (/v1/responses answers it), ``refusal_delay`` (seconds before /v1/responses
 refuses), ``stream_error`` (a string: streams end with
 ``{"error": "<it>"}`` after their content, no ``[DONE]``), ``interleave_tools``
 (a streamed tool call comes with a second one, their pieces interleaved:
 index 0, 1, 0, 1 ...), ``ignore_stream`` (chat completions answer plain JSON even
-when asked to stream), ``messages`` (native ``/v1/messages`` and
+when asked to stream), ``force_stream`` (chat completions stream even when not
+asked to), ``messages`` (native ``/v1/messages`` and
 ``/v1/messages/count_tokens``; off: 404 as without the routes), ``chat_body``
 (any JSON: chat completions answer it as is, status 200, whatever was asked).
 ``fail_status``, ``hang`` and ``response_delay`` apply to the POST model endpoints
@@ -97,6 +100,7 @@ class Config:
     """Runtime switches; every field is also a key of ``POST /_fake/control``."""
 
     fail_status: int | None = None
+    fail_text: str | None = None  # fail_status answers this as text/plain, not a JSON error
     hang: bool = False
     die_mid_stream: int | None = None
     chunk_delay: float = 0.0
@@ -109,6 +113,7 @@ class Config:
     stream_error: str | None = None
     interleave_tools: bool = False
     ignore_stream: bool = False
+    force_stream: bool = False  # chat completions stream even when not asked to
     messages: bool = False
     chat_body: Any = None
 
@@ -116,6 +121,7 @@ class Config:
 # control key -> (accepted JSON types, nullable)
 _CONTROL_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "fail_status": ((int,), True),
+    "fail_text": ((str,), True),
     "hang": ((bool,), False),
     "die_mid_stream": ((int,), True),
     "chunk_delay": ((int, float), False),
@@ -128,6 +134,7 @@ _CONTROL_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "stream_error": ((str,), True),
     "interleave_tools": ((bool,), False),
     "ignore_stream": ((bool,), False),
+    "force_stream": ((bool,), False),
     "messages": ((bool,), False),
     "chat_body": ((object,), True),
 }
@@ -342,6 +349,8 @@ class FakeServer:
     async def gate(self, *, streamed: bool = False) -> web.Response | None:
         """Apply fail_status / hang / response_delay; a response means: answer it."""
         cfg = self.config
+        if cfg.fail_status and cfg.fail_text is not None:
+            return web.Response(status=cfg.fail_status, text=cfg.fail_text)
         if cfg.fail_status:
             type_ = "invalid_request_error" if 400 <= cfg.fail_status < 500 else "server_error"
             return _json_error(cfg.fail_status, "fake failure", type_, "fake_error")
@@ -440,7 +449,8 @@ class FakeServer:
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise _bad_request("'messages' must be a list")
-        stream = bool(body.get("stream")) and not self.config.ignore_stream
+        asked = bool(body.get("stream")) or self.config.force_stream
+        stream = asked and not self.config.ignore_stream
         if (early := await self.gate(streamed=stream)) is not None:
             return early
         if self.config.chat_body is not None:

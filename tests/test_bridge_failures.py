@@ -8,6 +8,7 @@ still ends as its protocol says, never as an incomplete chunked read.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,16 @@ def test_a_wrongly_typed_responses_field_is_a_400_naming_it(router: RouterProces
         "invalid_request",
         "include",
     )
+
+
+def test_a_wrongly_typed_input_is_invalid_not_unsupported(router: RouterProcess) -> None:
+    response = post(router, "/v1/responses", {"model": "m-chat", "input": 5})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_request", "input")
+    hosted = {"model": "m-chat", "input": "hi", "tools": [{"type": "web_search"}]}
+    error = post(router, "/v1/responses", hosted).json()["error"]
+    assert (error["code"], error["param"]) == ("unsupported_field", "tools[0].type")
 
 
 def test_a_null_tool_result_text_is_a_400_in_anthropic_shape(
@@ -160,16 +171,21 @@ def test_interleaved_tool_calls_arrive_whole_through_anthropic(
     assert final.stop_reason == "tool_use"
 
 
-def test_interleaved_tool_calls_fail_the_response_stream_cleanly(
+def test_interleaved_tool_calls_arrive_whole_through_responses(
     oai: openai.OpenAI, fake: FakeBackend
 ) -> None:
     fake.control(interleave_tools=True)
     tool = {"type": "function", "name": "lookup", "parameters": LOOKUP["input_schema"]}
-    stream = oai.responses.create(model="m-chat", input="x", tools=[tool], stream=True)  # type: ignore[list-item]
-    final = list(stream)[-1]
-    # Responses items may not interleave either; this converter ends the response honestly.
-    assert isinstance(final, ResponseFailedEvent)
-    assert final.response.error is not None and "tool call 0" in final.response.error.message
+    with oai.responses.stream(model="m-chat", input="find owls", tools=[tool]) as stream:  # type: ignore[list-item]
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [json.loads(call.arguments) for call in calls] == [
+        {"text": "find owls"},
+        {"text": "again"},
+    ]
+    assert [call.name for call in calls] == ["lookup", "lookup"]
+    assert len({call.call_id for call in calls}) == 2
+    assert final.status == "completed"
 
 
 def test_a_backend_ignoring_stream_still_streams_the_whole_answer(
@@ -243,3 +259,34 @@ def test_a_streamed_request_answered_with_other_json_fails_the_stream(
     assert isinstance(final, ResponseFailedEvent)
     assert final.response.error is not None
     assert "not a chat completion" in final.response.error.message
+
+
+def test_a_plain_text_backend_error_is_relayed_in_the_openai_envelope(
+    oai: openai.OpenAI, fake: FakeBackend
+) -> None:
+    fake.control(fail_status=500, fail_text="Internal Server Error")
+    with pytest.raises(openai.InternalServerError) as caught:
+        oai.responses.create(model="m-chat", input="hi")
+    response = caught.value.response
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["type"] == "server_error"
+    assert "Internal Server Error" in error["message"]
+
+
+def test_a_backend_error_envelope_is_relayed_unchanged(
+    router: RouterProcess, fake: FakeBackend
+) -> None:
+    fake.control(fail_status=400)
+    response = post(router, "/v1/responses", {"model": "m-chat", "input": "hi"})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "fake_error"
+
+
+def test_an_event_stream_answer_to_a_plain_request_is_a_502_saying_so(
+    router: RouterProcess, fake: FakeBackend
+) -> None:
+    fake.control(force_stream=True)
+    response = post(router, "/v1/responses", {"model": "m-chat", "input": "hi"})
+    assert response.status_code == 502, response.text
+    assert "event stream" in response.json()["error"]["message"]

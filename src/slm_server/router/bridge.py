@@ -28,6 +28,7 @@ from slm_server.router.errors import (
     InvalidRequest,
     UnknownResponse,
     UnsupportedRequestField,
+    error_body,
 )
 from slm_server.router.lifetime import RequestLifetime
 from slm_server.router.proxy import (
@@ -232,7 +233,7 @@ class _ResponsesConversion:
         )
 
     def upstream_error(self, status: int, payload: bytes) -> bytes:
-        return payload  # already an OpenAI error envelope
+        return openai_error_payload(status, payload)
 
     def _remember(self, response: dict[str, Any]) -> None:
         store_turn(self.store, self.request, self.history, response)
@@ -263,6 +264,19 @@ class _CountTokensConversion(_MessagesConversion):
 
     def whole(self, chat: dict[str, Any]) -> dict[str, Any]:
         return anthropic_request.chat_usage_to_count(chat)
+
+
+def openai_error_payload(status: int, payload: bytes) -> bytes:
+    """A backend's error body as is when it is an OpenAI error envelope, else wrapped in one."""
+    parsed = json_object(payload)
+    error = parsed.get("error")
+    if isinstance(error, dict):
+        return payload
+    if isinstance(error, str) and error:  # {"error": "..."}, as some servers send
+        message = error
+    else:
+        message = payload.decode("utf-8", errors="replace")[:500] or f"backend error {status}"
+    return error_body(status, message, code="backend_error")
 
 
 def anthropic_error_payload(status: int, payload: bytes) -> bytes:
@@ -312,6 +326,12 @@ async def _converted(
                 await _send_start(send, [marker, *stopwatch.headers()])
                 events = converter.start() + _whole_as_events(answer, converter, backend)
                 await _send_events(send, events, last=True)
+        elif response.content_type == "text/event-stream":
+            stopwatch.resume()
+            raise BadGateway(
+                f"{backend.label} answered a request that did not ask to stream with an event "
+                "stream"
+            )
         else:
             chat = json_object(await read_whole(response, backend, lifetime))
             stopwatch.resume()

@@ -276,7 +276,9 @@ def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
             pieces.append(inner["text"])
         text = "\n\n".join(pieces)
     else:
-        raise InvalidField(f"{where}.content", f"`{where}.content` must be a string or a list of blocks")
+        raise InvalidField(
+            f"{where}.content", f"`{where}.content` must be a string or a list of blocks"
+        )
     if block.get("is_error"):
         text = f"Error: {text}"
     return {"role": "tool", "tool_call_id": block.get("tool_use_id", ""), "content": text}

@@ -255,4 +255,3 @@ class MessagesStream:
             events += self._send_held()
         self._open = None
         return events
-
