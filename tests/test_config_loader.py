@@ -237,3 +237,36 @@ def test_role_name_yaml_reads_as_boolean_gets_a_hint(tmp_path: Path) -> None:
     text = yaml.safe_dump({"models": {"x": entry()}}).replace("x:", "off:")
     [message] = fatal(write(tmp_path, text))
     assert "quote it" in message
+
+
+_ROUTER_FLOATS = (
+    "max_body_mb",
+    "health_timeout",
+    "shutdown_grace_s",
+    "body_timeout_s",
+    "max_inflight_body_mb",
+    "response_store_mb",
+)
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_router_numbers_must_be_finite(tmp_path: Path, value: str) -> None:
+    # Infinity once crashed the router at start (OverflowError counting MiB in bytes)
+    # although the configuration had been accepted.
+    settings = "\n".join(f"  {name}: {value}" for name in _ROUTER_FLOATS)
+    text = f"models:\n  a: {yaml.safe_dump(entry(), default_flow_style=True)}router:\n{settings}\n"
+    messages = fatal(write(tmp_path, text))
+    for name in _ROUTER_FLOATS:
+        assert any(f"field 'router.{name}'" in m and m.startswith("error") for m in messages), name
+
+
+def test_the_response_store_holds_at_least_a_kilobyte(tmp_path: Path) -> None:
+    from slm_server.router import RouterApp
+
+    data = {"models": {"a": entry()}, "router": {"response_store_mb": 1e-7}}
+    [message] = fatal(write(tmp_path, data))
+    assert "field 'router.response_store_mb'" in message
+    # The smallest accepted sizes start a router.
+    smallest = {"response_store_mb": 1 / 1024, "max_body_mb": 1e-7, "max_inflight_body_mb": 1e-7}
+    loaded = load_config(write(tmp_path, {"models": {"a": entry()}, "router": smallest}))
+    RouterApp(loaded)

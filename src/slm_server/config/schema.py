@@ -181,7 +181,10 @@ class RouterSettings(BaseModel):
     host: str = Field(default="0.0.0.0", description="Address the router binds to.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the router listens on.")
     max_body_mb: float = Field(
-        default=64, gt=0, description="Largest request body accepted, in MiB; larger -> 413."
+        default=64,
+        gt=0,
+        allow_inf_nan=False,
+        description="Largest request body accepted, in MiB; larger -> 413.",
     )
     max_queue: int = Field(
         default=64,
@@ -189,7 +192,10 @@ class RouterSettings(BaseModel):
         description="Requests that may wait per model once max_concurrency is busy; more -> 429.",
     )
     health_timeout: float = Field(
-        default=2.0, gt=0, description="Seconds a backend health probe may take."
+        default=2.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a backend health probe may take.",
     )
     shutdown_grace_s: float = Field(
         default=10,
@@ -200,20 +206,32 @@ class RouterSettings(BaseModel):
             "running are then ended with an error, and the backends stopped."
         ),
     )
+    body_timeout_s: float = Field(
+        default=30,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds a request body may stop arriving before the request gets 408; after "
+            "that long, the body must also arrive at 64 KiB/s on average."
+        ),
+    )
     max_inflight_body_mb: float | None = Field(
         default=None,
         gt=0,
+        allow_inf_nan=False,
         description=(
             "Request body bytes the router holds at once, across all requests, in MiB; "
             "beyond it -> 503 with Retry-After. Default: twice max_body_mb (128 MiB)."
         ),
     )
+    # A floor: a smaller store would be 0 bytes once counted, which cannot hold anything.
     response_store_mb: float = Field(
         default=256,
-        gt=0,
+        ge=1 / 1024,
+        allow_inf_nan=False,
         description=(
-            "Memory for earlier /v1/responses turns (previous_response_id), in MiB; "
-            "the least recently used go first."
+            "Memory for earlier /v1/responses turns (previous_response_id), in MiB (at "
+            "least 1/1024, one KiB); the least recently used go first."
         ),
     )
 
