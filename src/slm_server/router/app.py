@@ -26,6 +26,7 @@ from slm_server.router.asgi import (
     send_json,
 )
 from slm_server.router.body_budget import BodyBudget
+from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
 from slm_server.router.errors import (
     BackendUnavailable,
@@ -86,6 +87,7 @@ class RouterApp:
         self.table = RoutingTable(config)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
+        self.body_deadlines = BodyDeadlines(config.file.router.body_timeout_s)
         self.started_at = int(time.time())
         self.pool = new_upstream_pool()
         store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
@@ -193,7 +195,9 @@ class RouterApp:
 
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         lifetime = RequestLifetime(receive)
-        body = await read_body(scope, receive, self.max_body_bytes, self.bodies)
+        body = await read_body(
+            scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines
+        )
         try:
             await self._route(scope, send, path, body, lifetime)
         finally:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from slm_server.router.body_budget import BodyBudget
+from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.errors import BodyStalled, BodyTooLarge, RouterError
 
 Scope = MutableMapping[str, Any]
@@ -28,10 +29,6 @@ JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 # Bodies of declared length above this are read into one buffer (see read_body).
 _FILL_IN_PLACE_ABOVE = 64 * 1024
 
-# How long a body may stop arriving before the request is ended: far longer than any
-# pause of a live upload, short enough that a stalled one gives its bytes back.
-BODY_IDLE_TIMEOUT_S = 30.0
-
 
 class ClientDisconnected(Exception):
     """The client went away before the request body was read."""
@@ -42,7 +39,7 @@ async def read_body(
     receive: Receive,
     limit: int,
     budget: BodyBudget,
-    idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+    deadlines: BodyDeadlines,
 ) -> Body:
     """The whole request body; BodyTooLarge as soon as it exceeds ``limit`` bytes.
 
@@ -55,9 +52,11 @@ async def read_body(
     the pieces instead held it twice for a moment, which with several uploads at once
     was a third of the router's peak memory.
 
-    A body that stops arriving for ``idle_timeout_s`` is BodyStalled (408): its bytes,
-    declared ones included, would otherwise stay taken for as long as the client
-    lingers. A small body, whole in its first part, is read without the timer.
+    The body is bounded in time from its first receive, whatever its size or framing
+    (BodyStalled, 408): nothing may come for ``deadlines.idle_timeout_s``, and after
+    that long it must have arrived at ``deadlines.min_rate`` bytes/s on average.
+    Otherwise its bytes, declared ones included, would stay taken for as long as the
+    client lingers.
     """
     declared = header(scope, b"content-length")
     taken = 0
@@ -66,16 +65,17 @@ async def read_body(
         taken = int(declared)
         if taken > limit:
             raise BodyTooLarge(_too_large_message(limit))
-        budget.take(taken)
+        budget.take(taken, taken)
         if taken > _FILL_IN_PLACE_ABOVE:
             filled = bytearray(taken)
     chunks: list[bytes] = []
     size = 0
-    timed = filled is not None
+    task = deadlines.start()
+    cancelling = task.cancelling()
+    grace_ends = -1.0  # the first deadline: read only for a body in several parts
     try:
         while True:
-            message = await _within(receive, idle_timeout_s) if timed else await receive()
-            timed = True
+            message = await receive()
             if message["type"] == "http.disconnect":
                 raise ClientDisconnected
             chunk = message.get("body", b"")
@@ -85,7 +85,7 @@ async def read_body(
                 if size > limit:
                     raise BodyTooLarge(_too_large_message(limit))
                 if size > taken:
-                    budget.take(size - taken)
+                    budget.take(size - taken, size)
                     taken = size
                 if filled is not None:
                     filled[start:size] = chunk
@@ -93,9 +93,21 @@ async def read_body(
                     chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            # The common small body is whole in its first part and never gets here.
+            if grace_ends < 0:
+                grace_ends = deadlines.first_deadline(task)
+            deadlines.move(task, grace_ends, size)
+    except asyncio.CancelledError:
+        budget.give_back(taken)
+        # Ran out of time, unless something else cancelled the request as well.
+        if deadlines.stop(task) and task.uncancel() <= cancelling:
+            raise BodyStalled(_stalled_message(size, deadlines)) from None
+        raise
     except BaseException:
         budget.give_back(taken)
+        deadlines.stop(task)
         raise
+    deadlines.stop(task)
     if taken > size:  # shorter than declared (the server checks; this keeps the count exact)
         budget.give_back(taken - size)
     if filled is not None:
@@ -104,14 +116,12 @@ async def read_body(
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _within(receive: Receive, idle_timeout_s: float) -> Message:
-    try:
-        async with asyncio.timeout(idle_timeout_s):
-            return await receive()
-    except TimeoutError:
-        raise BodyStalled(
-            f"the request body stopped arriving: nothing came for {idle_timeout_s:g}s"
-        ) from None
+def _stalled_message(size: int, deadlines: BodyDeadlines) -> str:
+    return (
+        f"the request body stopped arriving or came too slowly ({size} bytes received): "
+        f"nothing may come for {deadlines.idle_timeout_s:g}s, and after that the body "
+        f"must arrive at {deadlines.min_rate / 1024:g} KiB/s on average"
+    )
 
 
 def _too_large_message(limit: int) -> str:
