@@ -132,6 +132,7 @@ def test_python_server_argv(repo: Path) -> None:
         ({"kv_unified": True}, "kv_unified"),
         ({"fit": True}, "fit"),
         ({"model_type": "embeddings", "pooling": "mean"}, "pooling"),
+        ({"extra_args": ["-ngl", "99"]}, "extra_args"),
     ],
 )
 def test_python_server_refuses_native_only_features(
@@ -151,10 +152,6 @@ def test_extra_args_end_the_command_line(repo: Path) -> None:
     extra = ["-ngl", "99", "--threads", "4", "--jinja"]
     entry_ = model(repo, extra_args=extra, flash_attn=True)
     assert native_argv(entry_, BIN, repo)[-7:] == ["--flash-attn", "on", *extra]
-    assert python_server_argv(model(repo, extra_args=["--n_threads", "2"]), "/py", repo)[-2:] == [
-        "--n_threads",
-        "2",
-    ]
 
 
 @pytest.fixture

@@ -173,6 +173,13 @@ def python_server_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[s
             "mmproj needs the native llama-server (install llama.cpp so that llama-server is "
             "on PATH, or run `uv run slm-server build-llama-server`)"
         )
+    if entry.extra_args:
+        # They are llama-server's flags (-ngl, --threads, ...), which its argparse refuses.
+        raise BackendUnsupported(
+            "extra_args are llama-server flags and need the native llama-server; "
+            "llama_cpp.server takes other flags (install llama.cpp so that llama-server is "
+            "on PATH, or run `uv run slm-server build-llama-server`)"
+        )
     argv = [python, "-m", "llama_cpp.server", "--model", _model_file(entry, base_dir)]
     argv += ["--model_alias", entry.id, "--host", entry.host, "--port", str(entry.port)]
     # Its default answers a new request by aborting the running one; the router queues instead.
@@ -187,7 +194,7 @@ def python_server_argv(entry: ModelEntry, python: str, base_dir: Path) -> list[s
         if cache_type not in _GGML_TYPE_IDS:
             raise BackendUnsupported(f"cache type {cache_type!r} is not known to llama_cpp.server")
         argv += [f"--type_{kind}", str(_GGML_TYPE_IDS[cache_type])]
-    return argv + entry.extra_args
+    return argv
 
 
 def python_server_available() -> bool:
