@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from slm_server.config import LoadedConfig
@@ -122,13 +122,15 @@ class RouterApp:
         start: Message | None = None  # the first message sent, and the latest after it
         last: Message | None = None
 
-        async def tracked_send(message: Message) -> None:
+        # A plain function returning send's awaitable: an async one would add a coroutine to
+        # every message sent, each chunk of a stream.
+        def tracked_send(message: Message) -> Awaitable[None]:
             nonlocal start, last
             if start is None:
                 start = message
             else:
                 last = message
-            await send(message)
+            return send(message)
 
         try:
             await self._dispatch(scope, receive, tracked_send)

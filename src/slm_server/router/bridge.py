@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any, Protocol
 
+from slm_server.router.anthropic_errors import anthropic_error_payload
 from slm_server.router.asgi import JSON_HEADERS, Body, Headers, Send, send_response
 from slm_server.router.errors import (
     BadGateway,
@@ -67,7 +68,6 @@ RESPONSES = "/v1/responses"
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 BRIDGED_PATHS = frozenset({RESPONSES, MESSAGES, COUNT_TOKENS})
-ANTHROPIC_PATHS = frozenset({MESSAGES, COUNT_TOKENS})
 # Answers to a native try that have the request converted, and why, for the header.
 _CONVERT_ON = {404: "not-found", 405: "method-not-allowed", 422: "unprocessable"}
 _CONVERT_STATUSES = frozenset(_CONVERT_ON)
@@ -277,20 +277,6 @@ def openai_error_payload(status: int, payload: bytes) -> bytes:
     else:
         message = payload.decode("utf-8", errors="replace")[:500] or f"backend error {status}"
     return error_body(status, message, code="backend_error")
-
-
-def anthropic_error_payload(status: int, payload: bytes) -> bytes:
-    """A backend's (OpenAI-shaped, or any) error body in Anthropic's error shape."""
-    try:
-        parsed = json.loads(payload)
-    except ValueError:
-        parsed = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-        converted = anthropic_response.openai_error_to_anthropic(status, parsed)
-    else:
-        text = payload.decode("utf-8", errors="replace")[:500] or f"backend error {status}"
-        converted = anthropic_response.error_body(status, text)
-    return json.dumps(converted).encode()
 
 
 async def _converted(

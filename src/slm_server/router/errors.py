@@ -154,3 +154,8 @@ class TooManyBodies(RouterError):
 
     status = 503
     code = "router_busy"
+
+
+class ShuttingDown(RouterError):
+    status = 503
+    code = "shutting_down"

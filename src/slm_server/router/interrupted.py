@@ -11,16 +11,10 @@ from __future__ import annotations
 
 import contextlib
 
+from slm_server.router.anthropic_errors import ANTHROPIC_PATHS, anthropic_error_payload
 from slm_server.router.asgi import Message, Send, send_error
-from slm_server.router.bridge import ANTHROPIC_PATHS, anthropic_error_payload
-from slm_server.router.errors import RouterError
-
-_EVENT_STREAM = b"text/event-stream"
-
-
-class ShuttingDown(RouterError):
-    status = 503
-    code = "shutting_down"
+from slm_server.router.errors import RouterError, ShuttingDown
+from slm_server.router.response_start import is_event_stream
 
 
 async def end_cut_short(send: Send, path: str, start: Message | None, last: Message | None) -> None:
@@ -48,7 +42,7 @@ async def end_with_error(
             await send_error(send, error, body)
         elif last is not None and not last.get("more_body", False):
             return  # complete already
-        elif _is_event_stream(start):
+        elif is_event_stream(start):
             if anthropic:
                 payload = anthropic_error_payload(error.status, error.body())
                 event = b"event: error\ndata: " + payload
@@ -59,9 +53,3 @@ async def end_with_error(
             body = gap + event + b"\n\n"
             await send({"type": "http.response.body", "body": body, "more_body": False})
 
-
-def _is_event_stream(start: Message) -> bool:
-    return any(
-        name.lower() == b"content-type" and value.lower().startswith(_EVENT_STREAM)
-        for name, value in start.get("headers", ())
-    )

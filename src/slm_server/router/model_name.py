@@ -15,8 +15,8 @@ import json
 from typing import Any
 
 from slm_server.router.asgi import Message, Send
+from slm_server.router.response_start import is_event_stream
 
-_EVENT_STREAM = b"text/event-stream"
 _DATA = b"data:"
 
 
@@ -29,7 +29,7 @@ def restoring_model_name(send: Send, served: str, asked: str) -> Send:
     async def send_restored(message: Message) -> None:
         nonlocal held_start, partial_line
         if message["type"] == "http.response.start":
-            if _content_type(message).startswith(_EVENT_STREAM):
+            if is_event_stream(message):
                 partial_line = b""
                 await send(message)
             else:
@@ -53,13 +53,6 @@ def restoring_model_name(send: Send, served: str, asked: str) -> Send:
         await send({"type": "http.response.body", "body": restored})
 
     return send_restored
-
-
-def _content_type(start: Message) -> bytes:
-    for name, value in start.get("headers", ()):
-        if name.lower() == b"content-type":
-            return bytes(value).lower()
-    return b""
 
 
 def _with_length(start: Message, length: int) -> Message:
