@@ -279,3 +279,19 @@ async def test_converted_answers_report_the_routers_own_time(fake: FakeBackend) 
                 await stream.aread()
         await sdk.close()
         await claude.close()
+
+
+async def test_the_clients_upload_time_is_not_the_routers_own(fake: FakeBackend) -> None:
+    app = RouterApp(make_config({"chat": entry("m-chat", fake.port)}))
+
+    async def slow_upload() -> AsyncIterator[bytes]:
+        yield CHAT_BYTES[:10]
+        await asyncio.sleep(0.4)  # the client pauses mid-body: its time, not the router's
+        yield CHAT_BYTES[10:]
+
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        headers = {"content-type": "application/json", "content-length": str(len(CHAT_BYTES))}
+        response = await client.post("/v1/chat/completions", content=slow_upload(), headers=headers)
+    assert response.status_code == 200
+    assert 0 < float(response.headers["x-slm-overhead-ms"]) < 100
+    assert "x-slm-queue-ms" not in response.headers

@@ -196,10 +196,11 @@ class RouterApp:
         return {"object": "list", "data": data}
 
     async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        lifetime = RequestLifetime(receive)
+        lifetime = RequestLifetime(receive)  # the deadline runs from arrival, upload included
         body = await read_body(
             scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines
         )
+        lifetime.stopwatch.resume()  # the router's own time starts once the client has sent
         try:
             await self._route(scope, send, path, body, lifetime)
         finally:

@@ -11,7 +11,8 @@ QUEUE_HEADER = b"x-slm-queue-ms"
 class Stopwatch:
     """Time spent on a request by the router itself, and time it waited to be served.
 
-    Started when the request arrives. Paused while the request waits for a slot or for its
+    Started (``resume``) once the request's body has arrived: a slow upload is the client's
+    time, not the router's. Paused while the request waits for a slot or for its
     backend to load (that time is its queue time) and while the backend is asked and
     answers (up to its response headers for a stream, its whole body otherwise). Read when
     the response starts, so a stream's figure is the router's added time to the first byte.
