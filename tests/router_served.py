@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import uvicorn
 
 from net import eventually
-from slm_server.router import RouterApp
+from slm_server.router.asgi import Receive, Scope, Send
+
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 @asynccontextmanager
-async def served(app: RouterApp) -> AsyncIterator[str]:
-    """``app`` under uvicorn (lifespan on, as ``serve`` runs it); yields its base URL."""
+async def served(app: App) -> AsyncIterator[str]:
+    """``app`` (the router's, or one wrapping it) under uvicorn (lifespan on, as ``serve``
+    runs it); yields its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

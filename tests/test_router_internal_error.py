@@ -12,7 +12,8 @@ import pytest
 
 from config_builder import entry, make_config
 from slm_server.router import RouterApp
-from slm_server.router.asgi import Receive, Scope, Send
+from slm_server.router.asgi import Receive, Scope
+from slm_server.router.sent import SentMessages
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 SECRET = "secret detail of the bug"
@@ -23,9 +24,10 @@ class Broken(RouterApp):
 
     after_start: bytes | None = None  # the content type of a started answer, or None
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _dispatch(self, scope: Scope, receive: Receive, sent: SentMessages) -> None:
         if scope["path"] == "/health":
-            return await super()._dispatch(scope, receive, send)
+            return await super()._dispatch(scope, receive, sent)
+        send = sent.send
         if self.after_start is not None:
             headers = [(b"content-type", self.after_start)]
             await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -29,6 +29,7 @@ from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.router import RouterApp
 from slm_server.router.admission import AdmissionGate
+from slm_server.router.asgi import Message, Receive, Scope, Send
 from slm_server.supervisor import RestartPolicy, Supervisor
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -295,3 +296,43 @@ async def test_the_clients_upload_time_is_not_the_routers_own(fake: FakeBackend)
     assert response.status_code == 200
     assert 0 < float(response.headers["x-slm-overhead-ms"]) < 100
     assert "x-slm-queue-ms" not in response.headers
+
+
+async def test_work_after_the_last_byte_is_not_taken_for_a_client_leaving(
+    fake: FakeBackend,
+) -> None:
+    """uvicorn's receive() says http.disconnect once the answer is complete; the client is
+    still there, so what runs after the final send (a log, metrics) must not be cancelled."""
+    router = RouterApp(make_config({"chat": entry("m-chat", fake.port)}))
+    disconnect_seen = asyncio.Event()
+    after_last_byte: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await router(scope, receive, send)
+
+        async def seen_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnect_seen.set()
+            return message
+
+        async def send_then_record(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                try:  # the watcher reads receive() now: its disconnect must not end this
+                    async with asyncio.timeout(5):
+                        await disconnect_seen.wait()
+                    await asyncio.sleep(0)  # a cancel sent on that disconnect lands by here
+                    after_last_byte.append("done")
+                except asyncio.CancelledError:
+                    after_last_byte.append("cancelled")
+                    raise
+
+        await router(scope, seen_receive, send_then_record)
+
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        response = await client.post("/v1/chat/completions", json=CHAT)
+        assert response.status_code == 200
+        await eventually(lambda: bool(after_last_byte), 5, "the work after the last byte")
+    assert after_last_byte == ["done"]

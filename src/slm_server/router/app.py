@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from slm_server.config import LoadedConfig
@@ -17,7 +17,6 @@ from slm_server.router import health
 from slm_server.router.asgi import (
     Body,
     ClientDisconnected,
-    Message,
     Receive,
     Scope,
     Send,
@@ -54,6 +53,7 @@ from slm_server.router.routing import (
     may_change,
     router_changes,
 )
+from slm_server.router.sent import SentMessages
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 from slm_server.translate.response_store import ResponseStore
 
@@ -119,48 +119,36 @@ class RouterApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start: Message | None = None  # the first message sent, and the latest after it
-        last: Message | None = None
-
-        # A plain function returning send's awaitable: an async one would add a coroutine to
-        # every message sent, each chunk of a stream.
-        def tracked_send(message: Message) -> Awaitable[None]:
-            nonlocal start, last
-            if start is None:
-                start = message
-            else:
-                last = message
-            return send(message)
-
+        sent = SentMessages(send)
         try:
-            await self._dispatch(scope, receive, tracked_send)
+            await self._dispatch(scope, receive, sent)
         except asyncio.CancelledError:
             # Only the server cancels a request: its shutdown grace is over. The request is
             # ended here, in its protocol's way, instead of by a dropped connection (or
             # uvicorn's text/plain 500); the task ends right after, as the cancel asked.
-            await end_cut_short(send, scope["path"], start, last)
+            await end_cut_short(send, scope["path"], sent.start, sent.last)
         except RouterError as error:
             if error.status >= 500:
                 log.warning("%s %s -> %d: %s", scope["method"], scope["path"], error.status, error)
-            await end_with_error(send, scope["path"], start, last, error)
+            await end_with_error(send, scope["path"], sent.start, sent.last, error)
         except ClientDisconnected:
             log.debug("client left before sending its whole request")
         except Exception:  # a bug: said as a 500 in the client's shape, never uvicorn's text/plain
             log.exception("%s %s: unexpected error", scope["method"], scope["path"])
             internal = InternalError("internal error in the router (logged with details)")
-            await end_with_error(send, scope["path"], start, last, internal)
+            await end_with_error(send, scope["path"], sent.start, sent.last, internal)
 
-    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _dispatch(self, scope: Scope, receive: Receive, sent: SentMessages) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         if path in ENDPOINT_MODEL_TYPES:
             if method != "POST":
                 raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
-            await self._model_request(scope, receive, send, path)
+            await self._model_request(scope, receive, sent, path)
         elif path in _GET_ENDPOINTS:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
-            await send_json(send, 200, await self._info(path))
+            await send_json(sent.send, 200, await self._info(path))
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
 
@@ -195,14 +183,16 @@ class RouterApp:
         ]
         return {"object": "list", "data": data}
 
-    async def _model_request(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        lifetime = RequestLifetime(receive)  # the deadline runs from arrival, upload included
+    async def _model_request(
+        self, scope: Scope, receive: Receive, sent: SentMessages, path: str
+    ) -> None:
+        lifetime = RequestLifetime(receive, sent)  # the deadline runs from arrival, upload too
         body = await read_body(
             scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines
         )
         lifetime.stopwatch.resume()  # the router's own time starts once the client has sent
         try:
-            await self._route(scope, send, path, body, lifetime)
+            await self._route(scope, sent.send, path, body, lifetime)
         finally:
             self.bodies.give_back(len(body))
 

@@ -52,4 +52,3 @@ async def end_with_error(
             gap = b"" if not sent or sent.endswith(b"\n\n") else b"\n\n"  # after a whole event
             body = gap + event + b"\n\n"
             await send({"type": "http.response.body", "body": body, "more_body": False})
-

@@ -8,7 +8,9 @@ running when it passes is named in the 504.
 A client that hangs up is noticed by a watcher task reading ``receive()`` for
 ``http.disconnect``; it cancels the request's own task (as ``asyncio.timeout`` does on
 expiry), so the request stops wherever it is: queued, waiting for a load, or waiting for
-the backend, which then sees its connection dropped. The watcher costs a task, so a
+the backend, which then sees its connection dropped. Once the answer is complete a server
+says http.disconnect too (uvicorn does, at once): the watcher then just ends, so that
+what runs after the last byte is not taken for a client leaving. The watcher costs a task, so a
 request that is quickly answered never starts one: it starts the moment the request has to
 wait (for a slot or a load), and otherwise only once the request has run for
 ``_WATCH_AFTER_S``.
@@ -22,6 +24,7 @@ from typing import TypeVar
 
 from slm_server.router.asgi import Receive
 from slm_server.router.errors import BackendTimeout
+from slm_server.router.sent import SentMessages
 from slm_server.router.stopwatch import Stopwatch
 
 T = TypeVar("T")
@@ -47,6 +50,7 @@ class RequestLifetime:
         "_arrived",
         "_left",
         "_receive",
+        "_sent",
         "_task",
         "_timer",
         "_watcher",
@@ -56,10 +60,11 @@ class RequestLifetime:
         "timeout",
     )
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, sent: SentMessages) -> None:
         self.stopwatch = Stopwatch()
         self._arrived = asyncio.get_running_loop().time()
         self._receive = receive
+        self._sent = sent
         self.deadline = self._arrived
         self.timeout = 0.0
         self.label = ""
@@ -106,6 +111,8 @@ class RequestLifetime:
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        if self._sent.complete:  # the answer is whole: the client did not leave early
+            return
         self._left = True
         assert self._task is not None
         self._task.cancel()
