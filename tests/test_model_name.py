@@ -8,7 +8,7 @@ from typing import Any
 
 from slm_server.router.asgi import Message
 from slm_server.router.model_name import restoring_model_name
-from slm_server.translate.sse import SseParser
+from slm_server.translate.sse import MAX_EVENT_BYTES, SseParser
 
 SERVED = "/models/gemma-3-270m-mlx"
 ASKED = "gemma-mlx"
@@ -123,3 +123,22 @@ async def test_text_python_cannot_encode_as_utf8_still_gets_through() -> None:
     client = await relay([start(b"application/json", len(raw)), body(raw)])
     restored = json.loads(client.body())
     assert restored["model"] == ASKED and restored["choices"][0]["text"] == "\ud83d"
+
+
+async def test_a_stream_line_longer_than_an_event_is_passed_on_not_held() -> None:
+    """A line the router could never rename is not kept whole: it goes on as it comes."""
+    client = Client()
+    send = restoring_model_name(client.send, served=SERVED, asked=ASKED)
+    await send(start(b"text/event-stream"))
+    piece = b"x" * (1024 * 1024)
+    fed = 0
+    for _ in range(MAX_EVENT_BYTES // len(piece) + 3):
+        await send(body(piece, more=True))
+        fed += len(piece)
+        assert fed - len(client.body()) <= MAX_EVENT_BYTES  # held back: at most one event
+    after = b"\n\n" + chunk("Hi").encode()
+    await send(body(after, more=True))
+    await send(body(b""))
+    assert client.body() == piece * (fed // len(piece)) + after.replace(
+        SERVED.encode(), ASKED.encode()
+    )

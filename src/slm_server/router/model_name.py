@@ -16,6 +16,7 @@ from typing import Any
 
 from slm_server.router.asgi import Message, Send
 from slm_server.router.response_start import is_event_stream
+from slm_server.translate.sse import MAX_EVENT_BYTES
 
 _DATA = b"data:"
 
@@ -24,25 +25,21 @@ def restoring_model_name(send: Send, served: str, asked: str) -> Send:
     """``send``, with ``model`` equal to ``served`` in the response body turned into ``asked``."""
     held_start: Message | None = None  # a JSON answer's head: its content-length will change
     held_body: list[bytes] = []
-    partial_line: bytes | None = None  # set for a stream: the end of its last piece
+    lines: _StreamLines | None = None  # for a stream
 
     async def send_restored(message: Message) -> None:
-        nonlocal held_start, partial_line
+        nonlocal held_start, lines
         if message["type"] == "http.response.start":
             if is_event_stream(message):
-                partial_line = b""
+                lines = _StreamLines(served, asked)
                 await send(message)
             else:
                 held_start = message
             return
         body: bytes = message.get("body", b"")
         more = message.get("more_body", False)
-        if partial_line is not None:
-            *lines, partial_line = (partial_line + body).split(b"\n")
-            restored = b"".join(_restored_line(line, served, asked) + b"\n" for line in lines)
-            if not more:  # the last line had no newline: passed on as it is
-                restored, partial_line = restored + partial_line, b""
-            await send({**message, "body": restored})
+        if lines is not None:
+            await send({**message, "body": lines.restored(body, more)})
             return
         held_body.append(body)
         if more or held_start is None:
@@ -53,6 +50,63 @@ def restoring_model_name(send: Send, served: str, asked: str) -> Send:
         await send({"type": "http.response.body", "body": restored})
 
     return send_restored
+
+
+class _StreamLines:
+    """A stream's pieces, restored line by line; a line is held only until its newline.
+
+    At most ``MAX_EVENT_BYTES`` of a line is held: one longer than any event the router
+    reads cannot be an answer it would rename, so it goes on as it comes. The pieces of a
+    line are joined once, at its newline, never rescanned piece after piece.
+    """
+
+    __slots__ = ("_asked", "_held", "_held_bytes", "_passing", "_served")
+
+    def __init__(self, served: str, asked: str) -> None:
+        self._served = served
+        self._asked = asked
+        self._held: list[bytes] = []  # the start of a line whose newline has not come
+        self._held_bytes = 0
+        self._passing = False  # in a line too long to hold, passed on unchanged to its end
+
+    def restored(self, piece: bytes, more: bool) -> bytes:
+        """What to send for ``piece``; with ``more`` False, everything left too."""
+        end = piece.rfind(b"\n") + 1
+        head, tail = piece[:end], piece[end:]
+        out = b""
+        if head:
+            if self._passing:  # the long line's end goes on as it is
+                first = head.index(b"\n") + 1
+                out, head, self._passing = head[:first], head[first:], False
+            self._held.append(head)
+            *lines, _ = b"".join(self._held).split(b"\n")
+            self._held, self._held_bytes = [], 0
+            out += b"".join(self._restored_line(line) + b"\n" for line in lines)
+        if self._passing:
+            out += tail
+        elif tail:
+            self._held.append(tail)
+            self._held_bytes += len(tail)
+            if self._held_bytes > MAX_EVENT_BYTES:
+                out += self._release()
+                self._passing = True
+        if not more:  # the last line had no newline: passed on as it is
+            out += self._release()
+        return out
+
+    def _release(self) -> bytes:
+        held = b"".join(self._held)
+        self._held, self._held_bytes = [], 0
+        return held
+
+    def _restored_line(self, line: bytes) -> bytes:
+        """One line of a stream; only a ``data:`` line naming the served model changes."""
+        if not line.startswith(_DATA):
+            return line
+        ending = b"\r" if line.endswith(b"\r") else b""
+        data = line[len(_DATA) : len(line) - len(ending)]
+        renamed = _renamed_json(data, self._served, self._asked)
+        return line if renamed is None else b"data: " + renamed + ending
 
 
 def _with_length(start: Message, length: int) -> Message:
@@ -70,15 +124,6 @@ def _renamed_json(body: bytes, served: str, asked: str) -> bytes | None:
         return None
     payload["model"] = asked
     return _dumps(payload)
-
-
-def _restored_line(line: bytes, served: str, asked: str) -> bytes:
-    """One line of a stream; only a ``data:`` line naming ``served`` changes."""
-    if not line.startswith(_DATA):
-        return line
-    ending = b"\r" if line.endswith(b"\r") else b""
-    renamed = _renamed_json(line[len(_DATA) : len(line) - len(ending)], served, asked)
-    return line if renamed is None else b"data: " + renamed + ending
 
 
 def _dumps(payload: Any) -> bytes:
