@@ -1,19 +1,20 @@
 """uvicorn's server, with a shutdown that is bounded and always stops the backends.
 
-uvicorn does most of it, and is used as it is meant to be: on SIGINT/SIGTERM it stops
-accepting, lets the requests in flight finish for up to ``timeout_graceful_shutdown``
-(``router.shutdown_grace_s``), then cancels the rest (the app ends each in its
-protocol's way: see ``interrupted``) and runs the lifespan shutdown, which stops the
-backends. Three gaps are closed here, through the methods it has for this:
+uvicorn does most of it: on SIGINT/SIGTERM it stops accepting and lets the requests in
+flight finish for up to ``timeout_graceful_shutdown`` (``router.shutdown_grace_s``). The
+rest is done here, in the order the requests and the backends need:
 
+- The requests still running when the grace is over are cancelled (the app ends each in
+  its protocol's way: see ``interrupted``) and given a bounded moment to say their last
+  word, and only then does the lifespan shutdown stop the backends. uvicorn's own
+  shutdown runs the lifespan shutdown right after the cancel, without waiting: a request
+  could then see its backend stop under it before its client got the last event.
 - A second Ctrl-C sets ``force_exit``: the wait ends at once, which is fine (a shorter
   grace), but uvicorn then neither cancels the requests nor runs the lifespan shutdown:
   both would happen only as a side effect of ``asyncio.run`` cancelling every task at
   its end, with the signal handlers gone, so that one more Ctrl-C would interrupt it and
   leave the backends to the kernel's SIGKILL. Here the requests are ended and the
   backends stopped after every shutdown, forced or not, and after a failed start-up.
-- uvicorn does not wait for the requests it cancelled: they could not say their last
-  word before the loop closes. Here they get a bounded moment to.
 - After serving, uvicorn raises the signal it caught again, for a program that embeds
   it: SIGTERM would then kill this process (exit status 143) after a clean shutdown.
   This process is the program: a shutdown it was asked for and completed exits 0.
@@ -54,11 +55,19 @@ class GracefulServer(uvicorn.Server):
                     await self._stop_backends()
 
     async def shutdown(self, sockets: list[socket] | None = None) -> None:
-        await super().shutdown(sockets)
+        """uvicorn's shutdown, with the requests ended before the backends stop (see above)."""
+        log.info("Shutting down")
+        for server in self.servers:
+            server.close()  # no new connections
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()  # idle ones close now; busy ones after their answer
+        with contextlib.suppress(TimeoutError):  # the grace is over: the rest are cut short
+            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                await self._wait_tasks_to_complete()  # ends at once on force_exit
         await self._end_requests()
-        done = getattr(self.lifespan, "shutdown_event", None)  # lifespan "on" has it
-        if self.force_exit and done is not None and not done.is_set():
-            await self.lifespan.shutdown()  # skipped by uvicorn: the app stops the backends
+        await self.lifespan.shutdown()  # the app stops the backends
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self.should_exit and sig == signal.SIGINT:
@@ -80,11 +89,11 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     async def _end_requests(self) -> None:
-        """Cancel the requests still running (unless uvicorn did); wait a moment for them."""
+        """Cancel the requests still running; wait a moment for their last events."""
         running = [task for task in self.server_state.tasks if not task.done()]
         if not running:
             return
+        log.warning("ending %d request(s) still running: the shutdown grace is over", len(running))
         for task in running:
-            if not task.cancelling():  # a second cancel would cut its last event short
-                task.cancel("the server is shutting down")
+            task.cancel("the server is shutting down")
         await asyncio.wait(running, timeout=_CUT_SHORT_S)
