@@ -82,6 +82,25 @@ async def test_an_anthropic_stream_ends_with_its_error_event() -> None:
     assert payload["type"] == "error" and "shutting down" in payload["error"]["message"]
 
 
+async def test_a_responses_stream_ends_with_the_responses_error_event() -> None:
+    send = Recorder()
+    piece = b'event: response.output_text.delta\ndata: {"sequence_number": 7, "delta": "Hi"}\n\n'
+    last = {"type": "http.response.body", "body": piece, "more_body": True}
+    await end_cut_short(send, "/v1/responses", SSE_START, last)
+    [message] = send.sent
+    event, data = message["body"].decode().strip().split("\n")
+    assert event == "event: error"
+    payload: dict[str, Any] = json.loads(data.removeprefix("data: "))
+    assert {k: payload[k] for k in ("type", "code", "param", "sequence_number")} == {
+        "type": "error",
+        "code": "shutting_down",
+        "param": None,
+        "sequence_number": 8,
+    }
+    assert "shutting down" in payload["message"]
+    assert payload["error"]["code"] == "shutting_down"  # what the OpenAI SDK raises on
+
+
 @pytest.mark.parametrize(
     ("start", "last"),
     [

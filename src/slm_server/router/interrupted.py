@@ -10,11 +10,16 @@ event, as any failure after the headers does.
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 
 from slm_server.router.anthropic_errors import ANTHROPIC_PATHS, anthropic_error_payload
 from slm_server.router.asgi import Message, Send, send_error
 from slm_server.router.errors import RouterError, ShuttingDown
 from slm_server.router.response_start import is_event_stream
+
+RESPONSES = "/v1/responses"
+_SEQUENCE_NUMBER = re.compile(rb'"sequence_number":\s*(\d+)')
 
 
 async def end_cut_short(send: Send, path: str, start: Message | None, last: Message | None) -> None:
@@ -43,12 +48,34 @@ async def end_with_error(
         elif last is not None and not last.get("more_body", False):
             return  # complete already
         elif is_event_stream(start):
+            sent = b"" if last is None else bytes(last.get("body", b""))
             if anthropic:
                 payload = anthropic_error_payload(error.status, error.body())
                 event = b"event: error\ndata: " + payload
+            elif path == RESPONSES:
+                event = b"event: error\ndata: " + _responses_error_event(error, sent)
             else:
                 event = b"data: " + error.body()
-            sent = b"" if last is None else bytes(last.get("body", b""))
             gap = b"" if not sent or sent.endswith(b"\n\n") else b"\n\n"  # after a whole event
             body = gap + event + b"\n\n"
             await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _responses_error_event(error: RouterError, sent: bytes) -> bytes:
+    """The Responses stream's ``error`` event (type, code, message, param, sequence_number).
+
+    It carries the OpenAI envelope's ``error`` object too: that is what the OpenAI SDK
+    raises on (an APIError with the message), where it would hand the bare event to the
+    caller's loop as one more event. Its number follows the last one sent, if seen.
+    """
+    numbers = _SEQUENCE_NUMBER.findall(sent)
+    envelope = json.loads(error.body())["error"]
+    event = {
+        "type": "error",
+        "code": envelope["code"],
+        "message": envelope["message"],
+        "param": envelope["param"],
+        "sequence_number": int(numbers[-1]) + 1 if numbers else 0,
+        "error": envelope,
+    }
+    return json.dumps(event).encode()
