@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slm_server.backends.gguf_metadata import GGUFError, pooling_type, read_values
+from slm_server.backends.gguf_metadata import GGUFError, pooling_type, read_fields, read_values
 from slm_server.backends.llamacpp import native_argv
 from slm_server.config import ModelEntry
 from slm_server.llama_server.check import check_model
@@ -147,3 +147,30 @@ def test_a_hand_written_header_reads_as_written(tmp_path: Path) -> None:
     pooling = key("llama.pooling_type") + struct.pack("<II", UINT32, 3)
     path.write_bytes(header(arch, tokens, pooling))
     assert pooling_type(path) == 3
+
+
+INT32 = 5
+
+
+def test_numeric_arrays_are_read_whole_and_others_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    heads = key("llama.attention.head_count_kv") + struct.pack("<IIQ", ARRAY, INT32, 4)
+    heads += struct.pack("<4i", 8, 0, 0, 8)
+    tokens = key("tokenizer.ggml.tokens") + struct.pack("<IIQ", ARRAY, STRING, 2)
+    tokens += key("a") + key("b")
+    layers = key("llama.block_count") + struct.pack("<II", UINT32, 4)
+    path.write_bytes(header(heads, tokens, layers))
+    assert read_fields(path, lambda name: True) == {
+        "llama.attention.head_count_kv": (8, 0, 0, 8),
+        "llama.block_count": 4,
+    }
+    # read_values keeps to scalars and strings, as before.
+    assert read_values(path, lambda name: True) == {"llama.block_count": 4}
+
+
+@pytest.mark.parametrize("count", [2**60, 1000], ids=["huge-count", "past-the-end"])
+def test_a_wanted_array_longer_than_the_file_fails_at_once(tmp_path: Path, count: int) -> None:
+    path = tmp_path / "corrupt.gguf"
+    path.write_bytes(header(key("n") + struct.pack("<IIQ", ARRAY, INT32, count)))
+    with pytest.raises(GGUFError, match="ends early"):
+        read_fields(path, lambda name: True)

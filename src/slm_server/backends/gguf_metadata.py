@@ -34,8 +34,11 @@ _SCALARS = {
 _STRING, _ARRAY = 8, 9
 _VERSIONS = (2, 3)  # little-endian, with 64-bit lengths and counts
 _MAX_NESTING = 8  # arrays of arrays: deeper is a corrupt header, not a model
+# Numeric arrays read whole (per-layer values: one per layer); longer ones are skipped.
+_MAX_READ_ARRAY = 1 << 16
 
 Scalar = int | float | bool | str
+Value = Scalar | tuple[Scalar, ...]
 
 
 class GGUFError(ValueError):
@@ -44,7 +47,17 @@ class GGUFError(ValueError):
 
 def read_values(path: Path, wanted: Callable[[str], bool]) -> dict[str, Scalar]:
     """The scalar or string values of the ``wanted`` keys in ``path``'s metadata."""
-    found: dict[str, Scalar] = {}
+    return {
+        key: value
+        for key, value in read_fields(path, wanted).items()
+        if not isinstance(value, tuple)
+    }
+
+
+def read_fields(path: Path, wanted: Callable[[str], bool]) -> dict[str, Value]:
+    """The values of the ``wanted`` keys in ``path``'s metadata: scalars, strings, and
+    numeric arrays (as tuples) of up to 65536 items; other arrays are skipped."""
+    found: dict[str, Value] = {}
     with path.open("rb") as f:
         if f.read(4) != _MAGIC:
             raise GGUFError(f"{path} is not a GGUF file")
@@ -58,10 +71,14 @@ def read_values(path: Path, wanted: Callable[[str], bool]) -> dict[str, Scalar]:
         for _ in range(count):
             key = _string(f)
             kind = int(_unpack(f, "<I"))
-            if kind != _ARRAY and wanted(key):
-                found[key] = _value(f, kind)
-            else:
+            if not wanted(key):
                 _skip(f, kind)
+            elif kind == _ARRAY:
+                array = _numeric_array(f)
+                if array is not None:
+                    found[key] = array
+            else:
+                found[key] = _value(f, kind)
     return found
 
 
@@ -102,6 +119,20 @@ def _value(f: BinaryIO, kind: int) -> Scalar:
     raise GGUFError(f"unknown GGUF value type {kind}")
 
 
+def _numeric_array(f: BinaryIO) -> tuple[Scalar, ...] | None:
+    """An array of fixed-size items, read whole; any other array skipped (None)."""
+    item_kind = int(_unpack(f, "<I"))
+    count = int(_unpack(f, "<Q"))
+    if item_kind not in _SCALARS or count > _MAX_READ_ARRAY:
+        _skip_items(f, item_kind, count, depth=0)
+        return None
+    fmt = _SCALARS[item_kind]
+    size = struct.calcsize(fmt)
+    _seek_ahead(f, count * size, move=False)  # a corrupt count fails here, before reading
+    data = f.read(count * size)
+    return tuple(struct.unpack(f"<{count}{fmt[1:]}", data))
+
+
 def _skip(f: BinaryIO, kind: int, depth: int = 0) -> None:
     """Move past one value, never beyond the end of the file (a corrupt length fails)."""
     if kind == _STRING:
@@ -113,16 +144,20 @@ def _skip(f: BinaryIO, kind: int, depth: int = 0) -> None:
             raise GGUFError("GGUF arrays nested implausibly deep; the header is corrupt")
         item_kind = int(_unpack(f, "<I"))
         count = int(_unpack(f, "<Q"))
-        if item_kind in _SCALARS:
-            _seek_ahead(f, count * struct.calcsize(_SCALARS[item_kind]))
-            return
-        # Each string or array item takes at least its 8-byte length: a count the rest of
-        # the file cannot hold is corrupt, and is refused before looping over it.
-        _seek_ahead(f, count * 8, move=False)
-        for _ in range(count):
-            _skip(f, item_kind, depth + 1)
+        _skip_items(f, item_kind, count, depth)
     else:
         raise GGUFError(f"unknown GGUF value type {kind}")
+
+
+def _skip_items(f: BinaryIO, item_kind: int, count: int, depth: int) -> None:
+    if item_kind in _SCALARS:
+        _seek_ahead(f, count * struct.calcsize(_SCALARS[item_kind]))
+        return
+    # Each string or array item takes at least its 8-byte length: a count the rest of
+    # the file cannot hold is corrupt, and is refused before looping over it.
+    _seek_ahead(f, count * 8, move=False)
+    for _ in range(count):
+        _skip(f, item_kind, depth + 1)
 
 
 def _seek_ahead(f: BinaryIO, size: int, *, move: bool = True) -> None:
