@@ -86,6 +86,20 @@ def test_chat(sdk: openai.OpenAI) -> None:
     assert reply.usage is not None and 0 < reply.usage.completion_tokens <= 8
 
 
+def test_memory_is_measured_and_the_estimate_is_near_it(
+    served: RouterProcess, sdk: openai.OpenAI
+) -> None:
+    # An answer reads every weight, so all mapped pages count.
+    sdk.chat.completions.create(
+        model="gemma-chat", messages=[{"role": "user", "content": "Hi."}], max_tokens=4
+    )
+    report = served.backends()["chat"]
+    measured, estimate = report["memory_mb"], report["memory_estimate_mb"]
+    print(f"gemma 270M, 1024 tokens: measured {measured} MB, estimated {estimate} MB")
+    assert measured > 0
+    assert abs(estimate - measured) <= 0.5 * measured, (measured, estimate)
+
+
 def test_streamed_chat_arrives_in_pieces(sdk: openai.OpenAI) -> None:
     stream = sdk.chat.completions.create(
         model="gemma-chat",

@@ -38,6 +38,7 @@ from slm_server.router.errors import (
 from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
 from slm_server.router.interrupted import end_cut_short, end_with_error
 from slm_server.router.lifetime import LOADING, QUEUED, RequestLifetime
+from slm_server.router.load_figures import LoadFigures
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     UNAVAILABLE_RETRY_AFTER_S,
@@ -92,6 +93,7 @@ class RouterApp:
         self.pool = new_upstream_pool()
         store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
         self.bridge = Bridge(ResponseStore(store_bytes))
+        self.load = LoadFigures(config.base_dir)
 
     async def aclose(self) -> None:
         self.pool.close()
@@ -158,9 +160,14 @@ class RouterApp:
         if path == "/v1/models":
             return self._models()
         timeout = self.config.file.router.health_timeout
-        reports = await health.probe_all(self.pool, self.table.backends, timeout, self.processes)
+        reports, figures = await asyncio.gather(
+            health.probe_all(self.pool, self.table.backends, timeout, self.processes),
+            self.load.figures(self.table.backends, self.processes, timeout),
+        )
         for role, process in self.processes.items():
             reports[role].update(process.snapshot())
+        for role, load in figures.items():
+            reports[role].update(load)
         return reports
 
     def _models(self) -> dict[str, Any]:
@@ -269,6 +276,7 @@ class RouterApp:
             await forward(self.pool, backend, target, headers, body, send, lifetime)
         finally:
             gate.release()
+            backend.last_used = time.time()
 
 
 def settle_garbage_collector() -> None:

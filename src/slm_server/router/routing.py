@@ -36,6 +36,7 @@ class Backend:
     role: str
     entry: ModelEntry
     gate: AdmissionGate = field(repr=False)
+    last_used: float | None = None  # unix time the last request for it ended
 
     @property
     def label(self) -> str:

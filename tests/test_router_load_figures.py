@@ -1,0 +1,114 @@
+"""The load figures in ``/v1/backends/health``: requests in flight and queued, when a
+backend was last used, and its memory measured and estimated; a router on a real socket
+owning a fake backend process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from config_builder import entry, make_config
+from fake_backend_proc import SCRIPT
+from net import free_port
+from router_served import RawClient, served
+from slm_server.backends.memory_estimate import MARGIN_FIXED_BYTES, MARGIN_FRACTION
+from slm_server.backends.spec import LaunchSpec
+from slm_server.config import ModelEntry
+from slm_server.router import RouterApp
+from slm_server.supervisor import RestartPolicy, Supervisor
+from slm_server.supervisor.supervisor import Launcher
+
+FAST = RestartPolicy(startup_timeout_s=10, max_start_failures=2, backoff_s=(0.05,), stop_grace_s=2)
+CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
+MB = 1024 * 1024
+WEIGHTS_BYTES = 3 * MB
+
+
+def launch(role: str, model: ModelEntry) -> LaunchSpec:
+    return LaunchSpec([sys.executable, str(SCRIPT), "--port", str(model.port)])
+
+
+def broken(role: str, model: ModelEntry) -> LaunchSpec:
+    return LaunchSpec([sys.executable, "-c", "exit(2)"])
+
+
+@asynccontextmanager
+async def router(
+    tmp_path: Path, launcher: Launcher = launch
+) -> AsyncIterator[tuple[httpx.AsyncClient, str, int]]:
+    """The router owning one fake backend (one request at a time) whose model file has
+    no GGUF metadata; yields a client of the router, its URL, and the backend's port."""
+    weights = tmp_path / "weights.gguf"
+    weights.write_bytes(b"\0" * WEIGHTS_BYTES)
+    port = free_port()
+    config = make_config({"chat": entry("m-chat", port, model_path=str(weights))})
+    app = RouterApp(config, Supervisor(config, launcher, tmp_path / "logs", FAST))
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield client, url, port
+
+
+async def health(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/v1/backends/health")
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()["chat"]
+    return report
+
+
+async def until(client: httpx.AsyncClient, what: str, **expected: Any) -> dict[str, Any]:
+    """The health report once it shows ``expected``; AssertionError after 5 s."""
+    deadline = time.monotonic() + 5
+    while True:
+        report = await health(client)
+        if all(report.get(key) == value for key, value in expected.items()):
+            return report
+        assert time.monotonic() < deadline, f"no {what} within 5 s: {report}"
+        await asyncio.sleep(0.02)
+
+
+async def test_health_counts_a_held_request_and_a_queued_one_then_tells_when_last_used(
+    tmp_path: Path,
+) -> None:
+    async with router(tmp_path) as (client, url, backend_port):
+        report = await until(client, "ready backend", state="ready")
+        assert (report["in_flight"], report["queued"], report["last_used"]) == (0, 0, None)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{backend_port}") as fake:
+            (await fake.post("/_fake/control", json={"hang": True})).raise_for_status()
+            holder = await RawClient.post(url, "/v1/chat/completions", json.dumps(CHAT).encode())
+            await until(client, "request in flight", in_flight=1, queued=0)
+            waiting = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+            report = await until(client, "request queued", in_flight=1, queued=1)
+            assert report["last_used"] is None  # nothing has ended yet
+            (await fake.post("/_fake/control", json={"hang": False})).raise_for_status()
+        before = time.time()
+        await holder.hang_up()  # its slot passes to the waiting request, now answered
+        response = await asyncio.wait_for(waiting, 10)
+        assert response.status_code == 200, response.text
+        report = await until(client, "idle backend", in_flight=0, queued=0)
+        assert before <= report["last_used"] <= time.time()
+
+
+async def test_health_gives_the_memory_measured_and_the_estimate(tmp_path: Path) -> None:
+    async with router(tmp_path) as (client, _, _):
+        report = await until(client, "ready backend", state="ready")
+        # A file without GGUF metadata: its size and the margin, no KV cache.
+        expected = (WEIGHTS_BYTES * (1 + MARGIN_FRACTION) + MARGIN_FIXED_BYTES) / MB
+        assert report["memory_estimate_mb"] == round(expected)
+        # A Python process serving HTTP: more than 5 MB, less than the machine.
+        assert 5 < report["memory_mb"] < psutil.virtual_memory().total / MB
+        assert (await health(client))["memory_mb"] >= report["memory_mb"]  # the peak holds
+
+
+async def test_a_backend_that_does_not_run_has_no_memory_measured(tmp_path: Path) -> None:
+    async with router(tmp_path, broken) as (client, _, _):
+        report = await until(client, "failed backend", state="failed")
+        assert report["memory_mb"] is None
+        assert report["memory_estimate_mb"] is not None  # what it would need, all the same
