@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import psutil
+import pytest
 
 from config_builder import entry, make_config
 from fake_backend_proc import SCRIPT
@@ -23,7 +26,9 @@ from router_served import RawClient, served
 from slm_server.backends.memory_estimate import MARGIN_FIXED_BYTES, MARGIN_FRACTION
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
-from slm_server.router import RouterApp
+from slm_server.router import RouterApp, load_figures
+from slm_server.router.admission import AdmissionGate
+from slm_server.router.routing import Backend
 from slm_server.supervisor import RestartPolicy, Supervisor
 from slm_server.supervisor.supervisor import Launcher
 
@@ -112,3 +117,36 @@ async def test_a_backend_that_does_not_run_has_no_memory_measured(tmp_path: Path
         report = await until(client, "failed backend", state="failed")
         assert report["memory_mb"] is None
         assert report["memory_estimate_mb"] is not None  # what it would need, all the same
+
+
+async def test_a_measurement_of_a_process_since_replaced_is_not_its_successors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A slow measurement of PID 100 outlives a health call's timeout; the backend restarts
+    # as PID 200 and the next call joins that measurement: 100's memory is not 200's.
+    release = threading.Event()
+
+    def slow_tree_memory(pid: int) -> int:
+        if pid == 100:
+            release.wait(5)
+            return 8000 * MB
+        return 1 * MB
+
+    monkeypatch.setattr(load_figures, "tree_memory_bytes", slow_tree_memory)
+    weights = tmp_path / "weights.gguf"
+    weights.write_bytes(b"\0" * WEIGHTS_BYTES)
+    model = make_config({"chat": entry("m-chat", free_port(), model_path=str(weights))})
+    backends = {"chat": Backend("chat", model.file.models["chat"], AdmissionGate(1, 1))}
+    figures = load_figures.LoadFigures(tmp_path)
+
+    def process(pid: int) -> Any:
+        return {"chat": SimpleNamespace(pid=pid)}
+
+    first = await figures.figures(backends, process(100), timeout_s=0.2)
+    assert first["chat"]["memory_mb"] is None  # not known in time
+    joined = asyncio.ensure_future(figures.figures(backends, process(200), timeout_s=2))
+    await asyncio.sleep(0.1)
+    release.set()
+    assert (await joined)["chat"]["memory_mb"] is None  # 100's figure, not 200's
+    fresh = await figures.figures(backends, process(200), timeout_s=2)
+    assert fresh["chat"]["memory_mb"] == 1

@@ -31,7 +31,7 @@ class LoadFigures:
         self._peaks: dict[str, PeakMemory] = {}
         # One measurement at a time: concurrent health calls share it instead of each
         # starting a thread (a thread cannot be cancelled; a slow one must not pile up).
-        self._measuring: asyncio.Future[dict[str, int | None]] | None = None
+        self._measuring: asyncio.Future[dict[str, tuple[int, int | None]]] | None = None
 
     async def figures(
         self,
@@ -46,9 +46,11 @@ class LoadFigures:
         measured: dict[str, int | None] = {}
         try:
             async with asyncio.timeout(timeout_s):
-                measured = await self._measure(enabled, pids)
+                by_pid = await self._measure(enabled, pids)
         except TimeoutError:
             pass
+        else:  # a shared measurement may predate a restart: only the same process counts
+            measured = {role: size for role, (pid, size) in by_pid.items() if pids.get(role) == pid}
         return {
             role: {
                 "memory_mb": _mb(self._peak(role, pids.get(role), measured.get(role))),
@@ -67,7 +69,8 @@ class LoadFigures:
 
     async def _measure(
         self, backends: Mapping[str, Backend], pids: Mapping[str, int]
-    ) -> dict[str, int | None]:
+    ) -> dict[str, tuple[int, int | None]]:
+        """Role -> (the PID measured, its tree's bytes)."""
         if self._measuring is None or self._measuring.done():
             todo = {r: b for r, b in backends.items() if r not in self._estimates}
             self._measuring = asyncio.ensure_future(
@@ -77,10 +80,10 @@ class LoadFigures:
 
     def _measure_in_thread(
         self, to_estimate: Mapping[str, Backend], pids: Mapping[str, int]
-    ) -> dict[str, int | None]:
+    ) -> dict[str, tuple[int, int | None]]:
         for role, backend in to_estimate.items():
             self._estimates[role] = estimate_bytes(backend.entry, self._base_dir)
-        return {role: tree_memory_bytes(pid) for role, pid in pids.items()}
+        return {role: (pid, tree_memory_bytes(pid)) for role, pid in pids.items()}
 
 
 def _mb(size: int | None) -> int | None:

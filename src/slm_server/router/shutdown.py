@@ -95,5 +95,6 @@ class GracefulServer(uvicorn.Server):
             return
         log.warning("ending %d request(s) still running: the shutdown grace is over", len(running))
         for task in running:
-            task.cancel("the server is shutting down")
+            if not task.cancelling():  # a second cancel would cut its own last answer short
+                task.cancel("the server is shutting down")
         await asyncio.wait(running, timeout=_CUT_SHORT_S)
