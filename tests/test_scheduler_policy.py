@@ -132,6 +132,15 @@ CASES = {
         ),
         ["stop old for coder", "wait coder on old"],
     ),
+    "a-backend-stopped-for-an-earlier-demand-serves-no-later-one": (
+        snap(
+            role("a", gb=6, last_used=1),
+            role("b", UNLOADED, 6),
+            want=("b", "a"),
+            budget_gb=10,
+        ),
+        ["stop a for b", "wait b on a", "wait a on b"],
+    ),
     "evicts-in-lru-order-until-it-fits": (
         snap(
             role("a", gb=1, last_used=5),

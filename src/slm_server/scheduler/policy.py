@@ -123,7 +123,9 @@ class Pass:
             return
         if demand.role in self.held:
             return  # behind the head, whose turn comes first
-        if state.phase in (Phase.READY, Phase.STARTING):
+        # A backend stopped in this pass (for the head, or its TTL) serves no one: a demand
+        # for it needs a start again, behind the head.
+        if state.phase in (Phase.READY, Phase.STARTING) and state.role not in self.stopping:
             self.served.add(state.role)
             return
         refuse = refusal(state, self.snapshot)  # only a start can be refused: a running
@@ -149,6 +151,8 @@ class Pass:
     def make_room(self, state: RoleState, seq: int) -> None:
         """Stop what the head needs gone if all of it is idle; else hold it until it is."""
         budget, cap = self.snapshot.budget_bytes, self.snapshot.max_loaded_models
+        # Only demands that arrived before the head's protect a backend (they were walked
+        # first); a later one waits for the head's turn, like any other.
         claimed = self.served - {state.role}
         order = eviction_order(self.resident, self.stopping, claimed)
         now_used = usage(self.resident, self.stopping)
