@@ -109,3 +109,28 @@ async def test_a_responses_stream_cut_short_raises_a_clear_error_in_the_openai_s
                 pass
         assert raised.value.code == "shutting_down"
         await sdk.close()
+
+
+async def test_a_request_already_ending_on_a_cancel_of_its_own_is_not_cancelled_again() -> None:
+    # E.g. a body deadline fired and the request is sending its 408 when the grace ends: a
+    # second cancel would land on that last send and cut it off.
+    said: list[str] = []
+
+    async def request() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # its own last answer going out
+            said.append("its last answer")
+            raise
+
+    config = uvicorn.Config(lambda *_: None, log_config=None)
+    server = GracefulServer(config)
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0)
+    task.cancel()  # its own cancel, before the grace ran out
+    await asyncio.sleep(0.05)  # it is now sending its last answer
+    server.server_state.tasks.add(task)
+    await server._end_requests()
+    assert said == ["its last answer"]
+    assert task.done()
