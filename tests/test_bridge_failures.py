@@ -32,11 +32,8 @@ LOOKUP = {
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend().start(["--no-responses", "--chunks", "4"])
-    try:
+    with FakeBackend().start(["--no-responses", "--chunks", "4"]) as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -43,11 +43,8 @@ ANTHROPIC_LOOKUP = {
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend().start(["--no-responses", "--chunks", "3"])
-    try:
+    with FakeBackend().start(["--no-responses", "--chunks", "3"]) as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture(scope="module")

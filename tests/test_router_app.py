@@ -21,12 +21,8 @@ from slm_server.router import RouterApp
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    backend.start()
-    try:
+    with FakeBackend() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -30,11 +30,8 @@ _BODY_TIMEOUT_S = 1
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend().start()
-    try:
+    with FakeBackend() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 def started(

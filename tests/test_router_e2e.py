@@ -21,12 +21,8 @@ from router_proc import RouterProcess
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    backend.start()
-    try:
+    with FakeBackend() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture(autouse=True)

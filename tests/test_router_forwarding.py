@@ -25,12 +25,8 @@ CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    backend.start()
-    try:
+    with FakeBackend() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @asynccontextmanager

@@ -17,12 +17,8 @@ from slm_server.router import RouterApp
 
 @pytest.fixture
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    backend.start()
-    try:
+    with FakeBackend() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture

@@ -39,12 +39,8 @@ FAST = RestartPolicy(startup_timeout_s=20, max_start_failures=2, backoff_s=(0.05
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    backend.start()
-    try:
+    with FakeBackend() as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 @pytest.fixture(autouse=True)

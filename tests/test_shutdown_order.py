@@ -47,12 +47,9 @@ async def graceful(app: App, grace_s: float) -> AsyncIterator[tuple[GracefulServ
 
 @pytest.fixture
 def fake() -> Iterator[FakeBackend]:
-    backend = FakeBackend()
-    backend.start(["--chunks", "100000", "--chunk-delay", "0.05"])  # ended only by the router
-    try:
+    endless = ["--chunks", "100000", "--chunk-delay", "0.05"]  # ended only by the router
+    with FakeBackend().start(endless) as backend:
         yield backend
-    finally:
-        backend.stop()
 
 
 async def test_requests_cut_short_end_before_the_lifespan_stops_the_backends(
