@@ -21,14 +21,18 @@ def error_type_for(status: int) -> str:
     return _TYPE_BY_STATUS.get(status, "invalid_request_error")
 
 
+def error_object(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, str | None]:
+    """What the OpenAI envelope holds under ``error``: message, type, param, code."""
+    return {"message": message, "type": error_type_for(status), "param": param, "code": code}
+
+
 def error_body(
     status: int, message: str, *, param: str | None = None, code: str | None = None
 ) -> bytes:
     """The OpenAI error envelope, ``{"error": {message, type, param, code}}``."""
-    envelope = {
-        "error": {"message": message, "type": error_type_for(status), "param": param, "code": code}
-    }
-    return json.dumps(envelope).encode()
+    return json.dumps({"error": error_object(status, message, param=param, code=code)}).encode()
 
 
 class RouterError(Exception):
@@ -51,6 +55,9 @@ class RouterError(Exception):
 
     def body(self) -> bytes:
         return error_body(self.status, self.message, param=self.param, code=self.code)
+
+    def error_object(self) -> dict[str, str | None]:
+        return error_object(self.status, self.message, param=self.param, code=self.code)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Headers the answer carries besides its content type."""

@@ -69,7 +69,7 @@ def _responses_error_event(error: RouterError, sent: bytes) -> bytes:
     caller's loop as one more event. Its number follows the last one sent, if seen.
     """
     numbers = _SEQUENCE_NUMBER.findall(sent)
-    envelope = json.loads(error.body())["error"]
+    envelope = error.error_object()
     event = {
         "type": "error",
         "code": envelope["code"],
