@@ -270,3 +270,47 @@ def test_the_response_store_holds_at_least_a_kilobyte(tmp_path: Path) -> None:
     smallest = {"response_store_mb": 1 / 1024, "max_body_mb": 1e-7, "max_inflight_body_mb": 1e-7}
     loaded = load_config(write(tmp_path, {"models": {"a": entry()}, "router": smallest}))
     RouterApp(loaded)
+
+
+def test_pinned_with_an_idle_ttl_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, {"models": {"chat": entry(pinned=True, idle_ttl_s=60)}})
+    assert fatal(path) == [
+        f"error: {path}: models.chat (id org/model): pinned and idle_ttl_s contradict each "
+        "other: a pinned entry is never stopped; drop one of them"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("budget", "loaded"), [("auto", "auto"), ("12", 12.0), ("0.5", 0.5), ("null", None)]
+)
+def test_memory_budget_is_gigabytes_or_auto(tmp_path: Path, budget: str, loaded: object) -> None:
+    models = yaml.safe_dump({"models": {"chat": entry(on_demand=True, memory_gb=2)}})
+    path = write(tmp_path, f"{models}router:\n  memory_budget_gb: {budget}\n")
+    assert load_config(path).file.router.memory_budget_gb == loaded
+
+
+@pytest.mark.parametrize("budget", ["0", "-3", ".inf", ".nan", "lots", "true"])
+def test_a_bad_memory_budget_says_what_is_allowed(tmp_path: Path, budget: str) -> None:
+    models = yaml.safe_dump({"models": {"chat": entry()}})
+    path = write(tmp_path, f"{models}router:\n  memory_budget_gb: {budget}\n")
+    [problem] = fatal(path)
+    assert "field 'router.memory_budget_gb': must be a number of GB greater than 0, or auto" in (
+        problem
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("idle_ttl_s", 0), ("memory_gb", -1), ("on_demand", "maybe"), ("pinned", "sometimes")],
+)
+def test_lifecycle_fields_reject_bad_values(tmp_path: Path, field: str, value: object) -> None:
+    path = write(tmp_path, {"models": {"chat": entry(**{field: value})}})
+    [problem] = fatal(path)
+    assert f"field '{field}'" in problem
+
+
+def test_max_loaded_models_is_at_least_one(tmp_path: Path) -> None:
+    models = yaml.safe_dump({"models": {"chat": entry()}})
+    path = write(tmp_path, f"{models}router:\n  max_loaded_models: 0\n")
+    [problem] = fatal(path)
+    assert "field 'router.max_loaded_models': must be greater than or equal to 1" in problem

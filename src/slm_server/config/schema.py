@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Backend = Literal["mlx", "llamacpp"]
 ModelType = Literal[
@@ -53,6 +62,18 @@ def _number_as_text(value: object) -> object:
 CommandLineArg = Annotated[str, BeforeValidator(_number_as_text)]
 
 
+def _budget(value: object) -> float | str | None:
+    """One plain message for the union, instead of one per member."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < float("inf"):
+        return float(value)
+    raise ValueError(f"must be a number of GB greater than 0, or auto (got {value!r})")
+
+
+MemoryBudget = Annotated[float | Literal["auto"] | None, PlainValidator(_budget)]
+
+
 class ModelEntry(BaseModel):
     """One backend server instance serving one model."""
 
@@ -88,6 +109,29 @@ class ModelEntry(BaseModel):
     host: str = Field(default="0.0.0.0", description="Address the backend server binds to.")
     enabled: bool = Field(default=True, description="false: not started and not routed.")
     supports_function_calling: bool = Field(default=False, description="Reported in /v1/models.")
+    on_demand: bool = Field(
+        default=False,
+        description="Not started at launch: started by the first request or load call.",
+    )
+    idle_ttl_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Stopped after this many seconds with nothing in flight or waiting; the next "
+            "request starts it again. Default: never."
+        ),
+    )
+    pinned: bool = Field(default=False, description="Never stopped to make room for another model.")
+    memory_gb: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Memory the running backend needs, in GB (10^9 bytes); replaces the estimate "
+            "from its files."
+        ),
+    )
     extra_args: list[CommandLineArg] = Field(
         default_factory=list,
         description=(
@@ -155,6 +199,15 @@ class ModelEntry(BaseModel):
             "whose GGUF declares none (native llama-server only)."
         ),
     )
+
+    @model_validator(mode="after")
+    def _pinned_never_idles_out(self) -> ModelEntry:
+        if self.pinned and self.idle_ttl_s is not None:
+            raise ValueError(
+                "pinned and idle_ttl_s contradict each other: a pinned entry is never "
+                "stopped; drop one of them"
+            )
+        return self
 
     @property
     def connect_host(self) -> str:
@@ -233,6 +286,18 @@ class RouterSettings(BaseModel):
             "Memory for earlier /v1/responses turns (previous_response_id), in MiB (at "
             "least 1/1024, one KiB); the least recently used go first."
         ),
+    )
+
+    memory_budget_gb: MemoryBudget = Field(
+        default=None,
+        description=(
+            "Memory the running backends may take together, in GB (10^9 bytes), or `auto`: "
+            "physical memory less a reserve of 10% (at least 2 GB). Idle backends are "
+            "stopped to make room, least recently used first. Default: no budget."
+        ),
+    )
+    max_loaded_models: int | None = Field(
+        default=None, ge=1, description="At most this many backends running at once."
     )
 
     @field_validator("max_inflight_body_mb")

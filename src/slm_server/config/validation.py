@@ -113,6 +113,8 @@ def _message(error: ErrorDetails, owner: type[BaseModel] | None) -> str:
         allowed = _literal_values(owner, name) or str(error.get("ctx", {}).get("expected", ""))
         return f"{_shown(error['input'])} is not allowed; allowed values: {allowed}"
     text = error["msg"]
+    if kind == "value_error":  # our own validators' messages: already plain words
+        return text.removeprefix("Value error, ")
     if text.startswith("Input should be "):
         text = "must be " + text.removeprefix("Input should be ")
     return f"{text} (got {_shown(error['input'])})"
