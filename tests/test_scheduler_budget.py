@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.config_builder import entry
-
+from config_builder import entry
 from slm_server.config import ModelEntry
 from slm_server.scheduler.budget import GB, auto_budget_bytes, budget_bytes, need_bytes
 
