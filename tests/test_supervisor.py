@@ -402,7 +402,7 @@ async def test_a_stop_just_after_a_retry_began_ends_in_stopped(tmp_path: Path) -
     await process.stop()
     with pytest.raises(BackendFailed, match="stopped"):
         await asyncio.wait_for(waiting, 2)  # not left waiting on a start that never comes
-    assert process.snapshot()["state"] == "stopped"
+    assert process.snapshot()["state"] == "unloaded"
 
 
 async def test_a_stopped_failed_backend_is_not_tried_again(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -24,15 +23,16 @@ from slm_server.router.asgi import (
     read_body,
     send_json,
 )
+from slm_server.router.backend_control import control_target, load
 from slm_server.router.body_budget import BodyBudget
 from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
 from slm_server.router.errors import (
-    BackendUnavailable,
     EndpointNotFound,
     InternalError,
     InvalidRequest,
     MethodNotAllowed,
+    RoleNotFound,
     RouterError,
 )
 from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
@@ -41,7 +41,6 @@ from slm_server.router.lifetime import LOADING, QUEUED, RequestLifetime
 from slm_server.router.load_figures import LoadFigures
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
-    UNAVAILABLE_RETRY_AFTER_S,
     forward,
     forwarded_request_headers,
     new_upstream_pool,
@@ -55,12 +54,18 @@ from slm_server.router.routing import (
     router_changes,
 )
 from slm_server.router.sent import SentMessages
+from slm_server.router.turns import start_failed, take_turn
+from slm_server.scheduler.budget import budget_bytes
+from slm_server.scheduler.owner import Scheduler
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 from slm_server.translate.response_store import ResponseStore
 
 log = logging.getLogger(__name__)
 
 _GET_ENDPOINTS = frozenset({"/health", "/v1/models", "/v1/backends/health"})
+
+# A backend's state as GET /v1/models tells it (stopping counts as unloaded already).
+_MODEL_STATUS = {"ready": "loaded", "starting": "loading", "failed": "failed"}
 
 # Net allocations between young-generation collections (CPython's default: 700).
 _GC_YOUNG_THRESHOLD = 50_000
@@ -94,6 +99,39 @@ class RouterApp:
         store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
         self.bridge = Bridge(ResponseStore(store_bytes))
         self.load = LoadFigures(config.base_dir)
+        self.scheduler = self._scheduler(supervisor) if supervisor is not None else None
+        # A load may wait for others to drain and stop, then for its own start.
+        self.load_timeout_s = config.file.router.shutdown_grace_s
+        if supervisor is not None:
+            policy = supervisor.policy
+            self.load_timeout_s += policy.stop_grace_s + policy.startup_timeout_s
+
+    def _scheduler(self, supervisor: Supervisor) -> Scheduler:
+        settings = self.config.file.router
+        backends = self.table.backends
+
+        async def measure() -> None:
+            await self.load.measure(backends, supervisor.processes)
+
+        return Scheduler(
+            {role: backends[role].entry for role in supervisor.processes},
+            supervisor.processes,
+            backends,
+            self.load,
+            measure,
+            budget_bytes=budget_bytes(settings.memory_budget_gb),
+            max_loaded=settings.max_loaded_models,
+            unload_grace_s=settings.shutdown_grace_s,
+            max_waiting=settings.max_queue
+            + max(b.entry.max_concurrency for b in backends.values()),
+        )
+
+    async def stop_backends(self) -> None:
+        """Stop deciding, then stop every backend (for shutdown)."""
+        if self.scheduler is not None:
+            await self.scheduler.aclose()
+        if self.supervisor is not None:
+            await self.supervisor.stop_all()
 
     async def aclose(self) -> None:
         self.pool.close()
@@ -110,12 +148,11 @@ class RouterApp:
             if message["type"] == "lifespan.startup":
                 if self.settle_gc:  # before the supervisor's tasks exist: they are not frozen
                     settle_garbage_collector()
-                if self.supervisor is not None:
-                    self.supervisor.start_all()
+                if self.scheduler is not None:
+                    await self.scheduler.start()  # it starts the backends due at launch
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self.supervisor is not None:
-                    await self.supervisor.stop_all()
+                await self.stop_backends()
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -151,6 +188,10 @@ class RouterApp:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
             await send_json(sent.send, 200, await self._info(path))
+        elif (target := control_target(path)) is not None:
+            if method != "POST":
+                raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
+            await send_json(sent.send, 200, await self._control(*target))
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
 
@@ -159,19 +200,44 @@ class RouterApp:
             return {"status": "ok", "pid": os.getpid()}
         if path == "/v1/models":
             return self._models()
+        return await self._health(self.table.backends)
+
+    async def _health(self, backends: Mapping[str, Backend]) -> dict[str, dict[str, Any]]:
         timeout = self.config.file.router.health_timeout
         reports, figures = await asyncio.gather(
-            health.probe_all(self.pool, self.table.backends, timeout, self.processes),
-            self.load.figures(self.table.backends, self.processes, timeout),
+            health.probe_all(self.pool, backends, timeout, self.processes),
+            self.load.figures(backends, self.processes, timeout),
         )
-        for role, process in self.processes.items():
-            reports[role].update(process.snapshot())
-        for role, load in figures.items():
-            reports[role].update(load)
+        for role, report in reports.items():
+            process = self.processes.get(role)
+            if process is not None:
+                report.update(process.snapshot())
+            report.update(figures.get(role, {}))
+            entry = backends[role].entry
+            if entry.enabled:
+                report.update(idle_ttl_s=entry.idle_ttl_s, pinned=entry.pinned)
+                report["on_demand"] = entry.on_demand
         return reports
 
+    async def _control(self, role: str, action: str) -> dict[str, Any]:
+        """Load or unload ``role``; its health entry once done."""
+        process = self.processes.get(role)
+        if process is None or self.scheduler is None:
+            if role in self.table.backends and self.scheduler is None:
+                raise InvalidRequest(
+                    "this router does not run its backends (started as `slm-server router`): "
+                    "it cannot load or unload them"
+                )
+            roles = ", ".join(sorted(self.processes)) or "none"
+            raise RoleNotFound(f"no enabled backend role '{role}'; roles: {roles}")
+        if action == "load":
+            await load(self.scheduler, process, self.load_timeout_s)
+        else:
+            await self.scheduler.unload(role)
+        return (await self._health({role: self.table.backends[role]}))[role]
+
     def _models(self) -> dict[str, Any]:
-        data = [
+        data: list[dict[str, Any]] = [
             {
                 "id": backend.entry.id,
                 "object": "model",
@@ -188,6 +254,10 @@ class RouterApp:
             for backend in self.table.backends.values()
             if backend.entry.enabled
         ]
+        for model in data:  # only a router that runs the backends knows their state
+            process = self.processes.get(model["role"])
+            if process is not None:
+                model["status"] = _MODEL_STATUS.get(process.state, "unloaded")
         return {"object": "list", "data": data}
 
     async def _model_request(
@@ -240,7 +310,10 @@ class RouterApp:
         waits too, and it is held through a converted retry (which must not queue again).
         """
         gate = backend.gate
-        if not gate.try_acquire():
+        if not backend.open:  # not running, being stopped, or held for another's turn
+            assert self.scheduler is not None
+            await take_turn(self.scheduler, backend, lifetime)
+        elif not gate.try_acquire():
             gate.check_room()  # a 429 at once, before any waiting starts
             await lifetime.wait_for(gate.acquire(), QUEUED)
         try:
@@ -276,7 +349,9 @@ class RouterApp:
             await forward(self.pool, backend, target, headers, body, send, lifetime)
         finally:
             gate.release()
-            backend.last_used = time.time()
+            backend.last_used = time.monotonic()
+            if self.scheduler is not None and self.scheduler.watching:
+                self.scheduler.wake()  # a model waiting for memory may now have its turn
 
 
 def settle_garbage_collector() -> None:
@@ -303,12 +378,7 @@ async def _wait_until_ready(
     try:
         await lifetime.wait_for(process.ensure_ready(), LOADING)
     except BackendFailed as exc:
-        retry_after = UNAVAILABLE_RETRY_AFTER_S
-        if exc.retry_in_s is not None:  # failed: the first request after its cooldown retries
-            retry_after = max(1, math.ceil(exc.retry_in_s))
-        raise BackendUnavailable(
-            f"{backend.label} could not be started: {exc}", retry_after=retry_after
-        ) from None
+        raise start_failed(backend.label, exc) from None
 
 
 def _model_of(scope: Scope, path: str, body: Body) -> object:

@@ -166,3 +166,15 @@ class TooManyBodies(RouterError):
 class ShuttingDown(RouterError):
     status = 503
     code = "shutting_down"
+
+
+class InsufficientMemory(RouterError):
+    """The model can never fit in the memory budget, whatever is stopped."""
+
+    status = 503
+    code = "insufficient_memory"
+
+
+class RoleNotFound(RouterError):
+    status = 404
+    code = "role_not_found"

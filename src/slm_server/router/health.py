@@ -13,7 +13,9 @@ from slm_server.router.routing import Backend
 from slm_server.supervisor.process import BackendProcess
 from slm_server.upstream import ConnectFailed, UpstreamError, UpstreamPool
 
-HealthStatus = Literal["healthy", "unreachable", "timeout", "unhealthy", "error", "disabled"]
+HealthStatus = Literal[
+    "healthy", "unreachable", "timeout", "unhealthy", "error", "disabled", "unloaded"
+]
 
 
 async def probe(
@@ -37,6 +39,9 @@ async def probe(
         "model_type": entry.model_type,
     }
     if not entry.enabled:
+        return report
+    if process is not None and process.state == "stopped":
+        report["status"] = "unloaded"  # by design: it starts on demand; nothing to probe
         return report
     path = process.health_path if process is not None else "/health"
     status, error, http_status = await _probe_status(pool, backend, path, probe_timeout_s)
@@ -87,7 +92,7 @@ def _error_text(body: bytes) -> str:
 
 async def probe_all(
     pool: UpstreamPool,
-    backends: dict[str, Backend],
+    backends: Mapping[str, Backend],
     probe_timeout_s: float,
     processes: Mapping[str, BackendProcess],
 ) -> dict[str, dict[str, Any]]:

@@ -30,6 +30,7 @@ from slm_server.router.stopwatch import Stopwatch
 T = TypeVar("T")
 
 # The phases a request's deadline can run out in, as the 504 names them.
+ROOM = "waiting for memory held by other models"
 LOADING = "loading the backend"
 QUEUED = "waiting for a free slot"
 ANSWERING = "waiting for the backend's answer"

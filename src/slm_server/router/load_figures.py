@@ -1,15 +1,16 @@
-"""Each backend's load for ``/v1/backends/health``: memory measured and estimated,
-requests in flight and queued, and when it was last used."""
+"""Each backend's load for ``/v1/backends/health`` and the scheduler: memory measured and
+needed, requests in flight and queued, and when it was last used."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from slm_server.backends.memory_estimate import estimate_bytes
 from slm_server.router.routing import Backend
+from slm_server.scheduler.budget import need_bytes
 from slm_server.supervisor.memory import PeakMemory, tree_memory_bytes
 from slm_server.supervisor.process import BackendProcess
 
@@ -17,21 +18,51 @@ _MB = 1024 * 1024
 
 
 class LoadFigures:
-    """Measures on demand, off the event loop, and remembers what does not change.
+    """Measures off the event loop, and remembers what does not change.
 
-    The estimate is worked out once per role (it reads the model's files); the memory
-    of each running backend is measured on each call, in one thread, and the highest
-    measurement of its process is what is reported (memory grows as pages are touched,
-    and what a backend once took it may take again).
+    The need before a start (``memory_gb``, else the estimate from the model's files) is
+    worked out once per role; the memory of each running backend is measured on each
+    call, in one thread, and the highest measurement of its process is what counts
+    (memory grows as pages are touched, and what a backend once took it may take again).
     """
 
     def __init__(self, base_dir: Path) -> None:
         self._base_dir = base_dir
-        self._estimates: dict[str, int | None] = {}
+        self._needs: dict[str, int | None] = {}
         self._peaks: dict[str, PeakMemory] = {}
-        # One measurement at a time: concurrent health calls share it instead of each
-        # starting a thread (a thread cannot be cancelled; a slow one must not pile up).
+        # One measurement at a time: concurrent callers share it instead of each starting
+        # a thread (a thread cannot be cancelled; a slow one must not pile up).
         self._measuring: asyncio.Future[dict[str, tuple[int, int | None]]] | None = None
+
+    def need(self, role: str) -> int | None:
+        """The role's need before it is measured; None if unknown (or not worked out yet)."""
+        return self._needs.get(role)
+
+    def peak(self, role: str, pid: int | None) -> int | None:
+        """The highest measurement of the process ``pid``; None when it is not running."""
+        if pid is None:
+            return None  # not running: it holds no memory, whatever it held before
+        peak = self._peaks.get(role)
+        return peak.record(pid, None) if peak is not None else None
+
+    async def measure(
+        self, backends: Mapping[str, Backend], processes: Mapping[str, BackendProcess]
+    ) -> None:
+        """Work out the needs not known yet and measure every running backend."""
+        pids = {role: p.pid for role, p in processes.items() if p.pid is not None}
+        if self._measuring is None or self._measuring.done():
+            todo = {
+                role: b
+                for role, b in backends.items()
+                if b.entry.enabled and role not in self._needs
+            }
+            self._measuring = asyncio.ensure_future(
+                asyncio.to_thread(self._measure_in_thread, todo, dict(pids))
+            )
+        by_pid = await asyncio.shield(self._measuring)
+        for role, (pid, size) in by_pid.items():
+            if pids.get(role) == pid:  # a shared measurement may predate a restart
+                self._peaks.setdefault(role, PeakMemory()).record(pid, size)
 
     async def figures(
         self,
@@ -40,49 +71,33 @@ class LoadFigures:
         timeout_s: float,
     ) -> dict[str, dict[str, Any]]:
         """Role -> memory_mb, memory_estimate_mb, in_flight, queued, last_used; the memory
-        figures are null when not known within ``timeout_s``."""
+        figures are those known within ``timeout_s``."""
         enabled = {role: b for role, b in backends.items() if b.entry.enabled}
-        pids = {role: p.pid for role, p in processes.items() if p.pid is not None}
-        measured: dict[str, int | None] = {}
         try:
             async with asyncio.timeout(timeout_s):
-                by_pid = await self._measure(enabled, pids)
+                await self.measure(enabled, processes)
         except TimeoutError:
             pass
-        else:  # a shared measurement may predate a restart: only the same process counts
-            measured = {role: size for role, (pid, size) in by_pid.items() if pids.get(role) == pid}
-        return {
-            role: {
-                "memory_mb": _mb(self._peak(role, pids.get(role), measured.get(role))),
-                "memory_estimate_mb": _mb(self._estimates.get(role)),
+        now_wall, now = time.time(), time.monotonic()
+        report: dict[str, dict[str, Any]] = {}
+        for role, backend in enabled.items():
+            process = processes.get(role)
+            last_used = backend.last_used
+            report[role] = {
+                "memory_mb": _mb(self.peak(role, process.pid if process else None)),
+                "memory_estimate_mb": _mb(self._needs.get(role)),
                 "in_flight": backend.gate.active,
                 "queued": backend.gate.waiting,
-                "last_used": backend.last_used,
+                # Kept on the monotonic clock (a TTL must not jump with the wall clock).
+                "last_used": None if last_used is None else now_wall - (now - last_used),
             }
-            for role, backend in enabled.items()
-        }
-
-    def _peak(self, role: str, pid: int | None, measured: int | None) -> int | None:
-        if pid is None:
-            return None  # not running: it holds no memory, whatever it held before
-        return self._peaks.setdefault(role, PeakMemory()).record(pid, measured)
-
-    async def _measure(
-        self, backends: Mapping[str, Backend], pids: Mapping[str, int]
-    ) -> dict[str, tuple[int, int | None]]:
-        """Role -> (the PID measured, its tree's bytes)."""
-        if self._measuring is None or self._measuring.done():
-            todo = {r: b for r, b in backends.items() if r not in self._estimates}
-            self._measuring = asyncio.ensure_future(
-                asyncio.to_thread(self._measure_in_thread, todo, dict(pids))
-            )
-        return await asyncio.shield(self._measuring)
+        return report
 
     def _measure_in_thread(
         self, to_estimate: Mapping[str, Backend], pids: Mapping[str, int]
     ) -> dict[str, tuple[int, int | None]]:
         for role, backend in to_estimate.items():
-            self._estimates[role] = estimate_bytes(backend.entry, self._base_dir)
+            self._needs[role] = need_bytes(backend.entry, self._base_dir)
         return {role: (pid, tree_memory_bytes(pid)) for role, pid in pids.items()}
 
 

@@ -36,7 +36,17 @@ class Backend:
     role: str
     entry: ModelEntry
     gate: AdmissionGate = field(repr=False)
-    last_used: float | None = None  # unix time the last request for it ended
+    last_used: float | None = None  # monotonic time the last request for it ended
+    # False: requests ask the scheduler first (not running, being stopped, or held).
+    open: bool = True
+
+    @property
+    def in_flight(self) -> int:
+        return self.gate.active
+
+    @property
+    def queued(self) -> int:
+        return self.gate.waiting
 
     @property
     def label(self) -> str:

@@ -64,7 +64,6 @@ def run_uvicorn(
         # Typed int, but any number works: it goes to asyncio.wait_for.
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
-    stop_backends = supervisor.stop_all if supervisor is not None else None
-    server = GracefulServer(server_config, stop_backends)
+    server = GracefulServer(server_config, app.stop_backends if supervisor is not None else None)
     server.run()
     return 0

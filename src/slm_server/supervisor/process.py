@@ -92,6 +92,7 @@ class BackendProcess:
         # The endpoints the running server answers itself; None: unknown (try, then convert).
         self.native_endpoints: frozenset[str] | None = None
         self._failed_at: float | None = None  # monotonic time it was given up
+        self.on_change: Callable[[], None] | None = None  # told of every change of state
         self._changed = asyncio.Event()
         self._owner: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -103,6 +104,30 @@ class BackendProcess:
     def start(self) -> None:
         if self._owner is None or self._owner.done():
             self._owner = asyncio.create_task(self._own(), name=f"backend {self.role}")
+
+    def load(self) -> None:
+        """Start a stopped or failed backend now (a failed one without its cooldown).
+
+        "starting" is set at once, so that whoever looks next sees the start under way.
+        """
+        if self._owner is not None and not self._owner.done():
+            return
+        self._failed_at = None
+        self._set("starting", "starting")
+        self.start()
+
+    def forget_failure(self) -> None:
+        """A failed backend becomes plainly stopped: unloaded by hand, not to be retried."""
+        if self.state == "failed":
+            self._failed_at = None
+            self._set("stopped", "stopped")
+
+    @property
+    def retry_at(self) -> float | None:
+        """Monotonic time after which a failed backend may be tried again."""
+        if self.state != "failed" or self._failed_at is None:
+            return None
+        return self._failed_at + self._policy.retry_failed_after_s
 
     async def ensure_ready(self) -> None:
         """Return once the backend serves; BackendFailed if it cannot be started.
@@ -151,7 +176,9 @@ class BackendProcess:
         self.start()
 
     def snapshot(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"state": self.state, "pid": self.pid, "restarts": self.restarts}
+        # Stopped is how a backend rests until it is needed: on demand, idle, or evicted.
+        state = "unloaded" if self.state == "stopped" else self.state
+        report: dict[str, Any] = {"state": state, "pid": self.pid, "restarts": self.restarts}
         if self.reason and self.state != "ready":
             report["reason"] = self.reason
         if self.state == "failed":
@@ -166,6 +193,8 @@ class BackendProcess:
     def _set(self, state: State, reason: str | None = None) -> None:
         self.state, self.reason = state, reason
         self._changed.set()
+        if self.on_change is not None:
+            self.on_change()
 
     async def _own(self) -> None:
         failures = 0

@@ -24,7 +24,7 @@ class Supervisor:
         log_dir: Path,
         policy: RestartPolicy | None = None,
     ) -> None:
-        policy = policy or RestartPolicy()
+        self.policy = policy = policy or RestartPolicy()
         self.processes: dict[str, BackendProcess] = {}
         for role, entry in config.models.items():
             if not entry.enabled:

@@ -1,0 +1,43 @@
+"""``POST /v1/backends/{role}/load`` and ``/unload``: an operator starts or stops a model."""
+
+from __future__ import annotations
+
+import asyncio
+
+from slm_server.router.errors import BackendTimeout
+from slm_server.router.turns import refusal_error, start_failed
+from slm_server.scheduler.owner import Refused, Scheduler
+from slm_server.supervisor import BackendFailed, BackendProcess
+
+PREFIX = "/v1/backends/"
+ACTIONS = frozenset({"load", "unload"})
+
+
+def control_target(path: str) -> tuple[str, str] | None:
+    """(role, action) for a load or unload path, else None."""
+    if not path.startswith(PREFIX):
+        return None
+    role, _, action = path[len(PREFIX) :].rpartition("/")
+    if not role or action not in ACTIONS:
+        return None
+    return role, action
+
+
+async def load(scheduler: Scheduler, process: BackendProcess, timeout_s: float) -> None:
+    """Start ``process``'s backend as a request would (making room first), at once even if
+    it failed within its cooldown; return once it is ready."""
+    label = f"'{process.role}' ({process.entry.id})"
+    try:
+        async with asyncio.timeout(timeout_s):
+            waiter = scheduler.enqueue(process.role, forced=True)
+            try:
+                await waiter.granted
+            finally:
+                scheduler.leave(waiter)
+            await process.ensure_ready()
+    except Refused as refused:
+        raise refusal_error(label, refused) from None
+    except BackendFailed as exc:
+        raise start_failed(label, exc) from None
+    except TimeoutError:
+        raise BackendTimeout(f"{label} was not ready within {timeout_s:g}s") from None

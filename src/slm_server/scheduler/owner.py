@@ -1,0 +1,383 @@
+"""The one task that applies the policy's decisions, and the requests that wait for it.
+
+A request whose backend is not open (not running, being stopped, or held for another
+model's turn) enters as a waiter and awaits ``granted``; every change that could matter
+(a waiter arriving or leaving, a backend's state changing, a request ending while someone
+waits, a timer) wakes the owner, which takes a snapshot, asks the policy and applies the
+answer in one step: no await lies between the snapshot and the decisions taking effect,
+so no request can slip past a decision made without it.
+
+``open`` on each role's workload is the fast path: while it is true a request goes
+straight to its backend's slots without a word to the owner. It is true while the backend
+runs (or starts) and is neither held nor being stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from slm_server.config import ModelEntry
+from slm_server.scheduler.decisions import Hold, Refuse, Start, Stop, Wait, gigabytes
+from slm_server.scheduler.launch import launch_plan
+from slm_server.scheduler.policy import decide
+from slm_server.scheduler.state import Demand, Phase, RoleState, Snapshot
+from slm_server.supervisor.process import BackendProcess
+
+log = logging.getLogger(__name__)
+
+SAMPLE_EVERY_S = 2.0  # how often running backends' memory is measured under a budget
+_FIRST_MEASURE_S = 30.0  # working out every entry's need at launch (reads GGUF headers)
+
+_PHASES = {
+    "stopped": Phase.UNLOADED,
+    "starting": Phase.STARTING,
+    "ready": Phase.READY,
+    "stopping": Phase.STOPPING,
+    "failed": Phase.FAILED,
+}
+
+
+class Workload(Protocol):
+    """What the router knows of a role's requests, and the fast-path switch it obeys."""
+
+    open: bool
+    last_used: float | None  # monotonic time its last request ended
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def queued(self) -> int: ...
+
+
+class Memory(Protocol):
+    """Each role's memory: its need before a start, and the peak measured while it runs."""
+
+    def need(self, role: str) -> int | None: ...
+
+    def peak(self, role: str, pid: int | None) -> int | None: ...
+
+
+class Refused(Exception):
+    """A waiter the scheduler turned away; ``kind`` says why, for the error's code."""
+
+    def __init__(self, kind: str, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # insufficient_memory, failed, queue_full, shutting_down
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(eq=False)
+class Waiter:
+    role: str
+    seq: int
+    granted: asyncio.Future[None]
+    forced: bool = False  # a load call: a failed backend is tried at once
+
+
+@dataclass
+class _Unload:
+    deadline: float
+    done: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        entries: Mapping[str, ModelEntry],
+        processes: Mapping[str, BackendProcess],
+        workloads: Mapping[str, Workload],
+        memory: Memory,
+        measure: Callable[[], Awaitable[None]],
+        *,
+        budget_bytes: int | None,
+        max_loaded: int | None,
+        unload_grace_s: float,
+        max_waiting: int,
+    ) -> None:
+        self._entries = entries
+        self._processes = processes
+        self._workloads = workloads
+        self._memory = memory
+        self._measure = measure
+        self.budget_bytes = budget_bytes
+        self.max_loaded = max_loaded
+        self._unload_grace_s = unload_grace_s
+        self._max_waiting = max_waiting
+        self._waiters: list[Waiter] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._stopping: dict[str, asyncio.Task[None]] = {}
+        self._unloading: dict[str, _Unload] = {}
+        self._ready_at: dict[str, tuple[int, float]] = {}  # role -> (generation, when)
+        self._said: dict[str, str] = {}  # the last wait line per role: said once
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        # Set while a waiter or an unload depends on requests ending: they wake the owner.
+        self.watching = False
+        for role, process in processes.items():
+            workloads[role].open = False  # until the owner's first pass says otherwise
+            process.on_change = self.wake
+
+    # -- what the router calls ---------------------------------------------------
+
+    async def start(self) -> None:
+        """Work out every entry's need, start those due at launch, then take over."""
+        try:
+            async with asyncio.timeout(_FIRST_MEASURE_S):
+                await self._measure()
+        except TimeoutError:
+            log.warning(
+                "memory needs not worked out within %gs; counted as 0 until measured",
+                _FIRST_MEASURE_S,
+            )
+        self._launch()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._own(), name="scheduler"))
+        if self.budget_bytes is not None:  # measurements matter only against a budget
+            self._tasks.append(loop.create_task(self._sample(), name="memory sampler"))
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for waiter in self._waiters:
+            if not waiter.granted.done():
+                waiter.granted.set_exception(Refused("shutting_down", "the server is stopping"))
+        for unload in self._unloading.values():
+            for done in unload.done:
+                if not done.done():
+                    done.set_result(None)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def enqueue(self, role: str, *, forced: bool = False) -> Waiter:
+        """A waiter for ``role``'s turn; call ``leave`` with it once done, whatever happened."""
+        if self._closed:
+            raise Refused("shutting_down", "the server is stopping")
+        waiting = sum(1 for waiter in self._waiters if waiter.role == role)
+        if waiting >= self._max_waiting:
+            raise Refused("queue_full", f"{waiting} requests already wait for {role} to start")
+        granted = asyncio.get_running_loop().create_future()
+        waiter = Waiter(role, next(self._seq), granted, forced)
+        self._waiters.append(waiter)
+        self.watching = True
+        self.wake()
+        return waiter
+
+    def leave(self, waiter: Waiter) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+            self.wake()  # it may have been the head of the line
+        if not waiter.granted.done():
+            waiter.granted.cancel()
+        self.watching = bool(self._waiters or self._unloading)
+
+    async def unload(self, role: str) -> None:
+        """Take no new requests for ``role``, let those in flight finish (up to the grace),
+        stop it; return once it is stopped. Later requests start it again."""
+        loop = asyncio.get_running_loop()
+        unload = self._unloading.get(role)
+        if unload is None:
+            unload = _Unload(loop.time() + self._unload_grace_s)
+            self._unloading[role] = unload
+            work = self._workloads[role]
+            work.open = False
+            log.info("unloading %s on request (%d in flight)", role, work.in_flight + work.queued)
+        done = loop.create_future()
+        unload.done.append(done)
+        self.watching = True
+        self.wake()
+        await done
+
+    # -- the owner -----------------------------------------------------------------
+
+    async def _own(self) -> None:
+        while True:
+            self._pass()
+            delay = self._next_timer()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def _sample(self) -> None:
+        while True:
+            await asyncio.sleep(SAMPLE_EVERY_S)
+            if any(process.pid is not None for process in self._processes.values()):
+                await self._measure()
+                self.wake()
+
+    def _launch(self) -> None:
+        now = time.monotonic()
+        unknown = [role for role in self._processes if self._memory.need(role) is None]
+        if self.budget_bytes is not None and unknown:
+            log.warning(
+                "memory needs of %s are unknown (weights not on this machine?): counted as "
+                "0 GB until measured; set memory_gb to plan with them",
+                ", ".join(unknown),
+            )
+        candidates = [
+            self._state(role, now) for role in self._processes if not self._entries[role].on_demand
+        ]
+        plan = launch_plan(candidates, self.budget_bytes, self.max_loaded)
+        for role in plan.start:
+            self._processes[role].load()
+        for role, why in plan.deferred:
+            log.warning("%s: not started at launch (%s); its first request starts it", role, why)
+        on_demand = [role for role in self._processes if self._entries[role].on_demand]
+        if on_demand:
+            log.info("on demand, started by their first request: %s", ", ".join(on_demand))
+        if self.budget_bytes is not None:
+            log.info("memory budget %s for the backends", gigabytes(self.budget_bytes))
+
+    def _pass(self) -> None:
+        """One snapshot, its decisions applied, every waiter and fast path updated."""
+        now = time.monotonic()
+        self._progress_unloads(now)
+        snapshot = Snapshot(
+            roles=tuple(self._state(role, now) for role in self._processes),
+            demands=tuple(Demand(w.role, w.seq) for w in self._waiters if not w.granted.done()),
+            budget_bytes=self.budget_bytes,
+            max_loaded_models=self.max_loaded,
+            now=now,
+        )
+        held: dict[str, int] = {}
+        refused: dict[str, Refuse] = {}
+        for decision in decide(snapshot):
+            if isinstance(decision, Start):
+                log.info("%s", decision.message)
+                self._processes[decision.role].load()
+            elif isinstance(decision, Stop):
+                log.info("%s", decision.message)
+                self._stop(decision.role)
+            elif isinstance(decision, Hold):
+                held[decision.role] = decision.after_seq
+                self._say(
+                    decision.role,
+                    f"{decision.role}: new requests wait for {decision.for_role} to have its turn",
+                )
+            elif isinstance(decision, Wait):
+                self._say(
+                    decision.role,
+                    f"{decision.role} waits for memory: "
+                    f"{', '.join(decision.blocked_by)} must finish or stop first",
+                )
+            else:
+                refused[decision.role] = decision
+        self._answer_waiters(held, refused)
+        for role, work in self._workloads.items():
+            if role in self._processes:
+                work.open = self._admits(role) and role not in held
+
+    def _answer_waiters(self, held: Mapping[str, int], refused: Mapping[str, Refuse]) -> None:
+        for waiter in self._waiters:
+            if waiter.granted.done():
+                continue
+            refusal = refused.get(waiter.role)
+            if refusal is not None:
+                error = Refused(refusal.reason.value, refusal.message, refusal.retry_after_s)
+                waiter.granted.set_exception(error)
+            elif self._admits(waiter.role) and waiter.seq <= held.get(waiter.role, waiter.seq):
+                waiter.granted.set_result(None)
+                self._said.pop(waiter.role, None)
+
+    def _admits(self, role: str) -> bool:
+        running = self._processes[role].state in ("ready", "starting")
+        return running and role not in self._stopping and role not in self._unloading
+
+    def _say(self, role: str, line: str) -> None:
+        if self._said.get(role) != line:
+            self._said[role] = line
+            log.info("%s", line)
+
+    def _stop(self, role: str) -> None:
+        self._workloads[role].open = False
+        task = asyncio.get_running_loop().create_task(
+            self._processes[role].stop(), name=f"stopping {role}"
+        )
+        self._stopping[role] = task
+
+        def stopped(_: asyncio.Task[None]) -> None:
+            if self._stopping.get(role) is task:
+                del self._stopping[role]
+            self.wake()
+
+        task.add_done_callback(stopped)
+
+    def _progress_unloads(self, now: float) -> None:
+        for role, unload in list(self._unloading.items()):
+            if role in self._stopping:
+                continue
+            process, work = self._processes[role], self._workloads[role]
+            process.forget_failure()
+            if process.state == "stopped":
+                del self._unloading[role]
+                for done in unload.done:
+                    if not done.done():
+                        done.set_result(None)
+                log.info("unloaded %s", role)
+            elif work.in_flight + work.queued == 0 or now >= unload.deadline:
+                if work.in_flight + work.queued:
+                    log.warning(
+                        "%s: %d request(s) still running after the grace of %gs; stopping it",
+                        role,
+                        work.in_flight + work.queued,
+                        self._unload_grace_s,
+                    )
+                self._stop(role)
+        self.watching = bool(self._waiters or self._unloading)
+
+    def _state(self, role: str, now: float) -> RoleState:
+        process, work, entry = self._processes[role], self._workloads[role], self._entries[role]
+        phase = _PHASES[process.state]
+        if role in self._stopping or role in self._unloading:
+            phase = Phase.STOPPING
+        last_used = work.last_used
+        if process.state == "ready":
+            seen = self._ready_at.get(role)
+            if seen is None or seen[0] != process.generation:
+                self._ready_at[role] = seen = (process.generation, now)
+            last_used = seen[1] if last_used is None else max(last_used, seen[1])
+        forced = any(w.forced and w.role == role for w in self._waiters)
+        return RoleState(
+            role=role,
+            phase=phase,
+            estimate_bytes=self._memory.need(role) or 0,
+            measured_bytes=self._memory.peak(role, process.pid),
+            pinned=entry.pinned,
+            idle_ttl_s=entry.idle_ttl_s,
+            in_flight=work.in_flight,
+            queued=work.queued,
+            last_used=last_used,
+            retry_at=None if forced else process.retry_at,
+            failure=process.reason or "",
+        )
+
+    def _next_timer(self) -> float | None:
+        """Seconds until something may be due without a wake: an idle TTL, an unload grace."""
+        now = time.monotonic()
+        due: list[float] = [unload.deadline for unload in self._unloading.values()]
+        for role, process in self._processes.items():
+            ttl = self._entries[role].idle_ttl_s
+            if ttl is None or process.state != "ready":
+                continue
+            work = self._workloads[role]
+            ready = self._ready_at.get(role, (0, now))[1]
+            last = ready if work.last_used is None else max(work.last_used, ready)
+            # Busy now: it cannot expire before a full TTL from now.
+            busy = work.in_flight + work.queued > 0
+            due.append(now + ttl if busy else last + ttl)
+        if not due:
+            return None
+        return max(0.0, min(due) - now) + 0.01
