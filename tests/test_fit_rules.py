@@ -286,3 +286,10 @@ def test_one_pinned_entry_that_takes_the_only_place() -> None:
     assert problem.message == (
         "max_loaded_models is 1 and the pinned entry embed takes every place: chat can never load"
     )
+
+
+def test_no_launch_warning_when_the_pinned_entries_can_never_load() -> None:
+    models = entries(embed={"pinned": True}, chat={"pinned": True})
+    needs = {"embed": gb(5), "chat": gb(5)}
+    assert [p.severity for p in fit_problems(models, needs, EIGHT, None, FILE)] == ["error"]
+    assert [p.severity for p in fit_problems(models, needs, None, 1, FILE)] == ["error"]

@@ -53,7 +53,10 @@ def fit_problems(
         problems.extend(_memory_problems(enabled, needs, pinned, budget, file))
     if cap is not None:
         problems.extend(_count_problems(enabled, pinned, cap, file))
-    problems.extend(_launch_problems(enabled, needs, budget, cap, file))
+    # Past an error about the pinned entries as a whole, what launch starts is moot: the
+    # entries it could not start would never load at all, not wait for a first request.
+    if not any(p.severity == "error" and p.role is None for p in problems):
+        problems.extend(_launch_problems(enabled, needs, budget, cap, file))
     return problems
 
 
