@@ -110,11 +110,12 @@ def _load_or_report(config_arg: str | None, *, allow_default: bool = False) -> L
 
 def _check_config(args: argparse.Namespace) -> int:
     from slm_server.backends import installation_problems
+    from slm_server.scheduler.fit_rules import memory_problems
 
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
-    problems = [*loaded.problems, *installation_problems(loaded)]
+    problems = [*loaded.problems, *installation_problems(loaded), *memory_problems(loaded)]
     for problem in problems:
         print(problem)
     errors = sum(1 for problem in problems if problem.severity == "error")
