@@ -105,10 +105,10 @@ async def test_health_gives_the_memory_measured_and_the_estimate(tmp_path: Path)
     async with router(tmp_path) as (client, _, _):
         report = await until(client, "ready backend", state="ready")
         # A file without GGUF metadata: its size and the margin, no KV cache.
-        expected = (WEIGHTS_BYTES * (1 + MARGIN_FRACTION) + MARGIN_FIXED_BYTES) / MB
+        expected = (WEIGHTS_BYTES * (1 + MARGIN_FRACTION) + MARGIN_FIXED_BYTES) / 10**6
         assert report["memory_estimate_mb"] == round(expected)
         # A Python process serving HTTP: more than 5 MB, less than the machine.
-        assert 5 < report["memory_mb"] < psutil.virtual_memory().total / MB
+        assert 5 < report["memory_mb"] < psutil.virtual_memory().total / 10**6
         assert (await health(client))["memory_mb"] >= report["memory_mb"]  # the peak holds
 
 

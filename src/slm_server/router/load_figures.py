@@ -14,7 +14,7 @@ from slm_server.scheduler.budget import need_bytes
 from slm_server.supervisor.memory import PeakMemory, tree_memory_bytes
 from slm_server.supervisor.process import BackendProcess
 
-_MB = 1024 * 1024
+_MB = 10**6  # decimal, like memory_gb and the budget (10^9 bytes), so the numbers agree
 
 
 class LoadFigures:
