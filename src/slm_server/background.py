@@ -27,6 +27,7 @@ import psutil
 from slm_server.config import LoadedConfig
 from slm_server.exits import describe_exit
 from slm_server.router.serve import WILDCARD_HOSTS
+from slm_server.status_table import start_line, start_summary
 from slm_server.supervisor.ports import listener_description, port_in_use
 
 _POLL_S = 0.2
@@ -43,8 +44,9 @@ class Instance:
     url: str
 
 
-def pid_file(config: LoadedConfig) -> Path:
-    return config.base_dir / "run" / "slm_server.pid"
+def pid_file(base_dir: Path) -> Path:
+    """Where ``start`` records the instance it started from ``base_dir``'s config."""
+    return base_dir / "run" / "slm_server.pid"
 
 
 def running_instance(path: Path) -> Instance | None:
@@ -80,8 +82,9 @@ def run_start(
     port: int | None,
     wait_s: float,
 ) -> int:
-    """Start ``serve`` in the background; report each model until all are ready or failed."""
-    pids = pid_file(config)
+    """Start ``serve`` in the background; report each model until all are ready or failed
+    (a model that loads on demand is left unloaded)."""
+    pids = pid_file(config.base_dir)
     existing = running_instance(pids)
     if existing is not None:
         print(f"slm_server is already running (PID {existing.pid}, {existing.url}); not starting")
@@ -128,15 +131,15 @@ def _report_readiness(
         backends = _backends_if_ours(url, child.pid)
         if backends is not None:
             for role, report in backends.items():
-                line = _describe(role, report)
+                line = start_line(role, report)
                 if line is not None and reported.get(role) != line:
                     reported[role] = line
                     print(line, flush=True)
             states = [r.get("state") for r in backends.values() if "state" in r]
-            if all(state in ("ready", "failed") for state in states):
-                failed = states.count("failed")
-                print(f"{len(states) - failed} of {len(states)} model(s) ready at {url}")
-                return 1 if failed else 0
+            summary = start_summary(states, url)
+            if summary is not None:
+                print(summary)
+                return 1 if "failed" in states else 0
         if time.monotonic() > deadline:
             print(f"still starting after {wait_s:g}s; slm_server keeps running (log: {log_path})")
             return 1
@@ -160,18 +163,6 @@ def _get_json(url: str) -> Any:
         return json.loads(response.read(_MAX_REPORT_BYTES))
 
 
-def _describe(role: str, report: dict[str, Any]) -> str | None:
-    state = report.get("state")
-    name = f"{role} ({report.get('model_id', '?')})"
-    if state == "ready":
-        return f"{name}: ready"
-    if state == "failed":
-        return f"{name}: FAILED: {report.get('reason')}"
-    if state == "starting":
-        return f"{name}: loading..."
-    return None
-
-
 def _tail(path: Path, lines: int) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -185,7 +176,7 @@ def run_stop(config: LoadedConfig, grace_s: float | None = None) -> int:
     """
     if grace_s is None:
         grace_s = config.file.router.shutdown_grace_s + _BACKENDS_STOP_S
-    pids = pid_file(config)
+    pids = pid_file(config.base_dir)
     instance = running_instance(pids)
     if instance is None:
         print("slm_server is not running")
