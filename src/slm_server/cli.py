@@ -12,6 +12,8 @@ from slm_server.config import (
     DEFAULT_CONFIG_PATH,
     ConfigError,
     LoadedConfig,
+    RouterSettings,
+    base_dir_for,
     load_config,
     resolve_config_path,
 )
@@ -57,6 +59,26 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     stop = commands.add_parser("stop", help="stop what `start` started, backends included")
     _add_config_flag(stop)
+
+    ps = commands.add_parser("ps", help="show each model of the running instance: state, memory")
+    load = commands.add_parser("load", help="start a model in the running instance; wait for it")
+    unload = commands.add_parser("unload", help="stop a model in the running instance")
+    for command in (ps, load, unload):
+        _add_config_flag(command)
+        command.add_argument(
+            "--url",
+            help="the instance's address (default: the one `start` started, "
+            "else router.port on this machine)",
+        )
+    for command in (load, unload):
+        command.add_argument("role", help="the model's role: its key under `models:`")
+        command.add_argument(
+            "--wait",
+            type=float,
+            default=900,
+            metavar="SECONDS",
+            help="how long to wait for the model to be ready or stopped (default: 900)",
+        )
 
     supervise = commands.add_parser("backends", help="start the backends and keep them up")
     _add_config_flag(supervise)
@@ -196,6 +218,44 @@ def _stop(args: argparse.Namespace) -> int:
     return run_stop(loaded)
 
 
+def _instance_url(args: argparse.Namespace) -> str | None:
+    """``--url``, else the instance ``start`` recorded, else the configured port."""
+    from slm_server.background import pid_file
+    from slm_server.control import instance_url
+
+    if args.url is not None:
+        return str(args.url)
+    path = resolve_config_path(args.config)
+    if path == DEFAULT_CONFIG_PATH and not path.exists():
+        # No config written: `start` served the built-in default from here, on the default port.
+        return instance_url(pid_file(base_dir_for(path)), RouterSettings())
+    loaded = _load_or_report(args.config)
+    if loaded is None:
+        return None
+    return instance_url(pid_file(loaded.base_dir), loaded.file.router)
+
+
+def _ps(args: argparse.Namespace) -> int:
+    from slm_server.control import run_ps
+
+    url = _instance_url(args)
+    return 1 if url is None else run_ps(url)
+
+
+def _load(args: argparse.Namespace) -> int:
+    from slm_server.control import run_load
+
+    url = _instance_url(args)
+    return 1 if url is None else run_load(url, args.role, args.wait)
+
+
+def _unload(args: argparse.Namespace) -> int:
+    from slm_server.control import run_unload
+
+    url = _instance_url(args)
+    return 1 if url is None else run_unload(url, args.role, args.wait)
+
+
 def _build_llama_server(args: argparse.Namespace) -> int:
     from slm_server.llama_server.command import run_build
 
@@ -209,6 +269,9 @@ _COMMANDS = {
     "backends": _backends,
     "start": _start,
     "stop": _stop,
+    "ps": _ps,
+    "load": _load,
+    "unload": _unload,
     "build-llama-server": _build_llama_server,
 }
 

@@ -1,0 +1,130 @@
+"""``ps``, ``load`` and ``unload``: the CLI asks a running instance over HTTP.
+
+The standard library's client, like ``start`` and ``stop``, so these work on a plain
+install; the router is asked directly, never through a proxy from the environment
+(``HTTP_PROXY``), and every call has a bound on its time and on what it reads.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from slm_server.background import running_instance
+from slm_server.config import RouterSettings
+from slm_server.router.serve import WILDCARD_HOSTS
+from slm_server.status_table import loaded_line, table, unloaded_line
+
+HEALTH_TIMEOUT_S = 30.0  # the router bounds its probes by router.health_timeout; ample
+_MAX_ANSWER_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class NoAnswer(Exception):
+    """Nothing answered at the URL, or not in time."""
+
+
+class ServerRefused(Exception):
+    """The instance answered with an error; the message is its own."""
+
+
+def instance_url(pid_path: Path, router: RouterSettings) -> str:
+    """The instance ``start`` recorded in ``pid_path`` if it runs, else the configured port
+    on this machine."""
+    recorded = running_instance(pid_path)
+    if recorded is not None:
+        return recorded.url
+    host = "127.0.0.1" if router.host in WILDCARD_HOSTS else router.host
+    if ":" in host:  # an IPv6 address goes in brackets in a URL
+        host = f"[{host}]"
+    return f"http://{host}:{router.port}"
+
+
+def run_ps(url: str) -> int:
+    try:
+        reports = _call("GET", url, "/v1/backends/health", HEALTH_TIMEOUT_S)
+    except (NoAnswer, ServerRefused) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not isinstance(reports, dict):
+        print(f"{url} did not answer like slm_server", file=sys.stderr)
+        return 1
+    print(table(reports, time.time()))
+    return 0
+
+
+def run_load(url: str, role: str, wait_s: float) -> int:
+    """Start ``role`` (making room as a request would) and wait until it is ready."""
+    print(f"loading {role}...", flush=True)
+    return _change(url, role, "load", wait_s)
+
+
+def run_unload(url: str, role: str, wait_s: float) -> int:
+    """Stop ``role`` once its requests in flight have finished."""
+    print(f"unloading {role}...", flush=True)
+    return _change(url, role, "unload", wait_s)
+
+
+def _change(url: str, role: str, action: str, wait_s: float) -> int:
+    path = f"/v1/backends/{urllib.parse.quote(role, safe='')}/{action}"
+    try:
+        report = _call("POST", url, path, wait_s)
+    except (NoAnswer, ServerRefused) as exc:
+        print(f"{role}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; see `slm-server ps` for what {role} is doing", file=sys.stderr)
+        return 130
+    if not isinstance(report, dict):
+        print(f"{url} did not answer like slm_server", file=sys.stderr)
+        return 1
+    print(loaded_line(role, report) if action == "load" else unloaded_line(role, report))
+    return 0
+
+
+def _call(method: str, url: str, path: str, timeout_s: float) -> Any:
+    """The JSON answer to ``method`` ``url + path``; NoAnswer or ServerRefused otherwise."""
+    request = urllib.request.Request(url.rstrip("/") + path, method=method)
+    try:
+        with _DIRECT.open(request, timeout=timeout_s) as response:
+            return json.loads(response.read(_MAX_ANSWER_BYTES))
+    except urllib.error.HTTPError as exc:
+        raise ServerRefused(_error_message(exc)) from None
+    except urllib.error.URLError as exc:  # refused, unknown host, or a connect that timed out
+        if isinstance(exc.reason, TimeoutError):
+            raise NoAnswer(_too_slow(url, timeout_s)) from None
+        raise NoAnswer(_nobody(url)) from None
+    except TimeoutError:
+        raise NoAnswer(_too_slow(url, timeout_s)) from None
+    except (OSError, ValueError):  # the connection dropped, or not JSON: not slm_server
+        raise NoAnswer(f"{url} did not answer like slm_server") from None
+
+
+def _nobody(url: str) -> str:
+    return f"no slm_server answers at {url}; start it with ./start.sh or slm-server start"
+
+
+def _too_slow(url: str, timeout_s: float) -> str:
+    return f"no answer from {url} within {timeout_s:g} s"
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    """The message of the OpenAI error envelope, else the status and the start of the body."""
+    try:
+        with error:
+            body = error.read(_MAX_ANSWER_BYTES)
+    except OSError:  # the body was cut short: the status alone
+        body = b""
+    try:
+        envelope = json.loads(body)
+        message = envelope["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        text = body.decode(errors="replace").strip()[:200]
+        return f"HTTP {error.code}" + (f": {text}" if text else "")
+    return str(message)
