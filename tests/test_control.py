@@ -79,8 +79,8 @@ HEALTH = {
         "model_id": "gemma-3-270m",
         "state": "ready",
         "pid": 77,
-        "memory_mb": 298,
-        "memory_estimate_mb": 358,
+        "memory_mb": 312,
+        "memory_estimate_mb": 375,
         "in_flight": 0,
         "queued": 0,
         "last_used": None,
@@ -131,7 +131,7 @@ def test_nothing_answering_is_said_in_plain_words_with_what_to_do(tmp_path: Path
 def test_load_prints_the_outcome_once_the_model_is_ready(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    ready = dict(HEALTH["chat"], pid=123, memory_mb=round(9.1e9 / 2**20))
+    ready = dict(HEALTH["chat"], pid=123, memory_mb=9100)
     with Scripted({"/v1/backends/chat/load": (200, json.dumps(ready).encode())}) as instance:
         assert run_load(instance.url, "chat", 5) == 0
     assert capsys.readouterr().out.splitlines() == [

@@ -20,7 +20,6 @@ from slm_server.status_table import (
 )
 
 NOW = 1_800_000_000.0
-MIB = 2**20
 
 
 def report(**fields: Any) -> dict[str, Any]:
@@ -34,8 +33,8 @@ def report(**fields: Any) -> dict[str, Any]:
         "state": "ready",
         "pid": 4242,
         "restarts": 0,
-        "memory_mb": 298,
-        "memory_estimate_mb": 358,
+        "memory_mb": 312,
+        "memory_estimate_mb": 375,
         "in_flight": 0,
         "queued": 0,
         "last_used": NOW - 42,
@@ -68,19 +67,19 @@ def test_durations_read_at_a_glance(seconds: float, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mib", "expected"),
+    ("mb", "expected"),
     [
         (None, "-"),
         (0, "0 MB"),
-        (298, "312 MB"),  # decimal, like memory_gb and the log lines
-        (953, "999 MB"),
-        (954, "1.0 GB"),
-        (round(9.3e9 / MIB), "9.3 GB"),  # memory_gb: 9.3 comes back as 9.3
-        (round(70e9 / MIB), "70.0 GB"),
+        (312, "312 MB"),
+        (999, "999 MB"),
+        (1000, "1.0 GB"),  # decimal, like memory_gb and the log lines
+        (9300, "9.3 GB"),
+        (70_000, "70.0 GB"),
     ],
 )
-def test_sizes_are_decimal_like_the_config(mib: int | None, expected: str) -> None:
-    assert size(mib) == expected
+def test_sizes_are_decimal_like_the_config(mb: int | None, expected: str) -> None:
+    assert size(mb) == expected
 
 
 def test_idle_time_counts_only_for_a_running_backend_with_nothing_to_do() -> None:
@@ -109,7 +108,7 @@ def test_table_aligns_every_column_and_says_dash_where_nothing_applies() -> None
             status="unloaded",
             pid=None,
             memory_mb=None,
-            memory_estimate_mb=round(9.3e9 / MIB),
+            memory_estimate_mb=9300,
             idle_ttl_s=600,
             on_demand=True,
         ),
@@ -159,7 +158,7 @@ def test_no_models_says_so() -> None:
 
 
 def test_load_and_unload_say_the_outcome_in_one_line() -> None:
-    assert loaded_line("coder", report(pid=123, memory_mb=round(9.1e9 / MIB))) == (
+    assert loaded_line("coder", report(pid=123, memory_mb=9100)) == (
         "coder: ready (PID 123, 9.1 GB measured)"
     )
     assert loaded_line("coder", report(pid=123, memory_mb=None)) == "coder: ready (PID 123)"

@@ -13,18 +13,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 COLUMNS = ("ROLE", "MODEL", "STATE", "MEMORY", "IN FLIGHT", "QUEUED", "IDLE", "TTL LEFT", "PINNED")
-_MIB = 2**20  # the health report's memory_mb are MiB
 _NONE = "-"
 
 
-def size(mib: int | None) -> str:
-    """``memory_mb`` from the health report in words: ``312 MB``, ``9.3 GB``, ``-``."""
-    if mib is None:
+def size(mb: int | None) -> str:
+    """``memory_mb`` from the health report (MB of 10^6 bytes) in words: ``312 MB``,
+    ``9.3 GB``, ``-``."""
+    if mb is None:
         return _NONE
-    size_bytes = mib * _MIB
-    if size_bytes < 10**9:
-        return f"{round(size_bytes / 10**6)} MB"
-    return f"{size_bytes / 10**9:.1f} GB"
+    if mb < 1000:
+        return f"{mb} MB"
+    return f"{mb / 1000:.1f} GB"
 
 
 def duration(seconds: float) -> str:
