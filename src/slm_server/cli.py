@@ -109,7 +109,9 @@ def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
 
-def _load_or_report(config_arg: str | None, *, allow_default: bool = False) -> LoadedConfig | None:
+def _load_or_report(
+    config_arg: str | None, *, allow_default: bool = False, consequence: str = "nothing started"
+) -> LoadedConfig | None:
     path = resolve_config_path(config_arg)
     if allow_default and path == DEFAULT_CONFIG_PATH and not path.exists():
         default = default_config(Path.cwd())
@@ -126,7 +128,7 @@ def _load_or_report(config_arg: str | None, *, allow_default: bool = False) -> L
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{path}: {len(exc.problems)} error(s); nothing started", file=sys.stderr)
+        print(f"{path}: {len(exc.problems)} error(s); {consequence}", file=sys.stderr)
         return None
 
 
@@ -229,7 +231,7 @@ def _instance_url(args: argparse.Namespace) -> str | None:
     if path == DEFAULT_CONFIG_PATH and not path.exists():
         # No config written: `start` served the built-in default from here, on the default port.
         return instance_url(pid_file(base_dir_for(path)), RouterSettings())
-    loaded = _load_or_report(args.config)
+    loaded = _load_or_report(args.config, consequence="no instance to ask (or give --url)")
     if loaded is None:
         return None
     return instance_url(pid_file(loaded.base_dir), loaded.file.router)
