@@ -144,10 +144,15 @@ def test_load_prints_the_outcome_once_the_model_is_ready(
 @pytest.mark.parametrize(
     ("status", "code", "message"),
     [
-        (503, "insufficient_memory", "coder needs 40.0 GB but the budget is 28.8 GB"),
-        (503, "backend_unavailable", "coder could not be started: exited with code 1"),
-        (504, "backend_timeout", "coder did not become ready within 300 s"),
-        (404, "role_not_found", "no role 'coder'; roles: chat, embed"),
+        (
+            503,
+            "insufficient_memory",
+            "'coder' (m-coder): coder needs est. 0.8 GB, more than the memory budget of "
+            "1.0 GB less 0.3 GB for pinned entries: it can never load",
+        ),
+        (503, "backend_unavailable", "'coder' (m-coder) could not be started: exited with 1"),
+        (504, "backend_timeout", "'coder' (m-coder) was not ready within 300s"),
+        (404, "role_not_found", "no enabled backend role 'coder'; roles: chat, embed"),
     ],
 )
 def test_load_refused_prints_the_servers_own_message_and_fails(
@@ -157,7 +162,7 @@ def test_load_refused_prints_the_servers_own_message_and_fails(
         assert run_load(instance.url, "coder", 5) == 1
     out, err = capsys.readouterr()
     assert out == "loading coder...\n"
-    assert err == f"coder: {message}\n"
+    assert err == f"{message}\n"
 
 
 def test_unload_of_a_role_with_odd_characters_reaches_its_own_path(
@@ -179,7 +184,7 @@ def test_load_that_outlasts_wait_returns_with_a_message(
 ) -> None:
     with Scripted({"/v1/backends/coder/load": Scripted.HOLD}) as instance:
         assert run_load(instance.url, "coder", 0.5) == 1
-    assert capsys.readouterr().err == f"coder: no answer from {instance.url} within 0.5 s\n"
+    assert capsys.readouterr().err == f"no answer from {instance.url} within 0.5 s\n"
 
 
 def test_an_answer_that_is_not_slm_servers_is_said_so(
@@ -218,4 +223,4 @@ def test_a_listener_that_never_answers_is_given_up_on(capsys: pytest.CaptureFixt
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         assert run_unload(url, "chat", 0.3) == 1
-    assert capsys.readouterr().err == f"chat: no answer from {url} within 0.3 s\n"
+    assert capsys.readouterr().err == f"no answer from {url} within 0.3 s\n"

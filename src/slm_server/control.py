@@ -75,8 +75,8 @@ def _change(url: str, role: str, action: str, wait_s: float) -> int:
     path = f"/v1/backends/{urllib.parse.quote(role, safe='')}/{action}"
     try:
         report = _call("POST", url, path, wait_s)
-    except (NoAnswer, ServerRefused) as exc:
-        print(f"{role}: {exc}", file=sys.stderr)
+    except (NoAnswer, ServerRefused) as exc:  # the server's messages name the role
+        print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted; see `slm-server ps` for what {role} is doing", file=sys.stderr)
