@@ -4,6 +4,7 @@ and what the user reads when it answers with an error, too slowly, or not at all
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ class Scripted:
         self.answers = answers
         self.requests: list[tuple[str, str]] = []
         self.released = threading.Event()
+        self.arrived = threading.Event()
         scripted = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -42,6 +44,7 @@ class Scripted:
 
             def _answer(self) -> None:
                 scripted.requests.append((self.command, self.path))
+                scripted.arrived.set()
                 status, body = scripted.answers.get(self.path, (404, b"{}"))
                 if (status, body) == Scripted.HOLD:
                     scripted.released.wait(30)
@@ -184,7 +187,28 @@ def test_load_that_outlasts_wait_returns_with_a_message(
 ) -> None:
     with Scripted({"/v1/backends/coder/load": Scripted.HOLD}) as instance:
         assert run_load(instance.url, "coder", 0.5) == 1
-    assert capsys.readouterr().err == f"no answer from {instance.url} within 0.5 s\n"
+    assert capsys.readouterr().err == (
+        f"no answer from {instance.url} within 0.5 s; see `slm-server ps` for what coder is doing\n"
+    )
+
+
+def test_ctrl_c_while_loading_ends_the_wait_and_says_where_to_look() -> None:
+    with Scripted({"/v1/backends/coder/load": Scripted.HOLD}) as instance:
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "slm_server", "load", "coder", "--url", instance.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert instance.arrived.wait(30), "load never asked the instance"
+            waiting.send_signal(signal.SIGINT)
+            out, err = waiting.communicate(timeout=30)
+        finally:
+            waiting.kill()
+    assert waiting.returncode == 130
+    assert out == "loading coder...\n"
+    assert err.strip() == "interrupted; see `slm-server ps` for what coder is doing"
 
 
 def test_an_answer_that_is_not_slm_servers_is_said_so(
@@ -223,4 +247,6 @@ def test_a_listener_that_never_answers_is_given_up_on(capsys: pytest.CaptureFixt
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         assert run_unload(url, "chat", 0.3) == 1
-    assert capsys.readouterr().err == f"no answer from {url} within 0.3 s\n"
+    assert capsys.readouterr().err == (
+        f"no answer from {url} within 0.3 s; see `slm-server ps` for what chat is doing\n"
+    )

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,10 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 class NoAnswer(Exception):
     """Nothing answered at the URL, or not in time."""
+
+
+class TooSlow(NoAnswer):
+    """The instance took the request but did not answer within the time given."""
 
 
 class ServerRefused(Exception):
@@ -62,19 +67,28 @@ def run_ps(url: str) -> int:
 def run_load(url: str, role: str, wait_s: float) -> int:
     """Start ``role`` (making room as a request would) and wait until it is ready."""
     print(f"loading {role}...", flush=True)
-    return _change(url, role, "load", wait_s)
+    return _change(url, role, "load", wait_s, loaded_line)
 
 
 def run_unload(url: str, role: str, wait_s: float) -> int:
     """Stop ``role`` once its requests in flight have finished."""
     print(f"unloading {role}...", flush=True)
-    return _change(url, role, "unload", wait_s)
+    return _change(url, role, "unload", wait_s, unloaded_line)
 
 
-def _change(url: str, role: str, action: str, wait_s: float) -> int:
+def _change(
+    url: str,
+    role: str,
+    action: str,
+    wait_s: float,
+    outcome: Callable[[str, Mapping[str, Any]], str],
+) -> int:
     path = f"/v1/backends/{urllib.parse.quote(role, safe='')}/{action}"
     try:
         report = _call("POST", url, path, wait_s)
+    except TooSlow as exc:  # the instance carries on without us
+        print(f"{exc}; see `slm-server ps` for what {role} is doing", file=sys.stderr)
+        return 1
     except (NoAnswer, ServerRefused) as exc:  # the server's messages name the role
         print(exc, file=sys.stderr)
         return 1
@@ -84,7 +98,7 @@ def _change(url: str, role: str, action: str, wait_s: float) -> int:
     if not isinstance(report, dict):
         print(f"{url} did not answer like slm_server", file=sys.stderr)
         return 1
-    print(loaded_line(role, report) if action == "load" else unloaded_line(role, report))
+    print(outcome(role, report))
     return 0
 
 
@@ -98,10 +112,10 @@ def _call(method: str, url: str, path: str, timeout_s: float) -> Any:
         raise ServerRefused(_error_message(exc)) from None
     except urllib.error.URLError as exc:  # refused, unknown host, or a connect that timed out
         if isinstance(exc.reason, TimeoutError):
-            raise NoAnswer(_too_slow(url, timeout_s)) from None
+            raise TooSlow(_too_slow(url, timeout_s)) from None
         raise NoAnswer(_nobody(url)) from None
     except TimeoutError:
-        raise NoAnswer(_too_slow(url, timeout_s)) from None
+        raise TooSlow(_too_slow(url, timeout_s)) from None
     except (OSError, ValueError):  # the connection dropped, or not JSON: not slm_server
         raise NoAnswer(f"{url} did not answer like slm_server") from None
 
