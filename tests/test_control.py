@@ -115,9 +115,9 @@ def test_ps_asks_the_instance_directly_whatever_proxy_the_environment_names(
 
 
 def test_nothing_answering_is_said_in_plain_words_with_what_to_do(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"  # given without its scheme, as people type it
     result = subprocess.run(
-        [sys.executable, "-m", "slm_server", "ps", "--url", url],
+        [sys.executable, "-m", "slm_server", "ps", "--url", url.removeprefix("http://")],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -226,7 +226,8 @@ def _instance_url(args: argparse.Namespace) -> str | None:
     from slm_server.control import instance_url
 
     if args.url is not None:
-        return str(args.url)
+        url = str(args.url)
+        return url if "://" in url else f"http://{url}"  # `localhost:8000` is meant as HTTP
     path = resolve_config_path(args.config)
     if path == DEFAULT_CONFIG_PATH and not path.exists():
         # No config written: `start` served the built-in default from here, on the default port.
