@@ -9,6 +9,7 @@ import signal
 from slm_server import backends
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.serve import WILDCARD_HOSTS, run_uvicorn
+from slm_server.scheduler.fit_rules import memory_problems
 from slm_server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ def make_supervisor(config: LoadedConfig) -> Supervisor:
 
 def run_serve(config: LoadedConfig, *, host: str | None, port: int | None, log_level: str) -> int:
     """Backends and router in one process; uvicorn's shutdown stops the backends."""
+    # Said, not refused: the other models serve; one that can never load gets a 503 saying so.
+    for problem in memory_problems(config):
+        log.log(logging.ERROR if problem.severity == "error" else logging.WARNING, "%s", problem)
     return run_uvicorn(config, make_supervisor(config), host=host, port=port, log_level=log_level)
 
 
