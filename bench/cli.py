@@ -97,8 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--only",
-        choices=("soak",),
-        help="run only this part: `soak` starts just the fake backend and the router",
+        choices=("soak", "cold-start"),
+        help="run only this part: `soak` starts just the fake backend and the router; "
+        "`cold-start` just serve with an on-demand fake llama-server",
+    )
+    parser.add_argument(
+        "--cold-starts",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"cold requests timed; 0 skips them (default: {defaults.cold_starts})",
     )
     parser.add_argument(
         "--soak-requests",
@@ -134,6 +142,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         soak_requests = _QUICK_SOAK_REQUESTS
     if args.soak_requests is not None:
         soak_requests = args.soak_requests
+    cold_starts = Settings().cold_starts if args.cold_starts is None else args.cold_starts
     proxy_cpu, load_cpu = choose_cpus(args.proxy_cpu, args.load_cpu)
     return Settings(
         repeats=repeats,
@@ -151,12 +160,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         soak_connections=args.soak_connections,
         soak_deadline_s=args.soak_deadline,
         only_soak=args.only == "soak",
+        cold_starts=cold_starts,
+        only_cold_start=args.only == "cold-start",
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    require_tools(*(("taskset",) if args.only == "soak" else ("wrk", "nginx", "taskset")))
+    require_tools(*(("taskset",) if args.only else ("wrk", "nginx", "taskset")))
     settings = settings_from(args)
     if settings.proxy_cpu is None:
         progress("fewer than 2 usable CPUs: nothing pinned, figures are only comparative")

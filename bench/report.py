@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from bench.cold_start import ColdStart
 from bench.environment import load_average
 from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results
 from bench.stats import Figure, with_spread
@@ -241,6 +242,32 @@ def _process_rows(results: Results, rows: _Rows) -> None:
         "< 100 ms",
         None if lag_ms.missing else lag_ms.median < 100,
     )
+    _cold_start_rows(results, rows)
+
+
+def _cold_start_rows(results: Results, rows: _Rows) -> None:
+    starts = results.cold_starts
+
+    def ms(value: Callable[[ColdStart], float]) -> str:
+        return with_spread(Figure.of(value(start) * 1000 for start in starts), 1)
+
+    router = Figure.of(start.router_s * 1000 for start in starts)
+    rows.add_plain(
+        "cold start (serve): router's part ms",
+        {ROUTER: with_spread(router, 1)},
+        "< 50 ms",
+        None if router.missing else router.median < 50,
+    )
+    rows.add_plain("cold start: request to spawn ms", {ROUTER: ms(lambda s: s.to_spawn_s)})
+    rows.add_plain(
+        "cold start: readiness seen to first byte ms",
+        {ROUTER: ms(lambda s: s.to_first_byte_s)},
+    )
+    rows.add_plain(
+        "cold start: backend listening to readiness seen ms",
+        {ROUTER: ms(lambda s: s.poll_wait_s)},
+    )
+    rows.add_plain("cold start: request to first byte ms", {ROUTER: ms(lambda s: s.total_s)})
 
 
 def _upload_rows(results: Results, rows: _Rows) -> None:
@@ -307,7 +334,9 @@ def _overhead_cell(values: list[float], responses: int) -> str:
 
 def render(results: Results) -> str:
     rows = _Rows()
-    if not results.settings.only_soak:
+    if results.settings.only_cold_start:
+        _cold_start_rows(results, rows)
+    elif not results.settings.only_soak:
         _plain_rows(results, rows)
         _stream_rows(results, rows)
         _process_rows(results, rows)
@@ -333,6 +362,11 @@ def render(results: Results) -> str:
     header.append(f"load average at end: {load_average()}")
     if settings.only_soak:
         header.append("soak run only: the fake backend and the router, nothing else")
+    elif settings.only_cold_start:
+        header.append(
+            f"cold starts only: {len(results.cold_starts)} requests for an unloaded model "
+            "through serve, each figure the median [min-max] over them"
+        )
     else:
         header.append(
             f"each figure: median of {settings.repeats} run(s) of {settings.duration_s:g} s "

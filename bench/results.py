@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.cold_start import ColdStart
 from bench.soak import SoakRun
 from bench.streams import PlainSample, StreamRun
 from bench.uploads import UploadRun
@@ -38,6 +39,8 @@ class Settings:
     soak_connections: int = 64
     soak_deadline_s: float = 900.0  # the soak stops here, finished or not
     only_soak: bool = False
+    cold_starts: int = 5  # cold requests timed through one serve; 0: none
+    only_cold_start: bool = False
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Results:
     stream_cpu_us: dict[tuple[str, int, float], list[float]] = field(default_factory=dict)
     startup_s: list[float] = field(default_factory=list)
     readiness_lag_s: list[float] = field(default_factory=list)
+    cold_starts: list[ColdStart] = field(default_factory=list)
     rss_idle_mb: dict[str, float] = field(default_factory=dict)
     rss_load_mb: dict[str, list[float]] = field(default_factory=dict)  # peak of each run
     rss_after_mb: dict[str, float] = field(default_factory=dict)
@@ -82,6 +86,7 @@ class Results:
             },
             "startup_s": self.startup_s,
             "readiness_lag_s": self.readiness_lag_s,
+            "cold_starts": [asdict(start) for start in self.cold_starts],
             "rss_idle_mb": self.rss_idle_mb,
             "rss_load_mb": self.rss_load_mb,
             "rss_after_mb": self.rss_after_mb,

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench import environment
+from bench.cold_start import ColdStart, measure_cold_starts
 from bench.nginx import start_nginx
 from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn, wait_healthy
 from bench.readiness import measure_lag
@@ -41,6 +42,8 @@ def run_suite(settings: Settings) -> Results:
             if settings.only_soak:
                 with _router_only(tmp, settings) as (ports, processes):
                     _soak(settings, results, ports, processes)
+            elif settings.only_cold_start:
+                results.cold_starts = _cold_starts(tmp, settings)
             else:
                 with _targets(tmp, settings, results) as (ports, processes):
                     _measure(settings, results, ports, processes)
@@ -68,6 +71,7 @@ def _targets(
             wait_healthy(nginx, ports[NGINX], _HEALTH_TIMEOUT_S)
             results.startup_s = _startups(tmp, config, settings)
             results.readiness_lag_s = _readiness_lags(tmp, settings)
+            results.cold_starts = _cold_starts(tmp, settings)
             router = start_router(tmp, config, ports[ROUTER], settings.proxy_cpu, "router")
             with running(router):
                 wait_healthy(router, ports[ROUTER], _HEALTH_TIMEOUT_S)
@@ -115,6 +119,20 @@ def _readiness_lags(tmp: Path, settings: Settings) -> list[float]:
         lags.append(measure_lag(tmp, settings.proxy_cpu))
         progress(f"readiness lag {index + 1}/{settings.startups}: {lags[-1] * 1000:.1f} ms")
     return lags
+
+
+def _cold_starts(tmp: Path, settings: Settings) -> list[ColdStart]:
+    if settings.cold_starts <= 0:
+        return []
+    progress(f"cold start: {settings.cold_starts} requests for an unloaded model through serve")
+    starts = measure_cold_starts(tmp, settings.proxy_cpu, settings.cold_starts)
+    for index, start in enumerate(starts):
+        progress(
+            f"cold start {index + 1}/{len(starts)}: router's part {start.router_s * 1000:.1f} ms "
+            f"(to spawn {start.to_spawn_s * 1000:.1f}, readiness seen to first byte "
+            f"{start.to_first_byte_s * 1000:.1f}) of {start.total_s * 1000:.1f} ms in all"
+        )
+    return starts
 
 
 def _measure(
