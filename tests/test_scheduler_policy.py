@@ -519,3 +519,19 @@ def test_policy_invariants(snapshot: Snapshot) -> None:
     )
     assert decide(reordered) == decisions == decide(snapshot)
     assert actions(decide(applied(snapshot, decisions))) == []
+
+
+def test_an_eviction_line_gives_the_measurement_below_the_estimate_too() -> None:
+    decisions = decide(
+        snap(
+            role("chat", gb=2, measured_gb=0.4, last_used=58),
+            role("coder", UNLOADED, gb=3),
+            want=("coder",),
+            budget_gb=4,
+        )
+    )
+    stop = next(d for d in decisions if isinstance(d, Stop))
+    assert stop.message == (
+        "evicted chat (idle 42 s, est. 2.0 GB, 0.4 GB measured) to make room for coder "
+        "(est. 3.0 GB)"
+    )

@@ -13,9 +13,12 @@ def gigabytes(n: int) -> str:
 
 
 def memory_note(state: RoleState) -> str:
-    """`2.1 GB measured` or `est. 9.3 GB`: the log says which number a decision used."""
+    """`2.1 GB measured` or `est. 9.3 GB`: the log says which number a decision used
+    (and what was measured, when the estimate is the larger: `est. 9.3 GB, 7.0 GB measured`)."""
     if state.measured:
         return f"{gigabytes(state.need_bytes)} measured"
+    if state.measured_bytes is not None:
+        return f"est. {gigabytes(state.need_bytes)}, {gigabytes(state.measured_bytes)} measured"
     return f"est. {gigabytes(state.need_bytes)}"
 
 
