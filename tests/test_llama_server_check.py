@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import yaml
@@ -20,7 +21,7 @@ import yaml
 from slm_server.backends import BackendUnsupported, llamacpp
 from slm_server.config import ModelEntry
 from slm_server.llama_server.cache import CACHE_ENV, Layout
-from slm_server.llama_server.check import check_model, ensure_checked, run_check
+from slm_server.llama_server.check import binary_digest, check_model, ensure_checked, run_check
 from slm_server.llama_server.locate import LlamaServerUnusable, usable_llama_server
 
 RUNS_ENV = "STAND_IN_RUNS"  # a file each stand-in run appends a line to
@@ -227,3 +228,16 @@ def llamacpp_fields() -> dict[str, object]:
         "default_timeout": 30,
         "quantization": "Q4_K_M",
     }
+
+
+def test_a_binary_is_read_once_while_it_stays_the_same(tmp_path: Path) -> None:
+    binary = tmp_path / "llama-server"
+    binary.write_bytes(b"first build")
+    first = binary_digest(binary)
+    with mock.patch("slm_server.llama_server.check.sha256_of") as reading:
+        assert binary_digest(binary) == first
+        reading.assert_not_called()
+    replaced = tmp_path / "llama-server.new"
+    replaced.write_bytes(b"second build")
+    replaced.replace(binary)  # as a rebuild or an upgrade installs it
+    assert binary_digest(binary) != first
