@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from net import eventually
-from on_demand_serving import Launcher, Served, chat, model, serving
+from on_demand_serving import POLICY, Launcher, Served, chat, model, serving
 
 SCHEDULER = "slm_server.scheduler.owner"
 
@@ -159,6 +159,39 @@ async def test_a_model_larger_than_the_budget_is_refused_at_once_without_a_start
         assert served.process("big").pid is None
         assert said(caplog, "starting big") == []
         assert (await served.health("big"))["state"] == "unloaded"
+
+
+async def test_a_backend_that_cannot_start_is_refused_during_its_cooldown_but_loaded_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    launcher = Launcher()
+    launcher.broken.add("chat")
+    cooldown_s = POLICY.retry_failed_after_s
+    async with serving(tmp_path, {"chat": model("chat")}, launcher) as served:
+        first = await served.client.post("/v1/chat/completions", json=chat("m-chat"))
+        assert first.status_code == 503, first.text
+        assert first.json()["error"]["code"] == "backend_unavailable"
+        assert "gguf: bad magic" in first.json()["error"]["message"]
+        assert 1 <= int(first.headers["retry-after"]) <= cooldown_s
+        assert await served.statuses() == {"m-chat": "failed"}
+        # A load call right after the failure tries again at once (and fails again).
+        load = await served.client.post("/v1/backends/chat/load")
+        assert load.status_code == 503, load.text
+        assert load.json()["error"]["code"] == "backend_unavailable"
+        assert "retry-after" in load.headers
+        assert len(said(caplog, "starting chat (")) == 2
+        began = time.monotonic()
+        again = await served.client.post("/v1/chat/completions", json=chat("m-chat"))
+        assert time.monotonic() - began < 1
+        assert again.status_code == 503 and again.json()["error"]["code"] == "backend_unavailable"
+        assert 1 <= int(again.headers["retry-after"]) <= cooldown_s
+        assert len(said(caplog, "starting chat (")) == 2  # no start tried within the cooldown
+        launcher.broken.clear()  # the model file was fixed: a load call starts it at once
+        load = await served.client.post("/v1/backends/chat/load")
+        assert load.status_code == 200, load.text
+        assert load.json()["state"] == "ready"
+        response = await served.client.post("/v1/chat/completions", json=chat("m-chat"))
+        assert response.status_code == 200, response.text
 
 
 async def test_a_request_for_another_model_is_served_before_later_requests_for_the_busy_one(

@@ -202,6 +202,7 @@ class BackendProcess:
 
     async def _own(self) -> None:
         failures = 0
+        gave_up: str | None = None
         try:
             with contextlib.closing(UpstreamPool(keepalive_s=_PROBE_KEEPALIVE_S)) as pool:
                 while True:
@@ -220,8 +221,7 @@ class BackendProcess:
                             retry,
                             tail,
                         )
-                        self._failed_at = time.monotonic()
-                        self._set("failed", problem)
+                        gave_up = problem
                         return
                     delay = self._policy.backoff_s[
                         min(failures - 1, len(self._policy.backoff_s) - 1)
@@ -231,12 +231,18 @@ class BackendProcess:
                     self.restarts += 1
                     await asyncio.sleep(delay)
         finally:
-            if self.state != "failed":
+            if gave_up is None:
                 self._set("stopping", "stopping")
             await self._terminate()
-            if self.state != "failed":
-                self._set("stopped", "stopped")
             await self.log.aclose(_LOG_FLUSH_S)
+            # Said last, with nothing awaited after it: whoever hears of it (a load call, the
+            # first request after the cooldown) starts a new owner, and ``load`` ignores a
+            # start while the old one still runs.
+            if gave_up is None:
+                self._set("stopped", "stopped")
+            else:
+                self._failed_at = time.monotonic()
+                self._set("failed", gave_up)
 
     async def _run_once(self, pool: UpstreamPool) -> str | None:
         """Start, wait for ready, serve until exit. None after a long healthy run."""
