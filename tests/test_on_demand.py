@@ -54,7 +54,8 @@ async def test_a_request_arriving_while_its_model_is_being_stopped_is_served_by_
         response = await served.client.post("/v1/chat/completions", json=chat("m-chat"))
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == "echo: hi"
-        assert (await unload).status_code == 200
+        unloaded = await unload
+        assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
         assert not psutil.pid_exists(old)
         report = await served.health("chat")
         assert report["state"] == "ready" and report["pid"] not in (None, old)
@@ -70,6 +71,7 @@ async def test_load_during_an_unload_waits_for_the_stop_then_starts_it_again(
         load = await served.client.post("/v1/backends/chat/load")
         unloaded = await unload
         assert unloaded.status_code == 200, unloaded.text
+        assert unloaded.json()["state"] == "unloaded", unloaded.json()
         assert load.status_code == 200, load.text
         assert load.json()["state"] == "ready" and load.json()["pid"] not in (None, old)
         assert not psutil.pid_exists(old)

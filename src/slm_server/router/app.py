@@ -23,7 +23,7 @@ from slm_server.router.asgi import (
     read_body,
     send_json,
 )
-from slm_server.router.backend_control import control_target, load
+from slm_server.router.backend_control import as_unloaded, control_target, load
 from slm_server.router.body_budget import BodyBudget
 from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
@@ -234,7 +234,8 @@ class RouterApp:
             await load(self.scheduler, process, self.load_timeout_s)
         else:
             await self.scheduler.unload(role)
-        return (await self._health({role: self.table.backends[role]}))[role]
+        report = (await self._health({role: self.table.backends[role]}))[role]
+        return report if action == "load" else as_unloaded(report)
 
     def _models(self) -> dict[str, Any]:
         data: list[dict[str, Any]] = [

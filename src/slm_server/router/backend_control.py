@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from slm_server.router.errors import BackendTimeout
 from slm_server.router.turns import refusal_error, start_failed
@@ -41,3 +42,21 @@ async def load(scheduler: Scheduler, process: BackendProcess, timeout_s: float) 
         raise start_failed(label, exc) from None
     except TimeoutError:
         raise BackendTimeout(f"{label} was not ready within {timeout_s:g}s") from None
+
+
+# What a running backend's health entry has that an unloaded one's does not.
+_RUNNING_ONLY = ("error", "reason", "log_tail", "retry_in_s")
+
+
+def as_unloaded(report: dict[str, Any]) -> dict[str, Any]:
+    """The unload call's answer: ``report`` as it was when the stop completed.
+
+    A request (or a load call) that arrived meanwhile may already be starting the backend
+    again by the time the answer is built; the caller asked whether its unload happened,
+    and ``/v1/backends/health`` tells the state from then on.
+    """
+    if report.get("state") == "unloaded":
+        return report
+    unloaded = {key: value for key, value in report.items() if key not in _RUNNING_ONLY}
+    unloaded.update(status="unloaded", state="unloaded", pid=None, memory_mb=None)
+    return unloaded
