@@ -7,7 +7,7 @@ that connect, wait and leave as users' do.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,11 @@ def model(tmp_path: Path, role: str, **fields: Any) -> dict[str, Any]:
     return entry(f"m-{role}", free_port(), model_path=str(gguf), **fields)
 
 
+Serve = Callable[..., RouterProcess]
+
+
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Any]:
+def serve(tmp_path: Path) -> Iterator[Serve]:
     routers: list[RouterProcess] = []
 
     def start(models: dict[str, dict[str, Any]], **router: Any) -> RouterProcess:
@@ -60,7 +63,7 @@ def log_lines(router: RouterProcess, part: str) -> list[str]:
 
 
 def test_concurrent_requests_for_an_unloaded_model_start_it_once(
-    tmp_path: Path, serve: Any
+    tmp_path: Path, serve: Serve
 ) -> None:
     router = serve({"chat": model(tmp_path, "chat")})
     assert statuses(router) == {"m-chat": "unloaded"}
@@ -84,7 +87,7 @@ def test_concurrent_requests_for_an_unloaded_model_start_it_once(
 
 
 def test_a_client_that_leaves_while_waiting_for_memory_counts_for_nothing(
-    tmp_path: Path, serve: Any
+    tmp_path: Path, serve: Serve
 ) -> None:
     models = {"a": model(tmp_path, "a", on_demand=False), "b": model(tmp_path, "b")}
     router = serve(models, max_loaded_models=1)
