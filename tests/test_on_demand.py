@@ -233,3 +233,30 @@ async def test_models_lists_every_model_with_whether_it_is_loaded(tmp_path: Path
         assert report["state"] == "unloaded" and report["status"] == "unloaded"
         assert report["on_demand"] is True and report["memory_mb"] is None
         assert report["memory_estimate_mb"] == 1000
+
+
+async def test_a_request_whose_deadline_passes_while_waiting_for_memory_gets_504_and_frees_the_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    models = {
+        "a": model("a", on_demand=False, max_concurrency=2),
+        "b": model("b", default_timeout=0.5),
+    }
+    launcher = Launcher({"a": ["--response-delay", "2"]})
+    async with serving(tmp_path, models, launcher, max_loaded_models=1) as served:
+        await served.ready("a")
+        work = served.app.table.backends["a"]
+        busy = asyncio.create_task(served.client.post("/v1/chat/completions", json=chat("m-a")))
+        await eventually(lambda: work.in_flight == 1, 5, "a busy")
+        late = await served.client.post("/v1/chat/completions", json=chat("m-b"))
+        assert late.status_code == 504, late.text
+        error = late.json()["error"]
+        assert error["code"] == "backend_timeout"
+        assert "waiting for memory held by other models" in error["message"]
+        assert not busy.done()
+        # b's turn is over: a takes new requests again while its first one still runs.
+        second = asyncio.create_task(served.client.post("/v1/chat/completions", json=chat("m-a")))
+        await eventually(lambda: work.in_flight == 2, 5, "a to take a second request")
+        assert (await busy).status_code == 200 and (await second).status_code == 200
+        assert said(caplog, "starting b") == []
+        assert (await served.health("b"))["state"] == "unloaded"
