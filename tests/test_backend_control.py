@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -31,7 +32,7 @@ def test_control_paths_name_a_role_and_an_action() -> None:
 
 
 def test_the_unload_answer_is_the_role_as_stopped_even_if_started_again_since() -> None:
-    starting = {"status": "unreachable", "error": "connection refused", "state": "starting"}
+    starting: dict[str, Any] = {"status": "unreachable", "error": "refused", "state": "starting"}
     starting |= {"pid": 42, "memory_mb": 12, "reason": "starting", "model_id": "m"}
     assert as_unloaded(starting) == {
         "status": "unloaded",
