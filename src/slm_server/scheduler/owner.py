@@ -82,6 +82,14 @@ class Waiter:
     forced: bool = False  # a load call: a failed backend is tried at once
 
 
+def _wants(waiter: Waiter) -> bool:
+    """Still a demand: waiting for its turn, or let in but not yet holding a slot (until
+    it does, its backend would look idle, and could be stopped under it)."""
+    if not waiter.granted.done():
+        return True
+    return not waiter.granted.cancelled() and waiter.granted.exception() is None
+
+
 @dataclass
 class _Unload:
     deadline: float
@@ -247,7 +255,7 @@ class Scheduler:
         self._progress_unloads(now)
         snapshot = Snapshot(
             roles=tuple(self._state(role, now) for role in self._processes),
-            demands=tuple(Demand(w.role, w.seq) for w in self._waiters if not w.granted.done()),
+            demands=tuple(Demand(w.role, w.seq) for w in self._waiters if _wants(w)),
             budget_bytes=self.budget_bytes,
             max_loaded_models=self.max_loaded,
             now=now,

@@ -1,0 +1,123 @@
+"""The scheduler's owner task against recording fakes: no processes, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from config_builder import entry, make_config
+from net import eventually
+from slm_server.scheduler.owner import Scheduler, Waiter
+from slm_server.supervisor import BackendProcess
+
+GB = 10**9
+
+
+class FakeProcess:
+    """A backend that starts and stops at once, recording what it was told."""
+
+    def __init__(self, role: str, state: str = "stopped") -> None:
+        self.role = role
+        self.state = state
+        self.pid: int | None = 100 if state == "ready" else None
+        self.generation = 1 if state == "ready" else 0
+        self.retry_at: float | None = None
+        self.reason: str | None = None
+        self.on_change: Any = None
+        self.told: list[str] = []
+
+    def _set(self, state: str) -> None:
+        self.state = state
+        self.pid = 100 if state in ("starting", "ready") else None
+        if self.on_change is not None:
+            self.on_change()
+
+    def load(self) -> None:
+        self.told.append("load")
+        self._set("starting")
+
+    async def stop(self) -> None:
+        self.told.append("stop")
+        self._set("stopped")
+
+    def forget_failure(self) -> None:
+        pass
+
+
+@dataclass
+class FakeWork:
+    open: bool = False
+    last_used: float | None = None
+    in_flight: int = 0
+    queued: int = 0
+
+
+@dataclass
+class FakeMemory:
+    needs: dict[str, int] = field(default_factory=dict)
+
+    def need(self, role: str) -> int | None:
+        return self.needs.get(role, GB)
+
+    def peak(self, role: str, pid: int | None) -> int | None:
+        return None
+
+
+async def nothing_to_measure() -> None:
+    pass
+
+
+@pytest.fixture
+def roles() -> Iterator[dict[str, FakeProcess]]:
+    yield {"a": FakeProcess("a", "ready"), "c": FakeProcess("c")}
+
+
+async def owner(processes: dict[str, FakeProcess], **limits: Any) -> Scheduler:
+    # On demand: the fakes are in the state each test gives them, none started at launch.
+    models = {
+        role: entry(f"m-{role}", 9000 + i, on_demand=True) for i, role in enumerate(processes)
+    }
+    config = make_config(models)
+    scheduler = Scheduler(
+        config.models,
+        cast(dict[str, BackendProcess], processes),
+        {role: FakeWork() for role in processes},
+        FakeMemory(),
+        nothing_to_measure,
+        budget_bytes=limits.get("budget_bytes"),
+        max_loaded=limits.get("max_loaded"),
+        unload_grace_s=5,
+        max_waiting=8,
+    )
+    await scheduler.start()
+    return scheduler
+
+
+async def granted(waiter: Waiter) -> None:
+    await asyncio.wait_for(asyncio.shield(waiter.granted), 2)
+
+
+async def test_a_granted_request_keeps_its_model_until_it_holds_a_slot(
+    roles: dict[str, FakeProcess], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="slm_server.scheduler")
+    scheduler = await owner(roles, max_loaded=1)
+    try:
+        mine = scheduler.enqueue("a")  # a request for a, let in ...
+        await granted(mine)
+        other = scheduler.enqueue("c")  # ... and, before it takes its slot, one for c
+        decided = ("evicted a", "c waits for memory")
+        await eventually(
+            lambda: any(m.startswith(decided) for m in caplog.messages), 2, "a decision for c"
+        )
+        assert roles["a"].told == [] and not other.granted.done()
+        scheduler.leave(mine)  # it ran and ended: now c's turn comes
+        await granted(other)
+        assert roles["a"].told == ["stop"] and roles["c"].told == ["load"]
+        scheduler.leave(other)
+    finally:
+        await scheduler.aclose()
