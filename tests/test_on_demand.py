@@ -215,13 +215,30 @@ async def test_a_request_for_another_model_is_served_before_later_requests_for_t
         await eventually(lambda: served.app.table.backends["a"].in_flight == 1, 5, "a busy")
         b = asyncio.create_task(ask("b", "m-b"))
         await eventually(lambda: bool(said(caplog, "a: new requests wait for b")), 5, "b's turn")
+        assert (await served.health("b"))["queued"] == 1  # waiting for memory counts too
         later = [asyncio.create_task(ask(f"a-{i}", "m-a")) for i in range(3)]
+        scheduler = served.app.scheduler
+        assert scheduler is not None
+        await eventually(lambda: scheduler.waiting("a") == 3, 5, "a's later ones")
+        report = await served.health("a")
+        assert (report["in_flight"], report["queued"], report["idle_since"]) == (1, 3, None)
         statuses = await asyncio.wait_for(asyncio.gather(busy, b, *later), 30)
         assert statuses == [200] * 5
         assert finished["a-stream"] < finished["b"] < min(finished[f"a-{i}"] for i in range(3))
         assert len(said(caplog, "starting a (")) == 1  # a came back for the later ones
         assert len(said(caplog, "starting b (")) == 1
         assert said(caplog, "evicted a (") and said(caplog, "evicted b (")
+
+
+async def test_a_model_loaded_by_hand_is_idle_from_its_load(tmp_path: Path) -> None:
+    async with serving(tmp_path, {"b": model("b", idle_ttl_s=600)}) as served:
+        assert "reason" not in await served.health("b")  # unloaded: nothing is wrong with it
+        before = time.time()
+        loaded = await served.client.post("/v1/backends/b/load")
+        assert loaded.status_code == 200, loaded.text
+        report = await served.health("b")
+        assert report["last_used"] is None  # no request yet
+        assert before <= report["idle_since"] <= time.time()  # its TTL runs from the load
 
 
 async def test_models_lists_every_model_with_whether_it_is_loaded(tmp_path: Path) -> None:

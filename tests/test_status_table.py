@@ -91,6 +91,16 @@ def test_idle_time_counts_only_for_a_running_backend_with_nothing_to_do() -> Non
     assert idle_seconds(report(last_used=None), NOW) is None
 
 
+def test_idle_time_counts_from_when_the_server_says_it_became_idle() -> None:
+    # Reloaded 5 s ago, last request long before: idle for 5 s, as its TTL counts it.
+    reloaded = report(last_used=NOW - 600, idle_since=NOW - 5, idle_ttl_s=60)
+    assert idle_seconds(reloaded, NOW) == 5
+    assert ttl_left(reloaded, NOW) == 55
+    # Loaded by hand, never used: idle all the same.
+    assert idle_seconds(report(last_used=None, idle_since=NOW - 3), NOW) == 3
+    assert idle_seconds(report(idle_since=None), NOW) is None  # busy, by the server's word
+
+
 def test_ttl_left_counts_down_while_idle_and_stops_at_zero() -> None:
     assert ttl_left(report(idle_ttl_s=300), NOW) == 258
     assert ttl_left(report(idle_ttl_s=30), NOW) == 0  # due: the server stops it soon

@@ -50,12 +50,14 @@ def state(report: Mapping[str, Any]) -> str:
 def idle_seconds(report: Mapping[str, Any], now: float) -> float | None:
     """How long a running backend has had nothing to do; None when busy, not running or
     never used."""
-    last_used = report.get("last_used")
-    if report.get("state") != "ready" or last_used is None:
+    # idle_since counts from the later of the last request's end and the backend becoming
+    # ready, as its idle_ttl_s does; a server that runs no backends gives last_used only.
+    since = report["idle_since"] if "idle_since" in report else report.get("last_used")
+    if report.get("state") != "ready" or since is None:
         return None
     if report.get("in_flight") or report.get("queued"):
         return None
-    return max(0.0, now - float(last_used))
+    return max(0.0, now - float(since))
 
 
 def ttl_left(report: Mapping[str, Any], now: float) -> float | None:

@@ -38,7 +38,7 @@ from slm_server.router.errors import (
 from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
 from slm_server.router.interrupted import end_cut_short, end_with_error
 from slm_server.router.lifetime import LOADING, QUEUED, RequestLifetime
-from slm_server.router.load_figures import LoadFigures
+from slm_server.router.load_figures import LoadFigures, unix_time
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     forward,
@@ -217,6 +217,9 @@ class RouterApp:
             if entry.enabled:
                 report.update(idle_ttl_s=entry.idle_ttl_s, pinned=entry.pinned)
                 report["on_demand"] = entry.on_demand
+            if self.scheduler is not None and process is not None:
+                report["queued"] += self.scheduler.waiting(role)  # waiting for it to start
+                report["idle_since"] = unix_time(self.scheduler.idle_since(role))
         return reports
 
     async def _control(self, role: str, action: str) -> dict[str, Any]:

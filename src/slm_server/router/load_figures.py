@@ -78,18 +78,15 @@ class LoadFigures:
                 await self.measure(enabled, processes)
         except TimeoutError:
             pass
-        now_wall, now = time.time(), time.monotonic()
         report: dict[str, dict[str, Any]] = {}
         for role, backend in enabled.items():
             process = processes.get(role)
-            last_used = backend.last_used
             report[role] = {
                 "memory_mb": _mb(self.peak(role, process.pid if process else None)),
                 "memory_estimate_mb": _mb(self._needs.get(role)),
                 "in_flight": backend.gate.active,
                 "queued": backend.gate.waiting,
-                # Kept on the monotonic clock (a TTL must not jump with the wall clock).
-                "last_used": None if last_used is None else now_wall - (now - last_used),
+                "last_used": unix_time(backend.last_used),
             }
         return report
 
@@ -99,6 +96,14 @@ class LoadFigures:
         for role, backend in to_estimate.items():
             self._needs[role] = need_bytes(backend.entry, self._base_dir)
         return {role: (pid, tree_memory_bytes(pid)) for role, pid in pids.items()}
+
+
+def unix_time(monotonic_s: float | None) -> float | None:
+    """A time kept on the monotonic clock (so a TTL never jumps with the wall clock), as
+    the unix seconds a client reads."""
+    if monotonic_s is None:
+        return None
+    return time.time() - (time.monotonic() - monotonic_s)
 
 
 def _mb(size: int | None) -> int | None:

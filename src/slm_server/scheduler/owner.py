@@ -208,6 +208,21 @@ class Scheduler:
         self.wake()
         await done
 
+    def waiting(self, role: str) -> int:
+        """Requests (and load calls) for ``role`` waiting for it to start or for memory."""
+        return sum(1 for waiter in self._waiters if waiter.role == role)
+
+    def idle_since(self, role: str) -> float | None:
+        """Monotonic time ``role`` became idle, as its idle_ttl_s counts it (the later of its
+        last request's end and its becoming ready); None while busy or not running."""
+        process, work = self._processes[role], self._workloads[role]
+        if process.state != "ready" or work.in_flight + work.queued or self.waiting(role):
+            return None
+        ready = self._ready_at.get(role)
+        if ready is None or ready[0] != process.generation:
+            return work.last_used
+        return ready[1] if work.last_used is None else max(work.last_used, ready[1])
+
     # -- the owner -----------------------------------------------------------------
 
     async def _own(self) -> None:

@@ -183,7 +183,7 @@ class BackendProcess:
         # Stopped is how a backend rests until it is needed: on demand, idle, or evicted.
         state = "unloaded" if self.state == "stopped" else self.state
         report: dict[str, Any] = {"state": state, "pid": self.pid, "restarts": self.restarts}
-        if self.reason and self.state != "ready":
+        if self.reason and self.state not in ("ready", "stopped"):
             report["reason"] = self.reason
         if self.state == "failed":
             report["log_tail"] = self.log.tail(10)
