@@ -189,6 +189,10 @@ class Scheduler:
             self.wake()  # it may have been the head of the line
         if not waiter.granted.done():
             waiter.granted.cancel()
+        elif not waiter.granted.cancelled():
+            # Refused just as its request was cancelled: nobody awaits the answer any more,
+            # and asyncio would log it as an exception never retrieved.
+            waiter.granted.exception()
         self.watching = bool(self._waiters or self._unloading)
 
     async def unload(self, role: str) -> None:
