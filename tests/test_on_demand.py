@@ -277,3 +277,18 @@ async def test_a_request_whose_deadline_passes_while_waiting_for_memory_gets_504
         assert (await busy).status_code == 200 and (await second).status_code == 200
         assert said(caplog, "starting b") == []
         assert (await served.health("b"))["state"] == "unloaded"
+
+
+async def test_health_counts_each_waiting_request_once(tmp_path: Path) -> None:
+    launcher = Launcher({"b": ["--response-delay", "1"]})
+    async with serving(tmp_path, {"b": model("b")}, launcher) as served:
+        asking = [
+            asyncio.create_task(served.client.post("/v1/chat/completions", json=chat("m-b")))
+            for _ in range(3)
+        ]
+        work = served.app.table.backends["b"]
+        await eventually(lambda: work.in_flight == 1 and work.queued == 2, 10, "b busy")
+        report = await served.health("b")
+        assert (report["in_flight"], report["queued"]) == (1, 2)  # 3 requests, 3 counted
+        responses = await asyncio.wait_for(asyncio.gather(*asking), 30)
+        assert [r.status_code for r in responses] == [200] * 3

@@ -535,3 +535,16 @@ def test_an_eviction_line_gives_the_measurement_below_the_estimate_too() -> None
         "evicted chat (idle 42 s, est. 2.0 GB, 0.4 GB measured) to make room for coder "
         "(est. 3.0 GB)"
     )
+
+
+def test_a_stopped_model_plans_with_what_it_took_when_it_last_ran() -> None:
+    # Estimated at 1 GB, measured at 3 GB in its last run: chat must go to make room.
+    decisions = decide(
+        snap(
+            role("chat", gb=1, last_used=50),
+            role("coder", UNLOADED, gb=1, measured_gb=3),
+            want=("coder",),
+            budget_gb=3.5,
+        )
+    )
+    assert [brief(d) for d in decisions] == ["stop chat for coder", "wait coder on chat"]

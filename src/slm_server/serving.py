@@ -41,6 +41,18 @@ def run_serve(config: LoadedConfig, *, host: str | None, port: int | None, log_l
 
 def run_backends(config: LoadedConfig) -> int:
     """Start every enabled backend, report readiness, keep them up until SIGINT/SIGTERM."""
+    settings = config.file.router
+    lifecycle = [
+        role
+        for role, entry in config.models.items()
+        if entry.enabled and (entry.on_demand or entry.idle_ttl_s is not None)
+    ]
+    if lifecycle or settings.memory_budget_gb is not None or settings.max_loaded_models:
+        # Starting on demand and making room need the router, which sees the requests.
+        log.warning(
+            "`backends` starts every enabled entry and keeps it running: on_demand, "
+            "idle_ttl_s, memory_budget_gb and max_loaded_models apply under `serve` only"
+        )
     return asyncio.run(_backends(make_supervisor(config)))
 
 

@@ -11,6 +11,7 @@ busy to answer in time) may pass next time, and is tried again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -81,19 +82,20 @@ def _read(record: Path) -> Verdict | None:
         return None
 
 
-# A binary's digest by its identity on disk: each backend start looks its verdict up, and
-# reading a 15 MB binary through sha256 took most of the router's part of a cold start.
-# A binary rebuilt or replaced gets another inode, size or modification time.
-_digests: dict[tuple[str, int, int, int, int], str] = {}
-
-
 def binary_digest(binary: Path) -> str:
+    """``binary``'s SHA-256, read once while the file stays the same.
+
+    Each backend start looks its binary's verdict up by this digest, and reading a 15 MB
+    binary took most of the router's part of a cold start. A binary rebuilt or replaced
+    has another inode, size or modification time, so it is read again.
+    """
     stat = binary.stat()
-    identity = (str(binary), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    digest = _digests.get(identity)
-    if digest is None:
-        digest = _digests[identity] = sha256_of(binary)
-    return digest
+    return _digest_of(str(binary), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)  # a few binaries per machine; the key is the file's identity
+def _digest_of(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
 
 
 def ensure_checked(

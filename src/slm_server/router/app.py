@@ -354,8 +354,9 @@ class RouterApp:
         finally:
             gate.release()
             backend.last_used = time.monotonic()
-            if self.scheduler is not None and self.scheduler.watching:
-                self.scheduler.wake()  # a model waiting for memory may now have its turn
+            if backend.watched:  # a model waiting for memory may now have its turn
+                assert self.scheduler is not None
+                self.scheduler.wake()
 
 
 def settle_garbage_collector() -> None:

@@ -33,9 +33,11 @@ async def load(scheduler: Scheduler, process: BackendProcess, timeout_s: float) 
             waiter = scheduler.enqueue(process.role, forced=True)
             try:
                 await waiter.granted
+                # Still a demand while it loads: the backend is not evicted for another
+                # model before this call has seen it ready.
+                await process.ensure_ready()
             finally:
                 scheduler.leave(waiter)
-            await process.ensure_ready()
     except Refused as refused:
         raise refusal_error(label, refused) from None
     except BackendFailed as exc:

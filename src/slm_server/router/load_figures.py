@@ -30,6 +30,7 @@ class LoadFigures:
         self._base_dir = base_dir
         self._needs: dict[str, int | None] = {}
         self._peaks: dict[str, PeakMemory] = {}
+        self._highest: dict[str, int] = {}  # over every run: what a start may take again
         # One measurement at a time: concurrent callers share it instead of each starting
         # a thread (a thread cannot be cancelled; a slow one must not pile up).
         self._measuring: asyncio.Future[dict[str, tuple[int, int | None]]] | None = None
@@ -37,6 +38,10 @@ class LoadFigures:
     def need(self, role: str) -> int | None:
         """The role's need before it is measured; None if unknown (or not worked out yet)."""
         return self._needs.get(role)
+
+    def highest(self, role: str) -> int | None:
+        """The most ``role``'s backend was ever measured at, in any run."""
+        return self._highest.get(role)
 
     def peak(self, role: str, pid: int | None) -> int | None:
         """The highest measurement of the process ``pid``; None when it is not running."""
@@ -63,6 +68,8 @@ class LoadFigures:
         for role, (pid, size) in by_pid.items():
             if pids.get(role) == pid:  # a shared measurement may predate a restart
                 self._peaks.setdefault(role, PeakMemory()).record(pid, size)
+                if size is not None and size > self._highest.get(role, 0):
+                    self._highest[role] = size
 
     async def figures(
         self,

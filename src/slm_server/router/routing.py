@@ -39,6 +39,8 @@ class Backend:
     last_used: float | None = None  # monotonic time the last request for it ended
     # False: requests ask the scheduler first (not running, being stopped, or held).
     open: bool = True
+    # True: a request's end wakes the scheduler (someone waits for this backend to drain).
+    watched: bool = False
 
     @property
     def in_flight(self) -> int:

@@ -15,6 +15,7 @@ from slm_server.router.errors import (
 from slm_server.router.lifetime import QUEUED, ROOM, RequestLifetime
 from slm_server.router.proxy import UNAVAILABLE_RETRY_AFTER_S
 from slm_server.router.routing import Backend
+from slm_server.scheduler.decisions import RefuseReason
 from slm_server.scheduler.owner import Refused, Scheduler
 from slm_server.supervisor import BackendFailed
 
@@ -44,11 +45,11 @@ async def take_turn(scheduler: Scheduler, backend: Backend, lifetime: RequestLif
 
 def refusal_error(label: str, refused: Refused) -> RouterError:
     message = f"{label}: {refused}"
-    if refused.kind == "insufficient_memory":
+    if refused.reason is RefuseReason.CANNOT_FIT:
         return InsufficientMemory(message)
-    if refused.kind == "queue_full":
+    if refused.reason is RefuseReason.QUEUE_FULL:
         return QueueFull(message, retry_after=QUEUE_FULL_RETRY_AFTER_S)
-    if refused.kind == "shutting_down":
+    if refused.reason is RefuseReason.SHUTTING_DOWN:
         return ShuttingDown(message)
     retry_after = UNAVAILABLE_RETRY_AFTER_S
     if refused.retry_after_s is not None:

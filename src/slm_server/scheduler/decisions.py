@@ -9,7 +9,10 @@ from slm_server.scheduler.state import RoleState
 
 
 def gigabytes(n: int) -> str:
-    return f"{n / 1e9:.1f} GB"
+    """Two decimals, one where the second is 0: 0.25 GB, 2.04 GB, 9.3 GB, 10.0 GB (one
+    decimal alone would print a need of 2.04 GB as equal to a budget of 2.0 GB)."""
+    text = f"{n / 1e9:.2f}"
+    return f"{text[:-1] if text.endswith('0') else text} GB"
 
 
 def memory_note(state: RoleState) -> str:
@@ -36,6 +39,9 @@ class StopReason(Enum):
 class RefuseReason(Enum):
     CANNOT_FIT = "insufficient_memory"
     FAILED = "failed"
+    # The owner's own, outside the policy: too many waiting already; the server stopping.
+    QUEUE_FULL = "queue_full"
+    SHUTTING_DOWN = "shutting_down"
 
 
 @dataclass(frozen=True, slots=True)

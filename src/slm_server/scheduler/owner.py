@@ -24,7 +24,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from slm_server.config import ModelEntry
-from slm_server.scheduler.decisions import Hold, Refuse, Start, Stop, Wait, gigabytes
+from slm_server.scheduler.decisions import (
+    Hold,
+    Refuse,
+    RefuseReason,
+    Start,
+    Stop,
+    Wait,
+    gigabytes,
+)
 from slm_server.scheduler.launch import launch_plan
 from slm_server.scheduler.policy import decide
 from slm_server.scheduler.state import Demand, Phase, RoleState, Snapshot
@@ -45,9 +53,12 @@ _PHASES = {
 
 
 class Workload(Protocol):
-    """What the router knows of a role's requests, and the fast-path switch it obeys."""
+    """What the router knows of a role's requests, and the switches it obeys: ``open``
+    (requests go straight to the backend) and ``watched`` (a request's end wakes the owner:
+    someone waits for this role's work to drain)."""
 
     open: bool
+    watched: bool
     last_used: float | None  # monotonic time its last request ended
 
     @property
@@ -58,19 +69,21 @@ class Workload(Protocol):
 
 
 class Memory(Protocol):
-    """Each role's memory: its need before a start, and the peak measured while it runs."""
+    """Each role's memory: its need before a start, and the most it was ever measured at."""
 
     def need(self, role: str) -> int | None: ...
 
-    def peak(self, role: str, pid: int | None) -> int | None: ...
+    def highest(self, role: str) -> int | None: ...
 
 
 class Refused(Exception):
-    """A waiter the scheduler turned away; ``kind`` says why, for the error's code."""
+    """A waiter the scheduler turned away; ``reason`` says why, for the error's code."""
 
-    def __init__(self, kind: str, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, reason: RefuseReason, message: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
-        self.kind = kind  # insufficient_memory, failed, queue_full, shutting_down
+        self.reason = reason
         self.retry_after_s = retry_after_s
 
 
@@ -88,6 +101,10 @@ def _wants(waiter: Waiter) -> bool:
     if not waiter.granted.done():
         return True
     return not waiter.granted.cancelled() and waiter.granted.exception() is None
+
+
+def _shutting_down() -> Refused:
+    return Refused(RefuseReason.SHUTTING_DOWN, "the server is stopping")
 
 
 @dataclass
@@ -128,8 +145,6 @@ class Scheduler:
         self._said: dict[str, str] = {}  # the last wait line per role: said once
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
-        # Set while a waiter or an unload depends on requests ending: they wake the owner.
-        self.watching = False
         for role, process in processes.items():
             workloads[role].open = False  # until the owner's first pass says otherwise
             process.on_change = self.wake
@@ -160,7 +175,7 @@ class Scheduler:
         self._tasks.clear()
         for waiter in self._waiters:
             if not waiter.granted.done():
-                waiter.granted.set_exception(Refused("shutting_down", "the server is stopping"))
+                waiter.granted.set_exception(_shutting_down())
         for unload in self._unloading.values():
             for done in unload.done:
                 if not done.done():
@@ -172,14 +187,14 @@ class Scheduler:
     def enqueue(self, role: str, *, forced: bool = False) -> Waiter:
         """A waiter for ``role``'s turn; call ``leave`` with it once done, whatever happened."""
         if self._closed:
-            raise Refused("shutting_down", "the server is stopping")
-        waiting = sum(1 for waiter in self._waiters if waiter.role == role)
-        if waiting >= self._max_waiting:
-            raise Refused("queue_full", f"{waiting} requests already wait for {role} to start")
+            raise _shutting_down()
+        waiting = self.waiting(role)
+        if waiting >= self._max_waiting and not forced:  # a load call is one, not a flood
+            message = f"{waiting} requests already wait for {role} to start"
+            raise Refused(RefuseReason.QUEUE_FULL, message)
         granted = asyncio.get_running_loop().create_future()
         waiter = Waiter(role, next(self._seq), granted, forced)
         self._waiters.append(waiter)
-        self.watching = True
         self.wake()
         return waiter
 
@@ -193,28 +208,29 @@ class Scheduler:
             # Refused just as its request was cancelled: nobody awaits the answer any more,
             # and asyncio would log it as an exception never retrieved.
             waiter.granted.exception()
-        self.watching = bool(self._waiters or self._unloading)
 
     async def unload(self, role: str) -> None:
         """Take no new requests for ``role``, let those in flight finish (up to the grace),
         stop it; return once it is stopped. Later requests start it again."""
-        loop = asyncio.get_running_loop()
+        if self._closed:
+            return  # every backend is being stopped already
         unload = self._unloading.get(role)
         if unload is None:
-            unload = _Unload(loop.time() + self._unload_grace_s)
+            unload = _Unload(time.monotonic() + self._unload_grace_s)
             self._unloading[role] = unload
             work = self._workloads[role]
             work.open = False
+            work.watched = True  # its requests' ends let it stop sooner
             log.info("unloading %s on request (%d in flight)", role, work.in_flight + work.queued)
-        done = loop.create_future()
+        done = asyncio.get_running_loop().create_future()
         unload.done.append(done)
-        self.watching = True
         self.wake()
         await done
 
     def waiting(self, role: str) -> int:
-        """Requests (and load calls) for ``role`` waiting for it to start or for memory."""
-        return sum(1 for waiter in self._waiters if waiter.role == role)
+        """Requests (and load calls) for ``role`` waiting for it to start or for memory (not
+        those let in, which wait in the backend's own queue if anywhere)."""
+        return sum(1 for w in self._waiters if w.role == role and not w.granted.done())
 
     def idle_since(self, role: str) -> float | None:
         """Monotonic time ``role`` became idle, as its idle_ttl_s counts it (the later of its
@@ -222,16 +238,24 @@ class Scheduler:
         process, work = self._processes[role], self._workloads[role]
         if process.state != "ready" or work.in_flight + work.queued or self.waiting(role):
             return None
+        return self._idle_from(role)
+
+    def _idle_from(self, role: str) -> float | None:
+        """The later of ``role``'s last request's end and this run's becoming ready."""
+        process, last_used = self._processes[role], self._workloads[role].last_used
         ready = self._ready_at.get(role)
-        if ready is None or ready[0] != process.generation:
-            return work.last_used
-        return ready[1] if work.last_used is None else max(work.last_used, ready[1])
+        if process.state != "ready" or ready is None or ready[0] != process.generation:
+            return last_used
+        return ready[1] if last_used is None else max(last_used, ready[1])
 
     # -- the owner -----------------------------------------------------------------
 
     async def _own(self) -> None:
         while True:
-            self._pass()
+            try:
+                self._pass()
+            except Exception:  # a bug: one pass lost, not the scheduler (requests would hang)
+                log.exception("scheduler: a pass failed; trying again at the next change")
             delay = self._next_timer()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
@@ -242,7 +266,10 @@ class Scheduler:
         while True:
             await asyncio.sleep(SAMPLE_EVERY_S)
             if any(process.pid is not None for process in self._processes.values()):
-                await self._measure()
+                try:
+                    await self._measure()
+                except Exception:  # a bug, or /proc unreadable: the last figures stand
+                    log.exception("scheduler: measuring the backends' memory failed")
                 self.wake()
 
     def _launch(self) -> None:
@@ -272,8 +299,9 @@ class Scheduler:
         """One snapshot, its decisions applied, every waiter and fast path updated."""
         now = time.monotonic()
         self._progress_unloads(now)
+        forced = {w.role for w in self._waiters if w.forced and _wants(w)}
         snapshot = Snapshot(
-            roles=tuple(self._state(role, now) for role in self._processes),
+            roles=tuple(self._state(role, now, role in forced) for role in self._processes),
             demands=tuple(Demand(w.role, w.seq) for w in self._waiters if _wants(w)),
             budget_bytes=self.budget_bytes,
             max_loaded_models=self.max_loaded,
@@ -281,6 +309,7 @@ class Scheduler:
         )
         held: dict[str, int] = {}
         refused: dict[str, Refuse] = {}
+        watched = set(self._unloading)  # roles whose requests' ends may let a decision change
         for decision in decide(snapshot):
             if isinstance(decision, Start):
                 log.info("%s", decision.message)
@@ -290,11 +319,13 @@ class Scheduler:
                 self._stop(decision.role)
             elif isinstance(decision, Hold):
                 held[decision.role] = decision.after_seq
+                watched.add(decision.role)
                 self._say(
                     decision.role,
                     f"{decision.role}: new requests wait for {decision.for_role} to have its turn",
                 )
             elif isinstance(decision, Wait):
+                watched.update(decision.blocked_by)
                 self._say(
                     decision.role,
                     f"{decision.role} waits for memory: "
@@ -306,6 +337,7 @@ class Scheduler:
         for role, work in self._workloads.items():
             if role in self._processes:
                 work.open = self._admits(role) and role not in held
+                work.watched = role in watched
 
     def _answer_waiters(self, held: Mapping[str, int], refused: Mapping[str, Refuse]) -> None:
         for waiter in self._waiters:
@@ -313,7 +345,7 @@ class Scheduler:
                 continue
             refusal = refused.get(waiter.role)
             if refusal is not None:
-                error = Refused(refusal.reason.value, refusal.message, refusal.retry_after_s)
+                error = Refused(refusal.reason, refusal.message, refusal.retry_after_s)
                 waiter.granted.set_exception(error)
             elif self._admits(waiter.role) and waiter.seq <= held.get(waiter.role, waiter.seq):
                 waiter.granted.set_result(None)
@@ -363,48 +395,53 @@ class Scheduler:
                         self._unload_grace_s,
                     )
                 self._stop(role)
-        self.watching = bool(self._waiters or self._unloading)
 
-    def _state(self, role: str, now: float) -> RoleState:
+    def _state(self, role: str, now: float, forced: bool = False) -> RoleState:
+        """``role`` as the policy sees it; ``forced``: a load call waits for it, so a failed
+        backend may start at once."""
         process, work, entry = self._processes[role], self._workloads[role], self._entries[role]
         phase = _PHASES[process.state]
         if role in self._stopping or role in self._unloading:
             phase = Phase.STOPPING
-        last_used = work.last_used
         if process.state == "ready":
             seen = self._ready_at.get(role)
             if seen is None or seen[0] != process.generation:
-                self._ready_at[role] = seen = (process.generation, now)
-            last_used = seen[1] if last_used is None else max(last_used, seen[1])
-        forced = any(w.forced and w.role == role for w in self._waiters)
+                self._ready_at[role] = (process.generation, now)
         return RoleState(
             role=role,
             phase=phase,
             estimate_bytes=self._memory.need(role) or 0,
-            measured_bytes=self._memory.peak(role, process.pid),
+            # The most it ever took, in any run: what it may take again once started.
+            measured_bytes=self._memory.highest(role),
             pinned=entry.pinned,
             idle_ttl_s=entry.idle_ttl_s,
             in_flight=work.in_flight,
             queued=work.queued,
-            last_used=last_used,
+            last_used=self._idle_from(role),
             retry_at=None if forced else process.retry_at,
             failure=process.reason or "",
         )
 
     def _next_timer(self) -> float | None:
-        """Seconds until something may be due without a wake: an idle TTL, an unload grace."""
+        """Seconds until something may be due without a wake: an idle TTL, an unload grace.
+
+        Only times still ahead count. One already past was acted on by the pass just made,
+        or is blocked by something whose end wakes the owner anyway (a stop under way, work
+        in flight, a waiter): waking for it again would only spin.
+        """
         now = time.monotonic()
-        due: list[float] = [unload.deadline for unload in self._unloading.values()]
+        due = [u.deadline for role, u in self._unloading.items() if role not in self._stopping]
         for role, process in self._processes.items():
             ttl = self._entries[role].idle_ttl_s
             if ttl is None or process.state != "ready":
                 continue
             work = self._workloads[role]
-            ready = self._ready_at.get(role, (0, now))[1]
-            last = ready if work.last_used is None else max(work.last_used, ready)
-            # Busy now: it cannot expire before a full TTL from now.
-            busy = work.in_flight + work.queued > 0
-            due.append(now + ttl if busy else last + ttl)
-        if not due:
+            idle_from = self._idle_from(role)
+            if work.in_flight + work.queued > 0 or idle_from is None:
+                due.append(now + ttl)  # busy: it cannot expire before a full TTL from now
+            else:
+                due.append(idle_from + ttl)
+        ahead = [when for when in due if when > now]
+        if not ahead:
             return None
-        return max(0.0, min(due) - now) + 0.01
+        return min(ahead) - now + 0.01
