@@ -11,6 +11,7 @@ import pytest
 
 from config_builder import entry, make_config
 from net import eventually
+from slm_server.scheduler import decide
 from slm_server.scheduler.owner import Scheduler, Waiter
 from slm_server.supervisor import BackendProcess
 
@@ -144,9 +145,7 @@ async def test_a_model_plans_with_the_most_it_ever_took_even_when_stopped(
 async def test_a_failed_pass_is_logged_and_the_next_change_is_decided(
     roles: dict[str, FakeProcess], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from slm_server.scheduler import owner as owner_module
-
-    real_decide = owner_module.decide
+    real_decide = decide
     failures = [RuntimeError("a bug in one pass")]
 
     def flaky(snapshot: Any) -> Any:
@@ -154,7 +153,7 @@ async def test_a_failed_pass_is_logged_and_the_next_change_is_decided(
             raise failures.pop()
         return real_decide(snapshot)
 
-    monkeypatch.setattr(owner_module, "decide", flaky)
+    monkeypatch.setattr("slm_server.scheduler.owner.decide", flaky)
     scheduler = await owner(roles)
     try:
         await eventually(lambda: "scheduler: a pass failed" in caplog.text, 2, "the failure")
@@ -169,16 +168,14 @@ async def test_a_failed_pass_is_logged_and_the_next_change_is_decided(
 async def test_a_ttl_that_cannot_act_yet_does_not_spin_the_owner(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from slm_server.scheduler import owner as owner_module
-
     passes: list[float] = []
-    real_decide = owner_module.decide
+    real_decide = decide
 
     def counted(snapshot: Any) -> Any:
         passes.append(snapshot.now)
         return real_decide(snapshot)
 
-    monkeypatch.setattr(owner_module, "decide", counted)
+    monkeypatch.setattr("slm_server.scheduler.owner.decide", counted)
     processes = {"a": FakeProcess("a", "ready")}
     models = {"a": entry("m-a", 9000, on_demand=True, idle_ttl_s=0.05)}
     scheduler = Scheduler(
