@@ -91,6 +91,7 @@ class BackendProcess:
         self.pid: int | None = None
         self.restarts = 0
         self.generation = 0  # +1 per successful start, so callers can tell a restart
+        self.load_s: float | None = None  # the last successful start: spawn to ready
         self.upstream_model: str | None = None  # the `model` the running server accepts
         self.health_path = "/health"  # where the running server says it is up
         # The endpoints the running server answers itself; None: unknown (try, then convert).
@@ -256,6 +257,7 @@ class BackendProcess:
         try:
             # In a thread: working out a command line may run the server's --help.
             spec = await asyncio.to_thread(self._launch)
+            spawned = time.monotonic()
             proc = await self._spawn(spec)
         except (OSError, ValueError, BackendUnsupported, subprocess.SubprocessError) as exc:
             return f"cannot start: {exc}"
@@ -272,6 +274,7 @@ class BackendProcess:
             await self._terminate()
             return problem
         self.generation += 1
+        self.load_s = time.monotonic() - spawned
         self._set("ready")
         log.info("%s: ready (%s on port %d, PID %d)", self.role, self.entry.id, port, proc.pid)
         up_since = time.monotonic()
