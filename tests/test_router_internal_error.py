@@ -13,7 +13,7 @@ import pytest
 from config_builder import entry, make_config
 from slm_server.router import RouterApp
 from slm_server.router.asgi import Receive, Scope
-from slm_server.router.sent import SentMessages
+from slm_server.router.metrics import RequestRecord
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 SECRET = "secret detail of the bug"
@@ -24,7 +24,7 @@ class Broken(RouterApp):
 
     after_start: bytes | None = None  # the content type of a started answer, or None
 
-    async def _dispatch(self, scope: Scope, receive: Receive, sent: SentMessages) -> None:
+    async def _dispatch(self, scope: Scope, receive: Receive, sent: RequestRecord) -> None:
         if scope["path"] == "/health":
             return await super()._dispatch(scope, receive, sent)
         send = sent.send

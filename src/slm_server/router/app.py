@@ -22,6 +22,7 @@ from slm_server.router.asgi import (
     header,
     read_body,
     send_json,
+    send_response,
 )
 from slm_server.router.backend_control import as_unloaded, control_target, load
 from slm_server.router.body_budget import BodyBudget
@@ -39,6 +40,7 @@ from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
 from slm_server.router.interrupted import end_cut_short, end_with_error
 from slm_server.router.lifetime import LOADING, QUEUED, RequestLifetime
 from slm_server.router.load_figures import LoadFigures, unix_time
+from slm_server.router.metrics import CONTENT_TYPE, METRICS_PATH, RequestRecord, RouterMetrics
 from slm_server.router.model_name import restoring_model_name
 from slm_server.router.proxy import (
     forward,
@@ -53,7 +55,6 @@ from slm_server.router.routing import (
     may_change,
     router_changes,
 )
-from slm_server.router.sent import SentMessages
 from slm_server.router.turns import start_failed, take_turn
 from slm_server.scheduler.budget import budget_bytes
 from slm_server.scheduler.owner import Scheduler
@@ -99,6 +100,9 @@ class RouterApp:
         store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
         self.bridge = Bridge(ResponseStore(store_bytes))
         self.load = LoadFigures(config.base_dir)
+        self.metrics = RouterMetrics(
+            self.table.model_ids, self.table.backends, self.processes, self.load
+        )
         self.scheduler = self._scheduler(supervisor) if supervisor is not None else None
         # A load may wait for others to drain and stop, then for its own start.
         self.load_timeout_s = config.file.router.shutdown_grace_s
@@ -158,26 +162,31 @@ class RouterApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent = SentMessages(send)
+        sent = self.metrics.record(send, scope["path"])
+        refused: str | None = None
+        # Errors go out through sent.send too: the metrics count the status they answer.
         try:
             await self._dispatch(scope, receive, sent)
         except asyncio.CancelledError:
             # Only the server cancels a request: its shutdown grace is over. The request is
             # ended here, in its protocol's way, instead of by a dropped connection (or
             # uvicorn's text/plain 500); the task ends right after, as the cancel asked.
-            await end_cut_short(send, scope["path"], sent.start, sent.last)
+            await end_cut_short(sent.send, scope["path"], sent.start, sent.last)
         except RouterError as error:
+            refused = error.code
             if error.status >= 500:
                 log.warning("%s %s -> %d: %s", scope["method"], scope["path"], error.status, error)
-            await end_with_error(send, scope["path"], sent.start, sent.last, error)
+            await end_with_error(sent.send, scope["path"], sent.start, sent.last, error)
         except ClientDisconnected:
             log.debug("client left before sending its whole request")
         except Exception:  # a bug: said as a 500 in the client's shape, never uvicorn's text/plain
             log.exception("%s %s: unexpected error", scope["method"], scope["path"])
             internal = InternalError("internal error in the router (logged with details)")
-            await end_with_error(send, scope["path"], sent.start, sent.last, internal)
+            await end_with_error(sent.send, scope["path"], sent.start, sent.last, internal)
+        finally:
+            sent.finish(refused)
 
-    async def _dispatch(self, scope: Scope, receive: Receive, sent: SentMessages) -> None:
+    async def _dispatch(self, scope: Scope, receive: Receive, sent: RequestRecord) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
         if path in ENDPOINT_MODEL_TYPES:
@@ -188,6 +197,13 @@ class RouterApp:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
             await send_json(sent.send, 200, await self._info(path))
+        elif path == METRICS_PATH:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
+            # Public for now. With router.api_keys set, the admin check goes here: an admin
+            # key, unless router.metrics_public is true.
+            exposition = await self.metrics.exposition(self.config.file.router.health_timeout)
+            await send_response(sent.send, 200, exposition, [(b"content-type", CONTENT_TYPE)])
         elif (target := control_target(path)) is not None:
             if method != "POST":
                 raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
@@ -265,7 +281,7 @@ class RouterApp:
         return {"object": "list", "data": data}
 
     async def _model_request(
-        self, scope: Scope, receive: Receive, sent: SentMessages, path: str
+        self, scope: Scope, receive: Receive, sent: RequestRecord, path: str
     ) -> None:
         lifetime = RequestLifetime(receive, sent)  # the deadline runs from arrival, upload too
         body = await read_body(
@@ -273,12 +289,12 @@ class RouterApp:
         )
         lifetime.stopwatch.resume()  # the router's own time starts once the client has sent
         try:
-            await self._route(scope, sent.send, path, body, lifetime)
+            await self._route(scope, sent, path, body, lifetime)
         finally:
             self.bodies.give_back(len(body))
 
     async def _route(
-        self, scope: Scope, send: Send, path: str, body: Body, lifetime: RequestLifetime
+        self, scope: Scope, sent: RequestRecord, path: str, body: Body, lifetime: RequestLifetime
     ) -> None:
         # Only the upload endpoints look at the content type: the JSON ones stay as quick as before.
         content_type = (header(scope, b"content-type") or "") if path in FORM_PATHS else ""
@@ -288,8 +304,9 @@ class RouterApp:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
         backend = self.table.lookup(model, path)
         lifetime.begin(backend.entry.default_timeout, backend.label)
+        sent.routed(self.metrics.slot(backend.entry.id, path), lifetime.stopwatch)
         try:
-            await self._admitted(scope, send, path, model, body, form, backend, lifetime)
+            await self._admitted(scope, sent.send, path, model, body, form, backend, lifetime)
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise

@@ -18,12 +18,13 @@ class Stopwatch:
     the response starts, so a stream's figure is the router's added time to the first byte.
     """
 
-    __slots__ = ("_own", "_queued", "_since")
+    __slots__ = ("_own", "_queued", "_since", "own_s")
 
     def __init__(self) -> None:
         self._since = perf_counter()
         self._own = 0.0
         self._queued = 0.0
+        self.own_s: float | None = None  # the figure the header gave, once it is given
 
     def pause(self) -> None:
         now = perf_counter()
@@ -41,7 +42,8 @@ class Stopwatch:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """``x-slm-overhead-ms``, and ``x-slm-queue-ms`` when the request waited at all."""
-        own_ms = (self._own + perf_counter() - self._since) * 1000
+        self.own_s = own_s = self._own + perf_counter() - self._since
+        own_ms = own_s * 1000
         if not self._queued:
             return [(OVERHEAD_HEADER, f"{own_ms:.3f}".encode())]
         queued_ms = self._queued * 1000

@@ -1,0 +1,84 @@
+"""One request as the metrics see it: noted as its answer goes out, counted once it ends."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from time import perf_counter
+
+from slm_server.router.asgi import Message, Send
+from slm_server.router.metrics.tallies import NO_KEY, NO_MODEL, EndpointTally, RequestTallies
+from slm_server.router.metrics.usage import answer_tail, reported_usage
+from slm_server.router.sent import SentMessages
+from slm_server.router.stopwatch import Stopwatch
+
+
+class RequestRecord(SentMessages):
+    """The answer's messages as they go out (see SentMessages), plus what the metrics need.
+
+    Made when the request arrives, in the slot of model ``-`` for its path (None: a path
+    that is not a model endpoint, counted only if refused); ``routed`` moves it to its
+    model's slot once the backend is known; ``finish`` adds it to the tallies, once.
+    Per message it only keeps references (the last two body pieces) and, on the first
+    body piece, reads the clock.
+    """
+
+    __slots__ = (
+        "_arrived",
+        "_first_byte_s",
+        "_in_pieces",
+        "_latest",
+        "_previous",
+        "_stopwatch",
+        "_tallies",
+        "key",
+        "slot",
+    )
+
+    def __init__(self, send: Send, tallies: RequestTallies, path: str) -> None:
+        super().__init__(send)
+        self._arrived = perf_counter()
+        self._tallies = tallies
+        self.slot: EndpointTally | None = tallies.unrouted.get(path)
+        self.key = NO_KEY  # the API key's name, once keys are checked
+        self._stopwatch: Stopwatch | None = None
+        self._first_byte_s = 0.0  # from arrival; 0 until a body byte went out
+        self._in_pieces = False  # the answer's first piece said more would follow: a stream
+        self._latest: bytes = b""
+        self._previous: bytes | None = None
+
+    def routed(self, slot: EndpointTally, stopwatch: Stopwatch) -> None:
+        """The request goes to ``slot``'s model; ``stopwatch`` times the router's own part."""
+        self.slot = slot
+        self._stopwatch = stopwatch
+
+    def send(self, message: Message) -> Awaitable[None]:
+        body = message.get("body")
+        if body:
+            if not self._first_byte_s:
+                self._first_byte_s = perf_counter() - self._arrived
+                self._in_pieces = message.get("more_body", False)
+            self._previous = self._latest
+            self._latest = body
+        return SentMessages.send(self, message)
+
+    def finish(self, refusal: str | None = None) -> None:
+        """Count the request, now that it has ended; ``refusal``: its router error's code."""
+        slot = self.slot
+        if refusal is not None:
+            self._tallies.reject(NO_MODEL if slot is None else slot.model, refusal)
+        if slot is None:
+            return
+        start = self.start
+        status: int = 0 if start is None else start["status"]
+        slot.count(self.key, status)
+        slot.duration.observe(perf_counter() - self._arrived)
+        stopwatch = self._stopwatch
+        if stopwatch is not None and stopwatch.own_s is not None:
+            self._tallies.overhead.observe(stopwatch.own_s)
+        if self._in_pieces:
+            slot.first_byte.observe(self._first_byte_s)
+        if 200 <= status < 300 and self._latest:
+            usage = reported_usage(answer_tail(self._latest, self._previous))
+            if usage is not None:
+                slot.prompt_tokens += usage[0]
+                slot.completion_tokens += usage[1]

@@ -1,0 +1,61 @@
+"""The router's metrics: counted per request, read out on ``GET /metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from slm_server.router.asgi import Send
+from slm_server.router.load_figures import LoadFigures
+from slm_server.router.metrics.collector import RouterCollector
+from slm_server.router.metrics.record import RequestRecord
+from slm_server.router.metrics.tallies import EndpointTally, RequestTallies
+from slm_server.router.routing import Backend
+from slm_server.supervisor import BackendProcess
+
+METRICS_PATH = "/metrics"
+# The text format every Prometheus reads (what generate_latest writes).
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class RouterMetrics:
+    """The tallies of one router app and the registry that exposes them.
+
+    The registry is the app's own, not prometheus_client's global one: several apps in
+    one process (tests) keep their numbers apart.
+    """
+
+    def __init__(
+        self,
+        model_ids: Iterable[str],
+        backends: Mapping[str, Backend],
+        processes: Mapping[str, BackendProcess],
+        load: LoadFigures,
+    ) -> None:
+        self.tallies = RequestTallies(model_ids)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(RouterCollector(self.tallies, backends, processes, load))
+        self._backends = backends
+        self._processes = processes
+        self._load = load
+
+    def record(self, send: Send, path: str) -> RequestRecord:
+        """The record of a request to ``path`` that has just arrived."""
+        return RequestRecord(send, self.tallies, path)
+
+    def slot(self, model: str, endpoint: str) -> EndpointTally:
+        return self.tallies.slot(model, endpoint)
+
+    async def exposition(self, measure_within_s: float) -> bytes:
+        """The metrics in the text format, with the backends' memory measured afresh if
+        that takes at most ``measure_within_s`` (else the last measurement)."""
+        if self._processes:  # only the backends this router runs have a memory to measure
+            enabled = {role: b for role, b in self._backends.items() if b.entry.enabled}
+            try:
+                async with asyncio.timeout(measure_within_s):
+                    await self._load.measure(enabled, self._processes)
+            except TimeoutError:
+                pass
+        return generate_latest(self.registry)

@@ -1,0 +1,56 @@
+"""Token counts from the ``usage`` a backend reports at the end of its answer.
+
+Only what was sent is read, never re-tokenised: the last ``"usage"`` object in the last
+few KiB of the answer (a JSON answer's end, or a stream's last events, where a chat
+stream asked with ``stream_options.include_usage`` puts it). Both spellings count: Chat
+Completions' prompt/completion tokens and Responses' or Messages' input/output tokens.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+# How much of an answer's end is searched: a usage object and what servers put after it
+# (llama-server: its timings) fit many times over; a large answer is never scanned whole.
+TAIL_BYTES = 4096
+
+# The object after a "usage" key, nested objects (token details) one level deep. Inside a
+# JSON string a quote is escaped, so `"usage"` followed by a colon is a key.
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*(\{[^{}]*+(?:\{[^{}]*+\}[^{}]*+)*+\})')
+
+
+class _Reported(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+_decode = msgspec.json.Decoder(_Reported).decode
+
+
+def answer_tail(latest: bytes, previous: bytes | None) -> bytes:
+    """The last ``TAIL_BYTES`` of an answer whose last two body pieces are given."""
+    if previous is None or len(latest) >= TAIL_BYTES:
+        return latest[-TAIL_BYTES:]
+    return previous[len(latest) - TAIL_BYTES :] + latest
+
+
+def reported_usage(tail: bytes) -> tuple[int, int] | None:
+    """The (prompt, completion) tokens of the last usage object in ``tail`` (0 for a kind
+    it does not give); None if there is none."""
+    at = tail.rfind(b'"usage"')
+    if at < 0:
+        return None
+    match = _USAGE_OBJECT.match(tail, at)
+    if match is None:  # cut off by the window's start, or not an object (null)
+        return None
+    try:
+        reported = _decode(match.group(1))
+    except msgspec.DecodeError:  # a count that is not an integer: nothing to trust
+        return None
+    prompt = reported.input_tokens or reported.prompt_tokens or 0
+    completion = reported.output_tokens or reported.completion_tokens or 0
+    return prompt, completion
