@@ -29,7 +29,7 @@ REJECTION_REASONS = {
     "queue_full": "queue_full",
     "backend_timeout": "timeout",
     "insufficient_memory": "memory",
-    # The request bodies in flight fill the router's allowance (router.inflight_body_bytes).
+    # The request bodies in flight fill the router's allowance (router.max_inflight_body_mb).
     "router_busy": "memory",
     "invalid_api_key": "auth",
     "model_not_allowed": "auth",
