@@ -16,10 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import fake_llama_server
-from config_builder import entry
+from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from net import eventually, free_port, wait_until
 from router_proc import RouterProcess
+from slm_server.router import RouterApp
 
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "how many tokens is this"}]
@@ -33,8 +34,12 @@ def scrape(url: str) -> Samples:
     response = httpx.get(f"{url}/metrics", timeout=10)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return parsed(response.text)
+
+
+def parsed(text: str) -> Samples:
     found: Samples = {}
-    for family in text_string_to_metric_families(response.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             found[(sample.name, frozenset(sample.labels.items()))] = sample.value
     return found
@@ -241,3 +246,40 @@ def test_backend_state_up_restarts_memory_and_load_time(serving: RouterProcess) 
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: chat_up(1), 30, f"m-chat to be restarted (log: {serving.log_path})")
     assert value(found, "slm_backend_load_seconds", role="chat") != first_load_s  # the new start
+
+
+async def in_process_scrape(client: httpx.AsyncClient) -> Samples:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    return parsed(response.text)
+
+
+async def test_a_converted_answer_counts_its_tokens_once_and_a_timeout_is_a_refusal(
+    fake: FakeBackend,
+) -> None:
+    config = make_config({"chat": entry("m-chat", fake.port, default_timeout=1)})
+    app = RouterApp(config)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        # The fake has no /v1/messages: its 404 is not relayed, the converted answer is.
+        messages = {"model": "m-chat", "max_tokens": 16, "messages": MESSAGES}
+        answer = await client.post("/v1/messages", json=messages)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-slm-converted-from"].startswith("chat-completions")
+        usage = answer.json()["usage"]
+        assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+
+        fake.control(hang=True)
+        timed_out = await client.post(CHAT_PATH, json=CHAT)
+        assert timed_out.status_code == 504
+        found = await in_process_scrape(client)
+    await app.aclose()
+
+    converted = {"model": "m-chat", "endpoint": "/v1/messages", "key": "-"}
+    assert value(found, "slm_requests_total", **converted, status_class="2xx") == 1
+    assert value(found, "slm_tokens_total", model="m-chat", kind="prompt") == usage["input_tokens"]
+    completion = usage["output_tokens"]
+    assert value(found, "slm_tokens_total", model="m-chat", kind="completion") == completion
+    chat = {"model": "m-chat", "endpoint": CHAT_PATH, "key": "-"}
+    assert value(found, "slm_requests_total", **chat, status_class="5xx") == 1
+    assert value(found, "slm_rejected_requests_total", model="m-chat", reason="timeout") == 1
