@@ -235,6 +235,7 @@ def _process_rows(results: Results, rows: _Rows) -> None:
         {ROUTER: _overhead_cell(stream_overhead, streamed)},
     )
     _upload_rows(results, rows)
+    _metrics_rows(results, rows)
     lag_ms = Figure.of([lag * 1000 for lag in results.readiness_lag_s])
     rows.add_plain(
         "readiness lag (serve) ms",
@@ -285,6 +286,22 @@ def _upload_rows(results: Results, rows: _Rows) -> None:
         {ROUTER: "-" if run is None else f"{run.uploads} / {run.refused} / {run.errors}"},
         f"{settings.uploads} / any / 0",
         None if run is None else run.uploads == settings.uploads and run.errors == 0,
+    )
+
+
+def _metrics_rows(results: Results, rows: _Rows) -> None:
+    check = results.metrics
+    rows.add_plain(
+        "/metrics scrape after all load ms",
+        {ROUTER: "-" if check is None else f"{check.scrape_ms:.1f}"},
+        "< 100 ms",
+        None if check is None else check.scrape_ms < 100,
+    )
+    rows.add_plain(
+        "/metrics chat 2xx counted / answered",
+        {ROUTER: "-" if check is None else f"{check.counted:,} / {check.answered:,}"},
+        "counted >= answered",
+        None if check is None else check.complete,
     )
 
 

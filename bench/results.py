@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bench.cold_start import ColdStart
+from bench.metrics_check import MetricsCheck
 from bench.soak import SoakRun
 from bench.streams import PlainSample, StreamRun
 from bench.uploads import UploadRun
@@ -60,6 +61,7 @@ class Results:
     rss_after_mb: dict[str, float] = field(default_factory=dict)
     overhead: dict[int, PlainSample] = field(default_factory=dict)  # by concurrency
     uploads: UploadRun | None = None
+    metrics: MetricsCheck | None = None
     soak: SoakRun | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -102,5 +104,6 @@ class Results:
             if self.uploads is None
             else {k: v for k, v in asdict(self.uploads).items() if k != "rss_mb"}
             | {"peak_rss_mb": self.uploads.peak_rss_mb},
+            "metrics": None if self.metrics is None else asdict(self.metrics),
             "soak": None if self.soak is None else asdict(self.soak),
         }

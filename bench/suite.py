@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench import environment
 from bench.cold_start import ColdStart, measure_cold_starts
+from bench.metrics_check import check_metrics
 from bench.nginx import start_nginx
 from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn, wait_healthy
 from bench.readiness import measure_lag
@@ -149,6 +150,23 @@ def _measure(
         )
     _streams(settings, results, urls, processes)
     _uploads(settings, results, urls[ROUTER], processes[ROUTER])
+    _metrics(results, f"http://{HOST}:{ports[ROUTER]}")
+
+
+def _metrics(results: Results, base_url: str) -> None:
+    """The router's /metrics after the load: how long a scrape takes, and whether every
+    answer the plain runs got was counted."""
+    answered = sum(
+        run.requests - run.errors
+        for (target, _), runs in results.plain.items()
+        if target == ROUTER
+        for run in runs
+    )
+    check = results.metrics = check_metrics(base_url, answered)
+    progress(
+        f"metrics: scrape {check.scrape_ms:.1f} ms; {check.counted:,} chat answers counted, "
+        f"{check.answered:,} seen answered by wrk"
+    )
 
 
 def _uploads(settings: Settings, results: Results, url: str, router: Started) -> None:

@@ -1,0 +1,69 @@
+"""The benchmark's /metrics check: its count of answers, its verdicts, and a real scrape."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+from bench.metrics_check import CHAT, MetricsCheck, check_metrics, counted_answers
+from bench.report import render
+from bench.results import Results, Settings
+from bench.router import MODEL_ID
+
+from config_builder import entry
+from fake_backend_proc import FakeBackend
+from router_proc import RouterProcess
+from slm_server.router.load_figures import LoadFigures
+from slm_server.router.metrics import RouterMetrics
+
+
+def test_counted_answers_are_the_bench_model_chat_2xx_of_every_key() -> None:
+    metrics = RouterMetrics([MODEL_ID, "other"], {}, {}, LoadFigures(Path(".")))
+    chat = metrics.slot(MODEL_ID, CHAT)
+    for key, status in (("-", 200), ("-", 200), ("alice", 200), ("-", 503), ("-", 0)):
+        chat.count(key, status)
+        chat.duration.observe(0.01)
+    for slot in (metrics.slot(MODEL_ID, "/v1/completions"), metrics.slot("other", CHAT)):
+        slot.count("-", 200)
+        slot.duration.observe(0.01)
+    exposition = asyncio.run(metrics.exposition(1.0)).decode()
+    assert counted_answers(exposition) == 3
+
+
+def verdict(table: str, row: str) -> str:
+    [line] = [line for line in table.splitlines() if row in line]
+    return line.rstrip(" |").rsplit("|", 1)[-1].strip()
+
+
+def test_every_answer_counted_and_a_quick_scrape_pass() -> None:
+    results = Results(Settings())
+    results.metrics = MetricsCheck(scrape_ms=4.0, counted=1200, answered=1100)
+    table = render(results)
+    assert verdict(table, "/metrics scrape") == "PASS"
+    assert verdict(table, "/metrics chat 2xx counted") == "PASS"
+    assert "1,200 / 1,100" in table
+
+
+def test_an_answer_left_uncounted_or_a_slow_scrape_miss() -> None:
+    results = Results(Settings())
+    results.metrics = MetricsCheck(scrape_ms=150.0, counted=1099, answered=1100)
+    table = render(results)
+    assert verdict(table, "/metrics scrape") == "MISS"
+    assert verdict(table, "/metrics chat 2xx counted") == "MISS"
+
+
+def test_the_check_against_a_real_router(tmp_path: Path) -> None:
+    with FakeBackend() as fake:
+        config = {"models": {"bench": entry(MODEL_ID, fake.port)}}
+        router = RouterProcess(config, tmp_path).start()
+        try:
+            body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}
+            with httpx.Client(base_url=router.url, timeout=10) as client:
+                for _ in range(4):
+                    assert client.post(CHAT, json=body).status_code == 200
+            check = check_metrics(router.url, answered=4)
+        finally:
+            router.stop()
+    assert check.counted == 4 and check.complete
+    assert check.scrape_ms > 0
