@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import fake_llama_server
+import on_demand_serving as on_demand
 from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from net import eventually, free_port, wait_until
@@ -283,3 +284,39 @@ async def test_a_converted_answer_counts_its_tokens_once_and_a_timeout_is_a_refu
     chat = {"model": "m-chat", "endpoint": CHAT_PATH, "key": "-"}
     assert value(found, "slm_requests_total", **chat, status_class="5xx") == 1
     assert value(found, "slm_rejected_requests_total", model="m-chat", reason="timeout") == 1
+
+
+async def test_a_request_waiting_for_memory_is_queued_and_one_that_never_fits_is_refused(
+    tmp_path: Path,
+) -> None:
+    models = {
+        "a": on_demand.model("a", on_demand=False),
+        "b": on_demand.model("b"),
+        "huge": on_demand.model("huge", memory_gb=4),
+    }
+    launcher = on_demand.Launcher({"a": ["--chunks", "15", "--chunk-delay", "0.1"]})
+    async with on_demand.serving(
+        tmp_path, models, launcher, max_loaded_models=1, memory_budget_gb=1.5
+    ) as served:
+        await served.ready("a")
+        scheduler = served.app.scheduler
+        assert scheduler is not None
+        a_stream = asyncio.create_task(
+            served.client.post(CHAT_PATH, json={**on_demand.chat("m-a"), "stream": True})
+        )
+        await eventually(lambda: served.app.table.backends["a"].in_flight == 1, 5, "a busy")
+        b = asyncio.create_task(served.client.post(CHAT_PATH, json=on_demand.chat("m-b")))
+        await eventually(lambda: scheduler.waiting("b") == 1, 5, "b to wait for a's memory")
+        waiting = await in_process_scrape(served.client)
+        assert value(waiting, "slm_queued_requests", model="m-b") == 1
+        assert value(waiting, "slm_in_flight_requests", model="m-b") == 0
+        assert value(waiting, "slm_in_flight_requests", model="m-a") == 1
+
+        never = await served.client.post(CHAT_PATH, json=on_demand.chat("m-huge"))
+        assert never.status_code == 503 and never.json()["error"]["code"] == "insufficient_memory"
+        assert [r.status_code for r in await asyncio.gather(a_stream, b)] == [200, 200]
+        found = await in_process_scrape(served.client)
+    assert value(found, "slm_rejected_requests_total", model="m-huge", reason="memory") == 1
+    assert value(found, "slm_queued_requests", model="m-b") == 0
+    huge = {"model": "m-huge", "endpoint": CHAT_PATH, "key": "-"}
+    assert value(found, "slm_requests_total", **huge, status_class="5xx") == 1

@@ -100,10 +100,14 @@ class RouterApp:
         store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
         self.bridge = Bridge(ResponseStore(store_bytes))
         self.load = LoadFigures(config.base_dir)
-        self.metrics = RouterMetrics(
-            self.table.model_ids, self.table.backends, self.processes, self.load
-        )
         self.scheduler = self._scheduler(supervisor) if supervisor is not None else None
+        self.metrics = RouterMetrics(
+            self.table.model_ids,
+            self.table.backends,
+            self.processes,
+            self.load,
+            self.scheduler.waiting if self.scheduler is not None else None,
+        )
         # A load may wait for others to drain and stop, then for its own start.
         self.load_timeout_s = config.file.router.shutdown_grace_s
         if supervisor is not None:

@@ -7,7 +7,7 @@ memory), so nothing here runs per request. prometheus_client writes the format.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,8 +36,10 @@ class RouterCollector(Collector):
         backends: Mapping[str, Backend],
         processes: Mapping[str, BackendProcess],
         load: LoadFigures,
+        waiting_to_start: Callable[[str], int] | None = None,
     ) -> None:
         self._tallies = tallies
+        self._waiting_to_start = waiting_to_start
         self._backends = {role: b for role, b in backends.items() if b.entry.enabled}
         self._processes = processes
         self._load = load
@@ -115,12 +117,15 @@ class RouterCollector(Collector):
         )
         queued = GaugeMetricFamily(
             "slm_queued_requests",
-            "Requests waiting for one of the model's slots now (at most router.max_queue).",
+            "Requests waiting for one of the model's slots, or for the model to start, now.",
             labels=["model"],
         )
-        for backend in self._backends.values():
+        for role, backend in self._backends.items():
             in_flight.add_metric([backend.entry.id], backend.gate.active)
-            queued.add_metric([backend.entry.id], backend.gate.waiting)
+            waiting = backend.gate.waiting
+            if self._waiting_to_start is not None and role in self._processes:
+                waiting += self._waiting_to_start(role)  # as health and `ps` count them
+            queued.add_metric([backend.entry.id], waiting)
         yield from (in_flight, queued)
 
     def _backend_processes(self) -> Iterator[Metric]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
@@ -35,10 +35,14 @@ class RouterMetrics:
         backends: Mapping[str, Backend],
         processes: Mapping[str, BackendProcess],
         load: LoadFigures,
+        waiting_to_start: Callable[[str], int] | None = None,
     ) -> None:
+        """``waiting_to_start``: the requests waiting for a role to start or for memory
+        (the scheduler's count; None: this router starts nothing)."""
         self.tallies = RequestTallies(model_ids)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(RouterCollector(self.tallies, backends, processes, load))
+        collector = RouterCollector(self.tallies, backends, processes, load, waiting_to_start)
+        self.registry.register(collector)
         self._backends = backends
         self._processes = processes
         self._load = load
