@@ -15,11 +15,12 @@ from slm_server.config.paths import (
     base_dir_for,
     resolve_model_path,
 )
-from slm_server.config.schema import ConfigFile, ModelEntry, RouterSettings
+from slm_server.config.schema import ApiKey, ConfigFile, ModelEntry, RouterSettings
 
 __all__ = [
     "CONFIG_ENV_VAR",
     "DEFAULT_CONFIG_PATH",
+    "ApiKey",
     "ConfigError",
     "ConfigFile",
     "LoadedConfig",

@@ -226,6 +226,58 @@ class ModelEntry(BaseModel):
         return f"http://{host}:{self.port}"
 
 
+class ApiKey(BaseModel):
+    """One API key the router accepts, and what it may use."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        min_length=1, description="Names the key in messages and logs; the key itself never is."
+    )
+    key_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Environment variable holding the key, read when the router starts.",
+    )
+    key_sha256: str | None = Field(
+        default=None,
+        description="The key's SHA-256 as 64 hex digits (see `slm-server hash-key`).",
+    )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The key itself, in the file (warned: prefer key_env or key_sha256).",
+    )
+    models: list[str] | None = Field(
+        default=None, description="Model ids the key may use. Default: every model."
+    )
+    admin: bool = Field(default=False, description="May use the admin endpoints (load, unload).")
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _is_a_digest(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError(
+                "must be 64 hex digits, the SHA-256 of the key (`slm-server hash-key` "
+                f"prints it); got {len(value)} characters"
+            )
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiKey:
+        given = [
+            name for name in ("key_env", "key_sha256", "key") if getattr(self, name) is not None
+        ]
+        if len(given) != 1:
+            got = " and ".join(given) if given else "none"
+            raise ValueError(
+                f"key '{self.name}' needs exactly one of key_env, key_sha256 or key (got {got})"
+            )
+        return self
+
+
 class RouterSettings(BaseModel):
     """Settings of the routing service itself (all optional)."""
 
@@ -299,6 +351,28 @@ class RouterSettings(BaseModel):
     max_loaded_models: int | None = Field(
         default=None, ge=1, description="At most this many backends running at once."
     )
+
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description=(
+            "Keys a client must send (`Authorization: Bearer <key>` or `x-api-key: <key>`) "
+            "for every endpoint but /health. Default: none, and no key is asked for."
+        ),
+    )
+    metrics_public: bool = Field(
+        default=False,
+        description="With api_keys: /metrics answers without a key (else it needs an admin key).",
+    )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _unique_names(cls, keys: list[ApiKey]) -> list[ApiKey]:
+        names = [key.name for key in keys]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            used = ", ".join(repeated)
+            raise ValueError(f"each key needs a name of its own; used more than once: {used}")
+        return keys
 
     @field_validator("max_inflight_body_mb")
     @classmethod

@@ -13,7 +13,7 @@ from pydantic_core import ErrorDetails
 
 from slm_server.config.backend_flags import flag_clashes
 from slm_server.config.problems import Problem
-from slm_server.config.schema import ConfigFile, ModelEntry, RouterSettings
+from slm_server.config.schema import ApiKey, ConfigFile, ModelEntry, RouterSettings
 
 _MAX_SHOWN = 60  # characters of a bad value quoted back in a message
 
@@ -99,6 +99,8 @@ def _owner(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel
         return model
     if model is ConfigFile and len(loc) == 2 and loc[0] == "router":
         return RouterSettings
+    if model is ConfigFile and len(loc) == 4 and loc[:2] == ("router", "api_keys"):
+        return ApiKey
     return None
 
 
