@@ -8,7 +8,7 @@ import signal
 
 from slm_server import backends
 from slm_server.config import LoadedConfig, ModelEntry
-from slm_server.router.serve import WILDCARD_HOSTS, run_uvicorn
+from slm_server.router.serve import is_loopback, run_uvicorn
 from slm_server.scheduler.fit_rules import memory_problems
 from slm_server.supervisor import Supervisor
 
@@ -19,14 +19,17 @@ def make_supervisor(config: LoadedConfig) -> Supervisor:
     def launch(role: str, entry: ModelEntry) -> backends.LaunchSpec:
         return backends.launch_spec(entry, config.base_dir)
 
+    # With API keys, a backend others can reach is a way around them: said all the more.
+    around = ", around the router's API keys" if config.file.router.api_keys else ""
     for role, entry in config.models.items():
-        if entry.enabled and entry.host in WILDCARD_HOSTS:
+        if entry.enabled and not is_loopback(entry.host):
             log.warning(
                 "%s: the backend listens on %s:%d, reachable from other machines without "
-                "authentication; set `host: 127.0.0.1` to keep it local",
+                "authentication%s; set `host: 127.0.0.1` to keep it local",
                 role,
                 entry.host or "*",
                 entry.port,
+                around,
             )
     return Supervisor(config, launch, config.base_dir / "logs")
 

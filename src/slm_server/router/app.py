@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from slm_server.auth import Grant, key_ring
 from slm_server.config import LoadedConfig
 from slm_server.router import health
 from slm_server.router.asgi import (
@@ -24,6 +25,7 @@ from slm_server.router.asgi import (
     send_json,
     send_response,
 )
+from slm_server.router.auth import authenticate, require_admin, require_model
 from slm_server.router.backend_control import as_unloaded, control_target, load
 from slm_server.router.body_budget import BodyBudget
 from slm_server.router.body_deadlines import BodyDeadlines
@@ -92,6 +94,9 @@ class RouterApp:
         self.supervisor = supervisor
         self.processes: Mapping[str, BackendProcess] = supervisor.processes if supervisor else {}
         self.table = RoutingTable(config)
+        # None without router.api_keys: then no request is asked for a key.
+        self.keys = key_ring(config.file.router.api_keys, os.environ)
+        self.strip_credentials = self.keys is not None  # a backend never sees a client's key
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.body_deadlines = BodyDeadlines(config.file.router.body_timeout_s)
@@ -193,14 +198,18 @@ class RouterApp:
     async def _dispatch(self, scope: Scope, receive: Receive, sent: RequestRecord) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        grant: Grant | None = None  # None: no keys are configured
+        if self.keys is not None and path != "/health":  # a liveness probe needs no key
+            grant = authenticate(self.keys, scope["headers"])
+            sent.key = grant.name  # the metrics count requests by key name
         if path in ENDPOINT_MODEL_TYPES:
             if method != "POST":
                 raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
-            await self._model_request(scope, receive, sent, path)
+            await self._model_request(scope, receive, sent, path, grant)
         elif path in _GET_ENDPOINTS:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
-            await send_json(sent.send, 200, await self._info(path))
+            await send_json(sent.send, 200, await self._info(path, grant))
         elif path == METRICS_PATH:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
@@ -211,15 +220,17 @@ class RouterApp:
         elif (target := control_target(path)) is not None:
             if method != "POST":
                 raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
+            if grant is not None:
+                require_admin(grant)
             await send_json(sent.send, 200, await self._control(*target))
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
 
-    async def _info(self, path: str) -> Any:
+    async def _info(self, path: str, grant: Grant | None) -> Any:
         if path == "/health":
             return {"status": "ok", "pid": os.getpid()}
         if path == "/v1/models":
-            return self._models()
+            return self._models(grant)
         return await self._health(self.table.backends)
 
     async def _health(self, backends: Mapping[str, Backend]) -> dict[str, dict[str, Any]]:
@@ -260,7 +271,8 @@ class RouterApp:
         report = (await self._health({role: self.table.backends[role]}))[role]
         return report if action == "load" else as_unloaded(report)
 
-    def _models(self) -> dict[str, Any]:
+    def _models(self, grant: Grant | None) -> dict[str, Any]:
+        """The enabled models, only those ``grant`` may use (all without keys)."""
         data: list[dict[str, Any]] = [
             {
                 "id": backend.entry.id,
@@ -276,7 +288,7 @@ class RouterApp:
                 "supports_function_calling": backend.entry.supports_function_calling,
             }
             for backend in self.table.backends.values()
-            if backend.entry.enabled
+            if backend.entry.enabled and (grant is None or grant.allows(backend.entry.id))
         ]
         for model in data:  # only a router that runs the backends knows their state
             process = self.processes.get(model["role"])
@@ -285,7 +297,7 @@ class RouterApp:
         return {"object": "list", "data": data}
 
     async def _model_request(
-        self, scope: Scope, receive: Receive, sent: RequestRecord, path: str
+        self, scope: Scope, receive: Receive, sent: RequestRecord, path: str, grant: Grant | None
     ) -> None:
         lifetime = RequestLifetime(receive, sent)  # the deadline runs from arrival, upload too
         body = await read_body(
@@ -293,12 +305,18 @@ class RouterApp:
         )
         lifetime.stopwatch.resume()  # the router's own time starts once the client has sent
         try:
-            await self._route(scope, sent, path, body, lifetime)
+            await self._route(scope, sent, path, body, lifetime, grant)
         finally:
             self.bodies.give_back(len(body))
 
     async def _route(
-        self, scope: Scope, sent: RequestRecord, path: str, body: Body, lifetime: RequestLifetime
+        self,
+        scope: Scope,
+        sent: RequestRecord,
+        path: str,
+        body: Body,
+        lifetime: RequestLifetime,
+        grant: Grant | None,
     ) -> None:
         # Only the upload endpoints look at the content type: the JSON ones stay as quick as before.
         content_type = (header(scope, b"content-type") or "") if path in FORM_PATHS else ""
@@ -306,6 +324,8 @@ class RouterApp:
         model = form_model(content_type, body) if form else _model_of(scope, path, body)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
+        if grant is not None:  # before the lookup: a key learns nothing of models outside it
+            require_model(grant, model)
         backend = self.table.lookup(model, path)
         lifetime.begin(backend.entry.default_timeout, backend.label)
         sent.routed(self.metrics.slot(backend.entry.id, path), lifetime.stopwatch)
@@ -347,7 +367,7 @@ class RouterApp:
             if process is not None:
                 await _wait_until_ready(process, backend, lifetime)
                 upstream_model = process.upstream_model
-            headers = forwarded_request_headers(scope["headers"])
+            headers = forwarded_request_headers(scope["headers"], self.strip_credentials)
             query: bytes = scope["query_string"]
             target = f"{path}?{query.decode('latin-1')}" if query else path
             # A form (a file upload) is forwarded exactly as sent; so is JSON the router

@@ -80,6 +80,30 @@ class WrongModelType(RouterError):
     code = "model_type_mismatch"
 
 
+class InvalidApiKey(RouterError):
+    """No API key, or one the router does not know."""
+
+    status = 401
+    code = "invalid_api_key"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"www-authenticate", b"Bearer")]  # HTTP asks it of a 401
+
+
+class ModelNotAllowed(RouterError):
+    """A valid API key, for a model outside its ``models``."""
+
+    status = 403
+    code = "model_not_allowed"
+
+
+class AdminRequired(RouterError):
+    """A valid API key, on an admin endpoint, without ``admin: true``."""
+
+    status = 403
+    code = "admin_required"
+
+
 class ModelNotFound(RouterError):
     status = 404
     code = "model_not_found"

@@ -51,6 +51,9 @@ _NOT_FORWARDED = frozenset(
     }
 )
 
+# With API keys, the client's key is the router's business alone: never a backend's.
+_NOT_FORWARDED_WITH_KEYS = _NOT_FORWARDED | {b"authorization", b"x-api-key"}
+
 # A backend that is down is usually being (re)started; a few seconds is a fair hint.
 UNAVAILABLE_RETRY_AFTER_S = 5
 
@@ -80,10 +83,14 @@ def connect_failure(exc: ConnectFailed) -> str:
     return str(exc.os_error)
 
 
-def forwarded_request_headers(raw: Headers) -> Headers:
+def forwarded_request_headers(raw: Headers, strip_credentials: bool = False) -> Headers:
     """The client's headers as a backend gets them: repeats and order kept, hop-by-hop
-    ones dropped (the fixed set and any named in ``Connection``), a content type ensured."""
-    headers = _end_to_end(raw, _NOT_FORWARDED)
+    ones dropped (the fixed set and any named in ``Connection``), a content type ensured.
+
+    ``strip_credentials`` (the router checks API keys): ``Authorization`` and
+    ``x-api-key`` are dropped too.
+    """
+    headers = _end_to_end(raw, _NOT_FORWARDED_WITH_KEYS if strip_credentials else _NOT_FORWARDED)
     headers.append(_IDENTITY)
     for name, _ in headers:
         if name == b"content-type":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import uvicorn
@@ -14,6 +15,16 @@ from slm_server.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "", "*")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to bind keeps a server to this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may name any interface
+        return False
 
 
 def run_uvicorn(
@@ -40,10 +51,12 @@ def run_uvicorn(
     log.info("config %s: routing %d model(s)", config.path, len(enabled))
     for line in enabled:
         log.info("  %s", line)
-    if host in WILDCARD_HOSTS:
+    if app.keys is not None:
+        log.info("API keys asked for on every endpoint but /health: %s", ", ".join(app.keys.names))
+    elif not is_loopback(host):
         log.warning(
             "listening on %s: the router is reachable from other machines and has no "
-            "authentication; use --host 127.0.0.1 to keep it local",
+            "authentication; use --host 127.0.0.1 to keep it local, or set router.api_keys",
             host or "all interfaces",
         )
     server_config = uvicorn.Config(

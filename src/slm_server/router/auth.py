@@ -1,0 +1,56 @@
+"""Which API key a request carries, and whether it may do what it asks.
+
+Only asked when ``router.api_keys`` is set; the key is read from ``Authorization: Bearer``
+(the OpenAI SDKs) or ``x-api-key`` (the Anthropic SDK), whichever holds a valid one.
+Messages name the key by its configured name, never by the key itself.
+"""
+
+from __future__ import annotations
+
+from slm_server.auth import Grant, KeyRing
+from slm_server.router.asgi import Headers
+from slm_server.router.errors import AdminRequired, InvalidApiKey, ModelNotAllowed
+
+_BEARER = b"bearer "  # the scheme's name is case-insensitive (RFC 9110 11.1)
+
+
+def authenticate(ring: KeyRing, headers: Headers) -> Grant:
+    """The grant of the key in ``headers``; InvalidApiKey (401) when none is valid."""
+    bearer: bytes | None = None
+    api_key: bytes | None = None
+    for name, value in headers:  # the first of each only: a client gets two tries at most
+        if name == b"authorization" and bearer is None:
+            if value[:7].lower() == _BEARER:
+                bearer = value[7:].strip()
+        elif name == b"x-api-key" and api_key is None:
+            api_key = value.strip()
+    for presented in (bearer, api_key):
+        if presented is not None:
+            grant = ring.grant(presented)
+            if grant is not None:
+                return grant
+    if bearer is None and api_key is None:
+        raise InvalidApiKey(
+            "this server needs an API key: send it as `Authorization: Bearer <key>` "
+            "or `x-api-key: <key>`"
+        )
+    raise InvalidApiKey("the API key is not valid")
+
+
+def require_model(grant: Grant, model: str) -> None:
+    """ModelNotAllowed (403) unless ``grant`` may use ``model``."""
+    if not grant.allows(model):
+        allowed = ", ".join(sorted(grant.models or ())) or "none"
+        raise ModelNotAllowed(
+            f"the API key '{grant.name}' may not use model '{model}'; it may use: {allowed}",
+            param="model",
+        )
+
+
+def require_admin(grant: Grant) -> None:
+    """AdminRequired (403) unless ``grant`` is an admin key."""
+    if not grant.admin:
+        raise AdminRequired(
+            f"the API key '{grant.name}' is not an admin key; loading and unloading models "
+            "needs one (`admin: true` under router.api_keys)"
+        )
