@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -81,9 +82,11 @@ def run_start(
     host: str | None,
     port: int | None,
     wait_s: float,
+    api_key: str | None = None,
 ) -> int:
     """Start ``serve`` in the background; report each model until all are ready or failed
-    (a model that loads on demand is left unloaded)."""
+    (a model that loads on demand is left unloaded). ``api_key``: sent to read the models'
+    state when the config has router.api_keys."""
     pids = pid_file(config.base_dir)
     existing = running_instance(pids)
     if existing is not None:
@@ -113,11 +116,20 @@ def run_start(
     pids.parent.mkdir(parents=True, exist_ok=True)
     pids.write_text(json.dumps({"pid": child.pid, "url": url}))
     print(f"started slm_server (PID {child.pid}) on {url}; log: {log_path}")
-    return _report_readiness(child, url, log_path, pids, wait_s)
+    return _report_readiness(child, url, log_path, pids, wait_s, api_key)
+
+
+class _KeyRefused(Exception):
+    """The router asks for an API key to report on its models, and has none it accepts."""
 
 
 def _report_readiness(
-    child: subprocess.Popen[bytes], url: str, log_path: Path, pids: Path, wait_s: float
+    child: subprocess.Popen[bytes],
+    url: str,
+    log_path: Path,
+    pids: Path,
+    wait_s: float,
+    api_key: str | None,
 ) -> int:
     reported: dict[str, str] = {}
     deadline = time.monotonic() + wait_s
@@ -128,7 +140,16 @@ def _report_readiness(
             print(f"slm_server {describe_exit(code, 'slm_server')}; last lines of {log_path}:")
             print(_tail(log_path, 15))
             return 1
-        backends = _backends_if_ours(url, child.pid)
+        try:
+            backends = _backends_if_ours(url, child.pid, api_key)
+        except _KeyRefused:
+            given = "the key given is not valid" if api_key else "none was given"
+            print(
+                f"slm_server is running, but it asks for an API key to report on its models "
+                f"and {given}: give one with --api-key or $SLM_API_KEY, then see "
+                "`slm-server ps`"
+            )
+            return 1
         if backends is not None:
             for role, report in backends.items():
                 line = start_line(role, report)
@@ -146,20 +167,30 @@ def _report_readiness(
         time.sleep(_POLL_S)
 
 
-def _backends_if_ours(url: str, pid: int) -> dict[str, dict[str, Any]] | None:
-    """The router's backend report, only if the router answering is our child."""
+def _backends_if_ours(url: str, pid: int, api_key: str | None) -> dict[str, dict[str, Any]] | None:
+    """The router's backend report, only if the router answering is our child.
+
+    _KeyRefused when our child answers 401: it has API keys, and ``api_key`` is not one.
+    """
     try:
         if _get_json(f"{url}/health").get("pid") != pid:
             return None
-        report: dict[str, dict[str, Any]] = _get_json(f"{url}/v1/backends/health")
-    except (OSError, ValueError, AttributeError):  # URLError and HTTPError are OSErrors
+        report: dict[str, dict[str, Any]] = _get_json(f"{url}/v1/backends/health", api_key)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise _KeyRefused from None
+        return None
+    except (OSError, ValueError, AttributeError):  # URLError is an OSError
         return None
     return report
 
 
-def _get_json(url: str) -> Any:
+def _get_json(url: str, api_key: str | None = None) -> Any:
     # The standard library's client: `start` and `stop` must work on a plain install.
-    with _DIRECT.open(url, timeout=_REQUEST_TIMEOUT_S) as response:
+    request = urllib.request.Request(url)
+    if api_key is not None:
+        request.add_header("Authorization", f"Bearer {api_key}")
+    with _DIRECT.open(request, timeout=_REQUEST_TIMEOUT_S) as response:
         return json.loads(response.read(_MAX_REPORT_BYTES))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to report on loading models before returning (default: 900)",
     )
+    _add_api_key_flag(start)
     stop = commands.add_parser("stop", help="stop what `start` started, backends included")
     _add_config_flag(stop)
 
@@ -70,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
             help="the instance's address (default: the one `start` started, "
             "else router.port on this machine)",
         )
+        _add_api_key_flag(command)
     for command in (load, unload):
         command.add_argument("role", help="the model's role: its key under `models:`")
         command.add_argument(
@@ -79,6 +82,11 @@ def _build_parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="how long to wait for the model to be ready or stopped (default: 900)",
         )
+
+    commands.add_parser(
+        "hash-key",
+        help="print the SHA-256 of an API key read from stdin, for router.api_keys' key_sha256",
+    )
 
     supervise = commands.add_parser("backends", help="start the backends and keep them up")
     _add_config_flag(supervise)
@@ -103,6 +111,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
     return value
+
+
+def _add_api_key_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="the key to send when the instance has router.api_keys (default: $SLM_API_KEY, "
+        "else a configured key held here: its key_env set, or a plain key; admin keys first)",
+    )
 
 
 def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
@@ -133,13 +150,19 @@ def _load_or_report(
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from slm_server.auth.rules import key_problems
     from slm_server.backends import installation_problems
     from slm_server.scheduler.fit_rules import memory_problems
 
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
-    problems = [*loaded.problems, *installation_problems(loaded), *memory_problems(loaded)]
+    problems = [
+        *loaded.problems,
+        *installation_problems(loaded),
+        *memory_problems(loaded),
+        *key_problems(loaded, os.environ),
+    ]
     for problem in problems:
         print(problem)
     errors = sum(1 for problem in problems if problem.severity == "error")
@@ -156,7 +179,7 @@ def _router(args: argparse.Namespace) -> int:
     from slm_server.router.serve import run_uvicorn
 
     loaded = _load_or_report(args.config)
-    if loaded is None:
+    if loaded is None or not _keys_usable(loaded):
         return 1
     # Lenient: the backends may live elsewhere, where the paths are valid.
     for problem in loaded.problems:
@@ -177,11 +200,24 @@ def _load_for_launch(config_arg: str | None) -> LoadedConfig | None:
     return loaded
 
 
+def _keys_usable(loaded: LoadedConfig) -> bool:
+    """Say what is wrong with the API keys; False when the router cannot start with them."""
+    from slm_server.auth.rules import key_problems
+
+    problems = key_problems(loaded, os.environ)
+    for problem in problems:
+        log.log(logging.ERROR if problem.severity == "error" else logging.WARNING, "%s", problem)
+    errors = sum(1 for problem in problems if problem.severity == "error")
+    if errors:
+        log.error("%s: %d error(s) in router.api_keys; nothing started", loaded.path, errors)
+    return not errors
+
+
 def _serve(args: argparse.Namespace) -> int:
     from slm_server.serving import run_serve
 
     loaded = _load_for_launch(args.config)
-    if loaded is None:
+    if loaded is None or not _keys_usable(loaded):
         return 1
     return run_serve(loaded, host=args.host, port=args.port, log_level=args.log_level)
 
@@ -199,7 +235,7 @@ def _start(args: argparse.Namespace) -> int:
     from slm_server.background import run_start
 
     loaded = _load_for_launch(args.config)
-    if loaded is None:
+    if loaded is None or not _keys_usable(loaded):
         return 1
     serve_args = ["--log-level", args.log_level]
     if args.config is not None:
@@ -208,7 +244,10 @@ def _start(args: argparse.Namespace) -> int:
         serve_args += ["--host", args.host]
     if args.port is not None:
         serve_args += ["--port", str(args.port)]
-    return run_start(loaded, serve_args, host=args.host, port=args.port, wait_s=args.wait)
+    api_key = _api_key(args, loaded)
+    return run_start(
+        loaded, serve_args, host=args.host, port=args.port, wait_s=args.wait, api_key=api_key
+    )
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -220,43 +259,62 @@ def _stop(args: argparse.Namespace) -> int:
     return run_stop(loaded)
 
 
-def _instance_url(args: argparse.Namespace) -> str | None:
-    """``--url``, else the instance ``start`` recorded, else the configured port."""
+def _instance(args: argparse.Namespace) -> tuple[str, str | None] | None:
+    """The instance to ask (``--url``, else the one ``start`` recorded, else the configured
+    port) and the API key to send it (see ``_api_key``); None if the config is unusable."""
     from slm_server.background import pid_file
     from slm_server.control import instance_url
 
     if args.url is not None:
         url = str(args.url)
-        return url if "://" in url else f"http://{url}"  # `localhost:8000` is meant as HTTP
+        url = url if "://" in url else f"http://{url}"  # `localhost:8000` is meant as HTTP
+        return url, _api_key(args, None)
     path = resolve_config_path(args.config)
     if path == DEFAULT_CONFIG_PATH and not path.exists():
         # No config written: `start` served the built-in default from here, on the default port.
-        return instance_url(pid_file(base_dir_for(path)), RouterSettings())
+        return instance_url(pid_file(base_dir_for(path)), RouterSettings()), _api_key(args, None)
     loaded = _load_or_report(args.config, consequence="no instance to ask (or give --url)")
     if loaded is None:
         return None
-    return instance_url(pid_file(loaded.base_dir), loaded.file.router)
+    return instance_url(pid_file(loaded.base_dir), loaded.file.router), _api_key(args, loaded)
+
+
+def _api_key(args: argparse.Namespace, loaded: LoadedConfig | None) -> str | None:
+    """``--api-key``, else ``$SLM_API_KEY``, else a key of ``loaded``'s held here."""
+    from slm_server.auth.client import API_KEY_ENV, key_at_hand
+
+    if args.api_key:
+        return str(args.api_key)
+    if os.environ.get(API_KEY_ENV):
+        return os.environ[API_KEY_ENV]
+    return None if loaded is None else key_at_hand(loaded.file.router.api_keys, os.environ)
 
 
 def _ps(args: argparse.Namespace) -> int:
     from slm_server.control import run_ps
 
-    url = _instance_url(args)
-    return 1 if url is None else run_ps(url)
+    found = _instance(args)
+    return 1 if found is None else run_ps(*found)
 
 
 def _load(args: argparse.Namespace) -> int:
     from slm_server.control import run_load
 
-    url = _instance_url(args)
-    return 1 if url is None else run_load(url, args.role, args.wait)
+    found = _instance(args)
+    return 1 if found is None else run_load(found[0], args.role, args.wait, found[1])
 
 
 def _unload(args: argparse.Namespace) -> int:
     from slm_server.control import run_unload
 
-    url = _instance_url(args)
-    return 1 if url is None else run_unload(url, args.role, args.wait)
+    found = _instance(args)
+    return 1 if found is None else run_unload(found[0], args.role, args.wait, found[1])
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    from slm_server.auth.hash_key import run_hash_key
+
+    return run_hash_key()
 
 
 def _build_llama_server(args: argparse.Namespace) -> int:
@@ -275,6 +333,7 @@ _COMMANDS = {
     "ps": _ps,
     "load": _load,
     "unload": _unload,
+    "hash-key": _hash_key,
     "build-llama-server": _build_llama_server,
 }
 

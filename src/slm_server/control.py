@@ -39,6 +39,10 @@ class ServerRefused(Exception):
     """The instance answered with an error; the message is its own."""
 
 
+# Said after the instance's own message when it asks for an API key.
+KEY_HINT = "give the key with --api-key or $SLM_API_KEY"
+
+
 def instance_url(pid_path: Path, router: RouterSettings) -> str:
     """The instance ``start`` recorded in ``pid_path`` if it runs, else the configured port
     on this machine."""
@@ -51,9 +55,9 @@ def instance_url(pid_path: Path, router: RouterSettings) -> str:
     return f"http://{host}:{router.port}"
 
 
-def run_ps(url: str) -> int:
+def run_ps(url: str, api_key: str | None = None) -> int:
     try:
-        reports = _call("GET", url, "/v1/backends/health", HEALTH_TIMEOUT_S)
+        reports = _call("GET", url, "/v1/backends/health", HEALTH_TIMEOUT_S, api_key)
     except (NoAnswer, ServerRefused) as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -64,16 +68,16 @@ def run_ps(url: str) -> int:
     return 0
 
 
-def run_load(url: str, role: str, wait_s: float) -> int:
+def run_load(url: str, role: str, wait_s: float, api_key: str | None = None) -> int:
     """Start ``role`` (making room as a request would) and wait until it is ready."""
     print(f"loading {role}...", flush=True)
-    return _change(url, role, "load", wait_s, loaded_line)
+    return _change(url, role, "load", wait_s, loaded_line, api_key)
 
 
-def run_unload(url: str, role: str, wait_s: float) -> int:
+def run_unload(url: str, role: str, wait_s: float, api_key: str | None = None) -> int:
     """Stop ``role`` once its requests in flight have finished."""
     print(f"unloading {role}...", flush=True)
-    return _change(url, role, "unload", wait_s, unloaded_line)
+    return _change(url, role, "unload", wait_s, unloaded_line, api_key)
 
 
 def _change(
@@ -82,10 +86,11 @@ def _change(
     action: str,
     wait_s: float,
     outcome: Callable[[str, Mapping[str, Any]], str],
+    api_key: str | None,
 ) -> int:
     path = f"/v1/backends/{urllib.parse.quote(role, safe='')}/{action}"
     try:
-        report = _call("POST", url, path, wait_s)
+        report = _call("POST", url, path, wait_s, api_key)
     except TooSlow as exc:  # the instance carries on without us
         print(f"{exc}; see `slm-server ps` for what {role} is doing", file=sys.stderr)
         return 1
@@ -102,14 +107,19 @@ def _change(
     return 0
 
 
-def _call(method: str, url: str, path: str, timeout_s: float) -> Any:
+def _call(method: str, url: str, path: str, timeout_s: float, api_key: str | None) -> Any:
     """The JSON answer to ``method`` ``url + path``; NoAnswer or ServerRefused otherwise."""
     request = urllib.request.Request(url.rstrip("/") + path, method=method)
+    if api_key is not None:
+        request.add_header("Authorization", f"Bearer {api_key}")
     try:
         with _DIRECT.open(request, timeout=timeout_s) as response:
             return json.loads(response.read(_MAX_ANSWER_BYTES))
     except urllib.error.HTTPError as exc:
-        raise ServerRefused(_error_message(exc)) from None
+        message = _error_message(exc)
+        if exc.code == 401:
+            message = f"{message}; {KEY_HINT}"
+        raise ServerRefused(message) from None
     except urllib.error.URLError as exc:  # refused, unknown host, or a connect that timed out
         if isinstance(exc.reason, TimeoutError):
             raise TooSlow(_too_slow(url, timeout_s)) from None
