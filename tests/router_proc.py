@@ -26,12 +26,15 @@ class RouterProcess:
         tmp_dir: Path,
         command: str = "router",
         env: dict[str, str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         """``config`` None: no config file at all (``serve`` then uses its built-in default).
 
         ``env``: variables set for the router on top of this process's environment.
+        ``api_key``: sent to ``/v1/backends/health`` (by ``backends``), for a router with keys.
         """
         self.command = command
+        self.auth = {} if api_key is None else {"authorization": f"Bearer {api_key}"}
         self.env = {k: v for k, v in os.environ.items() if k != "SLM_SERVER_CONFIG"} | (env or {})
         self.tmp_dir = tmp_dir
         self.config_args: list[str] = []
@@ -74,7 +77,7 @@ class RouterProcess:
     def backends(self) -> dict[str, dict[str, Any]]:
         """``/v1/backends/health``: role -> report."""
         report: dict[str, dict[str, Any]] = httpx.get(
-            f"{self.url}/v1/backends/health", timeout=10
+            f"{self.url}/v1/backends/health", headers=self.auth, timeout=10
         ).json()
         return report
 

@@ -1,0 +1,237 @@
+"""API keys as clients meet them: the real SDKs against a real ``serve`` (fake llama-servers
+on its PATH), with keys scoped to models, one admin key, and one unscoped key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+import fake_llama_server
+from config_builder import entry
+from net import free_port
+from router_proc import RouterProcess, serving
+
+ALICE = f"alice-{secrets.token_hex(16)}"  # m-chat only
+BOB = f"bob-{secrets.token_hex(16)}"  # every model, not admin
+OPS = f"ops-{secrets.token_hex(16)}"  # admin, given as its SHA-256
+WRONG = f"wrong-{secrets.token_hex(16)}"
+MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
+
+
+class Served:
+    def __init__(self, router: RouterProcess, ports: dict[str, int], directory: Path) -> None:
+        self.router = router
+        self.ports = ports  # role -> its fake backend's port
+        self.dir = directory
+
+    def openai(self, key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.router.url}/v1", api_key=key, max_retries=0)
+
+    def anthropic(self, key: str) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=self.router.url, api_key=key, max_retries=0)
+
+    def received(self, role: str) -> dict[str, Any]:
+        """What the role's fake backend last received (headers with lower-case names)."""
+        url = f"http://127.0.0.1:{self.ports[role]}/_fake/last_request"
+        seen: dict[str, Any] = httpx.get(url, timeout=5).json()
+        return seen
+
+    def slm(self, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The command line, asking this instance (``key`` in $SLM_API_KEY)."""
+        env = {k: v for k, v in os.environ.items() if k != "SLM_API_KEY"}
+        if key is not None:
+            env["SLM_API_KEY"] = key
+        return subprocess.run(
+            [sys.executable, "-m", "slm_server", *args, "--url", self.router.url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    directory = tmp_path_factory.mktemp("keys")
+    (directory / "m.gguf").write_bytes(b"GGUF")  # never read: the fake ignores --model
+    ports = {"chat": free_port(), "other": free_port()}
+    config = {
+        "models": {
+            role: entry(model_id, ports[role], model_path=str(directory / "m.gguf"))
+            for role, model_id in (("chat", "m-chat"), ("other", "m-other"))
+        },
+        "router": {
+            "api_keys": [
+                {"name": "alice", "key_env": "SLM_TEST_KEY_ALICE", "models": ["m-chat"]},
+                {"name": "bob", "key_env": "SLM_TEST_KEY_BOB"},
+                {
+                    "name": "ops",
+                    "key_sha256": hashlib.sha256(OPS.encode()).hexdigest(),
+                    "admin": True,
+                },
+            ]
+        },
+    }
+    bin_dir = fake_llama_server.install(directory / "bin")
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLM_SERVER_CACHE": str(directory / "cache"),
+        "SLM_TEST_KEY_ALICE": ALICE,
+        "SLM_TEST_KEY_BOB": BOB,
+    }
+    router = RouterProcess(config, directory, command="serve", env=env, api_key=BOB)
+    with serving(router, 60):
+        yield Served(router, ports, directory)
+
+
+def test_openai_sdk_with_its_key_is_answered_and_the_key_goes_no_further(
+    served: Served,
+) -> None:
+    with served.openai(ALICE) as client:
+        answer = client.chat.completions.create(model="m-chat", messages=MESSAGES)
+        assert answer.choices[0].message.content
+        assert not _credentials(served.received("chat"))
+
+        stream = client.chat.completions.create(model="m-chat", messages=MESSAGES, stream=True)
+        assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+        assert not _credentials(served.received("chat"))
+
+
+def test_anthropic_sdk_with_its_key_is_answered_and_the_key_goes_no_further(
+    served: Served,
+) -> None:
+    with served.anthropic(ALICE) as client:
+        message = client.messages.create(model="m-chat", max_tokens=16, messages=MESSAGES)
+    assert message.content and message.content[0].type == "text"
+    assert not _credentials(served.received("chat"))
+
+
+def test_a_request_without_a_valid_key_is_refused_with_401(served: Served) -> None:
+    with served.openai(WRONG) as client, pytest.raises(openai.AuthenticationError) as wrong:
+        client.chat.completions.create(model="m-chat", messages=MESSAGES)
+    assert wrong.value.status_code == 401 and wrong.value.code == "invalid_api_key"
+
+    bare = httpx.post(
+        f"{served.router.url}/v1/chat/completions",
+        json={"model": "m-chat", "messages": MESSAGES},
+        timeout=10,
+    )
+    assert bare.status_code == 401
+    assert bare.headers["www-authenticate"] == "Bearer"
+    error = bare.json()["error"]
+    assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
+    assert "x-api-key" in error["message"]  # says how to send one
+
+    with served.anthropic(WRONG) as claude, pytest.raises(anthropic.AuthenticationError) as refused:
+        claude.messages.create(model="m-chat", max_tokens=16, messages=MESSAGES)
+    assert refused.value.status_code == 401
+    assert refused.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+
+
+def test_a_key_asking_for_a_model_outside_its_scope_gets_403(served: Served) -> None:
+    with served.openai(ALICE) as client:
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            client.chat.completions.create(model="m-other", messages=MESSAGES)
+        assert denied.value.code == "model_not_allowed"
+        assert "m-chat" in denied.value.message  # says what it may use
+
+        # A model no entry serves gets the same answer: the key learns nothing outside it.
+        with pytest.raises(openai.PermissionDeniedError):
+            client.chat.completions.create(model="m-secret", messages=MESSAGES)
+
+    with served.anthropic(ALICE) as claude, pytest.raises(anthropic.PermissionDeniedError) as no:
+        claude.messages.create(model="m-other", max_tokens=16, messages=MESSAGES)
+    assert no.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+
+    with served.openai(BOB) as unscoped:
+        answer = unscoped.chat.completions.create(model="m-other", messages=MESSAGES)
+    assert answer.choices[0].message.content
+
+
+def test_the_model_list_shows_only_the_models_of_the_key(served: Served) -> None:
+    with served.openai(ALICE) as alice, served.openai(BOB) as bob, served.openai(WRONG) as no:
+        assert [model.id for model in alice.models.list()] == ["m-chat"]
+        assert sorted(model.id for model in bob.models.list()) == ["m-chat", "m-other"]
+        with pytest.raises(openai.AuthenticationError):
+            no.models.list()
+
+
+def test_health_needs_no_key_and_backend_health_needs_any_valid_key(served: Served) -> None:
+    url = served.router.url
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    assert httpx.head(f"{url}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{url}/v1/backends/health", timeout=10).status_code == 401
+    scoped = httpx.get(f"{url}/v1/backends/health", headers={"x-api-key": ALICE}, timeout=10)
+    assert scoped.status_code == 200 and set(scoped.json()) == {"chat", "other"}
+
+
+def test_load_and_unload_need_an_admin_key(served: Served) -> None:
+    url = served.router.url
+    refused = httpx.post(f"{url}/v1/backends/other/unload", headers=_bearer(BOB), timeout=30)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "admin_required"
+    assert served.router.backends()["other"]["state"] == "ready"  # untouched
+
+    unloaded = httpx.post(f"{url}/v1/backends/other/unload", headers=_bearer(OPS), timeout=30)
+    assert unloaded.status_code == 200, unloaded.text
+    assert unloaded.json()["state"] != "ready"
+    loaded = httpx.post(f"{url}/v1/backends/other/load", headers=_bearer(OPS), timeout=30)
+    assert loaded.status_code == 200 and loaded.json()["state"] == "ready", loaded.text
+
+
+def test_the_command_line_sends_the_key_it_is_given(served: Served) -> None:
+    unkeyed = served.slm("ps")
+    assert unkeyed.returncode == 1
+    assert "--api-key" in unkeyed.stderr and "SLM_API_KEY" in unkeyed.stderr
+
+    listed = served.slm("ps", key=BOB)
+    assert listed.returncode == 0, listed.stderr
+    assert "m-other" in listed.stdout
+
+    not_admin = served.slm("unload", "other", "--api-key", BOB)
+    assert not_admin.returncode == 1
+    assert "not an admin key" in not_admin.stderr
+
+    assert served.slm("unload", "other", key=OPS).returncode == 0
+    reloaded = served.slm("load", "other", key=OPS)
+    assert reloaded.returncode == 0, reloaded.stderr
+
+
+def test_no_key_appears_in_any_log_file_nor_reaches_a_backend(served: Served) -> None:
+    for key in (ALICE, BOB, OPS, WRONG):
+        for headers in (_bearer(key), {"x-api-key": key}):
+            httpx.post(
+                f"{served.router.url}/v1/chat/completions",
+                json={"model": "m-chat", "messages": MESSAGES},
+                headers=headers,
+                timeout=10,
+            )
+            assert not _credentials(served.received("chat"))
+    files = [path for path in served.dir.rglob("*") if path.is_file()]
+    logs = [path for path in files if path.suffix == ".log"]
+    assert served.router.log_path in logs and len(logs) > 1  # the router's and the backends'
+    for path in files:
+        text = path.read_bytes()
+        for key in (ALICE, BOB, OPS, WRONG):
+            assert key.encode() not in text, f"{key[:5]}... in {path}"
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def _credentials(received: dict[str, Any]) -> list[str]:
+    """The credential headers among those a backend received."""
+    return [name for name, _ in received["header_list"] if name in ("authorization", "x-api-key")]
