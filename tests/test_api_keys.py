@@ -222,6 +222,8 @@ def test_no_key_appears_in_any_log_file_nor_reaches_a_backend(served: Served) ->
     files = [path for path in served.dir.rglob("*") if path.is_file()]
     logs = [path for path in files if path.suffix == ".log"]
     assert served.router.log_path in logs and len(logs) > 1  # the router's and the backends'
+    said = "API keys asked for on every endpoint but /health: alice, bob, ops"  # names only
+    assert said in served.router.log()
     for path in files:
         text = path.read_bytes()
         for key in (ALICE, BOB, OPS, WRONG):

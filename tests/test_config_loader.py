@@ -206,10 +206,10 @@ def test_example_config_has_no_schema_errors() -> None:
 
 
 def test_example_config_documents_every_field() -> None:
-    from slm_server.config import ModelEntry, RouterSettings
+    from slm_server.config import ApiKey, ModelEntry, RouterSettings
 
     text = (REPO / "config" / "models.yaml.example").read_text(encoding="utf-8")
-    for name in [*ModelEntry.model_fields, *RouterSettings.model_fields]:
+    for name in [*ModelEntry.model_fields, *RouterSettings.model_fields, *ApiKey.model_fields]:
         assert name in text, name
 
 

@@ -1,0 +1,150 @@
+"""API keys at the command line: hash-key, check-config, start-up refusals, and ``start`` /
+``ps`` against an instance with keys (real ``serve``, fake llama-servers on its PATH)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import fake_llama_server
+from config_builder import entry
+from net import free_port
+
+OPS_KEY = "ops-4f0c2b7e9d1a"
+
+
+class Directory:
+    """A directory with a model file, a fake llama-server, and ``slm`` to run the CLI there."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.port = free_port()
+        (path / "m.gguf").write_bytes(b"GGUF")  # never read: the fake ignores --model
+        bin_dir = fake_llama_server.install(path / "bin")
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in ("SLM_SERVER_CONFIG", "SLM_API_KEY")
+        } | {
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "SLM_SERVER_CACHE": str(path / "cache"),
+        }
+
+    def write_config(self, api_keys: list[dict[str, Any]]) -> None:
+        model = entry("m-chat", free_port(), model_path=str(self.path / "m.gguf"))
+        config = {"models": {"chat": model}, "router": {"api_keys": api_keys}}
+        (self.path / "models.yaml").write_text(yaml.safe_dump(config))
+
+    def slm(
+        self, *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "slm_server", *args],
+            cwd=self.path,
+            env=self.env | (env or {}),
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> Iterator[Directory]:
+    made = Directory(tmp_path)
+    yield made
+    if (tmp_path / "models.yaml").exists():
+        made.slm("stop", "--config", "models.yaml")
+
+
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", ""])
+def test_hash_key_prints_the_sha256_of_the_key_on_stdin(
+    directory: Directory, line_end: str
+) -> None:
+    result = directory.slm("hash-key", stdin=f"s3cret key{line_end}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == hashlib.sha256(b"s3cret key").hexdigest() + "\n"
+
+
+def test_hash_key_refuses_an_empty_key(directory: Directory) -> None:
+    result = directory.slm("hash-key", stdin="\n")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no key on stdin" in result.stderr
+
+
+def test_check_config_says_what_is_wrong_with_the_keys(directory: Directory) -> None:
+    directory.write_config(
+        [
+            {"name": "alice", "key_env": "SLM_TEST_KEY_ALICE", "models": ["m-chat", "m-typo"]},
+            {"name": "lab", "key": "written-here"},
+        ]
+    )
+    unset = directory.slm("check-config", "--config", "models.yaml")
+    assert unset.returncode == 1
+    assert "error: models.yaml: field 'router.api_keys.0.key_env': key 'alice': " in unset.stdout
+    assert "SLM_TEST_KEY_ALICE is not set" in unset.stdout
+    assert "'m-typo', which no enabled entry serves" in unset.stdout
+    assert "key 'lab' is written in the file itself" in unset.stdout
+
+    ok = directory.slm("check-config", "--config", "models.yaml", env={"SLM_TEST_KEY_ALICE": "a"})
+    assert ok.returncode == 0, ok.stdout
+    assert "0 error(s), 2 warning(s)" in ok.stdout  # the key written in the file, the typo
+
+
+def test_check_config_names_a_malformed_sha256(directory: Directory) -> None:
+    directory.write_config([{"name": "ops", "key_sha256": "not-hex"}])
+    result = directory.slm("check-config", "--config", "models.yaml")
+    assert result.returncode == 1
+    assert "field 'router.api_keys.0.key_sha256': must be 64 hex digits" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["router", "serve"])
+def test_a_router_whose_key_variable_is_unset_does_not_start(
+    directory: Directory, command: str
+) -> None:
+    directory.write_config([{"name": "alice", "key_env": "SLM_TEST_KEY_ALICE"}])
+    args = ["--config", "models.yaml", "--host", "127.0.0.1", "--port", str(directory.port)]
+    result = directory.slm(command, *args)
+    assert result.returncode == 1
+    assert "SLM_TEST_KEY_ALICE is not set" in result.stderr
+    assert "1 error(s) in router.api_keys; nothing started" in result.stderr
+
+
+def test_start_follows_the_models_with_an_admin_key_of_the_config(directory: Directory) -> None:
+    directory.write_config(
+        [
+            {"name": "user", "key_env": "SLM_TEST_KEY_USER", "models": []},
+            {"name": "ops", "key_env": "SLM_TEST_KEY_OPS", "admin": True},
+        ]
+    )
+    keys = {"SLM_TEST_KEY_USER": "user-9b3e", "SLM_TEST_KEY_OPS": OPS_KEY}
+    port = ["--port", str(directory.port)]
+    started = directory.slm("start", "--config", "models.yaml", *port, "--wait", "60", env=keys)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "chat" in started.stdout and "ready" in started.stdout
+
+    # ps finds the instance and the key the same way.
+    listed = directory.slm("ps", "--config", "models.yaml", env=keys)
+    assert listed.returncode == 0, listed.stderr
+    assert "m-chat" in listed.stdout
+
+
+def test_start_without_a_key_it_can_send_says_how_to_give_one(directory: Directory) -> None:
+    hashed = hashlib.sha256(OPS_KEY.encode()).hexdigest()
+    directory.write_config([{"name": "ops", "key_sha256": hashed, "admin": True}])
+    port = ["--port", str(directory.port)]
+    started = directory.slm("start", "--config", "models.yaml", *port, "--wait", "60")
+    assert started.returncode == 1
+    assert "slm_server is running, but it asks for an API key" in started.stdout
+    assert "--api-key or $SLM_API_KEY" in started.stdout
+
+    listed = directory.slm("ps", "--config", "models.yaml", env={"SLM_API_KEY": OPS_KEY})
+    assert listed.returncode == 0, listed.stderr
+    assert "m-chat" in listed.stdout
