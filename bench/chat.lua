@@ -4,6 +4,8 @@
 wrk.method = "POST"
 wrk.body = '{"model":"bench","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}'
 wrk.headers["Content-Type"] = "application/json"
+-- The API key bench/router.py configures, from the environment bench/wrk.py sets.
+wrk.headers["Authorization"] = "Bearer " .. os.getenv("SLM_BENCH_API_KEY")
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -25,7 +25,7 @@ import uvloop
 
 from bench.backend import BenchProtocol
 from bench.procs import HOST, Started, free_port, running, spawn, wait_healthy
-from bench.router import MODEL_ID, write_config
+from bench.router import AUTH_HEADERS, MODEL_ID, write_config
 
 _LOADING_S_ENV = "SLM_BENCH_LOADING_S"
 _TIMES_FILE_ENV = "SLM_BENCH_TIMES_FILE"
@@ -70,7 +70,8 @@ def _fake_llama_server_dir(tmp: Path) -> Path:
 def _chat(router: Started, port: int) -> None:
     connection = http.client.HTTPConnection(HOST, port, timeout=60)
     try:
-        connection.request("POST", "/v1/chat/completions", _CHAT_BODY, {"content-type": "json"})
+        headers = {"content-type": "json", **AUTH_HEADERS}
+        connection.request("POST", "/v1/chat/completions", _CHAT_BODY, headers)
         response = connection.getresponse()
         body = response.read()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -10,6 +11,17 @@ import yaml
 from bench.procs import HOST, Started, spawn
 
 MODEL_ID = "bench"
+
+# The router checks API keys, as a team's would: two keys, every request carrying the
+# first (scoped to the model). The backend and nginx take the header and ignore it.
+API_KEY = "bench-key-7d1e0c5b9a3f4e62"
+_ADMIN_KEY = "bench-admin-key-2c8f6a1d0e9b7354"
+API_KEY_ENV = "SLM_BENCH_API_KEY"  # how chat.lua learns the key
+AUTH_HEADERS = {"authorization": f"Bearer {API_KEY}"}
+
+
+def _sha256(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def write_config(tmp: Path, backend_port: int) -> Path:
@@ -32,7 +44,13 @@ def write_config(tmp: Path, backend_port: int) -> Path:
                 "max_concurrency": 1024,
             }
         },
-        "router": {"max_queue": 100000},
+        "router": {
+            "max_queue": 100000,
+            "api_keys": [
+                {"name": "bench", "key_sha256": _sha256(API_KEY), "models": [MODEL_ID]},
+                {"name": "ops", "key_sha256": _sha256(_ADMIN_KEY), "admin": True},
+            ],
+        },
     }
     path = tmp / "models.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

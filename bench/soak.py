@@ -12,7 +12,7 @@ limit).
 The mix, in a fixed cycle so that every kind runs all through the soak:
 plain and streamed chat (relayed), /v1/responses and /v1/messages plain and
 streamed (the fake backend has neither, so the router converts them to chat),
-an unknown model (404), a body that is not JSON (400), and streams the client
+a model outside the key's scope (403), a body that is not JSON (400), and streams the client
 walks away from after their first bytes. Every answer is checked: a status
 or a body other than the expected one counts as an error.
 """
@@ -29,9 +29,9 @@ import aiohttp
 import psutil
 import uvloop
 
-from bench.router import MODEL_ID
+from bench.router import AUTH_HEADERS, MODEL_ID
 
-_JSON = {"content-type": "application/json"}
+_JSON = {"content-type": "application/json", **AUTH_HEADERS}
 _STREAM_CHUNKS = 8  # short streams: the soak counts requests, not chunks
 _REQUEST_TIMEOUT_S = 60
 _FD_SETTLE_S = 10  # time the router gets to close sockets its clients closed
@@ -90,7 +90,7 @@ _KINDS = {
         Kind("responses stream", "/v1/responses", _RESPONSES_STREAM, 200, b"response.completed"),
         Kind("messages", "/v1/messages", _MESSAGES_BODY, 200, b"end_turn"),
         Kind("messages stream", "/v1/messages", _MESSAGES_STREAM, 200, b"message_stop"),
-        Kind("unknown model", "/v1/chat/completions", _UNKNOWN_MODEL, 404, b'"error"'),
+        Kind("model outside the key", "/v1/chat/completions", _UNKNOWN_MODEL, 403, b'"error"'),
         Kind("not json", "/v1/chat/completions", _NOT_JSON, 400, b'"error"'),
         Kind("abandoned stream", "/v1/chat/completions", _ABANDONED, 200, abandon=True),
     )
@@ -100,7 +100,7 @@ CYCLE = [
     *["chat"] * 5,
     *["chat stream"] * 3,
     *["responses", "responses stream", "messages", "messages stream"] * 2,
-    "unknown model",
+    "model outside the key",
     "not json",
     *["abandoned stream"] * 2,
 ]

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import aiohttp
 import uvloop
 
-from bench.router import MODEL_ID
+from bench.router import AUTH_HEADERS, MODEL_ID
 
 OVERHEAD_HEADER = "x-slm-overhead-ms"
 _MESSAGES = [{"role": "user", "content": "Hello"}]
 _PLAIN_BODY = json.dumps({"model": MODEL_ID, "messages": _MESSAGES, "max_tokens": 16}).encode()
-_JSON = {"content-type": "application/json"}
+_JSON = {"content-type": "application/json", **AUTH_HEADERS}
 
 
 @dataclass

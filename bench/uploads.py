@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import uvloop
 
-from bench.router import MODEL_ID
+from bench.router import AUTH_HEADERS, MODEL_ID
 
 _ATTEMPTS = 60  # per upload; with Retry-After of about a second, a minute at most
 _SAMPLE_EVERY_S = 0.02
@@ -46,7 +46,7 @@ def upload_body(size_mb: float) -> bytes:
 async def _one_upload(
     session: aiohttp.ClientSession, url: str, body: bytes, run: UploadRun
 ) -> None:
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **AUTH_HEADERS}
     for _ in range(_ATTEMPTS):
         async with session.post(url, data=body, headers=headers) as response:
             await response.read()

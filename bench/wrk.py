@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import pinned
+from bench.router import API_KEY, API_KEY_ENV
 
 LUA_SCRIPT = Path(__file__).with_name("chat.lua")
 _MARKER = "BENCH_JSON "
@@ -56,7 +58,11 @@ def run_wrk(
         url,
     ]
     process = subprocess.Popen(
-        pinned(cpu, command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        pinned(cpu, command),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ | {API_KEY_ENV: API_KEY},
     )
     if sample is not None:
         while process.poll() is None:
