@@ -42,12 +42,12 @@ import yaml
 
 from bench.backend import BenchProtocol
 from bench.procs import HOST, Started, free_port, running, spawn, wait_healthy
-from bench.router import MODEL_ID, write_config
+from bench.router import ADMIN_HEADERS, AUTH_HEADERS, MODEL_ID, write_config
 
 _TIMES_FILE_ENV = "SLM_BENCH_COLD_TIMES_FILE"
 _STARTED_ONLY_ENV = "SLM_BENCH_COLD_STARTED_ONLY"  # note the start, write it, exit
 _CHAT_BODY = json.dumps({"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]})
-_JSON = {"content-type": "application/json"}
+_JSON = {"content-type": "application/json", **AUTH_HEADERS}
 _REQUEST_TIMEOUT_S = 30
 # The router reads the whole llama-server binary on each start (its checksum finds the
 # kept verdict of its check), so the fake is padded to a real build's size: 15.3 MB for
@@ -192,7 +192,7 @@ def _chat(router: Started, port: int) -> tuple[float, float]:
 def _unload(router: Started, port: int) -> None:
     connection = http.client.HTTPConnection(HOST, port, timeout=_REQUEST_TIMEOUT_S)
     try:
-        connection.request("POST", f"/v1/backends/{MODEL_ID}/unload")
+        connection.request("POST", f"/v1/backends/{MODEL_ID}/unload", headers=ADMIN_HEADERS)
         response = connection.getresponse()
         body = response.read()
     finally:
