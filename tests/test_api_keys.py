@@ -134,6 +134,9 @@ def test_a_request_without_a_valid_key_is_refused_with_401(served: Served) -> No
     assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
     assert "x-api-key" in error["message"]  # says how to send one
 
+    # Asked before anything else: without a key, not even which paths exist shows.
+    assert httpx.get(f"{served.router.url}/v1/nope", timeout=10).status_code == 401
+
     with served.anthropic(WRONG) as claude, pytest.raises(anthropic.AuthenticationError) as refused:
         claude.messages.create(model="m-chat", max_tokens=16, messages=MESSAGES)
     assert refused.value.status_code == 401

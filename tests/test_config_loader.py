@@ -213,6 +213,15 @@ def test_example_config_documents_every_field() -> None:
         assert name in text, name
 
 
+def test_a_misspelt_api_key_field_gets_a_suggestion(tmp_path: Path) -> None:
+    keys = [{"name": "alice", "key_evn": "SLM_KEY_ALICE"}]
+    problems = fatal(write(tmp_path, {"models": {"a": entry()}, "router": {"api_keys": keys}}))
+    assert any(
+        "field 'router.api_keys.0.key_evn': unknown field; did you mean 'key_env'?" in problem
+        for problem in problems
+    ), problems
+
+
 @pytest.mark.parametrize("grace", [-1, "soon", float("inf")])
 def test_shutdown_grace_must_be_a_number_of_seconds(grace: object) -> None:
     from slm_server.config import RouterSettings
