@@ -250,3 +250,24 @@ def test_serve_warns_of_a_backend_others_can_reach_around_the_keys(
         make_supervisor(make_config(models))
     assert [record.getMessage().split(":")[0] for record in caplog.records] == ["open", "lan"]
     assert not any("API keys" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("*", False),
+        ("192.168.1.20", False),
+        ("my-server.lan", False),  # a name may stand for any interface
+    ],
+)
+def test_which_bind_addresses_keep_a_server_to_this_machine(host: str, local: bool) -> None:
+    from slm_server.router.serve import is_loopback
+
+    assert is_loopback(host) is local
