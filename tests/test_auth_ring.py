@@ -207,10 +207,10 @@ def test_a_key_is_held_to_its_models_and_to_admin_endpoints() -> None:
     require_model(alice, "chat")
     with pytest.raises(ModelNotAllowed, match="may not use model 'coder'; it may use: chat, embed"):
         require_model(alice, "coder")
-    with pytest.raises(AdminRequired) as error:
-        require_admin(alice)
+    with pytest.raises(AdminRequired, match="'alice' is not an admin key; reading") as error:
+        require_admin(alice, "reading")
     assert (error.value.status, error.value.code) == (403, "admin_required")
-    require_admin(Grant("ops", None, admin=True))
+    require_admin(Grant("ops", None, admin=True), "reading")
     require_model(Grant("ops", None, admin=True), "anything")
 
 

@@ -97,6 +97,8 @@ class RouterApp:
         # None without router.api_keys: then no request is asked for a key.
         self.keys = key_ring(config.file.router.api_keys, os.environ)
         self.strip_credentials = self.keys is not None  # a backend never sees a client's key
+        public = {"/health", METRICS_PATH} if config.file.router.metrics_public else {"/health"}
+        self.keyless_paths = frozenset(public)  # a liveness probe needs no key
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.body_deadlines = BodyDeadlines(config.file.router.body_timeout_s)
@@ -199,7 +201,7 @@ class RouterApp:
         path: str = scope["path"]
         method: str = scope["method"]
         grant: Grant | None = None  # None: no keys are configured
-        if self.keys is not None and path != "/health":  # a liveness probe needs no key
+        if self.keys is not None and path not in self.keyless_paths:
             grant = authenticate(self.keys, scope["headers"])
             sent.key = grant.name  # the metrics count requests by key name
         if path in ENDPOINT_MODEL_TYPES:
@@ -213,15 +215,15 @@ class RouterApp:
         elif path == METRICS_PATH:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
-            # Public for now. With router.api_keys set, the admin check goes here: an admin
-            # key, unless router.metrics_public is true.
+            if grant is not None:  # keys are set, and the metrics are not public
+                require_admin(grant, "reading /metrics")
             exposition = await self.metrics.exposition(self.config.file.router.health_timeout)
             await send_response(sent.send, 200, exposition, [(b"content-type", CONTENT_TYPE)])
         elif (target := control_target(path)) is not None:
             if method != "POST":
                 raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
             if grant is not None:
-                require_admin(grant)
+                require_admin(grant, "loading and unloading models")
             await send_json(sent.send, 200, await self._control(*target))
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")

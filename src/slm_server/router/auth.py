@@ -47,10 +47,10 @@ def require_model(grant: Grant, model: str) -> None:
         )
 
 
-def require_admin(grant: Grant) -> None:
-    """AdminRequired (403) unless ``grant`` is an admin key."""
+def require_admin(grant: Grant, what: str) -> None:
+    """AdminRequired (403) unless ``grant`` is an admin key; ``what`` needs one."""
     if not grant.admin:
         raise AdminRequired(
-            f"the API key '{grant.name}' is not an admin key; loading and unloading models "
-            "needs one (`admin: true` under router.api_keys)"
+            f"the API key '{grant.name}' is not an admin key; {what} needs one "
+            "(`admin: true` under router.api_keys)"
         )
