@@ -16,11 +16,13 @@ import anthropic
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import fake_llama_server
-from config_builder import entry
+from config_builder import entry, make_config
 from net import free_port
 from router_proc import RouterProcess, serving
+from slm_server.router import RouterApp
 
 ALICE = f"alice-{secrets.token_hex(16)}"  # m-chat only
 BOB = f"bob-{secrets.token_hex(16)}"  # every model, not admin
@@ -210,6 +212,49 @@ def test_the_command_line_sends_the_key_it_is_given(served: Served) -> None:
     assert served.slm("unload", "other", key=OPS).returncode == 0
     reloaded = served.slm("load", "other", key=OPS)
     assert reloaded.returncode == 0, reloaded.stderr
+
+
+def test_metrics_need_an_admin_key_and_count_requests_by_key_name(served: Served) -> None:
+    url = f"{served.router.url}/metrics"
+    assert httpx.get(url, timeout=10).status_code == 401
+    refused = httpx.get(url, headers=_bearer(ALICE), timeout=10)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "admin_required"
+
+    before = _alice_chats(httpx.get(url, headers=_bearer(OPS), timeout=10).text)
+    with served.openai(ALICE) as client:
+        client.chat.completions.create(model="m-chat", messages=MESSAGES)
+    scraped = httpx.get(url, headers=_bearer(OPS), timeout=10)
+    assert scraped.status_code == 200
+    assert _alice_chats(scraped.text) == before + 1
+    assert ALICE not in scraped.text and OPS not in scraped.text
+
+
+def _alice_chats(text: str) -> float:
+    """How many chat answers (2xx) the metrics count for the key named alice."""
+    wanted = {"model": "m-chat", "endpoint": "/v1/chat/completions", "status_class": "2xx"}
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "slm_requests_total" and sample.labels == {**wanted, "key": "alice"}
+    )
+
+
+async def test_public_metrics_answer_without_a_key_and_nothing_else_does() -> None:
+    ops = {"name": "ops", "key_sha256": hashlib.sha256(OPS.encode()).hexdigest(), "admin": True}
+    config = make_config(
+        {"chat": entry("m-chat", free_port())}, api_keys=[ops], metrics_public=True
+    )
+    app = RouterApp(config)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            assert (await client.get("/metrics")).status_code == 200
+            assert (await client.get("/v1/models")).status_code == 401
+            assert (await client.get("/v1/models", headers=_bearer(OPS))).status_code == 200
+    finally:
+        await app.aclose()
 
 
 def test_no_key_appears_in_any_log_file_nor_reaches_a_backend(served: Served) -> None:
