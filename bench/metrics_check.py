@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.router import MODEL_ID
+from bench.router import ADMIN_HEADERS, MODEL_ID
 
 CHAT = "/v1/chat/completions"
 
@@ -30,7 +30,7 @@ class MetricsCheck:
 
 def check_metrics(base_url: str, answered: int) -> MetricsCheck:
     started = time.perf_counter()
-    response = httpx.get(f"{base_url}/metrics", timeout=30)
+    response = httpx.get(f"{base_url}/metrics", headers=ADMIN_HEADERS, timeout=30)
     scrape_ms = (time.perf_counter() - started) * 1000
     response.raise_for_status()
     return MetricsCheck(scrape_ms, counted_answers(response.text), answered)

@@ -13,7 +13,8 @@ from bench.procs import HOST, Started, spawn
 MODEL_ID = "bench"
 
 # The router checks API keys, as a team's would: two keys, every request carrying the
-# first (scoped to the model), unloads the second. The backend and nginx ignore them.
+# first (scoped to the model); the second (admin) unloads and reads /metrics. The
+# backend and nginx ignore the header.
 API_KEY = "bench-key-7d1e0c5b9a3f4e62"
 _ADMIN_KEY = "bench-admin-key-2c8f6a1d0e9b7354"
 API_KEY_ENV = "SLM_BENCH_API_KEY"  # how chat.lua learns the key

@@ -6,12 +6,12 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import yaml
 from bench.metrics_check import CHAT, MetricsCheck, check_metrics, counted_answers
 from bench.report import render
 from bench.results import Results, Settings
-from bench.router import MODEL_ID
+from bench.router import AUTH_HEADERS, MODEL_ID, write_config
 
-from config_builder import entry
 from fake_backend_proc import FakeBackend
 from router_proc import RouterProcess
 from slm_server.router.load_figures import LoadFigures
@@ -55,11 +55,12 @@ def test_an_answer_left_uncounted_or_a_slow_scrape_miss() -> None:
 
 def test_the_check_against_a_real_router(tmp_path: Path) -> None:
     with FakeBackend() as fake:
-        config = {"models": {"bench": entry(MODEL_ID, fake.port)}}
+        # The bench's own config, API keys included: the check reads /metrics with its key.
+        config = yaml.safe_load(write_config(tmp_path, fake.port).read_text())
         router = RouterProcess(config, tmp_path).start()
         try:
             body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}]}
-            with httpx.Client(base_url=router.url, timeout=10) as client:
+            with httpx.Client(base_url=router.url, headers=AUTH_HEADERS, timeout=10) as client:
                 for _ in range(4):
                     assert client.post(CHAT, json=body).status_code == 200
             check = check_metrics(router.url, answered=4)
