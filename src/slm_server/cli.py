@@ -19,6 +19,7 @@ from slm_server.config import (
     resolve_config_path,
 )
 from slm_server.config.default import DEFAULT_MODEL_ID, default_config
+from slm_server.log_format import LOG_FORMATS, configure_logging
 
 log = logging.getLogger("slm_server")
 
@@ -124,6 +125,12 @@ def _add_api_key_flag(parser: argparse.ArgumentParser) -> None:
 
 def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="text lines (default), or one JSON object per line",
+    )
 
 
 def _load_or_report(
@@ -237,7 +244,7 @@ def _start(args: argparse.Namespace) -> int:
     loaded = _load_for_launch(args.config)
     if loaded is None or not _keys_usable(loaded):
         return 1
-    serve_args = ["--log-level", args.log_level]
+    serve_args = ["--log-level", args.log_level, "--log-format", args.log_format]
     if args.config is not None:
         serve_args += ["--config", str(Path(args.config).resolve())]
     if args.host is not None:
@@ -340,8 +347,5 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "info").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     return _COMMANDS[args.command](args)
