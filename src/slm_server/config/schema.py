@@ -7,6 +7,7 @@ example config and ``--help`` texts draw on. Unknown keys are errors
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,6 +20,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+# What a browser sends as Origin: scheme://host[:port], nothing after.
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 
 Backend = Literal["mlx", "llamacpp"]
 ModelType = Literal[
@@ -351,6 +355,33 @@ class RouterSettings(BaseModel):
     max_loaded_models: int | None = Field(
         default=None, ge=1, description="At most this many backends running at once."
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Web pages allowed to call the router from a browser, by origin "
+            '(`https://app.example.com`, `http://localhost:3000`), or ["*"] for any. '
+            "Default: none (no CORS headers; browsers refuse cross-origin calls)."
+        ),
+    )
+    access_log: bool = Field(
+        default=True,
+        description=(
+            "Log one line per request once it ends, on the `slm_server.access` logger "
+            "(GET /health excepted)."
+        ),
+    )
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port], without a path "
+                    'or a trailing slash (e.g. https://app.example.com), or "*"'
+                )
+        # Browsers send the scheme and host in lower case.
+        return [origin.lower() for origin in origins]
 
     api_keys: list[ApiKey] = Field(
         default_factory=list,

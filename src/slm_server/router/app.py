@@ -14,6 +14,7 @@ from typing import Any
 from slm_server.auth import Grant, key_ring
 from slm_server.config import LoadedConfig
 from slm_server.router import health
+from slm_server.router.access_log import AccessLog
 from slm_server.router.asgi import (
     Body,
     ClientDisconnected,
@@ -30,6 +31,7 @@ from slm_server.router.backend_control import as_unloaded, control_target, load
 from slm_server.router.body_budget import BodyBudget
 from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
+from slm_server.router.cors import Cors, is_preflight
 from slm_server.router.errors import (
     EndpointNotFound,
     InternalError,
@@ -49,6 +51,7 @@ from slm_server.router.proxy import (
     forwarded_request_headers,
     new_upstream_pool,
 )
+from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
 from slm_server.router.request_json import model_of, parse_object
 from slm_server.router.routing import (
     ENDPOINT_MODEL_TYPES,
@@ -107,6 +110,10 @@ class RouterApp:
         store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
         self.bridge = Bridge(ResponseStore(store_bytes))
         self.load = LoadFigures(config.base_dir)
+        self.request_ids = RequestIds()
+        self.access_log = AccessLog(config.file.router.access_log)
+        origins = config.file.router.cors_origins
+        self.cors = Cors(origins) if origins else None
         self.scheduler = self._scheduler(supervisor) if supervisor is not None else None
         self.metrics = RouterMetrics(
             self.table.model_ids,
@@ -174,10 +181,14 @@ class RouterApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         sent = self.metrics.record(send, scope["path"])
+        preflight = self._identify(scope, sent)
         refused: str | None = None
         # Errors go out through sent.send too: the metrics count the status they answer.
         try:
-            await self._dispatch(scope, receive, sent)
+            if preflight:
+                await _answer_preflight(scope["path"], sent)
+            else:
+                await self._dispatch(scope, receive, sent)
         except asyncio.CancelledError:
             # Only the server cancels a request: its shutdown grace is over. The request is
             # ended here, in its protocol's way, instead of by a dropped connection (or
@@ -196,6 +207,21 @@ class RouterApp:
             await end_with_error(sent.send, scope["path"], sent.start, sent.last, internal)
         finally:
             sent.finish(refused)
+            self.access_log.write(scope["method"], scope["path"], sent)
+
+    def _identify(self, scope: Scope, sent: RequestRecord) -> bool:
+        """Give the request its id, and its origin's CORS headers if allowed: both go on
+        its answer. True for a preflight from an allowed origin."""
+        headers = scope["headers"]
+        sent.request_id = request_id = self.request_ids.of(headers)
+        sent.answer_headers = [(REQUEST_ID_HEADER, request_id)]
+        if self.cors is None:
+            return False
+        origin = next((value for name, value in headers if name == b"origin"), None)
+        if origin is None or not self.cors.allows(origin):
+            return False  # to other origins the router looks as it does without CORS
+        sent.answer_headers += self.cors.answer_headers(origin)
+        return is_preflight(scope["method"], headers)
 
     async def _dispatch(self, scope: Scope, receive: Receive, sent: RequestRecord) -> None:
         path: str = scope["path"]
@@ -332,7 +358,9 @@ class RouterApp:
         lifetime.begin(backend.entry.default_timeout, backend.label)
         sent.routed(self.metrics.slot(backend.entry.id, path), lifetime.stopwatch)
         try:
-            await self._admitted(scope, sent.send, path, model, body, form, backend, lifetime)
+            await self._admitted(
+                scope, sent.send, path, model, body, form, backend, lifetime, sent.request_id
+            )
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise
@@ -350,6 +378,7 @@ class RouterApp:
         form: bool,
         backend: Backend,
         lifetime: RequestLifetime,
+        request_id: bytes,
     ) -> None:
         """Serve the request for ``model`` with one of ``backend``'s slots, waiting if need be.
 
@@ -370,6 +399,7 @@ class RouterApp:
                 await _wait_until_ready(process, backend, lifetime)
                 upstream_model = process.upstream_model
             headers = forwarded_request_headers(scope["headers"], self.strip_credentials)
+            headers.append((REQUEST_ID_HEADER, request_id))  # in place of the client's own
             query: bytes = scope["query_string"]
             target = f"{path}?{query.decode('latin-1')}" if query else path
             # A form (a file upload) is forwarded exactly as sent; so is JSON the router
@@ -400,6 +430,24 @@ class RouterApp:
             if backend.watched:  # a model waiting for memory may now have its turn
                 assert self.scheduler is not None
                 self.scheduler.wake()
+
+
+def _methods_of(path: str) -> str | None:
+    """The methods ``path`` takes, for a preflight; None for no endpoint."""
+    if path in ENDPOINT_MODEL_TYPES or control_target(path) is not None:
+        return "POST"
+    if path in _GET_ENDPOINTS or path == METRICS_PATH:
+        return "GET, HEAD"
+    return None
+
+
+async def _answer_preflight(path: str, sent: RequestRecord) -> None:
+    methods = _methods_of(path)
+    if methods is None:
+        raise EndpointNotFound(f"no endpoint {path}")
+    headers = Cors.preflight_headers(methods)
+    await sent.send({"type": "http.response.start", "status": 204, "headers": headers})
+    await sent.send({"type": "http.response.body", "body": b""})
 
 
 def settle_garbage_collector() -> None:

@@ -48,6 +48,8 @@ _NOT_FORWARDED = frozenset(
         # The router sends whole bodies at once: a backend's 100 Continue would only
         # delay the request (the client's own wait was answered by uvicorn).
         b"expect",
+        # The router sets the request's id both ways (see request_id).
+        b"x-request-id",
     }
 )
 

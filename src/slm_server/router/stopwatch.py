@@ -40,6 +40,11 @@ class Stopwatch:
         self._queued += now - self._since
         self._since = now
 
+    @property
+    def queued_s(self) -> float:
+        """Time spent waiting for a slot or a load so far."""
+        return self._queued
+
     def headers(self) -> list[tuple[bytes, bytes]]:
         """``x-slm-overhead-ms``, and ``x-slm-queue-ms`` when the request waited at all."""
         self.own_s = own_s = self._own + perf_counter() - self._since

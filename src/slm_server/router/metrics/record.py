@@ -1,11 +1,12 @@
-"""One request as the metrics see it: noted as its answer goes out, counted once it ends."""
+"""One request as the metrics and the access log see it: noted as its answer goes out,
+counted once it ends."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
 from time import perf_counter
 
-from slm_server.router.asgi import Message, Send
+from slm_server.router.asgi import Headers, Message, Send
 from slm_server.router.metrics.tallies import NO_KEY, NO_MODEL, EndpointTally, RequestTallies
 from slm_server.router.metrics.usage import answer_tail, reported_usage
 from slm_server.router.sent import SentMessages
@@ -18,8 +19,10 @@ class RequestRecord(SentMessages):
     Made when the request arrives, in the slot of model ``-`` for its path (None: a path
     that is not a model endpoint, counted only if refused); ``routed`` moves it to its
     model's slot once the backend is known; ``finish`` adds it to the tallies, once.
-    Per message it only keeps references (the last two body pieces) and, on the first
-    body piece, reads the clock.
+    Per message it only keeps references (the last two body pieces) and a count of bytes,
+    and, on the first body piece, reads the clock. ``answer_headers`` are added to the
+    answer's status line (its request id, CORS), whoever sends it: a backend's answer or
+    the router's own error.
     """
 
     __slots__ = (
@@ -30,8 +33,13 @@ class RequestRecord(SentMessages):
         "_previous",
         "_stopwatch",
         "_tallies",
+        "answer_headers",
+        "bytes_out",
+        "duration_s",
         "key",
+        "request_id",
         "slot",
+        "tokens",
     )
 
     def __init__(self, send: Send, tallies: RequestTallies, path: str) -> None:
@@ -45,15 +53,34 @@ class RequestRecord(SentMessages):
         self._in_pieces = False  # the answer's first piece said more would follow: a stream
         self._latest: bytes = b""
         self._previous: bytes | None = None
+        self.request_id = b"-"
+        self.answer_headers: Headers = []
+        self.bytes_out = 0  # of the answer's body
+        self.duration_s = 0.0  # from arrival to the end; set by finish
+        self.tokens: tuple[int, int] | None = None  # prompt, completion: the backend's usage
 
     def routed(self, slot: EndpointTally, stopwatch: Stopwatch) -> None:
         """The request goes to ``slot``'s model; ``stopwatch`` times the router's own part."""
         self.slot = slot
         self._stopwatch = stopwatch
 
+    @property
+    def stopwatch(self) -> Stopwatch | None:
+        return self._stopwatch
+
+    @property
+    def first_byte_s(self) -> float | None:
+        """From arrival to the answer's first body byte; None if none went out."""
+        return self._first_byte_s or None
+
     def send(self, message: Message) -> Awaitable[None]:
+        if self.start is None:
+            headers = message.get("headers")
+            added = self.answer_headers
+            message = {**message, "headers": [*headers, *added] if headers else added}
         body = message.get("body")
         if body:
+            self.bytes_out += len(body)
             if not self._first_byte_s:
                 self._first_byte_s = perf_counter() - self._arrived
                 self._in_pieces = message.get("more_body", False)
@@ -63,6 +90,7 @@ class RequestRecord(SentMessages):
 
     def finish(self, refusal: str | None = None) -> None:
         """Count the request, now that it has ended; ``refusal``: its router error's code."""
+        self.duration_s = duration_s = perf_counter() - self._arrived
         slot = self.slot
         if refusal is not None:
             self._tallies.reject(NO_MODEL if slot is None else slot.model, refusal)
@@ -71,7 +99,7 @@ class RequestRecord(SentMessages):
         start = self.start
         status: int = 0 if start is None else start["status"]
         slot.count(self.key, status)
-        slot.duration.observe(perf_counter() - self._arrived)
+        slot.duration.observe(duration_s)
         stopwatch = self._stopwatch
         if stopwatch is not None and stopwatch.own_s is not None:
             self._tallies.overhead.observe(stopwatch.own_s)
@@ -80,5 +108,6 @@ class RequestRecord(SentMessages):
         if 200 <= status < 300 and self._latest:
             usage = reported_usage(answer_tail(self._latest, self._previous))
             if usage is not None:
+                self.tokens = usage
                 slot.prompt_tokens += usage[0]
                 slot.completion_tokens += usage[1]
