@@ -17,11 +17,22 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def utc_time(created: float) -> str:
-    """``2026-12-02T05:01:02.123Z``: UTC, to the millisecond, sortable as text."""
-    seconds = int(created)
-    millis = int((created - seconds) * 1000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
+class UtcTime:
+    """``2026-12-02T05:01:02.123Z``: UTC, to the millisecond, sortable as text.
+
+    The date and time of day are formatted once a second, not for every line.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._text}.{int((created - second) * 1000):03d}Z"
 
 
 class TextFormatter(logging.Formatter):
@@ -29,9 +40,10 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(_TEXT)
+        self._time = UtcTime()
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return utc_time(record.created)
+        return self._time(record.created)
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,9 +51,13 @@ class JsonFormatter(logging.Formatter):
     fields (a message object with a ``log_fields()`` method, as an access line has); a
     traceback as ``exception``, never across lines."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._time = UtcTime()
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": utc_time(record.created),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
