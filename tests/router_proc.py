@@ -27,14 +27,17 @@ class RouterProcess:
         command: str = "router",
         env: dict[str, str] | None = None,
         api_key: str | None = None,
+        args: list[str] | None = None,
     ) -> None:
         """``config`` None: no config file at all (``serve`` then uses its built-in default).
 
         ``env``: variables set for the router on top of this process's environment.
         ``api_key``: sent to ``/v1/backends/health`` (by ``backends``), for a router with keys.
+        ``args``: more command-line arguments (e.g. ``--log-format json``).
         """
         self.command = command
         self.auth = {} if api_key is None else {"authorization": f"Bearer {api_key}"}
+        self.args = args or []
         self.env = {k: v for k, v in os.environ.items() if k != "SLM_SERVER_CONFIG"} | (env or {})
         self.tmp_dir = tmp_dir
         self.config_args: list[str] = []
@@ -60,6 +63,7 @@ class RouterProcess:
                     "127.0.0.1",
                     "--port",
                     str(self.port),
+                    *self.args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
