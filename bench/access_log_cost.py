@@ -72,6 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--number", type=int, default=20_000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--log-to", default=os.devnull, help="where the lines go (default: /dev/null)"
+    )
     args = parser.parse_args()
     global _DONE
     loop = asyncio.new_event_loop()
@@ -81,7 +84,7 @@ def main() -> None:
     logger = logging.getLogger(ACCESS_LOGGER)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115
+    handler = logging.StreamHandler(open(args.log_to, "w"))  # noqa: SIM115
     logger.addHandler(handler)
 
     def best(run: Callable[[], None]) -> float:
