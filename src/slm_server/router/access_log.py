@@ -19,6 +19,7 @@ import json
 import logging
 from typing import Any
 
+from slm_server.router.bridge import CONVERTED_HEADER
 from slm_server.router.metrics import RequestRecord
 from slm_server.router.metrics.tallies import NO_MODEL
 
@@ -26,7 +27,7 @@ ACCESS_LOGGER = "slm_server.access"
 
 # Health checkers ask for it every few seconds; its lines would bury the others.
 _NOT_LOGGED = frozenset({"/health"})
-_CONVERTED_HEADER = b"x-slm-converted-from"
+
 
 class AccessLog:
     """Writes the access line of each request, unless turned off or filtered out."""
@@ -115,6 +116,6 @@ def _served(record: RequestRecord) -> str:
     if stopwatch is None or stopwatch.own_s is None or record.start is None:
         return "-"
     for name, _ in record.start.get("headers", ()):
-        if name == _CONVERTED_HEADER:
+        if name == CONVERTED_HEADER:
             return "converted"
     return "native"

@@ -78,9 +78,12 @@ _NOT_SERVED = "not-served"  # the backend's kind lacks the endpoint (its launch 
 _STORED_CONVERSATION = "stored-conversation"  # previous_response_id: only the router has it
 
 
+CONVERTED_HEADER = b"x-slm-converted-from"
+
+
 def converted_header(reason: str) -> tuple[bytes, bytes]:
     """Marks an answer the router converted from the backend's chat completion, and why."""
-    return (b"x-slm-converted-from", f"chat-completions; reason={reason}".encode())
+    return (CONVERTED_HEADER, f"chat-completions; reason={reason}".encode())
 
 
 Events = list[tuple[str, dict[str, Any]]]
