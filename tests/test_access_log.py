@@ -193,3 +193,17 @@ async def test_json_lines_give_the_fields_as_numbers(fake: FakeBackend, lines: A
     }
     assert {name: fields[name] for name in expected} == expected
     assert 0 < fields["first_byte_ms"] <= fields["duration_ms"]
+
+
+async def test_a_requests_key_is_named_never_given(fake: FakeBackend, lines: AccessLines) -> None:
+    keys = [{"name": "alice", "key": "sk-alice-secret"}]
+    async with router_for(fake.port, api_keys=keys) as client:
+        ok = await client.post(
+            "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-alice-secret"}
+        )
+        refused = await client.post("/v1/chat/completions", json=CHAT)
+        assert (ok.status_code, refused.status_code) == (200, 401)
+        records = await lines.next(2)
+    found = [LINE.fullmatch(r.getMessage()) for r in records]
+    assert [(m["key"], m["status"]) for m in found if m] == [("alice", "200"), ("-", "401")]
+    assert not any("sk-alice-secret" in r.getMessage() for r in records)

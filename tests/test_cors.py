@@ -130,3 +130,16 @@ def test_a_value_that_is_no_origin_is_refused(origin: str) -> None:
 def test_origins_are_compared_in_lower_case() -> None:
     config = make_config({"chat": entry("m-chat", 1)}, cors_origins=["https://App.Example"])
     assert config.file.router.cors_origins == ["https://app.example"]
+
+
+async def test_with_api_keys_a_preflight_needs_no_key_and_a_refusal_is_readable(
+    fake: FakeBackend,
+) -> None:
+    keys = [{"name": "alice", "key": "sk-alice-secret"}]
+    async with router_for(fake.port, cors_origins=[PAGE], api_keys=keys) as client:
+        # Browsers never send credentials with a preflight.
+        preflight = await client.options("/v1/chat/completions", headers=preflight_headers(PAGE))
+        refused = await client.post("/v1/chat/completions", json=CHAT, headers={"origin": PAGE})
+    assert preflight.status_code == 204
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == PAGE
