@@ -74,9 +74,9 @@ class RequestRecord(SentMessages):
         return self._first_byte_s or None
 
     def send(self, message: Message) -> Awaitable[None]:
-        if self.start is None:
+        added = self.answer_headers
+        if added and self.start is None:
             headers = message.get("headers")
-            added = self.answer_headers
             message = {**message, "headers": [*headers, *added] if headers else added}
         body = message.get("body")
         if body:
