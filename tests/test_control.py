@@ -250,3 +250,60 @@ def test_a_listener_that_never_answers_is_given_up_on(capsys: pytest.CaptureFixt
     assert capsys.readouterr().err == (
         f"no answer from {url} within 0.3 s; see `slm-server ps` for what chat is doing\n"
     )
+
+
+class Recording:
+    """A loopback HTTP server that records each request's Authorization header and answers
+    every request with ``status`` and ``headers`` (and the health report as its body)."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.authorizations: list[str | None] = []
+        recording = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self._answer()
+
+            def do_POST(self) -> None:
+                self._answer()
+
+            def _answer(self) -> None:
+                recording.authorizations.append(self.headers.get("Authorization"))
+                body = json.dumps(HEALTH["chat"] if "/chat/" in self.path else HEALTH).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> Recording:
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("command", ["ps", "load"])
+def test_the_api_key_goes_to_the_instance_asked_and_never_to_where_it_redirects(
+    command: str,
+) -> None:
+    with (
+        Recording(200, {}) as elsewhere,
+        Recording(302, {"location": f"{elsewhere.url}/v1/backends/health"}) as instance,
+    ):
+        if command == "ps":
+            run_ps(instance.url, "sk-local-secret")
+        else:
+            run_load(instance.url, "chat", 5, "sk-local-secret")
+    assert instance.authorizations == ["Bearer sk-local-secret"]
+    assert elsewhere.authorizations == [None]  # the redirect was followed, without the key

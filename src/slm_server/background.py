@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import psutil
 
 from slm_server.config import LoadedConfig
 from slm_server.exits import describe_exit
+from slm_server.instance_http import DIRECT, instance_request
 from slm_server.router.serve import WILDCARD_HOSTS
 from slm_server.status_table import start_line, start_summary
 from slm_server.supervisor.ports import listener_description, port_in_use
@@ -35,8 +35,6 @@ _POLL_S = 0.2
 _REQUEST_TIMEOUT_S = 5.0
 _BACKENDS_STOP_S = 30  # each gets SIGTERM, then SIGKILL 10 s later: ample
 _MAX_REPORT_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
-# The router is asked directly: a proxy from the environment (HTTP_PROXY) must not be used.
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -187,10 +185,8 @@ def _backends_if_ours(url: str, pid: int, api_key: str | None) -> dict[str, dict
 
 def _get_json(url: str, api_key: str | None = None) -> Any:
     # The standard library's client: `start` and `stop` must work on a plain install.
-    request = urllib.request.Request(url)
-    if api_key is not None:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    with _DIRECT.open(request, timeout=_REQUEST_TIMEOUT_S) as response:
+    request = instance_request(url, api_key=api_key)
+    with DIRECT.open(request, timeout=_REQUEST_TIMEOUT_S) as response:
         return json.loads(response.read(_MAX_REPORT_BYTES))
 
 

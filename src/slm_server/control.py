@@ -12,19 +12,18 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from slm_server.background import running_instance
 from slm_server.config import RouterSettings
+from slm_server.instance_http import DIRECT, instance_request
 from slm_server.router.serve import WILDCARD_HOSTS
 from slm_server.status_table import loaded_line, table, unloaded_line
 
 HEALTH_TIMEOUT_S = 30.0  # the router bounds its probes by router.health_timeout; ample
 _MAX_ANSWER_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class NoAnswer(Exception):
@@ -109,11 +108,9 @@ def _change(
 
 def _call(method: str, url: str, path: str, timeout_s: float, api_key: str | None) -> Any:
     """The JSON answer to ``method`` ``url + path``; NoAnswer or ServerRefused otherwise."""
-    request = urllib.request.Request(url.rstrip("/") + path, method=method)
-    if api_key is not None:
-        request.add_header("Authorization", f"Bearer {api_key}")
+    request = instance_request(url.rstrip("/") + path, method, api_key)
     try:
-        with _DIRECT.open(request, timeout=timeout_s) as response:
+        with DIRECT.open(request, timeout=timeout_s) as response:
             return json.loads(response.read(_MAX_ANSWER_BYTES))
     except urllib.error.HTTPError as exc:
         message = _error_message(exc)
