@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 
 from slm_server import backends
+from slm_server.auth.variables import key_variables
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.serve import is_loopback, run_uvicorn
 from slm_server.scheduler.fit_rules import memory_problems
@@ -16,8 +18,12 @@ log = logging.getLogger(__name__)
 
 
 def make_supervisor(config: LoadedConfig) -> Supervisor:
+    removed = key_variables(config.file.router.api_keys)
+
     def launch(role: str, entry: ModelEntry) -> backends.LaunchSpec:
-        return backends.launch_spec(entry, config.base_dir)
+        return dataclasses.replace(
+            backends.launch_spec(entry, config.base_dir), env_removed=removed
+        )
 
     # With API keys, a backend others can reach is a way around them: said all the more.
     around = ", around the router's API keys" if config.file.router.api_keys else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,8 @@ class BackendUnsupported(Exception):
 class LaunchSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)  # added to the supervisor's environment
+    # Taken out of the supervisor's environment before ``env`` is added (secrets, say).
+    env_removed: frozenset[str] = frozenset()
     health_path: str = "/health"  # 200 here means ready to serve
     # Endpoints the server answers itself (the router converts for the others).
     native_endpoints: frozenset[str] = frozenset()
@@ -23,3 +26,8 @@ class LaunchSpec:
     # The `model` value the server accepts, when it is not the entry's id: the
     # router rewrites requests to it.
     upstream_model: str | None = None
+
+    def environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The backend's environment: ``inherited`` less ``env_removed``, plus ``env``."""
+        kept = {name: value for name, value in inherited.items() if name not in self.env_removed}
+        return {**kept, **self.env}

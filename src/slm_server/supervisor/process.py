@@ -297,7 +297,7 @@ class BackendProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, **spec.env},
+            env=spec.environment(os.environ),
             start_new_session=True,  # its own process group, so stop reaches its children
             # Not on a watchdog: the kernel would kill it with the supervisor before it
             # could end the backend, which does not have the hook.
