@@ -49,6 +49,12 @@ class Served:
         seen: dict[str, Any] = httpx.get(url, timeout=5).json()
         return seen
 
+    def requests(self, role: str) -> int:
+        """How many requests the role's fake backend has received."""
+        url = f"http://127.0.0.1:{self.ports[role]}/_fake/stats"
+        count: int = httpx.get(url, timeout=5).json()["requests"]
+        return count
+
     def slm(self, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
         """The command line, asking this instance (``key`` in $SLM_API_KEY)."""
         env = {k: v for k, v in os.environ.items() if k != "SLM_API_KEY"}
@@ -92,6 +98,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "SLM_SERVER_CACHE": str(directory / "cache"),
         "SLM_TEST_KEY_ALICE": ALICE,
         "SLM_TEST_KEY_BOB": BOB,
+        "SLM_API_KEY": BOB,  # as a user of the command line would have it set
     }
     router = RouterProcess(config, directory, command="serve", env=env, api_key=BOB)
     with serving(router, 60):
@@ -173,13 +180,17 @@ def test_the_model_list_shows_only_the_models_of_the_key(served: Served) -> None
             no.models.list()
 
 
-def test_health_needs_no_key_and_backend_health_needs_any_valid_key(served: Served) -> None:
+def test_backend_health_needs_a_key_and_shows_only_the_roles_of_its_models(served: Served) -> None:
     url = served.router.url
     assert httpx.get(f"{url}/health", timeout=10).status_code == 200
     assert httpx.head(f"{url}/health", timeout=10).status_code == 200
     assert httpx.get(f"{url}/v1/backends/health", timeout=10).status_code == 401
     scoped = httpx.get(f"{url}/v1/backends/health", headers={"x-api-key": ALICE}, timeout=10)
-    assert scoped.status_code == 200 and set(scoped.json()) == {"chat", "other"}
+    assert scoped.status_code == 200 and set(scoped.json()) == {"chat"}  # m-chat only
+    unscoped = httpx.get(f"{url}/v1/backends/health", headers={"x-api-key": BOB}, timeout=10)
+    assert unscoped.status_code == 200 and set(unscoped.json()) == {"chat", "other"}
+    admin = httpx.get(f"{url}/v1/backends/health", headers=_bearer(OPS), timeout=10)
+    assert admin.status_code == 200 and set(admin.json()) == {"chat", "other"}
 
 
 def test_load_and_unload_need_an_admin_key(served: Served) -> None:
@@ -260,13 +271,19 @@ async def test_public_metrics_answer_without_a_key_and_nothing_else_does() -> No
 def test_no_key_appears_in_any_log_file_nor_reaches_a_backend(served: Served) -> None:
     for key in (ALICE, BOB, OPS, WRONG):
         for headers in (_bearer(key), {"x-api-key": key}):
-            httpx.post(
+            before = served.requests("chat")
+            answer = httpx.post(
                 f"{served.router.url}/v1/chat/completions",
                 json={"model": "m-chat", "messages": MESSAGES},
                 headers=headers,
                 timeout=10,
             )
-            assert not _credentials(served.received("chat"))
+            if answer.status_code == 200:
+                assert served.requests("chat") == before + 1
+                assert not _credentials(served.received("chat"))
+            else:  # refused: the backend never saw it
+                assert answer.status_code == 401 and key == WRONG
+                assert served.requests("chat") == before
     files = [path for path in served.dir.rglob("*") if path.is_file()]
     logs = [path for path in files if path.suffix == ".log"]
     assert served.router.log_path in logs and len(logs) > 1  # the router's and the backends'
@@ -276,6 +293,19 @@ def test_no_key_appears_in_any_log_file_nor_reaches_a_backend(served: Served) ->
         text = path.read_bytes()
         for key in (ALICE, BOB, OPS, WRONG):
             assert key.encode() not in text, f"{key[:5]}... in {path}"
+
+
+def test_a_backend_started_by_serve_holds_no_api_key_in_its_environment(
+    served: Served,
+) -> None:
+    pid = served.router.backends()["chat"]["pid"]
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"fake_llama_server" in Path(f"/proc/{pid}/cmdline").read_bytes()  # the backend
+    names = {item.split(b"=", 1)[0] for item in environ.split(b"\0")}
+    assert b"PATH" in names  # the rest of the environment is passed on
+    assert not names & {b"SLM_TEST_KEY_ALICE", b"SLM_TEST_KEY_BOB", b"SLM_API_KEY"}
+    for key in (ALICE, BOB):
+        assert key.encode() not in environ
 
 
 def _bearer(key: str) -> dict[str, str]:

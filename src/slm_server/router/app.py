@@ -259,7 +259,13 @@ class RouterApp:
             return {"status": "ok", "pid": os.getpid()}
         if path == "/v1/models":
             return self._models(grant)
-        return await self._health(self.table.backends)
+        # Like /v1/models: a key scoped to some models learns nothing of the others.
+        backends = {
+            role: backend
+            for role, backend in self.table.backends.items()
+            if grant is None or grant.admin or grant.allows(backend.entry.id)
+        }
+        return await self._health(backends)
 
     async def _health(self, backends: Mapping[str, Backend]) -> dict[str, dict[str, Any]]:
         timeout = self.config.file.router.health_timeout
