@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 from typing import Any
 
 import pytest
@@ -48,20 +47,31 @@ def test_each_way_of_giving_a_key_grants_what_its_entry_says() -> None:
     assert made.names == ["alice", "ops", "plain"]
 
 
-def test_a_key_is_compared_with_every_stored_digest_even_once_one_matched(
+def test_a_key_is_found_by_its_digest_alone_whatever_the_number_of_keys(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    made = ring(*({"name": f"k{n}", "key": f"key-{n}"} for n in range(5)))
-    compared: list[bytes] = []
-    compare = hmac.compare_digest
+    made = ring(*({"name": f"k{n}", "key": f"key-{n}"} for n in range(1000)))
+    hashed: list[bytes] = []
+    digest = hashlib.sha256
 
-    def counting(a: bytes, b: bytes) -> bool:
-        compared.append(a)
-        return compare(a, b)
+    def counting(data: bytes) -> Any:
+        hashed.append(data)
+        return digest(data)
 
-    monkeypatch.setattr("slm_server.auth.ring.hmac.compare_digest", counting)
-    assert made.grant(b"key-0") is not None and len(compared) == 5  # the first matched
-    assert made.grant(b"nope") is None and len(compared) == 10
+    # One hash of the presented key, and no per-key work: the cost of 1 key with 1000.
+    monkeypatch.setattr("slm_server.auth.ring.hashlib.sha256", counting)
+    assert made.grant(b"key-999") == Grant("k999", None, admin=False)
+    assert made.grant(b"key-1000") is None
+    assert hashed == [b"key-999", b"key-1000"]
+
+
+def test_an_empty_presented_key_never_matches_even_the_digest_of_an_empty_key() -> None:
+    # The schema refuses this digest; a ring made around it must still let nobody in.
+    grants = [(hashlib.sha256(b"").digest(), Grant("empty", None, admin=True))]
+    assert KeyRing(grants).grant(b"") is None
+    for headers in ([(b"authorization", b"Bearer ")], [(b"x-api-key", b"  ")]):
+        with pytest.raises(InvalidApiKey, match="needs an API key"):
+            authenticate(KeyRing(grants), headers)
 
 
 def test_no_keys_means_no_ring_and_no_key_asked_for() -> None:
@@ -77,8 +87,26 @@ def test_a_key_variable_unset_or_empty_stops_the_start_naming_it() -> None:
     with pytest.raises(KeyRingError) as error:
         key_ring(keys(*specs), {"KEY_BOB": "", "KEY_CAROL": "set"})
     assert [(f.index, f.field) for f in error.value.faults] == [(0, "key_env"), (1, "key_env")]
-    assert "KEY_ALICE is not set" in str(error.value)
-    assert "KEY_BOB" in str(error.value)  # empty would let in anyone sending an empty key
+    # Empty would let in anyone sending an empty key.
+    assert [fault.message for fault in error.value.faults] == [
+        f"key '{name}': the environment variable named by key_env is not set (or is empty); "
+        "set it to the key before starting"
+        for name in ("alice", "bob")
+    ]
+
+
+@pytest.mark.parametrize("value", [" alice-key", "alice-key\n", "\talice-key"])
+def test_a_key_with_whitespace_around_it_stops_the_start_without_being_shown(
+    value: str,
+) -> None:
+    with pytest.raises(KeyRingError) as error:
+        key_ring(keys({"name": "alice", "key_env": "KEY_ALICE"}), {"KEY_ALICE": value})
+    assert "key 'alice': the key in the environment variable named by key_env starts or " in str(
+        error.value
+    )
+    assert "alice-key" not in str(error.value)
+    with pytest.raises(ValidationError, match="starts or ends with whitespace"):
+        ApiKey.model_validate({"name": "alice", "key": value})
 
 
 def test_the_same_key_twice_is_refused_however_it_is_given() -> None:
@@ -103,8 +131,11 @@ def test_the_same_key_twice_is_refused_however_it_is_given() -> None:
         ({"name": "a", "key": "k", "key_env": "K"}, "(got key_env and key)"),
         ({"name": "a", "key_sha256": "abc"}, "must be 64 hex digits"),
         ({"name": "a", "key_sha256": "g" * 64}, "must be 64 hex digits"),
-        ({"name": "a", "key": ""}, "at least 1 character"),
+        ({"name": "a", "key": ""}, "must not be empty"),
         ({"name": "a", "key": "k", "admni": True}, "Extra inputs"),
+        ({"name": "a", "key_sha256": sha("")}, "the SHA-256 of an empty key"),
+        ({"name": "a", "key_env": "sk-live-1234"}, "the name of an environment variable"),
+        ({"name": "a", "key_env": "1KEY"}, "the name of an environment variable"),
     ],
 )
 def test_a_key_entry_that_cannot_be_right_is_a_schema_error(
@@ -137,13 +168,22 @@ def test_check_config_says_each_key_problem_where_it_is() -> None:
         ("warning", "router.api_keys.0.models"),
         ("warning", "router.api_keys.1.key"),
     ]
-    assert "KEY_ALICE is not set" in found[0][2]
+    assert "named by key_env is not set" in found[0][2]
     assert "same key as 'plain'" in found[1][2]
     assert "'m-off', 'm-typo', which no enabled entry serves" in found[2][2]
     assert "prefer key_env" in found[3][2]
     assert str(key_problems(config, {})[0]).startswith(
         "error: test-models.yaml: field 'router.api_keys.0.key_env': key 'alice'"
     )
+
+
+def test_a_key_in_the_config_is_not_shown_by_repr_nor_a_dump() -> None:
+    config = make_config({"chat": entry("m-chat", 9001)}, api_keys=[{"name": "a", "key": "k-42"}])
+    assert "k-42" not in repr(config)
+    assert "k-42" not in str(config.file.model_dump())
+    assert "k-42" not in config.file.model_dump_json()
+    assert key_ring(config.file.router.api_keys, {}) is not None  # the key is still usable
+    assert key_at_hand(config.file.router.api_keys, {}) == "k-42"
 
 
 def test_a_config_without_keys_has_no_key_problems() -> None:

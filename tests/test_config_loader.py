@@ -222,6 +222,25 @@ def test_a_misspelt_api_key_field_gets_a_suggestion(tmp_path: Path) -> None:
     ), problems
 
 
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ({"key": 1234567890123456}, "router.api_keys.0.key': must be a valid string"),
+        ({"key": ["sk", 1234567890123456]}, "router.api_keys.0.key': must be a valid string"),
+        ({"key": " 1234567890123456"}, "starts or ends with whitespace"),
+        ({"key_env": "sk-1234567890123456"}, "must be the name of an environment variable"),
+        ({"key_sha256": "1234567890123456"}, "must be 64 hex digits"),
+    ],
+)
+def test_what_is_written_for_an_api_key_is_never_quoted_back(
+    tmp_path: Path, key: dict[str, Any], says: str
+) -> None:
+    keys = [{"name": "alice", **key}]
+    problems = fatal(write(tmp_path, {"models": {"a": entry()}, "router": {"api_keys": keys}}))
+    assert any(says in problem for problem in problems), problems
+    assert not any("1234567890123456" in problem for problem in problems), problems
+
+
 @pytest.mark.parametrize("grace", [-1, "soon", float("inf")])
 def test_shutdown_grace_must_be_a_number_of_seconds(grace: object) -> None:
     from slm_server.config import RouterSettings

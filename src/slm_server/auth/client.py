@@ -14,7 +14,10 @@ def key_at_hand(keys: Sequence[ApiKey], environ: Mapping[str, str]) -> str | Non
     its plain ``key``; admin keys first (``load`` and ``unload`` need one). None if no
     such key (a ``key_sha256`` cannot be turned back into the key)."""
     for key in sorted(keys, key=lambda key: not key.admin):  # stable: file order otherwise
-        secret = key.key if key.key_env is None else environ.get(key.key_env)
+        if key.key_env is not None:
+            secret = environ.get(key.key_env)
+        else:
+            secret = None if key.key is None else key.key.get_secret_value()
         if secret:
             return secret
     return None

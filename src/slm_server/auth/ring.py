@@ -1,14 +1,13 @@
 """The API keys the router accepts: each kept only as its SHA-256 digest.
 
-A presented key is hashed and compared with every stored digest in constant time, with no
-early exit, so neither which key matched nor how much of one did shows in the time taken.
-The keys themselves are read once, at start-up, and never kept.
+A presented key is hashed and its digest looked up among the stored ones. The keys
+themselves are read from the environment once, at start-up, and never kept here (a plain
+``key`` in the file stays in the loaded config, as a SecretStr that does not print).
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,8 +54,10 @@ def stored_digests(
     """Each key's digest, None for one that cannot be read; and the faults found.
 
     A fault: a ``key_env`` variable not set (or empty: an empty key would let in anyone
-    who sends an empty one), or a key the same as an earlier one (which would then grant
-    whatever either of them grants, by chance).
+    who sends an empty one), one whose key starts or ends with whitespace (a presented key
+    is stripped of it, so it could never match), or a key the same as an earlier one (which
+    would then grant whatever either of them grants, by chance). No message quotes a key,
+    nor the variable's name (a key pasted there by mistake).
     """
     digests: list[bytes | None] = []
     faults: list[KeyFault] = []
@@ -65,11 +66,7 @@ def stored_digests(
         digest, field = _digest(key, environ)
         digests.append(digest)
         if digest is None:
-            message = (
-                f"key '{key.name}': the environment variable {key.key_env} is not set "
-                "(or is empty); set it to the key before starting"
-            )
-            faults.append(KeyFault(index, field, message))
+            faults.append(KeyFault(index, field, f"key '{key.name}': {_unusable(key, environ)}"))
             continue
         earlier = first_with.setdefault(digest, key)
         if earlier is not key:
@@ -79,34 +76,53 @@ def stored_digests(
 
 
 def _digest(key: ApiKey, environ: Mapping[str, str]) -> tuple[bytes | None, str]:
-    """The key's digest (None when its variable is unset or empty), and the field it is from."""
+    """The key's digest (None when its variable is unusable: see _unusable), and the field
+    it is from."""
     if key.key_sha256 is not None:
         return bytes.fromhex(key.key_sha256), "key_sha256"
     if key.key is not None:
-        return key_digest(key.key.encode()), "key"
+        return key_digest(key.key.get_secret_value().encode()), "key"
     assert key.key_env is not None  # the schema asks for exactly one of the three
     value = environ.get(key.key_env)
-    return (key_digest(value.encode()) if value else None), "key_env"
+    if value and value == value.strip():
+        return key_digest(value.encode()), "key_env"
+    return None, "key_env"
+
+
+def _unusable(key: ApiKey, environ: Mapping[str, str]) -> str:
+    """Why the key in ``key``'s ``key_env`` variable cannot be used."""
+    if environ.get(key.key_env or ""):
+        # Presented keys are stripped of surrounding whitespace: this one could never match.
+        return (
+            "the key in the environment variable named by key_env starts or ends with "
+            "whitespace (a space, a tab, a newline), which no request can send; remove it"
+        )
+    return (
+        "the environment variable named by key_env is not set (or is empty); set it to "
+        "the key before starting"
+    )
 
 
 class KeyRing:
     """The accepted keys' digests, each with its grant."""
 
     def __init__(self, entries: Sequence[tuple[bytes, Grant]]) -> None:
-        self._entries = tuple(entries)
+        self._grants = dict(entries)  # no two alike: stored_digests refuses repeated keys
 
     @property
     def names(self) -> list[str]:
-        return [grant.name for _, grant in self._entries]
+        return [grant.name for grant in self._grants.values()]
 
     def grant(self, presented: bytes) -> Grant | None:
-        """The grant of the key ``presented``, None when no stored key matches it."""
-        digest = key_digest(presented)
-        found: Grant | None = None
-        for stored, grant in self._entries:  # every one, whatever matched before
-            if hmac.compare_digest(stored, digest):
-                found = grant
-        return found
+        """The grant of the key ``presented``, None when no stored key matches it (an empty
+        one never does)."""
+        if not presented:
+            return None
+        # A dict lookup, not a constant-time compare: its time can depend only on the
+        # presented key's digest, whose bytes a client cannot choose (that would take a
+        # SHA-256 preimage), so timing it tells nothing about any stored digest or key. And
+        # it costs the same with 1 key or 1000, where comparing with each grows.
+        return self._grants.get(key_digest(presented))
 
 
 def key_ring(keys: Sequence[ApiKey], environ: Mapping[str, str]) -> KeyRing | None:

@@ -7,6 +7,7 @@ example config and ``--help`` texts draw on. Unknown keys are errors
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    SecretStr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -230,6 +232,15 @@ class ModelEntry(BaseModel):
         return f"http://{host}:{self.port}"
 
 
+_EMPTY_KEY_SHA256 = hashlib.sha256(b"").hexdigest()
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A presented key is stripped of surrounding whitespace, so such a key could never match.
+_SPACE_AROUND_KEY = (
+    "starts or ends with whitespace (a space, a tab, a newline), which no request can send: "
+    "remove it"
+)
+
+
 class ApiKey(BaseModel):
     """One API key the router accepts, and what it may use."""
 
@@ -247,9 +258,10 @@ class ApiKey(BaseModel):
         default=None,
         description="The key's SHA-256 as 64 hex digits (see `slm-server hash-key`).",
     )
-    key: str | None = Field(
+    # A SecretStr: the key stays in the loaded config for the process's life, and repr()
+    # or a dump of the config (a log line, a traceback) must not show it.
+    key: SecretStr | None = Field(
         default=None,
-        min_length=1,
         description="The key itself, in the file (warned: prefer key_env or key_sha256).",
     )
     models: list[str] | None = Field(
@@ -267,7 +279,30 @@ class ApiKey(BaseModel):
                 "must be 64 hex digits, the SHA-256 of the key (`slm-server hash-key` "
                 f"prints it); got {len(value)} characters"
             )
+        if value.lower() == _EMPTY_KEY_SHA256:
+            raise ValueError("is the SHA-256 of an empty key, which anyone could send")
         return value.lower()
+
+    # The messages never quote the value: it may be the key itself, pasted in by mistake.
+    @field_validator("key_env")
+    @classmethod
+    def _is_a_variable_name(cls, value: str | None) -> str | None:
+        if value is not None and not _VARIABLE_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, not "
+                "starting with a digit), not the key itself"
+            )
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _can_be_sent(cls, value: SecretStr | None) -> SecretStr | None:
+        secret = None if value is None else value.get_secret_value()
+        if secret == "":
+            raise ValueError("must not be empty: an empty key is one anyone could send")
+        if secret is not None and secret != secret.strip():
+            raise ValueError(_SPACE_AROUND_KEY)
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> ApiKey:

@@ -90,7 +90,10 @@ def _problem(
 ) -> Problem:
     loc = error["loc"]
     field = ".".join(str(part) for part in loc) or None
-    return Problem("error", file, role, entry_id, field, _message(error, _owner(model, loc)))
+    # What is written under router.api_keys may be a key: never quoted back.
+    secret = model is ConfigFile and loc[:2] == ("router", "api_keys")
+    message = _message(error, _owner(model, loc), quote=not secret)
+    return Problem("error", file, role, entry_id, field, message)
 
 
 def _owner(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
@@ -104,7 +107,8 @@ def _owner(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel
     return None
 
 
-def _message(error: ErrorDetails, owner: type[BaseModel] | None) -> str:
+def _message(error: ErrorDetails, owner: type[BaseModel] | None, *, quote: bool = True) -> str:
+    """The error in plain words; ``quote``: with the value found (``got ...``)."""
     kind = error["type"]
     name = str(error["loc"][-1]) if error["loc"] else ""
     if kind == "missing":
@@ -113,13 +117,14 @@ def _message(error: ErrorDetails, owner: type[BaseModel] | None) -> str:
         return "unknown field" + _suggestion(name, owner)
     if kind == "literal_error":
         allowed = _literal_values(owner, name) or str(error.get("ctx", {}).get("expected", ""))
-        return f"{_shown(error['input'])} is not allowed; allowed values: {allowed}"
+        found = _shown(error["input"]) if quote else "the value"
+        return f"{found} is not allowed; allowed values: {allowed}"
     text = error["msg"]
     if kind == "value_error":  # our own validators' messages: already plain words
         return text.removeprefix("Value error, ")
     if text.startswith("Input should be "):
         text = "must be " + text.removeprefix("Input should be ")
-    return f"{text} (got {_shown(error['input'])})"
+    return f"{text} (got {_shown(error['input'])})" if quote else text
 
 
 def _suggestion(name: str, owner: type[BaseModel] | None) -> str:

@@ -19,11 +19,12 @@ def authenticate(ring: KeyRing, headers: Headers) -> Grant:
     bearer: bytes | None = None
     api_key: bytes | None = None
     for name, value in headers:  # the first of each only: a client gets two tries at most
+        # An empty key counts as none: it must never be hashed and looked up.
         if name == b"authorization" and bearer is None:
             if value[:7].lower() == _BEARER:
-                bearer = value[7:].strip()
+                bearer = value[7:].strip() or None
         elif name == b"x-api-key" and api_key is None:
-            api_key = value.strip()
+            api_key = value.strip() or None
     for presented in (bearer, api_key):
         if presented is not None:
             grant = ring.grant(presented)
