@@ -207,16 +207,17 @@ def test_load_and_unload_need_an_admin_key(served: Served) -> None:
     assert loaded.status_code == 200 and loaded.json()["state"] == "ready", loaded.text
 
 
-def test_the_command_line_sends_the_key_it_is_given(served: Served) -> None:
+def test_the_command_line_sends_the_key_it_is_given(served: Served, tmp_path: Path) -> None:
     unkeyed = served.slm("ps")
     assert unkeyed.returncode == 1
-    assert "--api-key" in unkeyed.stderr and "SLM_API_KEY" in unkeyed.stderr
+    assert "--api-key-file" in unkeyed.stderr and "SLM_API_KEY" in unkeyed.stderr
 
     listed = served.slm("ps", key=BOB)
     assert listed.returncode == 0, listed.stderr
     assert "m-other" in listed.stdout
 
-    not_admin = served.slm("unload", "other", "--api-key", BOB)
+    (tmp_path / "bob.key").write_text(f"{BOB}\n")
+    not_admin = served.slm("unload", "other", "--api-key-file", str(tmp_path / "bob.key"))
     assert not_admin.returncode == 1
     assert "not an admin key" in not_admin.stderr
 

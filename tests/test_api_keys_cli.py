@@ -89,13 +89,20 @@ def test_check_config_says_what_is_wrong_with_the_keys(directory: Directory) -> 
     unset = directory.slm("check-config", "--config", "models.yaml")
     assert unset.returncode == 1
     assert "error: models.yaml: field 'router.api_keys.0.key_env': key 'alice': " in unset.stdout
-    assert "SLM_TEST_KEY_ALICE is not set" in unset.stdout
+    assert "the environment variable named by key_env is not set" in unset.stdout
+    assert "SLM_TEST_KEY_ALICE" not in unset.stdout  # it could be a key pasted there
     assert "'m-typo', which no enabled entry serves" in unset.stdout
     assert "key 'lab' is written in the file itself" in unset.stdout
 
     ok = directory.slm("check-config", "--config", "models.yaml", env={"SLM_TEST_KEY_ALICE": "a"})
     assert ok.returncode == 0, ok.stdout
     assert "0 error(s), 2 warning(s)" in ok.stdout  # the key written in the file, the typo
+
+    spaced = directory.slm(
+        "check-config", "--config", "models.yaml", env={"SLM_TEST_KEY_ALICE": "alice-key\n"}
+    )
+    assert spaced.returncode == 1
+    assert "starts or ends with whitespace" in spaced.stdout and "alice-key" not in spaced.stdout
 
 
 def test_check_config_names_a_malformed_sha256(directory: Directory) -> None:
@@ -113,7 +120,7 @@ def test_a_router_whose_key_variable_is_unset_does_not_start(
     args = ["--config", "models.yaml", "--host", "127.0.0.1", "--port", str(directory.port)]
     result = directory.slm(command, *args)
     assert result.returncode == 1
-    assert "SLM_TEST_KEY_ALICE is not set" in result.stderr
+    assert "key 'alice': the environment variable named by key_env is not set" in result.stderr
     assert "1 error(s) in router.api_keys; nothing started" in result.stderr
 
 
@@ -143,8 +150,33 @@ def test_start_without_a_key_it_can_send_says_how_to_give_one(directory: Directo
     started = directory.slm("start", "--config", "models.yaml", *port, "--wait", "60")
     assert started.returncode == 1
     assert "slm_server is running, but it asks for an API key" in started.stdout
-    assert "--api-key or $SLM_API_KEY" in started.stdout
+    assert "--api-key-file or $SLM_API_KEY" in started.stdout
 
     listed = directory.slm("ps", "--config", "models.yaml", env={"SLM_API_KEY": OPS_KEY})
     assert listed.returncode == 0, listed.stderr
     assert "m-chat" in listed.stdout
+
+    # From a file: the key never shows among the command's arguments.
+    (directory.path / "ops.key").write_text(f"{OPS_KEY}\r\n")
+    from_file = directory.slm("ps", "--config", "models.yaml", "--api-key-file", "ops.key")
+    assert from_file.returncode == 0, from_file.stderr
+    assert "m-chat" in from_file.stdout
+    unloaded = directory.slm(
+        "unload", "chat", "--config", "models.yaml", "--api-key-file", "ops.key"
+    )
+    assert unloaded.returncode == 0, unloaded.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(None, "cannot read ops.key: No such file"), ("\n", "ops.key holds no key on its first line")],
+)
+def test_a_key_file_that_holds_no_key_is_said_so_before_asking(
+    directory: Directory, content: str | None, says: str
+) -> None:
+    if content is not None:
+        (directory.path / "ops.key").write_text(content)
+    result = directory.slm("ps", "--url", "127.0.0.1:1", "--api-key-file", "ops.key")
+    assert result.returncode == 2
+    assert f"argument --api-key-file: {says}" in result.stderr
+    assert directory.slm("ps", "--api-key", OPS_KEY).returncode == 2  # no key on the line

@@ -144,7 +144,7 @@ def _report_readiness(
             given = "the key given is not valid" if api_key else "none was given"
             print(
                 f"slm_server is running, but it asks for an API key to report on its models "
-                f"and {given}: give one with --api-key or $SLM_API_KEY, then see "
+                f"and {given}: give one with --api-key-file or $SLM_API_KEY, then see "
                 "`slm-server ps`"
             )
             return 1

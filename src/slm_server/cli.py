@@ -115,12 +115,25 @@ def _positive_int(text: str) -> int:
 
 
 def _add_api_key_flag(parser: argparse.ArgumentParser) -> None:
+    # A file, never the key itself: other users can read a command's arguments while it runs.
     parser.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="the key to send when the instance has router.api_keys (default: $SLM_API_KEY, "
-        "else a configured key held here: its key_env set, or a plain key; admin keys first)",
+        "--api-key-file",
+        dest="api_key",
+        type=_key_in_file,
+        metavar="PATH",
+        help="a file whose first line is the key to send when the instance has "
+        "router.api_keys (default: $SLM_API_KEY, else a configured key held here: its "
+        "key_env set, or a plain key; admin keys first)",
     )
+
+
+def _key_in_file(path: str) -> str:
+    from slm_server.auth.client import KeyFileError, key_from_file
+
+    try:
+        return key_from_file(Path(path))
+    except KeyFileError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
@@ -287,7 +300,7 @@ def _instance(args: argparse.Namespace) -> tuple[str, str | None] | None:
 
 
 def _api_key(args: argparse.Namespace, loaded: LoadedConfig | None) -> str | None:
-    """``--api-key``, else ``$SLM_API_KEY``, else a key of ``loaded``'s held here."""
+    """``--api-key-file``'s key, else ``$SLM_API_KEY``, else a key of ``loaded``'s held here."""
     from slm_server.auth.client import API_KEY_ENV, key_at_hand
 
     if args.api_key:

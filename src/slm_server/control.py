@@ -39,7 +39,7 @@ class ServerRefused(Exception):
 
 
 # Said after the instance's own message when it asks for an API key.
-KEY_HINT = "give the key with --api-key or $SLM_API_KEY"
+KEY_HINT = "give the key with --api-key-file or $SLM_API_KEY"
 
 
 def instance_url(pid_path: Path, router: RouterSettings) -> str:
