@@ -17,6 +17,7 @@ import yaml
 import fake_llama_server
 from config_builder import entry
 from net import free_port
+from router_proc import RouterProcess
 
 OPS_KEY = "ops-4f0c2b7e9d1a"
 
@@ -122,6 +123,29 @@ def test_a_router_whose_key_variable_is_unset_does_not_start(
     assert result.returncode == 1
     assert "key 'alice': the environment variable named by key_env is not set" in result.stderr
     assert "1 error(s) in router.api_keys; nothing started" in result.stderr
+
+
+@pytest.mark.parametrize("keys", [True, False])
+def test_a_router_with_keys_warns_of_a_backend_reachable_around_them(
+    tmp_path: Path, keys: bool
+) -> None:
+    models = {
+        "open": entry("m-open", free_port(), host="0.0.0.0"),
+        "local": entry("m-local", free_port(), host="127.0.0.1"),
+    }
+    api_keys = [{"name": "alice", "key_env": "SLM_TEST_KEY_ALICE"}] if keys else []
+    config = {"models": models, "router": {"api_keys": api_keys}}
+    router = RouterProcess(config, tmp_path, env={"SLM_TEST_KEY_ALICE": OPS_KEY})
+    try:
+        log = router.start().log()
+    finally:
+        router.stop()
+    warned = [line for line in log.splitlines() if "reachable from other machines" in line]
+    if keys:
+        assert len(warned) == 1 and "open: the backend listens on 0.0.0.0:" in warned[0]
+        assert "around the router's API keys" in warned[0]
+    else:  # the router itself asks for nothing then: no way around it to warn of
+        assert warned == []
 
 
 def test_start_follows_the_models_with_an_admin_key_of_the_config(directory: Directory) -> None:

@@ -204,6 +204,10 @@ def _router(args: argparse.Namespace) -> int:
     # Lenient: the backends may live elsewhere, where the paths are valid.
     for problem in loaded.problems:
         log.warning("%s", problem)
+    if loaded.file.router.api_keys:  # without keys, the router is as open as its backends
+        from slm_server.serving import warn_of_open_backends
+
+        warn_of_open_backends(loaded)
     return run_uvicorn(loaded, None, host=args.host, port=args.port, log_level=args.log_level)
 
 

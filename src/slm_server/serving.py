@@ -25,6 +25,12 @@ def make_supervisor(config: LoadedConfig) -> Supervisor:
             backends.launch_spec(entry, config.base_dir), env_removed=removed
         )
 
+    warn_of_open_backends(config)
+    return Supervisor(config, launch, config.base_dir / "logs")
+
+
+def warn_of_open_backends(config: LoadedConfig) -> None:
+    """Log a warning for each enabled backend that other machines can reach."""
     # With API keys, a backend others can reach is a way around them: said all the more.
     around = ", around the router's API keys" if config.file.router.api_keys else ""
     for role, entry in config.models.items():
@@ -37,7 +43,6 @@ def make_supervisor(config: LoadedConfig) -> Supervisor:
                 entry.port,
                 around,
             )
-    return Supervisor(config, launch, config.base_dir / "logs")
 
 
 def run_serve(config: LoadedConfig, *, host: str | None, port: int | None, log_level: str) -> int:
