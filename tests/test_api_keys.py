@@ -193,6 +193,17 @@ def test_backend_health_needs_a_key_and_shows_only_the_roles_of_its_models(serve
     assert admin.status_code == 200 and set(admin.json()) == {"chat", "other"}
 
 
+def test_a_stored_response_is_continued_only_with_the_key_that_made_it(served: Served) -> None:
+    with served.openai(ALICE) as alice, served.openai(BOB) as bob:
+        first = alice.responses.create(model="m-chat", input="my secret plan")
+        follow_up = alice.responses.create(
+            model="m-chat", input="and?", previous_response_id=first.id
+        )
+        assert follow_up.output_text
+        with pytest.raises(openai.NotFoundError, match="unknown or expired"):
+            bob.responses.create(model="m-chat", input="and?", previous_response_id=first.id)
+
+
 def test_load_and_unload_need_an_admin_key(served: Served) -> None:
     url = served.router.url
     refused = httpx.post(f"{url}/v1/backends/other/unload", headers=_bearer(BOB), timeout=30)

@@ -92,3 +92,12 @@ def test_what_comes_out_is_the_callers_to_change() -> None:
 def test_a_budget_must_hold_something() -> None:
     with pytest.raises(ValueError):
         ResponseStore(max_bytes=0)
+
+
+def test_a_conversation_is_found_only_by_its_owner() -> None:
+    store = ResponseStore()
+    assert store.put("resp_1", turn("alice's"), owner="alice")
+    assert store.put("resp_1", turn("bob's"), owner="bob")  # the same id: kept apart
+    assert store.get("resp_1", "alice") == turn("alice's")
+    assert store.get("resp_1", "bob") == turn("bob's")
+    assert store.get("resp_1", "carol") is None and store.get("resp_1") is None

@@ -16,13 +16,16 @@ CHUNK = {"choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason"
 
 
 class BrokenStore(ResponseStore):
-    def put(self, response_id: str, messages: list[dict[str, Any]]) -> bool:
+    def put(
+        self, response_id: str, messages: list[dict[str, Any]], owner: str | None = None
+    ) -> bool:
         raise RuntimeError("the store broke")
 
 
 def remembering(store: ResponseStore) -> RememberingStream:
     return RememberingStream(
-        ResponsesStream(REQUEST, "resp_1", 1), lambda done: store_turn(store, REQUEST, None, done)
+        ResponsesStream(REQUEST, "resp_1", 1),
+        lambda done: store_turn(store, REQUEST, None, done, None),
     )
 
 
@@ -55,12 +58,23 @@ def native_answer(response_id: str) -> bytes:
 
 def test_a_native_answer_is_recorded() -> None:
     store = ResponseStore()
-    recorder = native_recorder({"model": "m", "input": "hi"}, store)
+    recorder = native_recorder({"model": "m", "input": "hi"}, store, None)
     assert recorder is not None
     recorder.feed(native_answer("resp_n"))
     recorder.remember()
     assert "resp_n" in store
 
 
+def test_a_native_answer_is_recorded_for_its_key_alone() -> None:
+    store = ResponseStore()
+    recorder = native_recorder({"model": "m", "input": "hi"}, store, "alice")
+    assert recorder is not None
+    recorder.feed(native_answer("resp_n"))
+    recorder.remember()
+    assert store.get("resp_n", "alice") is not None
+    assert store.get("resp_n", "bob") is None and store.get("resp_n") is None
+
+
 def test_a_native_answer_asked_not_to_be_stored_is_not_even_watched() -> None:
-    assert native_recorder({"model": "m", "input": "hi", "store": False}, ResponseStore()) is None
+    asked = {"model": "m", "input": "hi", "store": False}
+    assert native_recorder(asked, ResponseStore(), None) is None

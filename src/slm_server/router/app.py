@@ -365,7 +365,16 @@ class RouterApp:
         sent.routed(self.metrics.slot(backend.entry.id, path), lifetime.stopwatch)
         try:
             await self._admitted(
-                scope, sent.send, path, model, body, form, backend, lifetime, sent.request_id
+                scope,
+                sent.send,
+                path,
+                model,
+                body,
+                form,
+                backend,
+                lifetime,
+                sent.request_id,
+                sent.key,
             )
         except asyncio.CancelledError:
             if not lifetime.client_left():
@@ -385,6 +394,7 @@ class RouterApp:
         backend: Backend,
         lifetime: RequestLifetime,
         request_id: bytes,
+        key_name: str | None,
     ) -> None:
         """Serve the request for ``model`` with one of ``backend``'s slots, waiting if need be.
 
@@ -425,6 +435,7 @@ class RouterApp:
                         headers,
                         send,
                         lifetime,
+                        key_name,
                     )
                     return
             if upstream_model is not None:

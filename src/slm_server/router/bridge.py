@@ -125,16 +125,18 @@ class Bridge:
         headers: Headers,
         send: Send,
         lifetime: RequestLifetime,
+        owner: str | None = None,
     ) -> None:
         """Answer ``request`` (whose raw, possibly adjusted, bytes are ``body``) on ``path``.
 
         ``target``: ``path`` with the client's query, for a native try. The caller holds
-        the backend's slot, for the native try and the converted request alike.
+        the backend's slot, for the native try and the converted request alike. ``owner``:
+        the API key's name, whose stored responses alone ``previous_response_id`` finds.
         """
         generation = process.generation if process is not None else 0
         reason = self._why_convert(backend, process, path, request, generation)
         if reason is None:
-            recorder = native_recorder(request, self.store) if path == RESPONSES else None
+            recorder = native_recorder(request, self.store, owner) if path == RESPONSES else None
             try:
                 await forward(
                     pool,
@@ -163,7 +165,7 @@ class Bridge:
                 if recorder is not None:
                     recorder.remember()
                 return
-        conversion = self._conversion(path, request)
+        conversion = self._conversion(path, request, owner)
         # What the router adds to chat requests it forwards goes into converted ones too.
         upstream_model = process.upstream_model if process is not None else None
         chat = conversion.chat
@@ -190,10 +192,10 @@ class Bridge:
             return _KNOWN_MISSING
         return None
 
-    def _conversion(self, path: str, request: dict[str, Any]) -> Conversion:
+    def _conversion(self, path: str, request: dict[str, Any], owner: str | None) -> Conversion:
         try:
             if path == RESPONSES:
-                return _ResponsesConversion(request, self.store)
+                return _ResponsesConversion(request, self.store, owner)
             if path == MESSAGES:
                 return _MessagesConversion(request)
             return _CountTokensConversion(request)
@@ -204,12 +206,13 @@ class Bridge:
 
 
 class _ResponsesConversion:
-    def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
+    def __init__(self, request: dict[str, Any], store: ResponseStore, owner: str | None) -> None:
         history = None
         check_request(request)  # previous_response_id is read before the conversion
         previous = request.get("previous_response_id")
         if previous is not None:
-            history = store.get(str(previous))
+            # Another key's response is as unknown as one never made: nothing tells it apart.
+            history = store.get(str(previous), owner)
             if history is None:
                 megabytes = store.max_bytes / (1024 * 1024)
                 raise UnknownResponse(
@@ -220,6 +223,7 @@ class _ResponsesConversion:
                 )
         self.request = request
         self.store = store
+        self.owner = owner
         self.history = history
         self.chat = responses_to_chat(request, history)
         self.response_id = f"resp_{uuid.uuid4().hex}"
@@ -239,7 +243,7 @@ class _ResponsesConversion:
         return openai_error_payload(status, payload)
 
     def _remember(self, response: dict[str, Any]) -> None:
-        store_turn(self.store, self.request, self.history, response)
+        store_turn(self.store, self.request, self.history, response, self.owner)
 
 
 class _MessagesConversion:

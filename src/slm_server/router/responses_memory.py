@@ -28,10 +28,12 @@ def store_turn(
     request: dict[str, Any],
     history: list[dict[str, Any]] | None,
     response: dict[str, Any],
+    owner: str | None,
 ) -> None:
-    """Store the turn ending with ``response``; a failure is logged, never raised."""
+    """Store the turn ending with ``response`` for ``owner`` (the API key's name); a
+    failure is logged, never raised."""
     try:
-        store.record_turn(request, history, response)
+        store.record_turn(request, history, response, owner)
     except Exception:  # any: an answer that is otherwise fine must still go out
         log.warning("response %s not stored", response.get("id"), exc_info=True)
 
@@ -60,9 +62,12 @@ class RememberingStream:
         return self.inner.error(message)
 
 
-def native_recorder(request: dict[str, Any], store: ResponseStore) -> NativeRecorder | None:
-    """A recorder for a native answer to ``request``; None when it asks not to be stored."""
-    return None if request.get("store") is False else NativeRecorder(request, store)
+def native_recorder(
+    request: dict[str, Any], store: ResponseStore, owner: str | None
+) -> NativeRecorder | None:
+    """A recorder for a native answer to ``request``, to store for ``owner`` (the API key's
+    name); None when it asks not to be stored."""
+    return None if request.get("store") is False else NativeRecorder(request, store, owner)
 
 
 class NativeRecorder:
@@ -72,9 +77,10 @@ class NativeRecorder:
     stream): a larger answer is relayed all the same, only not stored.
     """
 
-    def __init__(self, request: dict[str, Any], store: ResponseStore) -> None:
+    def __init__(self, request: dict[str, Any], store: ResponseStore, owner: str | None) -> None:
         self.request = request
         self.store = store
+        self.owner = owner
         self.streamed = bool(request.get("stream"))
         self.parser = SseParser(MAX_EVENT_BYTES)
         self.whole = bytearray()
@@ -112,7 +118,7 @@ class NativeRecorder:
         if not isinstance(response, dict) or "id" not in response:
             return
         try:  # no history: requests continuing a conversation are never served natively
-            self.store.record_turn(self.request, None, response)
+            self.store.record_turn(self.request, None, response, self.owner)
         except (UnsupportedField, KeyError, TypeError, ValueError):
             log.debug("native response %s not stored: not convertible", response.get("id"))
 

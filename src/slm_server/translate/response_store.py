@@ -37,6 +37,9 @@ class ResponseStore:
     When full, the least recently used entries go (``get`` and ``put`` both count as
     use), so an active conversation outlives abandoned ones. What goes in and what
     comes out are copies: callers may change them. Not thread-safe; one event loop.
+
+    Each entry has an ``owner`` (the API key's name; None without keys): a conversation
+    is found only by its owner, so one key cannot continue, nor read, another's.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -44,48 +47,55 @@ class ResponseStore:
             raise ValueError("max_bytes must be >= 1")
         self.max_bytes = max_bytes
         self.used_bytes = 0
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._entries: OrderedDict[tuple[str | None, str], bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __contains__(self, response_id: object) -> bool:
-        return response_id in self._entries
+        """Whether ``response_id`` is stored without an owner."""
+        return (None, response_id) in self._entries
 
-    def get(self, response_id: str) -> list[dict[str, Any]] | None:
-        """The conversation ending with ``response_id``'s output, or None if not stored."""
-        encoded = self._entries.get(response_id)
+    def get(self, response_id: str, owner: str | None = None) -> list[dict[str, Any]] | None:
+        """The conversation ending with ``response_id``'s output, or None if not stored
+        (for ``owner``)."""
+        entry = (owner, response_id)
+        encoded = self._entries.get(entry)
         if encoded is None:
             return None
-        self._entries.move_to_end(response_id)
+        self._entries.move_to_end(entry)
         return _decode_messages(encoded)
 
-    def put(self, response_id: str, messages: list[dict[str, Any]]) -> bool:
+    def put(
+        self, response_id: str, messages: list[dict[str, Any]], owner: str | None = None
+    ) -> bool:
         """Store (or replace) the conversation for ``response_id``, evicting the LRU entries.
 
         False, and nothing kept under that id, when it alone exceeds ``max_bytes``.
         """
-        self._drop(response_id)
+        entry = (owner, response_id)
+        self._drop(entry)
         encoded = msgspec.json.encode(messages)
-        if _size(response_id, encoded) > self.max_bytes:
+        if _size(entry, encoded) > self.max_bytes:
             return False
-        self._entries[response_id] = encoded
-        self.used_bytes += _size(response_id, encoded)
+        self._entries[entry] = encoded
+        self.used_bytes += _size(entry, encoded)
         while self.used_bytes > self.max_bytes:
             oldest, dropped = self._entries.popitem(last=False)
             self.used_bytes -= _size(oldest, dropped)
         return True
 
-    def _drop(self, response_id: str) -> None:
-        encoded = self._entries.pop(response_id, None)
+    def _drop(self, entry: tuple[str | None, str]) -> None:
+        encoded = self._entries.pop(entry, None)
         if encoded is not None:
-            self.used_bytes -= _size(response_id, encoded)
+            self.used_bytes -= _size(entry, encoded)
 
     def record_turn(
         self,
         request: dict[str, Any],
         history: list[dict[str, Any]] | None,
         response: dict[str, Any],
+        owner: str | None = None,
     ) -> bool:
         """Store the conversation after ``response``, unless ``request["store"]`` is false.
 
@@ -96,8 +106,9 @@ class ResponseStore:
         if request.get("store") is False:
             return False
         messages = input_messages(request, history) + response_output_as_chat_messages(response)
-        return self.put(str(response["id"]), messages)
+        return self.put(str(response["id"]), messages, owner)
 
 
-def _size(response_id: str, encoded: bytes) -> int:
-    return len(encoded) + len(response_id) + _ENTRY_OVERHEAD
+def _size(entry: tuple[str | None, str], encoded: bytes) -> int:
+    owner, response_id = entry
+    return len(encoded) + len(response_id) + len(owner or "") + _ENTRY_OVERHEAD
