@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from slm_server.router.asgi import Message
+from slm_server.router.asgi import ENDED_IN_ERROR, Message
 from slm_server.router.interrupted import end_cut_short
 
 SSE_START = {
@@ -65,6 +65,7 @@ async def test_a_stream_ends_with_an_error_event(last_piece: bytes | None, gap: 
     await end_cut_short(send, "/v1/chat/completions", SSE_START, last)
     [message] = send.sent
     assert message["more_body"] is False
+    assert message[ENDED_IN_ERROR] is True  # the metrics count it as failed, not 2xx
     body: bytes = message["body"]
     assert body.startswith(gap + b"data: {") and body.endswith(b"\n\n")
     event = json.loads(body.removeprefix(gap).removeprefix(b"data: "))

@@ -11,12 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from slm_server.router.asgi import Message
+from slm_server.router.asgi import ENDED_IN_ERROR, Message
 from slm_server.router.load_figures import LoadFigures
 from slm_server.router.metrics import RouterMetrics
 from slm_server.router.metrics.histogram import Histogram
-from slm_server.router.metrics.tallies import RequestTallies
-from slm_server.router.metrics.usage import TAIL_BYTES, answer_tail, reported_usage
+from slm_server.router.metrics.tallies import CUT, RequestTallies
+from slm_server.router.metrics.usage import TAIL_BYTES, answer_tail, answer_usage, reported_usage
 from slm_server.router.stopwatch import Stopwatch
 
 CHAT = "/v1/chat/completions"
@@ -85,30 +85,46 @@ def test_a_stream_usage_split_over_its_last_two_pieces() -> None:
     event = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6}}
     stream_end = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
     previous, latest = stream_end[:30], stream_end[30:]  # the usage key in one, counts in other
-    assert reported_usage(answer_tail(latest, previous)) == (4, 6)
+    assert reported_usage(answer_tail([previous, latest])) == (4, 6)
+
+
+def test_a_stream_usage_spread_over_many_small_pieces() -> None:
+    event = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6}}
+    stream_end = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
+    pieces = [stream_end[at : at + 5] for at in range(0, len(stream_end), 5)]
+    assert reported_usage(answer_tail(pieces)) == (4, 6)
+
+
+def test_a_messages_stream_counts_input_from_its_start_and_output_from_its_end() -> None:
+    start = b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+    start += b'{"input_tokens":12,"output_tokens":1}}}\n\n'
+    delta = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":7}}'
+    end = b'\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
+    assert answer_usage(start, [start, b"x" * 100, delta, end]) == (12, 7)
 
 
 def test_only_the_end_of_a_large_answer_is_searched() -> None:
     usage = b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}, "data": "'
     large = usage + b"x" * TAIL_BYTES + b'"}'
-    assert len(answer_tail(large, None)) == TAIL_BYTES
-    assert reported_usage(answer_tail(large, None)) is None
-    assert reported_usage(answer_tail(b"}", large[:-1])) is None  # nor with two pieces
+    assert len(answer_tail([large])) == TAIL_BYTES
+    assert reported_usage(answer_tail([large])) is None
+    assert reported_usage(answer_tail([large[:-1], b"}"])) is None  # nor with two pieces
 
 
 def test_tallies_count_by_status_class_and_key_and_refusals_by_reason() -> None:
     tallies = RequestTallies(["m-chat", "m-chat"])  # an id served twice (disabled): one slot
     slot = tallies.slot("m-chat", CHAT)
-    for status in (200, 201, 404, 429, 503, 0):
-        slot.count("-", status)
-    slot.count("alice", 200)
-    assert slot.by_key == {"-": [1, 0, 2, 0, 2, 1], "alice": [0, 0, 1, 0, 0, 0]}
+    for status_class in (2, 2, 4, 4, 5, 0, CUT):
+        slot.count("-", status_class)
+    slot.count("alice", 2)
+    assert slot.by_key == {"-": [1, 0, 2, 0, 2, 1, 1], "alice": [0, 0, 1, 0, 0, 0, 0]}
     assert tallies.slot("unknown", CHAT) is tallies.unrouted[CHAT]
     tallies.reject("m-chat", "queue_full")
     tallies.reject("m-chat", "queue_full")
     tallies.reject("-", "invalid_api_key")
     tallies.reject("m-chat", "backend_timeout")
     tallies.reject("m-chat", "insufficient_memory")
+    tallies.reject("m-chat", "router_busy")  # the router's body allowance, not backend memory
     tallies.reject("m-chat", "invalid_request")  # a bad request is an answer, not a refusal
     tallies.reject("m-chat", None)
     assert tallies.rejected == {
@@ -116,6 +132,7 @@ def test_tallies_count_by_status_class_and_key_and_refusals_by_reason() -> None:
         ("-", "auth"): 1,
         ("m-chat", "timeout"): 1,
         ("m-chat", "memory"): 1,
+        ("m-chat", "router_busy"): 1,
     }
 
 
@@ -219,6 +236,53 @@ def test_an_error_answer_counts_no_tokens_and_a_client_that_left_counts_as_close
     assert value(requests, "slm_requests_total", **labels, status_class="5xx") == 1
     assert value(requests, "slm_requests_total", **labels, status_class="closed") == 1
     assert value(found["slm_tokens"], "slm_tokens_total", model="m-chat", kind="prompt") == 0
+
+
+def stream_pieces(*pieces: bytes, last: bool = True) -> list[Message]:
+    """Body messages of a stream; ``last``: its final (empty) message was sent."""
+    bodies: list[Message] = [
+        {"type": "http.response.body", "body": p, "more_body": True} for p in pieces
+    ]
+    if last:
+        bodies.append({"type": "http.response.body", "body": b"", "more_body": False})
+    return bodies
+
+
+def test_a_stream_that_never_ended_counts_as_cut_not_2xx() -> None:
+    metrics = new_metrics()
+    sse = start(200, b"text/event-stream")
+    asyncio.run(answer(metrics, sse, *stream_pieces(b"data: {}\n\n", last=False)))
+    asyncio.run(answer(metrics, sse, *stream_pieces(b"data: {}\n\n")))
+    requests = samples(metrics)["slm_requests"]
+    labels = {"model": "m-chat", "endpoint": CHAT, "key": "-"}
+    assert value(requests, "slm_requests_total", **labels, status_class="cut") == 1
+    assert value(requests, "slm_requests_total", **labels, status_class="2xx") == 1
+
+
+def test_a_stream_ended_with_an_error_after_its_start_counts_as_5xx() -> None:
+    metrics = new_metrics()
+    sse = start(200, b"text/event-stream")
+    pieces = stream_pieces(b"data: {}\n\n", last=False)
+    error = b'data: {"error": {}}\n\n'
+    end = {"type": "http.response.body", "body": error, ENDED_IN_ERROR: True}
+    asyncio.run(answer(metrics, sse, *pieces, end))
+    requests = samples(metrics)["slm_requests"]
+    labels = {"model": "m-chat", "endpoint": CHAT, "key": "-"}
+    assert value(requests, "slm_requests_total", **labels, status_class="5xx") == 1
+    assert value(requests, "slm_requests_total", **labels, status_class="2xx") == 0
+
+
+def test_a_stream_in_small_pieces_keeps_the_usage_several_pieces_back() -> None:
+    metrics = new_metrics()
+    usage = json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+    end = f"data: {usage}\n\ndata: [DONE]\n\n".encode()
+    small = [end[at : at + 8] for at in range(0, len(end), 8)]
+    long_start = [b"data: " + b"x" * 1000 + b"\n\n"] * 10  # more than the tail holds
+    sse = start(200, b"text/event-stream")
+    asyncio.run(answer(metrics, sse, *stream_pieces(*long_start, *small)))
+    tokens = samples(metrics)["slm_tokens"]
+    assert value(tokens, "slm_tokens_total", model="m-chat", kind="prompt") == 3
+    assert value(tokens, "slm_tokens_total", model="m-chat", kind="completion") == 4
 
 
 def test_a_request_never_routed_counts_under_model_dash_without_overhead() -> None:

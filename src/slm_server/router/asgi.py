@@ -26,6 +26,11 @@ Body = bytes | bytearray
 
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 
+# On an answer's last body message: it ends with an error after its status line (a
+# stream's error event), so the answer failed whatever its status said. Servers ignore
+# keys they do not know; the metrics count such an answer as a 5xx.
+ENDED_IN_ERROR = "slm.ended_in_error"
+
 # Bodies of declared length above this are read into one buffer (see read_body).
 _FILL_IN_PLACE_ABOVE = 64 * 1024
 

@@ -23,7 +23,14 @@ import uuid
 from typing import Any, Protocol
 
 from slm_server.router.anthropic_errors import anthropic_error_payload
-from slm_server.router.asgi import JSON_HEADERS, Body, Headers, Send, send_response
+from slm_server.router.asgi import (
+    ENDED_IN_ERROR,
+    JSON_HEADERS,
+    Body,
+    Headers,
+    Send,
+    send_response,
+)
 from slm_server.router.errors import (
     BadGateway,
     InvalidRequest,
@@ -383,6 +390,8 @@ async def _relay_converted_stream(
                         return
                     await _send_events(send, converter.feed(chunk))
         final = converter.finish()  # the backend closed without [DONE]: what came is whole
+        await _send_events(send, final, last=True)
+        return
     except StreamBroken as broken:
         final = converter.error(str(broken))
     except SseTooLarge as exc:  # the response has started: the error can only go in-band
@@ -391,7 +400,7 @@ async def _relay_converted_stream(
     except Exception:  # a bug converting: the client still gets a well-formed end
         log.exception("%s: converting the stream failed", backend.label)
         final = converter.error("internal error in the router converting the stream (logged)")
-    await _send_events(send, final, last=True)
+    await _send_events(send, final, last=True, failed=True)
 
 
 def _whole_as_events(whole: dict[str, Any], converter: StreamConverter, backend: Backend) -> Events:
@@ -410,7 +419,13 @@ def _whole_as_events(whole: dict[str, Any], converter: StreamConverter, backend:
     return events + converter.finish()
 
 
-async def _send_events(send: Send, events: Events, *, last: bool = False) -> None:
+async def _send_events(
+    send: Send, events: Events, *, last: bool = False, failed: bool = False
+) -> None:
+    """``failed``: the router broke the stream off with an error (see ENDED_IN_ERROR)."""
     if events or last:
         body = b"".join(sse_frame(name, data) for name, data in events)
-        await send({"type": "http.response.body", "body": body, "more_body": not last})
+        message = {"type": "http.response.body", "body": body, "more_body": not last}
+        if failed:
+            message[ENDED_IN_ERROR] = True
+        await send(message)

@@ -14,7 +14,7 @@ import json
 import re
 
 from slm_server.router.anthropic_errors import ANTHROPIC_PATHS, anthropic_error_payload
-from slm_server.router.asgi import Message, Send, send_error
+from slm_server.router.asgi import ENDED_IN_ERROR, Message, Send, send_error
 from slm_server.router.errors import RouterError, ShuttingDown
 from slm_server.router.response_start import is_event_stream
 
@@ -58,7 +58,8 @@ async def end_with_error(
                 event = b"data: " + error.body()
             gap = b"" if not sent or sent.endswith(b"\n\n") else b"\n\n"  # after a whole event
             body = gap + event + b"\n\n"
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+            end = {"type": "http.response.body", "body": body, "more_body": False}
+            await send({**end, ENDED_IN_ERROR: True})
 
 
 def _responses_error_event(error: RouterError, sent: bytes) -> bytes:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 
-from slm_server.router.asgi import Body, Headers, Send, send_response
+from slm_server.router.asgi import ENDED_IN_ERROR, Body, Headers, Message, Send, send_response
 from slm_server.router.errors import (
     BackendUnavailable,
     BadGateway,
@@ -254,7 +254,7 @@ async def _relay_stream(
     passed = [header for header in _response_headers(response) if header[0] not in own]
     headers = [*passed, *SSE_HEADERS, *timing]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    final = b""
+    end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
     try:
         async with contextlib.aclosing(stream_pieces(response, backend)) as pieces:
             async for chunk in pieces:
@@ -262,9 +262,10 @@ async def _relay_stream(
                 if observe is not None:
                     observe(chunk)
     except StreamBroken as broken:
-        final = _sse_error(broken.status, str(broken), broken.code)
+        end["body"] = _sse_error(broken.status, str(broken), broken.code)
+        end[ENDED_IN_ERROR] = True
     # The status line is long gone, so a failure can only be told in-band.
-    await send({"type": "http.response.body", "body": final, "more_body": False})
+    await send(end)
 
 
 class StreamBroken(Exception):

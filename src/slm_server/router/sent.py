@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
-from slm_server.router.asgi import Message, Send
+from slm_server.router.asgi import ENDED_IN_ERROR, Message, Send
 
 
 class SentMessages:
@@ -34,3 +34,9 @@ class SentMessages:
         """True once the final message (no ``more_body``) is out: the answer is whole."""
         last = self.last
         return last is not None and not last.get("more_body", False)
+
+    @property
+    def ended_in_error(self) -> bool:
+        """True if the answer's last message said it ended with an error (ENDED_IN_ERROR)."""
+        last = self.last
+        return last is not None and bool(last.get(ENDED_IN_ERROR, False))

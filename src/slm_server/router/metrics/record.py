@@ -3,12 +3,20 @@ counted once it ends."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable
 from time import perf_counter
 
 from slm_server.router.asgi import Headers, Message, Send
-from slm_server.router.metrics.tallies import NO_KEY, NO_MODEL, EndpointTally, RequestTallies
-from slm_server.router.metrics.usage import answer_tail, reported_usage
+from slm_server.router.metrics.tallies import (
+    CUT,
+    NO_KEY,
+    NO_MODEL,
+    SERVER_ERROR,
+    EndpointTally,
+    RequestTallies,
+)
+from slm_server.router.metrics.usage import TAIL_BYTES, answer_usage
 from slm_server.router.sent import SentMessages
 from slm_server.router.stopwatch import Stopwatch
 
@@ -19,8 +27,9 @@ class RequestRecord(SentMessages):
     Made when the request arrives, in the slot of model ``-`` for its path (None: a path
     that is not a model endpoint, counted only if refused); ``routed`` moves it to its
     model's slot once the backend is known; ``finish`` adds it to the tallies, once.
-    Per message it only keeps references (the last two body pieces) and a count of bytes,
-    and, on the first body piece, reads the clock. ``answer_headers`` are added to the
+    Per message it only keeps references (the first body piece, and the last pieces that
+    hold the answer's last ``TAIL_BYTES``) and a count of bytes, and, on the first body
+    piece, reads the clock. ``answer_headers`` are added to the
     answer's status line (its request id, CORS), whoever sends it: a backend's answer or
     the router's own error.
     """
@@ -28,10 +37,11 @@ class RequestRecord(SentMessages):
     __slots__ = (
         "_arrived",
         "_first_byte_s",
+        "_first_piece",
         "_in_pieces",
-        "_latest",
-        "_previous",
         "_stopwatch",
+        "_tail",
+        "_tail_bytes",
         "_tallies",
         "answer_headers",
         "bytes_out",
@@ -51,8 +61,12 @@ class RequestRecord(SentMessages):
         self._stopwatch: Stopwatch | None = None
         self._first_byte_s = 0.0  # from arrival; 0 until a body byte went out
         self._in_pieces = False  # the answer's first piece said more would follow: a stream
-        self._latest: bytes = b""
-        self._previous: bytes | None = None
+        self._first_piece = b""
+        # The last body pieces, at least TAIL_BYTES of them when the answer has that many,
+        # the oldest dropped once the others hold enough: small pieces never push the
+        # answer's usage out, and a long answer keeps only a few KiB of references.
+        self._tail: deque[bytes] = deque()
+        self._tail_bytes = 0
         self.request_id = b"-"
         self.answer_headers: Headers = []
         self.bytes_out = 0  # of the answer's body
@@ -74,22 +88,35 @@ class RequestRecord(SentMessages):
         return self._first_byte_s or None
 
     def send(self, message: Message) -> Awaitable[None]:
-        added = self.answer_headers
-        if added and self.start is None:
-            headers = message.get("headers")
-            message = {**message, "headers": [*headers, *added] if headers else added}
+        # SentMessages.send's work is done here, not called: one Python frame per chunk.
+        if self.start is None:
+            added = self.answer_headers
+            if added:
+                headers = message.get("headers")
+                message = {**message, "headers": [*headers, *added] if headers else added}
+            self.start = message
+        else:
+            self.last = message
         body = message.get("body")
         if body:
-            self.bytes_out += len(body)
+            size = len(body)
+            self.bytes_out += size
             if not self._first_byte_s:
                 self._first_byte_s = perf_counter() - self._arrived
                 self._in_pieces = message.get("more_body", False)
-            self._previous = self._latest
-            self._latest = body
-        return SentMessages.send(self, message)
+                self._first_piece = body
+            tail = self._tail
+            tail.append(body)
+            self._tail_bytes += size
+            while self._tail_bytes - len(tail[0]) >= TAIL_BYTES:
+                self._tail_bytes -= len(tail.popleft())
+        return self._send(message)
 
     def finish(self, refusal: str | None = None) -> None:
-        """Count the request, now that it has ended; ``refusal``: its router error's code."""
+        """Count the request, now that it has ended; ``refusal``: its router error's code.
+
+        An answer that ended with an error after its status line (ENDED_IN_ERROR) counts as
+        5xx, one that began and never ended (the client left) as cut."""
         self.duration_s = duration_s = perf_counter() - self._arrived
         slot = self.slot
         if refusal is not None:
@@ -98,15 +125,23 @@ class RequestRecord(SentMessages):
             return
         start = self.start
         status: int = 0 if start is None else start["status"]
-        slot.count(self.key, status)
+        if start is None:
+            status_class = 0
+        elif self.ended_in_error:
+            status_class = max(status // 100, SERVER_ERROR)
+        elif not self.complete:
+            status_class = CUT
+        else:
+            status_class = min(status // 100, SERVER_ERROR)
+        slot.count(self.key, status_class)
         slot.duration.observe(duration_s)
         stopwatch = self._stopwatch
         if stopwatch is not None and stopwatch.own_s is not None:
             self._tallies.overhead.observe(stopwatch.own_s)
         if self._in_pieces:
             slot.first_byte.observe(self._first_byte_s)
-        if 200 <= status < 300 and self._latest:
-            usage = reported_usage(answer_tail(self._latest, self._previous))
+        if 200 <= status < 300 and self._tail:
+            usage = answer_usage(self._first_piece, self._tail)
             if usage is not None:
                 self.tokens = usage
                 slot.prompt_tokens += usage[0]

@@ -21,7 +21,11 @@ NO_MODEL = "-"  # a request that named no model this router serves
 NO_KEY = "-"  # a request made without an API key
 
 # Indexed by status // 100; 0: the client hung up before the answer began (no status).
-STATUS_CLASSES = ("closed", "1xx", "2xx", "3xx", "4xx", "5xx")
+# "cut": the answer began but never ended (the client left, or the backend stopped
+# sending and no error could be added); an error after the status line counts as 5xx.
+STATUS_CLASSES = ("closed", "1xx", "2xx", "3xx", "4xx", "5xx", "cut")
+SERVER_ERROR = 5  # the index of 5xx
+CUT = 6  # the index of cut
 
 # Why the router itself refused a request, by its error code. Errors not listed (a bad
 # request, a backend that failed) are answers, not refusals: they count in requests only.
@@ -29,8 +33,9 @@ REJECTION_REASONS = {
     "queue_full": "queue_full",
     "backend_timeout": "timeout",
     "insufficient_memory": "memory",
-    # The request bodies in flight fill the router's allowance (router.max_inflight_body_mb).
-    "router_busy": "memory",
+    # The request bodies in flight fill the router's allowance (router.max_inflight_body_mb):
+    # a limit of the router, not of the backends' memory.
+    "router_busy": "router_busy",
     "invalid_api_key": "auth",
     "model_not_allowed": "auth",
     "admin_required": "auth",
@@ -61,12 +66,13 @@ class EndpointTally:
         self.prompt_tokens = 0
         self.completion_tokens = 0
 
-    def count(self, key: str, status: int) -> None:
-        """One answer with HTTP ``status`` (0: none was sent) to a request made with ``key``."""
+    def count(self, key: str, status_class: int) -> None:
+        """One answer of ``status_class`` (an index of STATUS_CLASSES) to a request made
+        with ``key``."""
         counts = self.by_key.get(key)
         if counts is None:
             counts = self.by_key[key] = [0] * len(STATUS_CLASSES)
-        counts[min(status // 100, 5)] += 1
+        counts[status_class] += 1
 
     @property
     def used(self) -> bool:

@@ -9,6 +9,7 @@ Completions' prompt/completion tokens and Responses' or Messages' input/output t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import msgspec
 
@@ -31,11 +32,32 @@ class _Reported(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Reported).decode
 
 
-def answer_tail(latest: bytes, previous: bytes | None) -> bytes:
-    """The last ``TAIL_BYTES`` of an answer whose last two body pieces are given."""
-    if previous is None or len(latest) >= TAIL_BYTES:
-        return latest[-TAIL_BYTES:]
-    return previous[len(latest) - TAIL_BYTES :] + latest
+def answer_tail(pieces: Sequence[bytes]) -> bytes:
+    """The last ``TAIL_BYTES`` of an answer ending with the body ``pieces``; only that
+    much is copied, however large the pieces."""
+    wanted = TAIL_BYTES
+    parts: list[bytes] = []
+    for piece in reversed(pieces):
+        if len(piece) >= wanted:
+            parts.append(piece[-wanted:])
+            break
+        parts.append(piece)
+        wanted -= len(piece)
+    return b"".join(reversed(parts))
+
+
+def answer_usage(first: bytes, last: Sequence[bytes]) -> tuple[int, int] | None:
+    """The tokens an answer reported, from its ``first`` body piece and its ``last`` pieces.
+
+    A Messages stream gives its input tokens in its first event (message_start) and its
+    output tokens in its last usage (message_delta); when that last usage has no input
+    count, the first piece's is taken. Other answers give both at the end.
+    """
+    usage = reported_usage(answer_tail(last))
+    if usage is None or usage[0]:
+        return usage
+    head = reported_usage(first[:TAIL_BYTES])
+    return usage if head is None else (head[0], usage[1])
 
 
 def reported_usage(tail: bytes) -> tuple[int, int] | None:
