@@ -280,6 +280,36 @@ async def test_public_metrics_answer_without_a_key_and_nothing_else_does() -> No
         await app.aclose()
 
 
+async def test_a_model_outside_the_key_is_refused_under_its_id_when_it_is_served() -> None:
+    def digest(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    alice = {"name": "alice", "key_sha256": digest(ALICE), "models": ["m-chat"]}
+    ops = {"name": "ops", "key_sha256": digest(OPS), "admin": True}
+    models = {"chat": entry("m-chat", free_port()), "other": entry("m-other", free_port())}
+    app = RouterApp(make_config(models, api_keys=[alice, ops]))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            for model in ("m-other", "no-such-model"):
+                chat = {"model": model, "messages": MESSAGES}
+                refused = await client.post(
+                    "/v1/chat/completions", json=chat, headers=_bearer(ALICE)
+                )
+                assert refused.status_code == 403, refused.text
+            text = (await client.get("/metrics", headers=_bearer(OPS))).text
+    finally:
+        await app.aclose()
+    rejected = {
+        sample.labels["model"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "slm_rejected_requests_total" and sample.labels["reason"] == "auth"
+    }
+    # A served model is named; any other name stays "-" (labels remain bounded).
+    assert rejected == {"m-other": 1, "-": 1}
+
+
 def test_no_key_appears_in_any_log_file_nor_reaches_a_backend(served: Served) -> None:
     for key in (ALICE, BOB, OPS, WRONG):
         for headers in (_bearer(key), {"x-api-key": key}):

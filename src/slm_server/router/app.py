@@ -359,6 +359,7 @@ class RouterApp:
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
         if grant is not None:  # before the lookup: a key learns nothing of models outside it
+            sent.slot = self.metrics.slot(model, path)  # a refusal counts under a served id
             require_model(grant, model)
         backend = self.table.lookup(model, path)
         lifetime.begin(backend.entry.default_timeout, backend.label)
