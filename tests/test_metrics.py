@@ -174,6 +174,33 @@ async def test_counts_match_a_known_mix_of_requests(
     assert with_name(found, "slm_backend_up") == []  # `router` runs no backends
 
 
+async def test_a_stream_the_client_left_is_cut_and_one_the_backend_broke_off_is_5xx(
+    router: RouterProcess, fake: FakeBackend
+) -> None:
+    stream = {**CHAT, "stream": True}
+    chat = {"model": "m-chat", "endpoint": CHAT_PATH, "key": "-"}
+    async with httpx.AsyncClient(base_url=router.url, timeout=20) as client:
+        fake.control(chunks=50, chunk_delay=0.1)
+        async with client.stream("POST", CHAT_PATH, json=stream) as left:
+            assert left.status_code == 200
+            assert (await anext(left.aiter_lines())).startswith("data: ")
+        # The router sees the client gone at its next write, a chunk later.
+        cut = ("slm_requests_total", frozenset({**chat, "status_class": "cut"}.items()))
+        await eventually(
+            lambda: scrape(router.url).get(cut) == 1, 10, "the stream the client left to count"
+        )
+
+        fake.control(chunks=5, chunk_delay=0, die_mid_stream=2)  # the fake exits mid-stream
+        broken = await client.post(CHAT_PATH, json=stream)
+        assert broken.status_code == 200  # the status line was out before the backend died
+        assert '"error"' in broken.text.splitlines()[-2]  # the stream ends with an error event
+
+    found = scrape(router.url)
+    assert value(found, "slm_requests_total", **chat, status_class="5xx") == 1
+    assert value(found, "slm_requests_total", **chat, status_class="cut") == 1
+    assert value(found, "slm_requests_total", **chat, status_class="2xx") == 0
+
+
 def test_metrics_takes_get_only(router: RouterProcess) -> None:
     response = httpx.post(f"{router.url}/metrics", timeout=10)
     assert response.status_code == 405
@@ -217,9 +244,15 @@ def test_backend_state_up_restarts_memory_and_load_time(serving: RouterProcess) 
     found: Samples = {}
 
     def chat_up(restarts: int) -> bool:
+        found.clear()
         found.update(scrape(serving.url))
         up = value(found, "slm_backend_up", role="chat", model="m-chat") == 1
-        return up and value(found, "slm_backend_restarts_total", role="chat") == restarts
+        # A scrape serves the last measurement and asks for the next: the memory of a
+        # backend just started shows from a later scrape on.
+        measured = ("slm_backend_memory_peak_bytes", frozenset({("role", "chat")})) in found
+        return (
+            up and measured and value(found, "slm_backend_restarts_total", role="chat") == restarts
+        )
 
     wait_until(lambda: chat_up(0), 30, f"m-chat to be ready (log: {serving.log_path})")
     assert backend_states(found, "chat") == {
@@ -237,8 +270,8 @@ def test_backend_state_up_restarts_memory_and_load_time(serving: RouterProcess) 
         "failed": 0,
     }
     assert value(found, "slm_backend_up", role="embed", model="m-embed") == 0
-    assert value(found, "slm_backend_memory_bytes", role="chat") > 10**6  # a Python process
-    assert value(found, "slm_backend_memory_bytes", role="embed") == 0  # not running
+    assert value(found, "slm_backend_memory_peak_bytes", role="chat") > 10**6  # a Python process
+    assert value(found, "slm_backend_memory_peak_bytes", role="embed") == 0  # not running
     first_load_s = value(found, "slm_backend_load_seconds", role="chat")
     assert 0 < first_load_s < 30
     assert {labels["role"] for labels in with_name(found, "slm_backend_load_seconds")} == {"chat"}

@@ -147,7 +147,7 @@ class Client:
 
 
 def samples(metrics: RouterMetrics) -> dict[str, list[Sample]]:
-    text = asyncio.run(metrics.exposition(1.0)).decode()
+    text = metrics.exposition().decode()
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 

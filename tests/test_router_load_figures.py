@@ -21,7 +21,7 @@ import pytest
 
 from config_builder import entry, make_config
 from fake_backend_proc import SCRIPT
-from net import free_port
+from net import eventually, free_port
 from router_served import RawClient, served
 from slm_server.backends.memory_estimate import MARGIN_FIXED_BYTES, MARGIN_FRACTION
 from slm_server.backends.spec import LaunchSpec
@@ -150,3 +150,34 @@ async def test_a_measurement_of_a_process_since_replaced_is_not_its_successors(
     assert (await joined)["chat"]["memory_mb"] is None  # 100's figure, not 200's
     fresh = await figures.figures(backends, process(200), timeout_s=2)
     assert fresh["chat"]["memory_mb"] == 1
+
+
+async def test_refresh_never_waits_and_measures_at_most_once_per_max_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measured: list[int] = []
+    release = threading.Event()
+
+    def slow_tree_memory(pid: int) -> int:
+        release.wait(5)
+        measured.append(pid)
+        return 2 * MB
+
+    monkeypatch.setattr(load_figures, "tree_memory_bytes", slow_tree_memory)
+    model = make_config({"chat": entry("m-chat", free_port(), model_path="m.gguf")})
+    backends = {"chat": Backend("chat", model.file.models["chat"], AdmissionGate(1, 1))}
+    processes: Any = {"chat": SimpleNamespace(pid=100)}
+    figures = load_figures.LoadFigures(tmp_path)
+
+    started = time.monotonic()
+    assert figures.refresh(backends, processes)  # the measurement blocks: refresh does not
+    assert not figures.refresh(backends, processes)  # one under way already: no second one
+    assert time.monotonic() - started < 1
+    assert figures.peak("chat", 100) is None  # nothing measured yet: the last figure stands
+    release.set()
+    await eventually(lambda: figures.peak("chat", 100) == 2 * MB, 5, "the measurement")
+    assert measured == [100]
+
+    assert not figures.refresh(backends, processes)  # the figure is fresh: nothing to do
+    assert figures.refresh(backends, processes, max_age_s=0)  # too old now: measured again
+    await eventually(lambda: len(measured) == 2, 5, "the second measurement")

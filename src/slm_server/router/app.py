@@ -243,7 +243,7 @@ class RouterApp:
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET, HEAD")
             if grant is not None:  # keys are set, and the metrics are not public
                 require_admin(grant, "reading /metrics")
-            exposition = await self.metrics.exposition(self.config.file.router.health_timeout)
+            exposition = self.metrics.exposition()
             await send_response(sent.send, 200, exposition, [(b"content-type", CONTENT_TYPE)])
         elif (target := control_target(path)) is not None:
             if method != "POST":

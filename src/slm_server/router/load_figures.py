@@ -4,6 +4,7 @@ needed, requests in flight and queued, and when it was last used."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,13 @@ from slm_server.supervisor.memory import PeakMemory, tree_memory_bytes
 from slm_server.supervisor.process import BackendProcess
 
 _MB = 10**6  # decimal, like memory_gb and the budget (10^9 bytes), so the numbers agree
+
+# How old a measurement may be before ``refresh`` asks for a new one. Under a memory
+# budget the scheduler measures every 2 s anyway; without one, a scrape every few seconds
+# would otherwise walk every backend's process tree each time.
+MEASUREMENT_MAX_AGE_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class LoadFigures:
@@ -34,6 +42,8 @@ class LoadFigures:
         # One measurement at a time: concurrent callers share it instead of each starting
         # a thread (a thread cannot be cancelled; a slow one must not pile up).
         self._measuring: asyncio.Future[dict[str, tuple[int, int | None]]] | None = None
+        self._measured_at: float | None = None  # monotonic; when the last one was taken in
+        self._refreshing: asyncio.Task[None] | None = None  # started by refresh
 
     def need(self, role: str) -> int | None:
         """The role's need before it is measured; None if unknown (or not worked out yet)."""
@@ -70,6 +80,38 @@ class LoadFigures:
                 self._peaks.setdefault(role, PeakMemory()).record(pid, size)
                 if size is not None and size > self._highest.get(role, 0):
                     self._highest[role] = size
+        self._measured_at = time.monotonic()
+
+    def refresh(
+        self,
+        backends: Mapping[str, Backend],
+        processes: Mapping[str, BackendProcess],
+        max_age_s: float = MEASUREMENT_MAX_AGE_S,
+    ) -> bool:
+        """Start a measurement in the background if the last one is older than
+        ``max_age_s`` and none is under way (True if it did); never waits for it. For
+        readers that must answer at once (/metrics): they serve the last figures meanwhile."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return False
+        measured_at = self._measured_at
+        if measured_at is not None and time.monotonic() - measured_at < max_age_s:
+            return False
+        self._refreshing = asyncio.ensure_future(self.measure(backends, processes))
+        self._refreshing.add_done_callback(_log_failure)
+        return True
+
+    async def measure_within(
+        self,
+        backends: Mapping[str, Backend],
+        processes: Mapping[str, BackendProcess],
+        timeout_s: float,
+    ) -> None:
+        """``measure``, waiting at most ``timeout_s`` for it (then the last figures stand)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.measure(backends, processes)
+        except TimeoutError:
+            pass
 
     async def figures(
         self,
@@ -79,12 +121,8 @@ class LoadFigures:
     ) -> dict[str, dict[str, Any]]:
         """Role -> memory_mb, memory_estimate_mb, in_flight, queued, last_used; the memory
         figures are those known within ``timeout_s``."""
-        enabled = {role: b for role, b in backends.items() if b.entry.enabled}
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self.measure(enabled, processes)
-        except TimeoutError:
-            pass
+        enabled = enabled_backends(backends)
+        await self.measure_within(enabled, processes, timeout_s)
         report: dict[str, dict[str, Any]] = {}
         for role, backend in enabled.items():
             process = processes.get(role)
@@ -103,6 +141,16 @@ class LoadFigures:
         for role, backend in to_estimate.items():
             self._needs[role] = need_bytes(backend.entry, self._base_dir)
         return {role: (pid, tree_memory_bytes(pid)) for role, pid in pids.items()}
+
+
+def enabled_backends(backends: Mapping[str, Backend]) -> dict[str, Backend]:
+    """The backends this router serves (a disabled entry is configured, never run)."""
+    return {role: b for role, b in backends.items() if b.entry.enabled}
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("measuring the backends' memory failed: %s", error)
 
 
 def unix_time(monotonic_s: float | None) -> float | None:

@@ -17,7 +17,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from slm_server.router.load_figures import LoadFigures
+from slm_server.router.load_figures import LoadFigures, enabled_backends
 from slm_server.router.metrics.tallies import NO_MODEL, STATUS_CLASSES, RequestTallies
 from slm_server.router.routing import Backend
 from slm_server.supervisor import BackendProcess
@@ -30,6 +30,13 @@ _USUAL_CLASSES = frozenset({"2xx", "4xx", "5xx"})
 
 
 class RouterCollector(Collector):
+    """Every metric family of one router, read afresh from its tallies, admission gates,
+    backend processes and load figures on each ``collect`` (one /metrics scrape).
+
+    ``waiting_to_start``: the requests waiting for a role to start or for memory (the
+    scheduler's count), added to its queue; None when this router starts nothing.
+    """
+
     def __init__(
         self,
         tallies: RequestTallies,
@@ -40,7 +47,7 @@ class RouterCollector(Collector):
     ) -> None:
         self._tallies = tallies
         self._waiting_to_start = waiting_to_start
-        self._backends = {role: b for role, b in backends.items() if b.entry.enabled}
+        self._backends = enabled_backends(backends)
         self._processes = processes
         self._load = load
 
@@ -146,8 +153,9 @@ class RouterCollector(Collector):
             labels=["role"],
         )
         memory = GaugeMetricFamily(
-            "slm_backend_memory_bytes",
-            "Memory the running backend took at its highest, as measured (0 when stopped).",
+            "slm_backend_memory_peak_bytes",
+            "The most memory the backend's running process (with its children) was measured "
+            "at since it started; 0 when stopped, absent until its first measurement.",
             labels=["role"],
         )
         load = GaugeMetricFamily(

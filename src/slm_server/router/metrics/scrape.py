@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
-from prometheus_client.registry import Collector
 
 from slm_server.router.asgi import Send
-from slm_server.router.load_figures import LoadFigures
+from slm_server.router.load_figures import LoadFigures, enabled_backends
 from slm_server.router.metrics.collector import RouterCollector
 from slm_server.router.metrics.record import RequestRecord
 from slm_server.router.metrics.tallies import EndpointTally, RequestTallies
@@ -43,7 +40,7 @@ class RouterMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         collector = RouterCollector(self.tallies, backends, processes, load, waiting_to_start)
         self.registry.register(collector)
-        self._backends = backends
+        self._enabled = enabled_backends(backends)
         self._processes = processes
         self._load = load
 
@@ -54,28 +51,14 @@ class RouterMetrics:
     def slot(self, model: str, endpoint: str) -> EndpointTally:
         return self.tallies.slot(model, endpoint)
 
-    async def exposition(self, measure_within_s: float) -> bytes:
-        """The metrics in the text format, with the backends' memory measured afresh if
-        that takes at most ``measure_within_s`` (else the last measurement)."""
+    def exposition(self) -> bytes:
+        """The metrics in the text format, at once: the backends' memory as last measured
+        (a new measurement is started in the background when that one is a few seconds
+        old, for the next scrape; see LoadFigures.refresh).
+
+        Written on the event loop: about a millisecond for a few models, and a thread
+        would not free the loop anyway (the work holds the GIL) while it slows the
+        scrape down under load."""
         if self._processes:  # only the backends this router runs have a memory to measure
-            enabled = {role: b for role, b in self._backends.items() if b.entry.enabled}
-            try:
-                async with asyncio.timeout(measure_within_s):
-                    await self._load.measure(enabled, self._processes)
-            except TimeoutError:
-                pass
-        # Read on the event loop in one go, the numbers agree with each other. Writing them
-        # out takes several times longer (about half a millisecond per model endpoint in use on a
-        # busy machine): a thread does it, so that requests in flight are not held up meanwhile.
-        families = list(self.registry.collect())
-        return await asyncio.to_thread(generate_latest, _Collected(families))
-
-
-class _Collected(Collector):
-    """Metric families already read, for ``generate_latest`` to write out."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterable[Metric]:
-        return self._families
+            self._load.refresh(self._enabled, self._processes)
+        return generate_latest(self.registry)
