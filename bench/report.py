@@ -300,7 +300,7 @@ def _metrics_rows(results: Results, rows: _Rows) -> None:
     rows.add_plain(
         "/metrics chat 2xx counted / answered",
         {ROUTER: "-" if check is None else f"{check.counted:,} / {check.answered:,}"},
-        "counted >= answered",
+        "answered + 0..dropped",
         None if check is None else check.complete,
     )
 

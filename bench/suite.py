@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bench import environment
 from bench.cold_start import ColdStart, measure_cold_starts
-from bench.metrics_check import check_metrics
+from bench.metrics_check import check_metrics, counted_now
 from bench.nginx import start_nginx
 from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn, wait_healthy
 from bench.readiness import measure_lag
@@ -142,7 +142,10 @@ def _measure(
     urls = {target: f"http://{HOST}:{port}{_CHAT}" for target, port in ports.items()}
     for target in TARGETS:  # warm pools and caches; nothing recorded
         run_wrk(urls[target], 16, 1, settings.load_cpu)
+    metrics_url = f"http://{HOST}:{ports[ROUTER]}"
+    counted_before = counted_now(metrics_url)
     _plain(settings, results, urls, processes)
+    counted = counted_now(metrics_url) - counted_before
     for concurrency in (1, 64):
         progress(f"overhead header sample, {concurrency} connection(s)")
         results.overhead[concurrency] = plain_sample(
@@ -150,22 +153,25 @@ def _measure(
         )
     _streams(settings, results, urls, processes)
     _uploads(settings, results, urls[ROUTER], processes[ROUTER])
-    _metrics(results, f"http://{HOST}:{ports[ROUTER]}")
+    _metrics(results, metrics_url, counted)
 
 
-def _metrics(results: Results, base_url: str) -> None:
-    """The router's /metrics after the load: how long a scrape takes, and whether every
-    answer the plain runs got was counted."""
-    answered = sum(
-        run.requests - run.errors
-        for (target, _), runs in results.plain.items()
+def _metrics(results: Results, base_url: str, counted: int) -> None:
+    """The router's /metrics after the load: how long a scrape takes, and whether the
+    answers of the plain runs (``counted`` by the router) are those wrk read."""
+    router_runs = [
+        (connections, run)
+        for (target, connections), runs in results.plain.items()
         if target == ROUTER
         for run in runs
-    )
-    check = results.metrics = check_metrics(base_url, answered)
+    ]
+    # wrk's requests include its non-2xx answers (status errors), not its socket errors.
+    answered = sum(run.requests - run.status_errors for _, run in router_runs)
+    dropped_at_most = sum(connections for connections, _ in router_runs)
+    check = results.metrics = check_metrics(base_url, counted, answered, dropped_at_most)
     progress(
         f"metrics: scrape {check.scrape_ms:.1f} ms; {check.counted:,} chat answers counted, "
-        f"{check.answered:,} seen answered by wrk"
+        f"{check.answered:,} read by wrk (up to {dropped_at_most:,} more sent as runs stopped)"
     )
 
 

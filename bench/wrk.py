@@ -24,6 +24,8 @@ class WrkRun:
     errors: int  # responses with status >= 400 plus socket errors and timeouts
     p50_ms: float
     p99_ms: float
+    # Responses with status >= 400: among ``requests`` (read whole), unlike socket errors.
+    status_errors: int
 
     @property
     def rps(self) -> float:
@@ -78,5 +80,6 @@ def run_wrk(
                 errors=report["status_errors"] + report["socket_errors"],
                 p50_ms=report["p50_us"] / 1000,
                 p99_ms=report["p99_us"] / 1000,
+                status_errors=report["status_errors"],
             )
     raise RuntimeError(f"wrk gave no report (exit {process.returncode}):\n{stdout}\n{stderr}")
