@@ -85,14 +85,14 @@ def test_a_stream_usage_split_over_its_last_two_pieces() -> None:
     event = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6}}
     stream_end = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
     previous, latest = stream_end[:30], stream_end[30:]  # the usage key in one, counts in other
-    assert reported_usage(answer_tail([previous, latest])) == (4, 6)
+    assert reported_usage(answer_tail([previous], latest)) == (4, 6)
 
 
 def test_a_stream_usage_spread_over_many_small_pieces() -> None:
     event = {"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 6}}
     stream_end = b"data: " + json.dumps(event).encode() + b"\n\ndata: [DONE]\n\n"
     pieces = [stream_end[at : at + 5] for at in range(0, len(stream_end), 5)]
-    assert reported_usage(answer_tail(pieces)) == (4, 6)
+    assert reported_usage(answer_tail(pieces[:-1], pieces[-1])) == (4, 6)
 
 
 def test_a_messages_stream_counts_input_from_its_start_and_output_from_its_end() -> None:
@@ -100,15 +100,15 @@ def test_a_messages_stream_counts_input_from_its_start_and_output_from_its_end()
     start += b'{"input_tokens":12,"output_tokens":1}}}\n\n'
     delta = b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":7}}'
     end = b'\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
-    assert answer_usage(start, [start, b"x" * 100, delta, end]) == (12, 7)
+    assert answer_usage(start, answer_tail([start, b"x" * 100, delta], end)) == (12, 7)
 
 
 def test_only_the_end_of_a_large_answer_is_searched() -> None:
     usage = b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}, "data": "'
     large = usage + b"x" * TAIL_BYTES + b'"}'
-    assert len(answer_tail([large])) == TAIL_BYTES
-    assert reported_usage(answer_tail([large])) is None
-    assert reported_usage(answer_tail([large[:-1], b"}"])) is None  # nor with two pieces
+    assert len(answer_tail([], large)) == TAIL_BYTES
+    assert reported_usage(answer_tail([], large)) is None
+    assert reported_usage(answer_tail([large[:-1]], b"}")) is None  # nor with two pieces
 
 
 def test_tallies_count_by_status_class_and_key_and_refusals_by_reason() -> None:
@@ -272,14 +272,19 @@ def test_a_stream_ended_with_an_error_after_its_start_counts_as_5xx() -> None:
     assert value(requests, "slm_requests_total", **labels, status_class="2xx") == 0
 
 
-def test_a_stream_in_small_pieces_keeps_the_usage_several_pieces_back() -> None:
+@pytest.mark.parametrize("padding", range(0, 4000, 150))
+def test_a_stream_in_small_pieces_keeps_the_usage_several_pieces_back(padding: int) -> None:
     metrics = new_metrics()
     usage = json.dumps({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
     end = f"data: {usage}\n\ndata: [DONE]\n\n".encode()
-    small = [end[at : at + 8] for at in range(0, len(end), 8)]
-    long_start = [b"data: " + b"x" * 1000 + b"\n\n"] * 10  # more than the tail holds
+    small = [end[at : at + 8] for at in range(0, len(end), 8)]  # the usage over many pieces
+    # Long events first: more than the record keeps, so its earlier pieces are trimmed,
+    # at a point that moves with ``padding``; after the usage, SSE comments that keep it
+    # within the last 4 KiB.
+    long_start = [b"data: " + b"x" * (1000 + padding) + b"\n\n"] * 20
+    comments = [b":" + b" " * 97 + b"\n\n"] * 35
     sse = start(200, b"text/event-stream")
-    asyncio.run(answer(metrics, sse, *stream_pieces(*long_start, *small)))
+    asyncio.run(answer(metrics, sse, *stream_pieces(*long_start, *small, *comments)))
     tokens = samples(metrics)["slm_tokens"]
     assert value(tokens, "slm_tokens_total", model="m-chat", kind="prompt") == 3
     assert value(tokens, "slm_tokens_total", model="m-chat", kind="completion") == 4

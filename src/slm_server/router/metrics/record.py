@@ -3,7 +3,6 @@ counted once it ends."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Awaitable
 from time import perf_counter
 
@@ -16,9 +15,12 @@ from slm_server.router.metrics.tallies import (
     EndpointTally,
     RequestTallies,
 )
-from slm_server.router.metrics.usage import TAIL_BYTES, answer_usage
+from slm_server.router.metrics.usage import TAIL_BYTES, answer_tail, answer_usage
 from slm_server.router.sent import SentMessages
 from slm_server.router.stopwatch import Stopwatch
+
+# The earlier pieces are trimmed each time this much more was sent (see _trim_earlier).
+_TRIM_EVERY = 4 * TAIL_BYTES
 
 
 class RequestRecord(SentMessages):
@@ -36,13 +38,14 @@ class RequestRecord(SentMessages):
 
     __slots__ = (
         "_arrived",
+        "_earlier",
         "_first_byte_s",
         "_first_piece",
         "_in_pieces",
+        "_latest",
         "_stopwatch",
-        "_tail",
-        "_tail_bytes",
         "_tallies",
+        "_trim_at",
         "answer_headers",
         "bytes_out",
         "duration_s",
@@ -62,11 +65,13 @@ class RequestRecord(SentMessages):
         self._first_byte_s = 0.0  # from arrival; 0 until a body byte went out
         self._in_pieces = False  # the answer's first piece said more would follow: a stream
         self._first_piece = b""
-        # The last body pieces, at least TAIL_BYTES of them when the answer has that many,
-        # the oldest dropped once the others hold enough: small pieces never push the
-        # answer's usage out, and a long answer keeps only a few KiB of references.
-        self._tail: deque[bytes] = deque()
-        self._tail_bytes = 0
+        self._latest = b""  # the last body piece
+        # Pieces before it, so that small pieces never push the usage out of the answer's
+        # last TAIL_BYTES. Trimmed to those the tail reaches into after every few times
+        # TAIL_BYTES sent (not on every piece: a stream's chunks stay cheap), so a long
+        # answer keeps about 20 KiB of them at most. Made only for a second piece.
+        self._earlier: list[bytes] | None = None
+        self._trim_at = _TRIM_EVERY  # the bytes_out past which they are trimmed next
         self.request_id = b"-"
         self.answer_headers: Headers = []
         self.bytes_out = 0  # of the answer's body
@@ -99,18 +104,31 @@ class RequestRecord(SentMessages):
             self.last = message
         body = message.get("body")
         if body:
-            size = len(body)
-            self.bytes_out += size
+            self.bytes_out = sent = self.bytes_out + len(body)
             if not self._first_byte_s:
                 self._first_byte_s = perf_counter() - self._arrived
                 self._in_pieces = message.get("more_body", False)
                 self._first_piece = body
-            tail = self._tail
-            tail.append(body)
-            self._tail_bytes += size
-            while self._tail_bytes - len(tail[0]) >= TAIL_BYTES:
-                self._tail_bytes -= len(tail.popleft())
+            else:
+                earlier = self._earlier
+                if earlier is None:
+                    earlier = self._earlier = []
+                earlier.append(self._latest)
+                if sent > self._trim_at:
+                    self._trim_earlier(earlier)
+                    self._trim_at = sent + _TRIM_EVERY
+            self._latest = body
         return self._send(message)
+
+    @staticmethod
+    def _trim_earlier(earlier: list[bytes]) -> None:
+        """Keep only the earlier pieces the answer's last TAIL_BYTES may reach into."""
+        kept = 0
+        for at in range(len(earlier) - 1, -1, -1):
+            kept += len(earlier[at])
+            if kept >= TAIL_BYTES:
+                del earlier[:at]
+                return
 
     def finish(self, refusal: str | None = None) -> None:
         """Count the request, now that it has ended; ``refusal``: its router error's code.
@@ -140,8 +158,10 @@ class RequestRecord(SentMessages):
             self._tallies.overhead.observe(stopwatch.own_s)
         if self._in_pieces:
             slot.first_byte.observe(self._first_byte_s)
-        if 200 <= status < 300 and self._tail:
-            usage = answer_usage(self._first_piece, self._tail)
+        if 200 <= status < 300 and self._latest:
+            earlier = self._earlier
+            tail = answer_tail(earlier, self._latest) if earlier else self._latest
+            usage = answer_usage(self._first_piece, tail)
             if usage is not None:
                 self.tokens = usage
                 slot.prompt_tokens += usage[0]

@@ -32,12 +32,14 @@ class _Reported(msgspec.Struct):
 _decode = msgspec.json.Decoder(_Reported).decode
 
 
-def answer_tail(pieces: Sequence[bytes]) -> bytes:
-    """The last ``TAIL_BYTES`` of an answer ending with the body ``pieces``; only that
-    much is copied, however large the pieces."""
-    wanted = TAIL_BYTES
-    parts: list[bytes] = []
-    for piece in reversed(pieces):
+def answer_tail(earlier: Sequence[bytes], latest: bytes) -> bytes:
+    """The last ``TAIL_BYTES`` of an answer whose body ends with the pieces ``earlier``
+    then ``latest``; only that much is copied, however large the pieces."""
+    wanted = TAIL_BYTES - len(latest)
+    if wanted <= 0:
+        return latest[-TAIL_BYTES:]
+    parts = [latest]
+    for piece in reversed(earlier):
         if len(piece) >= wanted:
             parts.append(piece[-wanted:])
             break
@@ -46,15 +48,15 @@ def answer_tail(pieces: Sequence[bytes]) -> bytes:
     return b"".join(reversed(parts))
 
 
-def answer_usage(first: bytes, last: Sequence[bytes]) -> tuple[int, int] | None:
-    """The tokens an answer reported, from its ``first`` body piece and its ``last`` pieces.
+def answer_usage(first: bytes, tail: bytes) -> tuple[int, int] | None:
+    """The tokens an answer reported, from its ``first`` body piece and its ``tail``.
 
     A Messages stream gives its input tokens in its first event (message_start) and its
     output tokens in its last usage (message_delta); when that last usage has no input
     count, the first piece's is taken. Other answers give both at the end.
     """
-    usage = reported_usage(answer_tail(last))
-    if usage is None or usage[0]:
+    usage = reported_usage(tail)
+    if usage is None or usage[0] or first is tail:
         return usage
     head = reported_usage(first[:TAIL_BYTES])
     return usage if head is None else (head[0], usage[1])
