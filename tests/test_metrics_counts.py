@@ -63,6 +63,13 @@ def test_usage_in_input_and_output_tokens_as_responses_and_messages_spell_it() -
     assert reported_usage(answer.encode()) == (7, 2)
 
 
+def test_a_messages_prompt_counts_its_cached_tokens_too() -> None:
+    # Anthropic's input_tokens leave out the cached part that Chat's prompt_tokens include.
+    usage = {"input_tokens": 3, "cache_read_input_tokens": 8, "cache_creation_input_tokens": 1}
+    answer = json.dumps({"type": "message", "usage": {**usage, "output_tokens": 2}})
+    assert reported_usage(answer.encode()) == (12, 2)
+
+
 def test_an_embeddings_usage_has_prompt_tokens_only() -> None:
     answer = json.dumps({"data": [], "usage": {"prompt_tokens": 5, "total_tokens": 5}})
     assert reported_usage(answer.encode()) == (5, 0)

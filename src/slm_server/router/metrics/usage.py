@@ -27,6 +27,10 @@ class _Reported(msgspec.Struct):
     completion_tokens: int | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    # Messages' input_tokens leave out the prompt tokens read from or written to the
+    # backend's cache; these give them, so that a prompt counts whole as in Chat.
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
 
 
 _decode = msgspec.json.Decoder(_Reported).decode
@@ -75,6 +79,10 @@ def reported_usage(tail: bytes) -> tuple[int, int] | None:
         reported = _decode(match.group(1))
     except msgspec.DecodeError:  # a count that is not an integer: nothing to trust
         return None
-    prompt = reported.input_tokens or reported.prompt_tokens or 0
+    if reported.input_tokens is not None:
+        cached = reported.cache_read_input_tokens + reported.cache_creation_input_tokens
+        prompt = reported.input_tokens + cached
+    else:
+        prompt = reported.prompt_tokens or 0
     completion = reported.output_tokens or reported.completion_tokens or 0
     return prompt, completion
