@@ -15,6 +15,7 @@ from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from net import free_port
 from router_served import served
+from scripted_backend import scripted_backend
 from slm_server.router import RouterApp
 from slm_server.router.request_id import RequestIds
 
@@ -92,35 +93,12 @@ async def test_an_insane_id_is_replaced_on_both_sides(fake: FakeBackend) -> None
     assert await forwarded_ids(fake) == [made]
 
 
-@asynccontextmanager
-async def backend_answering(answer: bytes) -> AsyncIterator[int]:
-    """A backend that reads one request per connection and writes ``answer``."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-
-
 async def test_a_backends_own_id_gives_way_to_the_requests() -> None:
     answer = (
         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-request-id: backend-9\r\n"
         b"content-length: 2\r\n\r\n{}"
     )
-    async with backend_answering(answer) as port, router_for(port) as client:
+    async with scripted_backend(answer) as port, router_for(port) as client:
         response = await client.post(
             "/v1/chat/completions", json=CHAT, headers={"x-request-id": "client-9"}
         )

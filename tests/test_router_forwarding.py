@@ -17,6 +17,7 @@ import pytest
 from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from router_served import served
+from scripted_backend import scripted_backend
 from slm_server.router import RouterApp
 from slm_server.router.proxy import forwarded_request_headers
 
@@ -70,29 +71,6 @@ async def test_headers_named_in_connection_are_not_forwarded(fake: FakeBackend) 
     names = {name for name, _ in header_list}
     assert "x-end" in names
     assert "x-hop" not in names
-
-
-@asynccontextmanager
-async def scripted_backend(answer: bytes) -> AsyncIterator[int]:
-    """A backend that reads one request per connection and writes ``answer``."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
 
 
 async def test_response_headers_named_in_connection_are_not_relayed() -> None:
