@@ -115,12 +115,10 @@ class RouterApp:
         origins = config.file.router.cors_origins
         self.cors = Cors(origins) if origins else None
         self.scheduler = self._scheduler(supervisor) if supervisor is not None else None
+        if self.scheduler is not None:
+            self.load.waiting_to_start = self.scheduler.waiting
         self.metrics = RouterMetrics(
-            self.table.model_ids,
-            self.table.backends,
-            self.processes,
-            self.load,
-            self.scheduler.waiting if self.scheduler is not None else None,
+            self.table.model_ids, self.table.backends, self.processes, self.load
         )
         # A load may wait for others to drain and stop, then for its own start.
         self.load_timeout_s = config.file.router.shutdown_grace_s
@@ -283,7 +281,6 @@ class RouterApp:
                 report.update(idle_ttl_s=entry.idle_ttl_s, pinned=entry.pinned)
                 report["on_demand"] = entry.on_demand
             if self.scheduler is not None and process is not None:
-                report["queued"] += self.scheduler.waiting(role)  # waiting for it to start
                 report["idle_since"] = unix_time(self.scheduler.idle_since(role))
         return reports
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ class LoadFigures:
 
     def __init__(self, base_dir: Path) -> None:
         self._base_dir = base_dir
+        # The requests waiting for a role to start or for memory (the scheduler's count);
+        # None when this router starts nothing.
+        self.waiting_to_start: Callable[[str], int] | None = None
         self._needs: dict[str, int | None] = {}
         self._peaks: dict[str, PeakMemory] = {}
         self._highest: dict[str, int] = {}  # over every run: what a start may take again
@@ -48,6 +51,13 @@ class LoadFigures:
     def need(self, role: str) -> int | None:
         """The role's need before it is measured; None if unknown (or not worked out yet)."""
         return self._needs.get(role)
+
+    def queued(self, role: str, backend: Backend) -> int:
+        """Requests waiting for one of ``backend``'s slots, or for it to start."""
+        waiting = backend.gate.waiting
+        if self.waiting_to_start is not None:
+            waiting += self.waiting_to_start(role)
+        return waiting
 
     def highest(self, role: str) -> int | None:
         """The most ``role``'s backend was ever measured at, in any run."""
@@ -130,7 +140,7 @@ class LoadFigures:
                 "memory_mb": _mb(self.peak(role, process.pid if process else None)),
                 "memory_estimate_mb": _mb(self._needs.get(role)),
                 "in_flight": backend.gate.active,
-                "queued": backend.gate.waiting,
+                "queued": self.queued(role, backend),
                 "last_used": unix_time(backend.last_used),
             }
         return report

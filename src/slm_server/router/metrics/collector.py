@@ -7,7 +7,7 @@ memory), so nothing here runs per request. prometheus_client writes the format.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -32,9 +32,6 @@ _USUAL_CLASSES = frozenset({"2xx", "4xx", "5xx"})
 class RouterCollector(Collector):
     """Every metric family of one router, read afresh from its tallies, admission gates,
     backend processes and load figures on each ``collect`` (one /metrics scrape).
-
-    ``waiting_to_start``: the requests waiting for a role to start or for memory (the
-    scheduler's count), added to its queue; None when this router starts nothing.
     """
 
     def __init__(
@@ -43,10 +40,8 @@ class RouterCollector(Collector):
         backends: Mapping[str, Backend],
         processes: Mapping[str, BackendProcess],
         load: LoadFigures,
-        waiting_to_start: Callable[[str], int] | None = None,
     ) -> None:
         self._tallies = tallies
-        self._waiting_to_start = waiting_to_start
         self._backends = enabled_backends(backends)
         self._processes = processes
         self._load = load
@@ -129,10 +124,7 @@ class RouterCollector(Collector):
         )
         for role, backend in self._backends.items():
             in_flight.add_metric([backend.entry.id], backend.gate.active)
-            waiting = backend.gate.waiting
-            if self._waiting_to_start is not None and role in self._processes:
-                waiting += self._waiting_to_start(role)  # as health and `ps` count them
-            queued.add_metric([backend.entry.id], waiting)
+            queued.add_metric([backend.entry.id], self._load.queued(role, backend))
         yield from (in_flight, queued)
 
     def _backend_processes(self) -> Iterator[Metric]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -32,13 +32,10 @@ class RouterMetrics:
         backends: Mapping[str, Backend],
         processes: Mapping[str, BackendProcess],
         load: LoadFigures,
-        waiting_to_start: Callable[[str], int] | None = None,
     ) -> None:
-        """``waiting_to_start``: the requests waiting for a role to start or for memory
-        (the scheduler's count; None: this router starts nothing)."""
         self.tallies = RequestTallies(model_ids)
         self.registry = CollectorRegistry(auto_describe=False)
-        collector = RouterCollector(self.tallies, backends, processes, load, waiting_to_start)
+        collector = RouterCollector(self.tallies, backends, processes, load)
         self.registry.register(collector)
         self._enabled = enabled_backends(backends)
         self._processes = processes
