@@ -10,10 +10,14 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
+import httpx
 import uvicorn
 
+from config_builder import entry, make_config
 from net import eventually
+from slm_server.router import RouterApp
 from slm_server.router.asgi import Receive, Scope, Send
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -68,3 +72,12 @@ class RawClient:
     async def hang_up(self) -> None:
         self.writer.close()
         await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+
+@asynccontextmanager
+async def router_for(port: int, **router: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """A router serving model ``m-chat`` from the backend on ``port`` (``router``: its
+    settings), and a client to it."""
+    app = RouterApp(make_config({"chat": entry("m-chat", port)}, **router))
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        yield client

@@ -4,18 +4,14 @@ nothing a browser would let through. Real preflight requests over a socket."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import Iterator
 
-import httpx
 import pytest
 from pydantic import ValidationError
 
 from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
-from router_served import served
-from slm_server.router import RouterApp
+from router_served import router_for
 
 PAGE = "http://localhost:3000"
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -25,13 +21,6 @@ CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 def fake() -> Iterator[FakeBackend]:
     with FakeBackend() as backend:
         yield backend
-
-
-@asynccontextmanager
-async def router_for(port: int, **router: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = RouterApp(make_config({"chat": entry("m-chat", port)}, **router))
-    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        yield client
 
 
 def preflight_headers(origin: str, method: str = "POST") -> dict[str, str]:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from net import free_port
-from router_served import served
+from router_served import router_for
 from scripted_backend import scripted_backend
-from slm_server.router import RouterApp
 from slm_server.router.request_id import RequestIds
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -26,13 +22,6 @@ CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 def fake() -> Iterator[FakeBackend]:
     with FakeBackend() as backend:
         yield backend
-
-
-@asynccontextmanager
-async def router_for(port: int) -> AsyncIterator[httpx.AsyncClient]:
-    app = RouterApp(make_config({"chat": entry("m-chat", port)}))
-    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        yield client
 
 
 async def forwarded_ids(fake: FakeBackend) -> list[str]:

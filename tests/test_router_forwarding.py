@@ -8,17 +8,13 @@ and the fake backend (or a scripted one, for response headers aiohttp would not 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
-from router_served import served
+from router_served import router_for
 from scripted_backend import scripted_backend
-from slm_server.router import RouterApp
 from slm_server.router.proxy import forwarded_request_headers
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -28,13 +24,6 @@ CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 def fake() -> Iterator[FakeBackend]:
     with FakeBackend() as backend:
         yield backend
-
-
-@asynccontextmanager
-async def router_for(port: int) -> AsyncIterator[httpx.AsyncClient]:
-    app = RouterApp(make_config({"chat": entry("m-chat", port)}))
-    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        yield client
 
 
 async def last_request(fake: FakeBackend) -> dict[str, object]:
