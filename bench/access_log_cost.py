@@ -16,10 +16,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.metrics_cost import BODY, PATH, START, best_us
+from bench.metrics_cost import BODY, PATH, START, Send, best_us, instant_send, with_metrics
 from slm_server.log_format import JsonFormatter, TextFormatter
 from slm_server.router.access_log import ACCESS_LOGGER, AccessLog
-from slm_server.router.asgi import Message
 from slm_server.router.load_figures import LoadFigures
 from slm_server.router.metrics import RouterMetrics
 from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
@@ -28,33 +27,12 @@ from slm_server.router.stopwatch import Stopwatch
 HEADERS = [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")]
 
 
-def _send(message: Message) -> asyncio.Future[None]:
-    return _DONE
-
-
-_DONE: asyncio.Future[None]
-
-
-def metrics_only(metrics: RouterMetrics) -> Callable[[], None]:
-    """Before: the record the metrics already keep."""
-
-    def request() -> None:
-        sent = metrics.record(_send, PATH)
-        stopwatch = Stopwatch()
-        sent.routed(metrics.slot("bench", PATH), stopwatch)
-        stopwatch.headers()
-        sent.send(START)
-        sent.send(BODY)
-        sent.finish()
-
-    return request
-
-
-def with_access_log(metrics: RouterMetrics, access: AccessLog) -> Callable[[], None]:
+def with_access_log(metrics: RouterMetrics, access: AccessLog, send: Send) -> Callable[[], None]:
+    """The metrics' request (bench.metrics_cost.with_metrics) with its id and access line."""
     ids = RequestIds()
 
     def request() -> None:
-        sent = metrics.record(_send, PATH)
+        sent = metrics.record(send, PATH)
         sent.request_id = request_id = ids.of(HEADERS)
         sent.answer_headers = [(REQUEST_ID_HEADER, request_id)]
         stopwatch = Stopwatch()
@@ -76,10 +54,8 @@ def main() -> None:
         "--log-to", default=os.devnull, help="where the lines go (default: /dev/null)"
     )
     args = parser.parse_args()
-    global _DONE
     loop = asyncio.new_event_loop()
-    _DONE = loop.create_future()
-    _DONE.set_result(None)
+    send = instant_send(loop)
     metrics = RouterMetrics(["bench"], {}, {}, LoadFigures(Path(".")))
     logger = logging.getLogger(ACCESS_LOGGER)
     logger.setLevel(logging.INFO)
@@ -90,12 +66,12 @@ def main() -> None:
     def best(run: Callable[[], None]) -> float:
         return best_us(run, args.number, args.rounds)
 
-    before = best(metrics_only(metrics))
-    off = best(with_access_log(metrics, AccessLog(enabled=False)))
+    before = best(with_metrics(metrics, BODY, send))
+    off = best(with_access_log(metrics, AccessLog(enabled=False), send))
     handler.setFormatter(TextFormatter())
-    text = best(with_access_log(metrics, AccessLog()))
+    text = best(with_access_log(metrics, AccessLog(), send))
     handler.setFormatter(JsonFormatter())
-    as_json = best(with_access_log(metrics, AccessLog()))
+    as_json = best(with_access_log(metrics, AccessLog(), send))
     print(f"metrics only:                 {before:6.2f} us/request")
     print(f"request id, access log off:   {off:6.2f} us/request (+{off - before:.2f})")
     print(f"access log, text:             {text:6.2f} us/request (+{text - before:.2f})")

@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import json
 import timeit
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -51,24 +51,35 @@ BODY_WITHOUT_USAGE: Message = {
 }
 
 
-def _send(message: Message) -> asyncio.Future[None]:
-    return _DONE
+Send = Callable[[Message], Awaitable[None]]
 
 
-_DONE: asyncio.Future[None]
+def instant_send(loop: asyncio.AbstractEventLoop) -> Send:
+    """A send that is done at once, as uvicorn's is when the socket takes the bytes."""
+    done = loop.create_future()
+    done.set_result(None)
+
+    def send(message: Message) -> asyncio.Future[None]:
+        return done
+
+    return send
 
 
-def plain() -> None:
+def plain(send: Send) -> Callable[[], None]:
     """Before: what the request path did without metrics (the stopwatch was there already)."""
-    sent = SentMessages(_send)
-    Stopwatch().headers()
-    sent.send(START)
-    sent.send(BODY)
 
-
-def with_metrics(metrics: RouterMetrics, body: Message) -> Callable[[], None]:
     def request() -> None:
-        sent = metrics.record(_send, PATH)
+        sent = SentMessages(send)
+        Stopwatch().headers()
+        sent.send(START)
+        sent.send(BODY)
+
+    return request
+
+
+def with_metrics(metrics: RouterMetrics, body: Message, send: Send) -> Callable[[], None]:
+    def request() -> None:
+        sent = metrics.record(send, PATH)
         stopwatch = Stopwatch()
         sent.routed(metrics.slot("bench", PATH), stopwatch)
         stopwatch.headers()
@@ -79,7 +90,7 @@ def with_metrics(metrics: RouterMetrics, body: Message) -> Callable[[], None]:
     return request
 
 
-def with_library() -> Callable[[], None]:
+def with_library(send: Send) -> Callable[[], None]:
     """The same counts with prometheus_client's labelled metrics (no usage parsing)."""
     registry = CollectorRegistry()
     requests = Counter("r", "", ["model", "endpoint", "status_class", "key"], registry=registry)
@@ -87,7 +98,7 @@ def with_library() -> Callable[[], None]:
     overhead = Histogram("o", "", buckets=OVERHEAD_BUCKETS_S, registry=registry)
 
     def request() -> None:
-        sent = SentMessages(_send)
+        sent = SentMessages(send)
         Stopwatch().headers()
         sent.send(START)
         sent.send(BODY)
@@ -107,15 +118,13 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=50_000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    global _DONE
     loop = asyncio.new_event_loop()
-    _DONE = loop.create_future()
-    _DONE.set_result(None)
+    send = instant_send(loop)
     metrics = RouterMetrics(["bench"], {}, {}, LoadFigures(Path(".")))
-    before = best_us(plain, args.number, args.rounds)
-    after = best_us(with_metrics(metrics, BODY), args.number, args.rounds)
-    no_usage = best_us(with_metrics(metrics, BODY_WITHOUT_USAGE), args.number, args.rounds)
-    library = best_us(with_library(), args.number, args.rounds)
+    before = best_us(plain(send), args.number, args.rounds)
+    after = best_us(with_metrics(metrics, BODY, send), args.number, args.rounds)
+    no_usage = best_us(with_metrics(metrics, BODY_WITHOUT_USAGE, send), args.number, args.rounds)
+    library = best_us(with_library(send), args.number, args.rounds)
     print(f"without metrics:                    {before:6.2f} us/request")
     print(f"with metrics:                       {after:6.2f} us/request (+{after - before:.2f})")
     print(
