@@ -23,14 +23,16 @@ Answer = tuple[int, bytes]
 
 
 class Scripted:
-    """An HTTP server on a free loopback port answering each path as a test says; a path
-    answered with ``HOLD`` gets no answer until the test ends."""
+    """An HTTP server on a free loopback port answering each path as a test says, with
+    ``headers`` on every answer; a path answered with ``HOLD`` gets no answer until the
+    test ends. It records each request and its Authorization header."""
 
     HOLD: Answer = (0, b"")
 
-    def __init__(self, answers: dict[str, Answer]) -> None:
+    def __init__(self, answers: dict[str, Answer], headers: dict[str, str] | None = None) -> None:
         self.answers = answers
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
         self.released = threading.Event()
         self.arrived = threading.Event()
         scripted = self
@@ -44,12 +46,15 @@ class Scripted:
 
             def _answer(self) -> None:
                 scripted.requests.append((self.command, self.path))
+                scripted.authorizations.append(self.headers.get("Authorization"))
                 scripted.arrived.set()
                 status, body = scripted.answers.get(self.path, (404, b"{}"))
                 if (status, body) == Scripted.HOLD:
                     scripted.released.wait(30)
                     return
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
@@ -252,58 +257,19 @@ def test_a_listener_that_never_answers_is_given_up_on(capsys: pytest.CaptureFixt
     )
 
 
-class Recording:
-    """A loopback HTTP server that records each request's Authorization header and answers
-    every request with ``status`` and ``headers`` (and the health report as its body)."""
-
-    def __init__(self, status: int, headers: dict[str, str]) -> None:
-        self.authorizations: list[str | None] = []
-        recording = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self._answer()
-
-            def do_POST(self) -> None:
-                self._answer()
-
-            def _answer(self) -> None:
-                recording.authorizations.append(self.headers.get("Authorization"))
-                body = json.dumps(HEALTH["chat"] if "/chat/" in self.path else HEALTH).encode()
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> Recording:
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("command", ["ps", "load"])
 def test_the_api_key_goes_to_the_instance_asked_and_never_to_where_it_redirects(
     command: str,
 ) -> None:
-    with (
-        Recording(200, {}) as elsewhere,
-        Recording(302, {"location": f"{elsewhere.url}/v1/backends/health"}) as instance,
-    ):
-        if command == "ps":
-            run_ps(instance.url, "sk-local-secret")
-        else:
-            run_load(instance.url, "chat", 5, "sk-local-secret")
+    health = (200, json.dumps(HEALTH).encode())
+    moved = (302, b"{}")
+    with Scripted({"/v1/backends/health": health}) as elsewhere:
+        location = {"location": f"{elsewhere.url}/v1/backends/health"}
+        paths = {"/v1/backends/health": moved, "/v1/backends/chat/load": moved}
+        with Scripted(paths, location) as instance:
+            if command == "ps":
+                run_ps(instance.url, "sk-local-secret")
+            else:
+                run_load(instance.url, "chat", 5, "sk-local-secret")
     assert instance.authorizations == ["Bearer sk-local-secret"]
     assert elsewhere.authorizations == [None]  # the redirect was followed, without the key
