@@ -7,7 +7,6 @@ tests (a stop grace of seconds, not ten).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +19,7 @@ import httpx
 from config_builder import entry, make_config
 from fake_backend_proc import SCRIPT
 from net import eventually, free_port
+from router_served import lifespan_client
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.router import RouterApp
@@ -99,25 +99,5 @@ async def serving(
     config = make_config(dict(models), **router)
     supervisor = Supervisor(config, launcher or Launcher(), tmp_path / "logs", policy)
     app = RouterApp(config, supervisor)
-    events: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def receive() -> dict[str, str]:
-        return await events.get()
-
-    async def send(message: dict[str, Any]) -> None:
-        await replies.put(message)
-
-    lifespan = asyncio.create_task(app({"type": "lifespan"}, receive, send))  # type: ignore[arg-type]
-    await events.put({"type": "lifespan.startup"})
-    started = await asyncio.wait_for(replies.get(), 15)
-    assert started["type"] == "lifespan.startup.complete", started
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://router", timeout=30
-        ) as client:
-            yield Served(client, app, supervisor)
-    finally:
-        await events.put({"type": "lifespan.shutdown"})
-        await asyncio.wait_for(lifespan, 15)
+    async with lifespan_client(app, timeout_s=30) as client:
+        yield Served(client, app, supervisor)

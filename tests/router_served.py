@@ -81,3 +81,31 @@ async def router_for(port: int, **router: Any) -> AsyncIterator[httpx.AsyncClien
     app = RouterApp(make_config({"chat": entry("m-chat", port)}, **router))
     async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
         yield client
+
+
+@asynccontextmanager
+async def lifespan_client(app: RouterApp, timeout_s: float = 5) -> AsyncIterator[httpx.AsyncClient]:
+    """``app`` started and stopped through the ASGI lifespan, as uvicorn drives it (its
+    backends too, for a router that runs them), and an in-process client to it."""
+    events: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def receive() -> dict[str, str]:
+        return await events.get()
+
+    async def send(message: dict[str, Any]) -> None:
+        await replies.put(message)
+
+    lifespan = asyncio.create_task(app({"type": "lifespan"}, receive, send))  # type: ignore[arg-type]
+    await events.put({"type": "lifespan.startup"})
+    started = await asyncio.wait_for(replies.get(), 15)
+    assert started["type"] == "lifespan.startup.complete", started
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://router", timeout=timeout_s
+        ) as client:
+            yield client
+    finally:
+        await events.put({"type": "lifespan.shutdown"})
+        await asyncio.wait_for(lifespan, 15)

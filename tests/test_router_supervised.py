@@ -19,6 +19,7 @@ import psutil
 from config_builder import entry, make_config
 from fake_backend_proc import SCRIPT
 from net import eventually, free_port
+from router_served import lifespan_client
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
 from slm_server.router import RouterApp
@@ -43,25 +44,8 @@ async def serving(
     config = make_config({"chat": entry("m-chat", free_port(), **fields)})
     supervisor = Supervisor(config, launcher, tmp_path / "logs", FAST)
     app = RouterApp(config, supervisor)
-    events: asyncio.Queue[dict[str, str]] = asyncio.Queue()
-    replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def receive() -> dict[str, str]:
-        return await events.get()
-
-    async def send(message: dict[str, Any]) -> None:
-        await replies.put(message)
-
-    lifespan = asyncio.create_task(app({"type": "lifespan"}, receive, send))  # type: ignore[arg-type]
-    await events.put({"type": "lifespan.startup"})
-    assert (await replies.get())["type"] == "lifespan.startup.complete"
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
-            yield client, supervisor
-    finally:
-        await events.put({"type": "lifespan.shutdown"})
-        await asyncio.wait_for(lifespan, 15)
+    async with lifespan_client(app) as client:
+        yield client, supervisor
 
 
 async def backend_health(client: httpx.AsyncClient) -> dict[str, Any]:
