@@ -1,0 +1,1 @@
+"""Operating a running server: config reload, log streaming, the dashboard."""
