@@ -173,6 +173,7 @@ def _check_config(args: argparse.Namespace) -> int:
     from slm_server.auth.rules import key_problems
     from slm_server.backends import installation_problems
     from slm_server.scheduler.fit_rules import memory_problems
+    from slm_server.stores.rules import store_problems
 
     loaded = _load_or_report(args.config)
     if loaded is None:
@@ -182,6 +183,7 @@ def _check_config(args: argparse.Namespace) -> int:
         *installation_problems(loaded),
         *memory_problems(loaded),
         *key_problems(loaded, os.environ),
+        *store_problems(loaded, os.environ),
     ]
     for problem in problems:
         print(problem)
@@ -234,7 +236,21 @@ def _keys_usable(loaded: LoadedConfig) -> bool:
     errors = sum(1 for problem in problems if problem.severity == "error")
     if errors:
         log.error("%s: %d error(s) in router.api_keys; nothing started", loaded.path, errors)
-    return not errors
+    return not errors and _store_usable(loaded)
+
+
+def _store_usable(loaded: LoadedConfig) -> bool:
+    """Say what is wrong with the Responses store's settings; False when the router cannot
+    start with them."""
+    from slm_server.stores.rules import store_problems
+
+    problems = store_problems(loaded, os.environ)
+    for problem in problems:
+        log.log(logging.ERROR if problem.severity == "error" else logging.WARNING, "%s", problem)
+    usable = all(problem.severity != "error" for problem in problems)
+    if not usable:
+        log.error("%s: the Responses store cannot be used; nothing started", loaded.path)
+    return usable
 
 
 def _serve(args: argparse.Namespace) -> int:

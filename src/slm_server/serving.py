@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def make_supervisor(config: LoadedConfig) -> Supervisor:
-    removed = key_variables(config.file.router.api_keys)
+    settings = config.file.router
+    removed = key_variables(settings.api_keys)
+    if settings.response_store_password_env is not None:  # the router's alone, like the keys
+        removed |= {settings.response_store_password_env}
 
     def launch(role: str, entry: ModelEntry) -> backends.LaunchSpec:
         return dataclasses.replace(

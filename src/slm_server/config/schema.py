@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from slm_server.config.store_url import parse_store_url
+
 # What a browser sends as Origin: scheme://host[:port], nothing after.
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 
@@ -378,6 +380,31 @@ class RouterSettings(BaseModel):
             "least 1/1024, one KiB); the least recently used go first."
         ),
     )
+    response_store_url: str | None = Field(
+        default=None,
+        description=(
+            "Keep earlier /v1/responses turns in Redis instead of this router's memory, so "
+            "several routers continue each other's conversations: "
+            "redis://[user@]host[:port][/db], or rediss://... for TLS. Default: in memory."
+        ),
+    )
+    response_store_password_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Environment variable holding the Redis password, read when the router starts "
+            "(better than a password written in response_store_url)."
+        ),
+    )
+    response_store_ttl_s: float = Field(
+        default=86400,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "With response_store_url: seconds Redis keeps each stored turn (every turn of a "
+            "conversation is stored anew, so an active one lives on). Default: one day."
+        ),
+    )
 
     memory_budget_gb: MemoryBudget = Field(
         default=None,
@@ -439,6 +466,36 @@ class RouterSettings(BaseModel):
             used = ", ".join(repeated)
             raise ValueError(f"each key needs a name of its own; used more than once: {used}")
         return keys
+
+    @field_validator("response_store_url")
+    @classmethod
+    def _store_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_store_url(url)  # its messages never quote the URL: it may hold a password
+        return url
+
+    @field_validator("response_store_password_env")
+    @classmethod
+    def _password_variable(cls, value: str | None) -> str | None:
+        if value is not None and not _VARIABLE_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, not "
+                "starting with a digit), not the password itself"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_store_password(self) -> RouterSettings:
+        if self.response_store_password_env is None:
+            return self
+        if self.response_store_url is None:
+            raise ValueError("response_store_password_env applies with response_store_url only")
+        if parse_store_url(self.response_store_url).has_password:
+            raise ValueError(
+                "the Redis password is given twice: in response_store_url and by "
+                "response_store_password_env; keep response_store_password_env"
+            )
+        return self
 
     @field_validator("max_inflight_body_mb")
     @classmethod

@@ -63,8 +63,8 @@ from slm_server.router.routing import (
 from slm_server.router.turns import start_failed, take_turn
 from slm_server.scheduler.budget import budget_bytes
 from slm_server.scheduler.owner import Scheduler
+from slm_server.stores import make_store
 from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
-from slm_server.translate.response_store import ResponseStore
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,7 @@ class RouterApp:
         self.body_deadlines = BodyDeadlines(config.file.router.body_timeout_s)
         self.started_at = int(time.time())
         self.pool = new_upstream_pool()
-        store_bytes = int(config.file.router.response_store_mb * 1024 * 1024)
-        self.bridge = Bridge(ResponseStore(store_bytes))
+        self.bridge = Bridge(make_store(config.file.router, os.environ))
         self.load = LoadFigures(config.base_dir)
         self.request_ids = RequestIds()
         self.access_log = AccessLog(config.file.router.access_log)
@@ -155,6 +154,7 @@ class RouterApp:
 
     async def aclose(self) -> None:
         self.pool.close()
+        await self.bridge.store.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

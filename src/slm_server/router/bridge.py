@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from slm_server.router.anthropic_errors import anthropic_error_payload
@@ -34,6 +35,7 @@ from slm_server.router.asgi import (
 from slm_server.router.errors import (
     BadGateway,
     InvalidRequest,
+    ResponseStoreUnavailable,
     UnknownResponse,
     UnsupportedRequestField,
     error_body,
@@ -49,12 +51,15 @@ from slm_server.router.proxy import (
     stream_pieces,
 )
 from slm_server.router.responses_memory import (
+    PendingTurn,
     RememberingStream,
     json_object,
     native_recorder,
     store_turn,
 )
 from slm_server.router.routing import Backend, router_changes
+from slm_server.stores import ConversationStore, StoreUnreachable
+from slm_server.stores.memory import MemoryStore
 from slm_server.supervisor import BackendProcess
 from slm_server.translate import anthropic_request, anthropic_response
 from slm_server.translate.anthropic_stream import MessagesStream
@@ -112,12 +117,19 @@ class Conversion(Protocol):
     def stream(self) -> StreamConverter: ...
     def upstream_error(self, status: int, payload: bytes) -> bytes: ...
 
+    async def keep(self) -> None:
+        """Store what the answer made (a Responses turn), before its last bytes go out."""
+        ...
+
+
+Keep = Callable[[], Awaitable[None]]
+
 
 class Bridge:
     """Serves the bridged endpoints for every backend; holds the Responses store."""
 
-    def __init__(self, store: ResponseStore | None = None) -> None:
-        self.store = store if store is not None else ResponseStore()  # an empty one is falsy
+    def __init__(self, store: ConversationStore | None = None) -> None:
+        self.store = store if store is not None else MemoryStore(ResponseStore())
         self._lacking: dict[tuple[str, str], int] = {}  # (role, path) -> process generation
 
     async def handle(
@@ -143,7 +155,8 @@ class Bridge:
         generation = process.generation if process is not None else 0
         reason = self._why_convert(backend, process, path, request, generation)
         if reason is None:
-            recorder = native_recorder(request, self.store, owner) if path == RESPONSES else None
+            pending = PendingTurn(self.store)
+            recorder = native_recorder(request, pending, owner) if path == RESPONSES else None
             try:
                 await forward(
                     pool,
@@ -169,10 +182,11 @@ class Bridge:
                         missing.status,
                     )
             else:
-                if recorder is not None:
+                if recorder is not None:  # the answer is out: a native one is relayed as it comes
                     recorder.remember()
+                    await pending.keep()
                 return
-        conversion = self._conversion(path, request, owner)
+        conversion = await self._conversion(path, request, owner)
         # What the router adds to chat requests it forwards goes into converted ones too.
         upstream_model = process.upstream_model if process is not None else None
         chat = conversion.chat
@@ -199,10 +213,14 @@ class Bridge:
             return _KNOWN_MISSING
         return None
 
-    def _conversion(self, path: str, request: dict[str, Any], owner: str | None) -> Conversion:
+    async def _conversion(
+        self, path: str, request: dict[str, Any], owner: str | None
+    ) -> Conversion:
         try:
             if path == RESPONSES:
-                return _ResponsesConversion(request, self.store, owner)
+                check_request(request)  # previous_response_id is read before the conversion
+                history = await self._history(request.get("previous_response_id"), owner)
+                return _ResponsesConversion(request, history, PendingTurn(self.store), owner)
             if path == MESSAGES:
                 return _MessagesConversion(request)
             return _CountTokensConversion(request)
@@ -211,25 +229,37 @@ class Bridge:
         except InvalidField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from None
 
+    async def _history(self, previous: object, owner: str | None) -> list[dict[str, Any]] | None:
+        """The conversation ``previous_response_id`` continues (None when it is absent)."""
+        if previous is None:
+            return None
+        try:
+            history = await self.store.get(str(previous), owner)
+        except StoreUnreachable as exc:
+            raise ResponseStoreUnavailable(
+                f"previous response '{previous}' cannot be looked up: {exc}; try again "
+                "once it is back",
+                param="previous_response_id",
+            ) from None
+        if history is None:
+            # Another key's response is as unknown as one never made: nothing tells it apart.
+            raise UnknownResponse(
+                f"previous response '{previous}' is unknown or expired ({self.store.forgets})",
+                param="previous_response_id",
+            )
+        return history
+
 
 class _ResponsesConversion:
-    def __init__(self, request: dict[str, Any], store: ResponseStore, owner: str | None) -> None:
-        history = None
-        check_request(request)  # previous_response_id is read before the conversion
-        previous = request.get("previous_response_id")
-        if previous is not None:
-            # Another key's response is as unknown as one never made: nothing tells it apart.
-            history = store.get(str(previous), owner)
-            if history is None:
-                megabytes = store.max_bytes / (1024 * 1024)
-                raise UnknownResponse(
-                    f"previous response '{previous}' is unknown or expired (the router keeps "
-                    f"responses in memory until it restarts, within {megabytes:.3g} MiB "
-                    "(router.response_store_mb), the least recently used going first)",
-                    param="previous_response_id",
-                )
+    def __init__(
+        self,
+        request: dict[str, Any],
+        history: list[dict[str, Any]] | None,
+        pending: PendingTurn,
+        owner: str | None,
+    ) -> None:
         self.request = request
-        self.store = store
+        self.pending = pending
         self.owner = owner
         self.history = history
         self.chat = responses_to_chat(request, history)
@@ -249,8 +279,11 @@ class _ResponsesConversion:
     def upstream_error(self, status: int, payload: bytes) -> bytes:
         return openai_error_payload(status, payload)
 
+    async def keep(self) -> None:
+        await self.pending.keep()
+
     def _remember(self, response: dict[str, Any]) -> None:
-        store_turn(self.store, self.request, self.history, response, self.owner)
+        store_turn(self.pending, self.request, self.history, response, self.owner)
 
 
 class _MessagesConversion:
@@ -267,6 +300,9 @@ class _MessagesConversion:
 
     def upstream_error(self, status: int, payload: bytes) -> bytes:
         return anthropic_error_payload(status, payload)
+
+    async def keep(self) -> None:
+        return None  # nothing of a Messages answer is stored
 
 
 class _CountTokensConversion(_MessagesConversion):
@@ -319,12 +355,14 @@ async def _converted(
             if response.content_type == "text/event-stream":
                 stopwatch.resume()
                 head = [marker, *stopwatch.headers()]
-                await _relay_converted_stream(response, send, backend, converter, head)
+                keep = conversion.keep
+                await _relay_converted_stream(response, send, backend, converter, keep, head)
             else:  # the backend ignored `stream: true`: its whole answer, as the stream's events
                 answer = json_object(await read_whole(response, backend, lifetime))
                 stopwatch.resume()
                 await _send_start(send, [marker, *stopwatch.headers()])
                 events = converter.start() + _whole_as_events(answer, converter, backend)
+                await conversion.keep()
                 await _send_events(send, events, last=True)
         elif response.content_type == "text/event-stream":
             stopwatch.resume()
@@ -336,6 +374,7 @@ async def _converted(
             chat = json_object(await read_whole(response, backend, lifetime))
             stopwatch.resume()
             whole = json.dumps(_converted_whole(conversion, chat, backend)).encode()
+            await conversion.keep()
             await send_response(send, 200, whole, [*JSON_HEADERS, marker, *stopwatch.headers()])
         completed = True
     finally:
@@ -370,8 +409,10 @@ async def _relay_converted_stream(
     send: Send,
     backend: Backend,
     converter: StreamConverter,
+    keep: Keep,
     extra: Headers,
 ) -> None:
+    """``keep``: stores what the converter remembered, before the stream's last event."""
     await _send_start(send, extra)
     await _send_events(send, converter.start())
     parser = SseParser()
@@ -381,7 +422,9 @@ async def _relay_converted_stream(
             async for piece in pieces:
                 for event in parser.feed(piece):
                     if event.data.strip() == "[DONE]":
-                        await _send_events(send, converter.finish(), last=True)
+                        final = converter.finish()
+                        await keep()
+                        await _send_events(send, final, last=True)
                         return
                     chunk = json_object(event.data)
                     message = chunk_error(chunk)
@@ -390,6 +433,7 @@ async def _relay_converted_stream(
                         return
                     await _send_events(send, converter.feed(chunk))
         final = converter.finish()  # the backend closed without [DONE]: what came is whole
+        await keep()
         await _send_events(send, final, last=True)
         return
     except StreamBroken as broken:

@@ -192,6 +192,13 @@ class ShuttingDown(RouterError):
     code = "shutting_down"
 
 
+class ResponseStoreUnavailable(RouterError):
+    """The shared Responses store (Redis) cannot be reached to look up a conversation."""
+
+    status = 503
+    code = "response_store_unavailable"
+
+
 class InsufficientMemory(RouterError):
     """The model can never fit in the memory budget, whatever is stopped."""
 

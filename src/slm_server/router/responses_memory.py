@@ -4,6 +4,10 @@ Storing is a side effect of answering: the client's answer must never depend on
 it. A turn the store cannot keep is logged and the answer goes out all the same,
 including a converted stream's final event (without which the client would not
 know the response had completed).
+
+The turn is worked out as the answer is made, into a ``PendingTurn``, and stored
+(``keep``, asynchronous: the store may be Redis) before a converted answer's last
+bytes go out, so that the client's next turn finds it, even on another router.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from slm_server.stores import ConversationStore, StoreUnreachable
 from slm_server.translate.errors import UnsupportedField
-from slm_server.translate.response_store import ResponseStore
+from slm_server.translate.response_store import turn_messages
 from slm_server.translate.responses_stream import ResponsesStream
 from slm_server.translate.sse import MAX_EVENT_BYTES, SseParser, SseTooLarge
 
@@ -23,8 +28,53 @@ log = logging.getLogger(__name__)
 Events = list[tuple[str, dict[str, Any]]]
 
 
+class TurnSink(Protocol):
+    """Takes the turn an answer makes (a ``ResponseStore``, or a ``PendingTurn``)."""
+
+    def record_turn(
+        self,
+        request: dict[str, Any],
+        history: list[dict[str, Any]] | None,
+        response: dict[str, Any],
+        owner: str | None = None,
+    ) -> bool: ...
+
+
+class PendingTurn:
+    """One answer's turn, held from when the answer is made until ``keep`` stores it."""
+
+    def __init__(self, store: ConversationStore) -> None:
+        self.store = store
+        self.turn: tuple[str, list[dict[str, Any]], str | None] | None = None
+
+    def record_turn(
+        self,
+        request: dict[str, Any],
+        history: list[dict[str, Any]] | None,
+        response: dict[str, Any],
+        owner: str | None = None,
+    ) -> bool:
+        messages = turn_messages(request, history, response)
+        if messages is None:
+            return False
+        self.turn = (str(response["id"]), messages, owner)
+        return True
+
+    async def keep(self) -> None:
+        """Store the turn, if any; a failure is logged, never raised."""
+        if self.turn is None:
+            return
+        (response_id, messages, owner), self.turn = self.turn, None
+        try:
+            await self.store.put(response_id, messages, owner)
+        except StoreUnreachable:  # the store said so once for the whole outage
+            log.debug("response %s not stored: the store is unreachable", response_id)
+        except Exception:  # any: an answer that is otherwise fine must still go out
+            log.warning("response %s not stored", response_id, exc_info=True)
+
+
 def store_turn(
-    store: ResponseStore,
+    store: TurnSink,
     request: dict[str, Any],
     history: list[dict[str, Any]] | None,
     response: dict[str, Any],
@@ -63,7 +113,7 @@ class RememberingStream:
 
 
 def native_recorder(
-    request: dict[str, Any], store: ResponseStore, owner: str | None
+    request: dict[str, Any], store: TurnSink, owner: str | None
 ) -> NativeRecorder | None:
     """A recorder for a native answer to ``request``, to store for ``owner`` (the API key's
     name); None when it asks not to be stored."""
@@ -77,7 +127,7 @@ class NativeRecorder:
     stream): a larger answer is relayed all the same, only not stored.
     """
 
-    def __init__(self, request: dict[str, Any], store: ResponseStore, owner: str | None) -> None:
+    def __init__(self, request: dict[str, Any], store: TurnSink, owner: str | None) -> None:
         self.request = request
         self.store = store
         self.owner = owner

@@ -51,6 +51,8 @@ def run_uvicorn(
     log.info("config %s: routing %d model(s)", config.path, len(enabled))
     for line in enabled:
         log.info("  %s", line)
+    if settings.response_store_url is not None:
+        log.info("previous_response_id: %s", app.bridge.store.forgets)
     if app.keys is not None:
         log.info("API keys asked for on every endpoint but /health: %s", ", ".join(app.keys.names))
     elif not is_loopback(host):

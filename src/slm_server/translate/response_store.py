@@ -103,10 +103,18 @@ class ResponseStore:
         ``responses_to_chat``). The instructions are not stored: OpenAI does not
         carry them over to the next turn. Returns whether anything was stored.
         """
-        if request.get("store") is False:
-            return False
-        messages = input_messages(request, history) + response_output_as_chat_messages(response)
-        return self.put(str(response["id"]), messages, owner)
+        messages = turn_messages(request, history, response)
+        return messages is not None and self.put(str(response["id"]), messages, owner)
+
+
+def turn_messages(
+    request: dict[str, Any], history: list[dict[str, Any]] | None, response: dict[str, Any]
+) -> list[dict[str, Any]] | None:
+    """The conversation to store after ``response`` (see ``ResponseStore.record_turn``);
+    None when ``request["store"]`` is false."""
+    if request.get("store") is False:
+        return None
+    return input_messages(request, history) + response_output_as_chat_messages(response)
 
 
 def _size(entry: tuple[str | None, str], encoded: bytes) -> int:
