@@ -274,6 +274,7 @@ _ROUTER_FLOATS = (
     "body_timeout_s",
     "max_inflight_body_mb",
     "response_store_mb",
+    "response_store_ttl_s",
 )
 
 
