@@ -77,8 +77,9 @@ def store_password(settings: RouterSettings, environ: Mapping[str, str]) -> str 
         return None
     password = environ.get(variable)
     if not password:
+        # Not named: what was written there could be the password itself, pasted by mistake.
         raise StoreSettingError(
-            f"router.response_store_password_env names {variable}, which is not set (or "
-            "empty): set it to the Redis password"
+            "the environment variable named by response_store_password_env is not set (or "
+            "is empty): set it to the Redis password"
         )
     return password

@@ -111,7 +111,7 @@ class RedisStore:
             raise StoreUnreachable(f"the Responses store ({self.where}) is unreachable") from None
         if not self.reachable:
             self.reachable = True
-            log.info("%s answers again: responses are stored again", self.where)
+            log.info("%s is back: responses are stored again", self.where)
         return result
 
     def _lost(self, why: str) -> None:
