@@ -49,6 +49,14 @@ async def test_a_conversation_comes_back_for_its_owner_alone(
     assert redis_server.keys() == [b"slm:resp:alice:resp_1"]
 
 
+async def test_a_value_the_router_did_not_write_is_as_good_as_unknown(
+    store: RedisStore, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_server.command(b"SET", b"slm:resp::resp_x", b"not a conversation")
+    assert await store.get("resp_x", None) is None
+    assert "slm:resp::resp_x holds no conversation the router wrote" in caplog.text
+
+
 async def test_each_turn_is_set_to_expire(redis_server: RedisServer) -> None:
     store = store_at(redis_server, ttl_s=0.3)
     try:

@@ -35,8 +35,6 @@ from slm_server.router.asgi import (
 from slm_server.router.errors import (
     BadGateway,
     InvalidRequest,
-    ResponseStoreUnavailable,
-    UnknownResponse,
     UnsupportedRequestField,
     error_body,
 )
@@ -53,12 +51,13 @@ from slm_server.router.proxy import (
 from slm_server.router.responses_memory import (
     PendingTurn,
     RememberingStream,
+    conversation_before,
     json_object,
     native_recorder,
     store_turn,
 )
 from slm_server.router.routing import Backend, router_changes
-from slm_server.stores import ConversationStore, StoreUnreachable
+from slm_server.stores import ConversationStore
 from slm_server.stores.memory import MemoryStore
 from slm_server.supervisor import BackendProcess
 from slm_server.translate import anthropic_request, anthropic_response
@@ -155,8 +154,8 @@ class Bridge:
         generation = process.generation if process is not None else 0
         reason = self._why_convert(backend, process, path, request, generation)
         if reason is None:
-            pending = PendingTurn(self.store)
-            recorder = native_recorder(request, pending, owner) if path == RESPONSES else None
+            pending = PendingTurn(self.store) if path == RESPONSES else None
+            recorder = native_recorder(request, pending, owner) if pending is not None else None
             try:
                 await forward(
                     pool,
@@ -182,7 +181,8 @@ class Bridge:
                         missing.status,
                     )
             else:
-                if recorder is not None:  # the answer is out: a native one is relayed as it comes
+                # Stored once the answer is out: a native one is relayed as it comes.
+                if recorder is not None and pending is not None:
                     recorder.remember()
                     await pending.keep()
                 return
@@ -219,7 +219,8 @@ class Bridge:
         try:
             if path == RESPONSES:
                 check_request(request)  # previous_response_id is read before the conversion
-                history = await self._history(request.get("previous_response_id"), owner)
+                previous = request.get("previous_response_id")
+                history = await conversation_before(self.store, previous, owner)
                 return _ResponsesConversion(request, history, PendingTurn(self.store), owner)
             if path == MESSAGES:
                 return _MessagesConversion(request)
@@ -228,26 +229,6 @@ class Bridge:
             raise UnsupportedRequestField(str(exc), param=exc.param) from None
         except InvalidField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from None
-
-    async def _history(self, previous: object, owner: str | None) -> list[dict[str, Any]] | None:
-        """The conversation ``previous_response_id`` continues (None when it is absent)."""
-        if previous is None:
-            return None
-        try:
-            history = await self.store.get(str(previous), owner)
-        except StoreUnreachable as exc:
-            raise ResponseStoreUnavailable(
-                f"previous response '{previous}' cannot be looked up: {exc}; try again "
-                "once it is back",
-                param="previous_response_id",
-            ) from None
-        if history is None:
-            # Another key's response is as unknown as one never made: nothing tells it apart.
-            raise UnknownResponse(
-                f"previous response '{previous}' is unknown or expired ({self.store.forgets})",
-                param="previous_response_id",
-            )
-        return history
 
 
 class _ResponsesConversion:

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from slm_server.router.errors import ResponseStoreUnavailable, UnknownResponse
 from slm_server.stores import ConversationStore, StoreUnreachable
 from slm_server.translate.errors import UnsupportedField
 from slm_server.translate.response_store import turn_messages
@@ -71,6 +72,29 @@ class PendingTurn:
             log.debug("response %s not stored: the store is unreachable", response_id)
         except Exception:  # any: an answer that is otherwise fine must still go out
             log.warning("response %s not stored", response_id, exc_info=True)
+
+
+async def conversation_before(
+    store: ConversationStore, previous: object, owner: str | None
+) -> list[dict[str, Any]] | None:
+    """The conversation ``previous`` (a request's ``previous_response_id``) continues, as
+    ``owner`` stored it; None when there is no ``previous``."""
+    if previous is None:
+        return None
+    try:
+        history = await store.get(str(previous), owner)
+    except StoreUnreachable as exc:
+        raise ResponseStoreUnavailable(
+            f"previous response '{previous}' cannot be looked up: {exc}; try again once it is back",
+            param="previous_response_id",
+        ) from None
+    if history is None:
+        # Another key's response is as unknown as one never made: nothing tells it apart.
+        raise UnknownResponse(
+            f"previous response '{previous}' is unknown or expired ({store.forgets})",
+            param="previous_response_id",
+        )
+    return history
 
 
 def store_turn(

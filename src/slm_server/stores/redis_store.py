@@ -78,8 +78,15 @@ class RedisStore:
         )
 
     async def get(self, response_id: str, owner: str | None) -> list[dict[str, Any]] | None:
-        encoded = await self._call(self.client.get(entry_key(response_id, owner)))
-        return None if encoded is None else _decode_messages(encoded)
+        key = entry_key(response_id, owner)
+        encoded = await self._call(self.client.get(key))
+        if encoded is None:
+            return None
+        try:
+            return _decode_messages(encoded)
+        except msgspec.DecodeError:  # not written by a router: as good as unknown
+            log.warning("%s: %s holds no conversation the router wrote", self.where, key)
+            return None
 
     async def put(
         self, response_id: str, messages: list[dict[str, Any]], owner: str | None
