@@ -173,3 +173,22 @@ def test_check_config_and_the_router_refuse_an_unset_password_variable(tmp_path:
     started = slm(tmp_path, "router", *args)
     assert started.returncode == 1
     assert "the Responses store cannot be used; nothing started" in started.stderr
+
+
+def test_the_redis_password_variable_is_kept_from_the_backends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from slm_server import backends
+    from slm_server.serving import make_supervisor
+
+    # The launch spec is made without a model file on disk: only its environment matters.
+    monkeypatch.setattr(backends, "launch_spec", lambda entry, base_dir: backends.LaunchSpec([]))
+    config = make_config(
+        {"chat": entry("m", 8001)},
+        response_store_url="redis://h",
+        response_store_password_env="SLM_TEST_REDIS_PASSWORD",
+    )
+    process = make_supervisor(config).processes["chat"]
+    spec = process._launch()
+    environment = spec.environment({"SLM_TEST_REDIS_PASSWORD": SECRET, "HOME": "/home/u"})
+    assert "SLM_TEST_REDIS_PASSWORD" not in environment and environment["HOME"] == "/home/u"
