@@ -236,7 +236,8 @@ def _keys_usable(loaded: LoadedConfig) -> bool:
     errors = sum(1 for problem in problems if problem.severity == "error")
     if errors:
         log.error("%s: %d error(s) in router.api_keys; nothing started", loaded.path, errors)
-    return not errors and _store_usable(loaded)
+    store_usable = _store_usable(loaded)  # said too when the keys are wrong already
+    return not errors and store_usable
 
 
 def _store_usable(loaded: LoadedConfig) -> bool:
