@@ -40,6 +40,9 @@ Test hooks:
   ``[name, value]`` in order), body (raw text); ``null`` before the first one.
 * ``GET  /_fake/stats``         requests, in_flight, max_in_flight, cancelled,
   completed (same set of requests).
+* ``POST /_fake/say``           JSON ``{"lines": [...]}``: writes each line to stderr
+  (the output a supervisor logs), flushed; answers ``{"written": N}`` once written.
+  ``--log-requests`` writes ``request N: METHOD PATH`` there for each request too.
 * ``GET  /_fake/control``       current switches.
 * ``POST /_fake/control``       JSON object with any of the switches below; unknown
   keys are a 400.  ``reset: true`` first restores the startup values,
@@ -257,8 +260,10 @@ class FakeServer:
         embedding_dim: int,
         loading_seconds: float,
         health: bool = True,
+        log_requests: bool = False,
     ) -> None:
         self.health_routes = health
+        self.log_requests = log_requests
         self.defaults = defaults
         self.config = dataclasses.replace(defaults)
         self.model_name = model_name
@@ -295,7 +300,17 @@ class FakeServer:
         app.router.add_get("/_fake/stats", self.fake_stats)
         app.router.add_get("/_fake/control", self.fake_get_control)
         app.router.add_post("/_fake/control", self.fake_control)
+        app.router.add_post("/_fake/say", self.fake_say)
         return app
+
+    async def fake_say(self, request: web.Request) -> web.Response:
+        lines = (await self.read_json(request)).get("lines")
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise _bad_request('expected {"lines": [strings]}')
+        # Blocking, as a real server's logging is: a full pipe stalls this server.
+        sys.stderr.write("".join(line + "\n" for line in lines))
+        sys.stderr.flush()
+        return web.json_response({"written": len(lines)})
 
     @web.middleware
     async def track(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -313,6 +328,9 @@ class FakeServer:
         }
         # Always go through self.stats: reset_stats may swap the object meanwhile.
         self.stats.requests += 1
+        if self.log_requests:
+            sys.stderr.write(f"request {self.stats.requests}: {request.method} {request.path}\n")
+            sys.stderr.flush()
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
         try:
@@ -953,6 +971,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-responses", action="store_true")
     p.add_argument("--no-health", action="store_true", help="no /health route at all")
     p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--log-requests", action="store_true", help="a line on stderr for each request")
     p.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is no longer parent"
     )
@@ -971,7 +990,12 @@ async def serve(args: argparse.Namespace) -> None:
         no_responses=args.no_responses,
     )
     server = FakeServer(
-        defaults, args.model_name, args.embedding_dim, args.loading_seconds, not args.no_health
+        defaults,
+        args.model_name,
+        args.embedding_dim,
+        args.loading_seconds,
+        not args.no_health,
+        args.log_requests,
     )
     # handler_cancellation=True: cancel handlers when the client disconnects
     # (aiohttp >= 3.9 does not by default), so "cancelled" can be counted.

@@ -28,7 +28,8 @@ def test_control_paths_name_a_role_and_an_action() -> None:
     assert control_target("/v1/backends/chat/unload") == ("chat", "unload")
     assert control_target("/v1/backends/health") is None
     assert control_target("/v1/backends//load") is None
-    assert control_target("/v1/backends/chat/restart") is None
+    assert control_target("/v1/backends/chat/restart") == ("chat", "restart")
+    assert control_target("/v1/backends/chat/reboot") is None
 
 
 def test_the_unload_answer_is_the_role_as_stopped_even_if_started_again_since() -> None:

@@ -163,6 +163,13 @@ def test_role_names_must_be_non_empty_strings(tmp_path: Path, role: object) -> N
     assert message == f"error: {path}: models.{role!r}: role name must be a non-empty string"
 
 
+def test_the_role_name_router_is_taken_by_the_routers_own_log(tmp_path: Path) -> None:
+    path = write(tmp_path, {"models": {"router": entry(), "chat": entry(id="b", port=8502)}})
+    [message] = fatal(path)
+    assert message.startswith(f"error: {path}: models.router: the role name 'router' is taken")
+    assert "/admin/logs/router" in message
+
+
 def test_duplicate_role_name_is_not_dropped_silently(tmp_path: Path) -> None:
     text = yaml.safe_dump({"models": {"a": entry()}}) + "  a:\n    id: other\n"
     messages = fatal(write(tmp_path, text))

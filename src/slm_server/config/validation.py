@@ -16,6 +16,12 @@ from slm_server.config.problems import Problem
 from slm_server.config.schema import ApiKey, ConfigFile, ModelEntry, RouterSettings
 
 _MAX_SHOWN = 60  # characters of a bad value quoted back in a message
+# /admin/logs/{role} streams a backend's log, and /admin/logs/router the router's own.
+RESERVED_ROLE = "router"
+_RESERVED_ROLE_MESSAGE = (
+    "the role name 'router' is taken by the router's own log (/admin/logs/router); "
+    "give this model another role name"
+)
 
 
 def validate_entries(
@@ -29,6 +35,8 @@ def validate_entries(
         role = key if valid_name else repr(key)
         if not valid_name:
             problems.append(_error(file, role, None, _role_name_message(key)))
+        elif key == RESERVED_ROLE:
+            problems.append(_error(file, role, None, _RESERVED_ROLE_MESSAGE))
         if not isinstance(value, Mapping):
             problems.append(
                 _error(file, role, None, f"entry must be a mapping of fields, got {_shown(value)}")

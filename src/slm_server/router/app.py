@@ -11,6 +11,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+# The module, not its names: it imports from this package, and may be imported first.
+from slm_server.admin import log_stream
+from slm_server.admin.router_log import RouterLog
 from slm_server.auth import Grant, key_ring
 from slm_server.config import LoadedConfig
 from slm_server.router import health
@@ -27,7 +30,7 @@ from slm_server.router.asgi import (
     send_response,
 )
 from slm_server.router.auth import authenticate, require_admin, require_model
-from slm_server.router.backend_control import as_unloaded, control_target, load
+from slm_server.router.backend_control import as_unloaded, control_target, load, restart
 from slm_server.router.body_budget import BodyBudget
 from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
@@ -86,8 +89,11 @@ class RouterApp:
         supervisor: Supervisor | None = None,
         *,
         settle_gc: bool = False,
+        router_log: RouterLog | None = None,
     ) -> None:
         """``supervisor``: given when this router owns the backends (``serve``).
+
+        ``router_log``: the router's own log lines, for ``GET /admin/logs/router``.
 
         ``settle_gc``: tune the process's garbage collector at start-up (see
         ``settle_garbage_collector``); for the server process, not for apps in tests.
@@ -96,6 +102,8 @@ class RouterApp:
         self.config = config
         self.supervisor = supervisor
         self.processes: Mapping[str, BackendProcess] = supervisor.processes if supervisor else {}
+        self.router_log = router_log
+        self.log_streams = log_stream.LogStreams()
         self.table = RoutingTable(config)
         # None without router.api_keys: then no request is asked for a key.
         self.keys = key_ring(config.file.router.api_keys, os.environ)
@@ -166,6 +174,8 @@ class RouterApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.router_log is not None:
+                    self.router_log.attach(asyncio.get_running_loop())
                 if self.settle_gc:  # before the supervisor's tasks exist: they are not frozen
                     settle_garbage_collector()
                 if self.scheduler is not None:
@@ -174,6 +184,8 @@ class RouterApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.stop_backends()
                 await self.aclose()
+                if self.router_log is not None:
+                    self.router_log.detach()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -247,8 +259,17 @@ class RouterApp:
             if method != "POST":
                 raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
             if grant is not None:
-                require_admin(grant, "loading and unloading models")
+                require_admin(grant, "loading, unloading and restarting models")
             await send_json(sent.send, 200, await self._control(*target))
+        elif (log := log_stream.log_name(path)) is not None:
+            if method != "GET":
+                raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET")
+            if grant is not None:
+                require_admin(grant, "reading logs")
+            runs = self.supervisor is not None
+            feed = log_stream.feed_of(log, self.processes, self.router_log, runs_backends=runs)
+            query = log_stream.parse_query(scope["query_string"])
+            await self.log_streams.answer(feed, query, receive, sent.send)
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
 
@@ -285,7 +306,7 @@ class RouterApp:
         return reports
 
     async def _control(self, role: str, action: str) -> dict[str, Any]:
-        """Load or unload ``role``; its health entry once done."""
+        """Load, unload or restart ``role``; its health entry once done."""
         process = self.processes.get(role)
         if process is None or self.scheduler is None:
             if role in self.table.backends and self.scheduler is None:
@@ -297,10 +318,12 @@ class RouterApp:
             raise RoleNotFound(f"no enabled backend role '{role}'; roles: {roles}")
         if action == "load":
             await load(self.scheduler, process, self.load_timeout_s)
+        elif action == "restart":
+            await restart(self.scheduler, process, self.load_timeout_s)
         else:
             await self.scheduler.unload(role)
         report = (await self._health({role: self.table.backends[role]}))[role]
-        return report if action == "load" else as_unloaded(report)
+        return as_unloaded(report) if action == "unload" else report
 
     def _models(self, grant: Grant | None) -> dict[str, Any]:
         """The enabled models, only those ``grant`` may use (all without keys)."""
@@ -453,6 +476,8 @@ def _methods_of(path: str) -> str | None:
         return "POST"
     if path in _GET_ENDPOINTS or path == METRICS_PATH:
         return "GET, HEAD"
+    if log_stream.log_name(path) is not None:
+        return "GET"
     return None
 
 

@@ -1,4 +1,5 @@
-"""``POST /v1/backends/{role}/load`` and ``/unload``: an operator starts or stops a model."""
+"""``POST /v1/backends/{role}/load``, ``/unload`` and ``/restart``: an operator starts,
+stops or restarts a model."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from slm_server.scheduler.owner import Refused, Scheduler
 from slm_server.supervisor import BackendFailed, BackendProcess
 
 PREFIX = "/v1/backends/"
-ACTIONS = frozenset({"load", "unload"})
+ACTIONS = frozenset({"load", "unload", "restart"})
 
 
 def control_target(path: str) -> tuple[str, str] | None:
-    """(role, action) for a load or unload path, else None."""
+    """(role, action) for a load, unload or restart path, else None."""
     if not path.startswith(PREFIX):
         return None
     role, _, action = path[len(PREFIX) :].rpartition("/")
@@ -44,6 +45,15 @@ async def load(scheduler: Scheduler, process: BackendProcess, timeout_s: float) 
         raise start_failed(label, exc) from None
     except TimeoutError:
         raise BackendTimeout(f"{label} was not ready within {timeout_s:g}s") from None
+
+
+async def restart(scheduler: Scheduler, process: BackendProcess, timeout_s: float) -> None:
+    """Stop ``process``'s backend as ``unload`` does (its requests in flight finish first,
+    within the unload grace), then start it again as ``load`` does (within ``timeout_s``):
+    through the scheduler, so the memory budget holds. A stopped or failed backend is
+    just started."""
+    await scheduler.unload(process.role)
+    await load(scheduler, process, timeout_s)
 
 
 # What a running backend's health entry has that an unloaded one's does not.

@@ -7,6 +7,7 @@ import logging
 
 import uvicorn
 
+from slm_server.admin import router_log
 from slm_server.config import LoadedConfig
 from slm_server.router.app import RouterApp
 from slm_server.router.shutdown import GracefulServer
@@ -42,7 +43,8 @@ def run_uvicorn(
     settings = config.file.router
     host = host if host is not None else settings.host
     port = port if port is not None else settings.port
-    app = RouterApp(config, supervisor, settle_gc=True)
+    kept = router_log.install()  # before the first line: GET /admin/logs/router shows them all
+    app = RouterApp(config, supervisor, settle_gc=True, router_log=kept)
     enabled = [
         f"{b.entry.id} -> {b.entry.base_url}"
         for b in app.table.backends.values()
@@ -79,6 +81,10 @@ def run_uvicorn(
         # Typed int, but any number works: it goes to asyncio.wait_for.
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
-    server = GracefulServer(server_config, app.stop_backends if supervisor is not None else None)
-    server.run()
+    stop_backends = app.stop_backends if supervisor is not None else None
+    server = GracefulServer(server_config, stop_backends, app.log_streams.end_all)
+    try:
+        server.run()
+    finally:
+        logging.getLogger().removeHandler(kept)
     return 0

@@ -40,10 +40,16 @@ _CUT_SHORT_S = 2.0  # for the requests ended at the grace's end to send their la
 
 class GracefulServer(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, stop_backends: Callable[[], Awaitable[None]] | None = None
+        self,
+        config: uvicorn.Config,
+        stop_backends: Callable[[], Awaitable[None]] | None = None,
+        end_streams: Callable[[], None] | None = None,
     ) -> None:
+        """``end_streams``: called as the shutdown begins, to end the answers that would
+        never end by themselves (log follows) rather than let them hold the grace."""
         super().__init__(config)
         self._stop_backends = stop_backends
+        self._end_streams = end_streams
 
     async def serve(self, sockets: list[socket] | None = None) -> None:
         # Captured here too, so that a signal while the backends stop cannot interrupt that.
@@ -57,6 +63,8 @@ class GracefulServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket] | None = None) -> None:
         """uvicorn's shutdown, with the requests ended before the backends stop (see above)."""
         log.info("Shutting down")
+        if self._end_streams is not None:
+            self._end_streams()
         for server in self.servers:
             server.close()  # no new connections
         for sock in sockets or []:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 
+from slm_server.log_feed import NOTE_PREFIX, LogFeed
 from slm_server.supervisor.log_writer import LogWriter
 
 # Rotation keeps a chatty backend from filling the disk: at most
@@ -13,7 +13,10 @@ _MAX_BYTES = 10 * 1024 * 1024
 _KEEP_ROTATED = 2
 # Lines waiting for a slow disk; beyond this they are dropped (and counted in the file).
 _MAX_PENDING_CHARS = 4 * 1024 * 1024
-_NOTE_PREFIX = "=== slm_server: "  # marks the supervisor's own lines in a backend's log
+_NOTE_PREFIX = NOTE_PREFIX  # marks the supervisor's own lines in a backend's log
+# Kept in memory for `GET /admin/logs/{role}` and the health report's last lines.
+_TAIL_LINES = 1000
+_TAIL_CHARS = 1024 * 1024
 
 
 def log_file_name(model_id: str) -> str:
@@ -22,23 +25,27 @@ def log_file_name(model_id: str) -> str:
 
 
 class BackendLog:
-    """Appends lines to ``path`` (rotated by size) and keeps the last ``tail_lines``.
+    """Appends lines to ``path`` (rotated by size), keeps the last ``tail_lines`` and feeds
+    them to live followers (``feed``).
 
     ``write`` only queues the line: a thread writes the file, so a slow or blocked disk
-    never holds up the event loop that calls it.
+    never holds up the event loop that calls it; followers take it without waiting too.
     """
 
     def __init__(
-        self, path: Path, tail_lines: int = 200, max_pending_chars: int = _MAX_PENDING_CHARS
+        self,
+        path: Path,
+        tail_lines: int = _TAIL_LINES,
+        max_pending_chars: int = _MAX_PENDING_CHARS,
     ) -> None:
         self.path = path
-        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self.feed = LogFeed(tail_lines, _TAIL_CHARS)
         self._max_pending = max_pending_chars
         self._writer: LogWriter | None = None
 
     def write(self, line: str) -> None:
         line = line.rstrip("\r\n")
-        self._tail.append(line)
+        self.feed.publish(line)
         if self._writer is None:
             self._writer = LogWriter(
                 self.path,
@@ -54,11 +61,11 @@ class BackendLog:
         self.write(_NOTE_PREFIX + text)
 
     def tail(self, lines: int = 20) -> list[str]:
-        return list(self._tail)[-lines:]
+        return self.feed.tail(lines)
 
     def last_output(self) -> str | None:
         """The backend's latest non-blank line, if it has written one since the last note."""
-        for line in reversed(self._tail):
+        for line in self.feed.latest():
             if line.startswith(_NOTE_PREFIX):
                 return None
             if line.strip():

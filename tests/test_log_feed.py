@@ -1,0 +1,169 @@
+"""A log's tail and its followers, the router's own log lines, and the log query: plain
+calls on the event loop, no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+
+from slm_server.admin.log_stream import DEFAULT_TAIL, LogQuery, log_name, parse_query
+from slm_server.admin.router_log import RouterLog
+from slm_server.log_feed import Follower, LogFeed, TooManyFollowers, dropped_note
+from slm_server.router.errors import InvalidRequest
+
+
+def test_the_tail_is_exactly_the_last_lines_asked_for_bounded_by_what_is_kept() -> None:
+    feed = LogFeed(tail_lines=50)
+    for n in range(80):
+        feed.publish(f"line {n}")
+    assert feed.tail(3) == ["line 77", "line 78", "line 79"]
+    assert feed.tail(0) == []
+    assert feed.tail(1000) == [f"line {n}" for n in range(30, 80)]  # all it keeps
+
+
+def test_the_tail_is_bounded_in_characters_too() -> None:
+    feed = LogFeed(tail_lines=1000, tail_chars=100)
+    for n in range(10):
+        feed.publish(f"{n}" * 29)  # 30 characters with its line end
+    assert feed.tail(1000) == ["7" * 29, "8" * 29, "9" * 29]
+
+
+async def test_a_follower_gets_the_tail_then_every_later_line_once() -> None:
+    feed = LogFeed()
+    feed.publish("before 1")
+    feed.publish("before 2")
+    with feed.follow(1) as (tail, follower):
+        assert tail == ["before 2"]
+        feed.publish("after 1")
+        feed.publish("after 2")
+        assert await follower.take() == ["after 1", "after 2"]
+        waiting = asyncio.create_task(follower.take())
+        await asyncio.sleep(0)
+        assert not waiting.done()  # nothing new: it waits
+        feed.publish("after 3")
+        assert await asyncio.wait_for(waiting, 1) == ["after 3"]
+        assert feed.followers == 1
+    assert feed.followers == 0
+    assert await follower.take() is None  # closed on the way out
+
+
+async def test_a_full_follower_drops_lines_and_says_how_many_where_they_were() -> None:
+    follower = Follower(max_lines=3)
+    for n in range(10):
+        follower.offer(f"line {n}")  # never waits, whatever the reader does
+    assert await follower.take() == ["line 0", "line 1", "line 2", dropped_note(7)]
+    follower.offer("line 10")
+    assert await follower.take() == ["line 10"]
+    assert dropped_note(7) == "=== slm_server: 7 lines dropped (reader too slow)"
+
+
+async def test_a_follower_queue_is_bounded_in_characters_too() -> None:
+    follower = Follower(max_lines=100, max_chars=25)
+    for n in range(4):
+        follower.offer(f"{n}" * 9)  # 10 characters with its line end
+    assert await follower.take() == ["0" * 9, "1" * 9, dropped_note(2)]
+
+
+async def test_a_closed_follower_hands_over_what_it_holds_then_ends() -> None:
+    follower = Follower()
+    follower.offer("last")
+    follower.close()
+    assert await follower.take() == ["last"]
+    assert await follower.take() is None
+
+
+def test_a_log_feeds_a_bounded_number_of_followers() -> None:
+    feed = LogFeed(max_followers=2)
+    with feed.follow(0), feed.follow(0), pytest.raises(TooManyFollowers):  # noqa: SIM117
+        with feed.follow(0):
+            pass
+    with feed.follow(0):  # those that left made room
+        assert feed.followers == 1
+
+
+def test_log_paths_name_a_role_or_the_router() -> None:
+    assert log_name("/admin/logs/chat") == "chat"
+    assert log_name("/admin/logs/router") == "router"
+    assert log_name("/admin/logs/org/model") == "org/model"  # a role may hold a slash
+    assert log_name("/admin/logs/") is None
+    assert log_name("/admin/reload") is None
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"", LogQuery(DEFAULT_TAIL, False)),
+        (b"tail=5", LogQuery(5, False)),
+        (b"tail=0&follow=1", LogQuery(0, True)),
+        (b"follow=true", LogQuery(DEFAULT_TAIL, True)),
+        (b"follow=0&tail=20", LogQuery(20, False)),
+    ],
+)
+def test_the_log_query_reads_tail_and_follow(query: bytes, expected: LogQuery) -> None:
+    assert parse_query(query) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [(b"tail=-1", "tail"), (b"tail=ten", "tail"), (b"tail=", "tail"), (b"follow=maybe", "follow")],
+)
+def test_a_bad_log_query_is_a_400_naming_the_field(query: bytes, param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_query(query)
+    assert caught.value.param == param
+
+
+@pytest.fixture
+def router_log() -> logging.Logger:
+    logger = logging.getLogger("test.router_log")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+async def test_router_log_lines_from_any_thread_reach_the_feed_on_the_loop(
+    router_log: logging.Logger,
+) -> None:
+    handler = RouterLog(logging.Formatter("%(levelname)s %(message)s"))
+    router_log.addHandler(handler)
+    try:
+        router_log.info("before the loop serves")  # kept until attached
+        handler.attach(asyncio.get_running_loop())
+        with handler.feed.follow(10) as (tail, follower):
+            assert tail == ["INFO before the loop serves"]
+            thread = threading.Thread(target=router_log.warning, args=("from a thread\nline 2",))
+            thread.start()
+            thread.join(5)
+            router_log.info("on the loop")
+            lines: list[str] = []
+            while len(lines) < 3:
+                batch = await asyncio.wait_for(follower.take(), 2)
+                assert batch is not None
+                lines += batch
+            assert lines == ["WARNING from a thread", "line 2", "INFO on the loop"]
+    finally:
+        router_log.removeHandler(handler)
+        handler.detach()
+
+
+async def test_router_log_lines_waiting_for_the_loop_are_bounded(
+    router_log: logging.Logger,
+) -> None:
+    handler = RouterLog(logging.Formatter("%(message)s"), max_pending_chars=30)
+    router_log.addHandler(handler)
+    try:
+        for n in range(5):
+            router_log.info("%s", f"{n}" * 9)  # 10 characters each with its line end
+        handler.attach(asyncio.get_running_loop())
+        assert handler.feed.tail(10) == [
+            "0" * 9,
+            "1" * 9,
+            "2" * 9,
+            "=== slm_server: 2 router log lines dropped here",
+        ]
+    finally:
+        router_log.removeHandler(handler)
+        handler.detach()
