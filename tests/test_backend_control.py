@@ -1,4 +1,4 @@
-"""``POST /v1/backends/{role}/load`` and ``/unload``, as an operator uses them."""
+"""``POST /v1/backends/{role}/load``, ``/unload`` and ``/restart``, as an operator uses them."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ async def test_load_starts_an_unloaded_model_and_leaves_a_loaded_one_as_it_is(
 
 async def test_control_of_an_unknown_role_is_404_and_other_methods_405(tmp_path: Path) -> None:
     async with serving(tmp_path, {"chat": model("chat")}) as served:
-        for action in ("load", "unload"):
+        for action in ("load", "unload", "restart"):
             missing = await served.client.post(f"/v1/backends/nope/{action}")
             assert missing.status_code == 404
             error = missing.json()["error"]
@@ -108,3 +108,35 @@ async def test_a_router_that_does_not_run_its_backends_cannot_load_them() -> Non
     await app.aclose()
     assert response.status_code == 400
     assert "does not run its backends" in response.json()["error"]["message"]
+
+
+async def test_restart_lets_the_request_in_flight_finish_then_starts_a_new_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    launcher = Launcher({"chat": ["--response-delay", "1"]})
+    async with serving(tmp_path, {"chat": model("chat", on_demand=False)}, launcher) as served:
+        pid = await served.ready("chat")
+        request = asyncio.create_task(
+            served.client.post("/v1/chat/completions", json=chat("m-chat"))
+        )
+        work = served.app.table.backends["chat"]
+        await eventually(lambda: work.in_flight == 1, 5, "the request in flight")
+        restarted = await served.client.post("/v1/backends/chat/restart")
+        assert request.done()  # the restart waited for it
+        assert (await request).status_code == 200
+        assert restarted.status_code == 200, restarted.text
+        report = restarted.json()
+        assert report["state"] == "ready" and report["status"] == "healthy"
+        assert report["pid"] != pid and psutil.pid_exists(report["pid"])
+        assert not psutil.pid_exists(pid)
+        answered = await served.client.post("/v1/chat/completions", json=chat("m-chat"))
+        assert answered.status_code == 200, answered.text
+        assert "unloading chat on request (1 in flight)" in caplog.messages
+
+
+async def test_restart_starts_a_model_that_was_not_running(tmp_path: Path) -> None:
+    async with serving(tmp_path, {"chat": model("chat")}) as served:
+        assert (await served.health("chat"))["state"] == "unloaded"
+        restarted = await served.client.post("/v1/backends/chat/restart")
+        assert restarted.status_code == 200, restarted.text
+        assert restarted.json()["state"] == "ready"

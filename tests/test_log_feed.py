@@ -64,7 +64,8 @@ async def test_a_follower_queue_is_bounded_in_characters_too() -> None:
     follower = Follower(max_lines=100, max_chars=25)
     for n in range(4):
         follower.offer(f"{n}" * 9)  # 10 characters with its line end
-    assert await follower.take() == ["0" * 9, "1" * 9, dropped_note(2)]
+    follower.offer("short")  # it would fit, but must not pass the lines dropped before it
+    assert await follower.take() == ["0" * 9, "1" * 9, dropped_note(3)]
 
 
 async def test_a_closed_follower_hands_over_what_it_holds_then_ends() -> None:

@@ -41,8 +41,13 @@ class Follower:
         self.closed = False
 
     def offer(self, line: str) -> None:
-        """Queue ``line``, or count it as dropped when the queue is full; never waits."""
-        if len(self._lines) >= self._max_lines or self._chars + len(line) > self._max_chars:
+        """Queue ``line``, or count it as dropped when the queue is full; never waits.
+
+        Once one line is dropped, so is every later one until the reader takes the queue:
+        a short line that would still fit must not pass the longer ones dropped before it.
+        """
+        full = len(self._lines) >= self._max_lines or self._chars + len(line) > self._max_chars
+        if full or self._dropped:
             self._dropped += 1
         else:
             self._lines.append(line)
