@@ -66,7 +66,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ps = commands.add_parser("ps", help="show each model of the running instance: state, memory")
     load = commands.add_parser("load", help="start a model in the running instance; wait for it")
     unload = commands.add_parser("unload", help="stop a model in the running instance")
-    for command in (ps, load, unload):
+    restart = commands.add_parser(
+        "restart", help="stop a model in the running instance and start it again; wait for it"
+    )
+    logs = commands.add_parser("logs", help="print a model's log (or the router's), -f to follow")
+    for command in (ps, load, unload, restart, logs):
         _add_config_flag(command)
         command.add_argument(
             "--url",
@@ -74,7 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "else router.port on this machine)",
         )
         _add_api_key_flag(command)
-    for command in (load, unload):
+    for command in (load, unload, restart):
         command.add_argument("role", help="the model's role: its key under `models:`")
         command.add_argument(
             "--wait",
@@ -83,6 +87,21 @@ def _build_parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="how long to wait for the model to be ready or stopped (default: 900)",
         )
+
+    logs.add_argument(
+        "role", help="the model's role (its key under `models:`), or `router` for the router's own"
+    )
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines as they are written"
+    )
+    logs.add_argument(
+        "-n",
+        "--lines",
+        type=_non_negative_int,
+        default=100,
+        metavar="N",
+        help="how many of the last lines to print first (default: 100; the server keeps 1000)",
+    )
 
     commands.add_parser(
         "hash-key",
@@ -111,6 +130,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not 0 or more")
     return value
 
 
@@ -352,6 +378,22 @@ def _unload(args: argparse.Namespace) -> int:
     return 1 if found is None else run_unload(found[0], args.role, args.wait, found[1])
 
 
+def _restart(args: argparse.Namespace) -> int:
+    from slm_server.control import run_restart
+
+    found = _instance(args)
+    return 1 if found is None else run_restart(found[0], args.role, args.wait, found[1])
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from slm_server.log_client import run_logs
+
+    found = _instance(args)
+    if found is None:
+        return 1
+    return run_logs(found[0], args.role, follow=args.follow, lines=args.lines, api_key=found[1])
+
+
 def _hash_key(args: argparse.Namespace) -> int:
     from slm_server.auth.hash_key import run_hash_key
 
@@ -374,6 +416,8 @@ _COMMANDS = {
     "ps": _ps,
     "load": _load,
     "unload": _unload,
+    "restart": _restart,
+    "logs": _logs,
     "hash-key": _hash_key,
     "build-llama-server": _build_llama_server,
 }

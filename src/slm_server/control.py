@@ -1,4 +1,4 @@
-"""``ps``, ``load`` and ``unload``: the CLI asks a running instance over HTTP.
+"""``ps``, ``load``, ``unload`` and ``restart``: the CLI asks a running instance over HTTP.
 
 The standard library's client, like ``start`` and ``stop``, so these work on a plain
 install; the router is asked directly, never through a proxy from the environment
@@ -79,6 +79,13 @@ def run_unload(url: str, role: str, wait_s: float, api_key: str | None = None) -
     return _change(url, role, "unload", wait_s, unloaded_line, api_key)
 
 
+def run_restart(url: str, role: str, wait_s: float, api_key: str | None = None) -> int:
+    """Stop ``role`` once its requests in flight have finished, start it again, wait until
+    it is ready."""
+    print(f"restarting {role}...", flush=True)
+    return _change(url, role, "restart", wait_s, loaded_line, api_key)
+
+
 def _change(
     url: str,
     role: str,
@@ -142,10 +149,16 @@ def _error_message(error: urllib.error.HTTPError) -> str:
             body = error.read(_MAX_ANSWER_BYTES)
     except OSError:  # the body was cut short: the status alone
         body = b""
+    return error_message(error.code, body)
+
+
+def error_message(status: int, body: bytes) -> str:
+    """The message of the OpenAI error envelope in ``body``, else the status and the start
+    of the body."""
     try:
         envelope = json.loads(body)
         message = envelope["error"]["message"]
     except (ValueError, KeyError, TypeError):
         text = body.decode(errors="replace").strip()[:200]
-        return f"HTTP {error.code}" + (f": {text}" if text else "")
+        return f"HTTP {status}" + (f": {text}" if text else "")
     return str(message)
