@@ -1,0 +1,146 @@
+"""``slm-server logs`` and ``restart`` as a user runs them, against a real ``serve`` (a fake
+llama-server on its PATH, writing a line per request), and what a shutdown does to a
+follower."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+import fake_llama_server
+from config_builder import entry
+from net import free_port, wait_until
+from router_proc import RouterProcess
+
+CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
+GRACE_S = 30  # a follower must not hold the shutdown for it
+
+
+def serve(tmp_path: Path) -> RouterProcess:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")  # never read: the fake ignores --model
+    port = free_port()
+    config = {
+        "models": {"chat": entry("m-chat", port, model_path=str(tmp_path / "m.gguf"))},
+        "router": {"shutdown_grace_s": GRACE_S},
+    }
+    bin_dir = fake_llama_server.install(tmp_path / "bin")
+    env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "SLM_SERVER_CACHE": str(tmp_path / "cache"),  # its check result stays out of ours
+        fake_llama_server.ARGS_ENV: "--log-requests",
+    }
+    router = RouterProcess(
+        config, tmp_path, command="serve", env=env, args=["--log-format", "json"]
+    ).start()
+    router.wait_backends_ready(30)
+    return router
+
+
+@pytest.fixture(scope="module")
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
+    process = serve(tmp_path_factory.mktemp("logs"))
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def slm(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slm_server", *args, "--url", router.url],
+        cwd=router.tmp_dir,
+        env=router.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def say(router: RouterProcess, *lines: str) -> None:
+    port = router.backends()["chat"]["port"]
+    response = httpx.post(
+        f"http://127.0.0.1:{port}/_fake/say", json={"lines": list(lines)}, timeout=5
+    )
+    assert response.status_code == 200
+
+
+def test_logs_prints_the_last_lines_of_a_models_log(router: RouterProcess) -> None:
+    say(router, *(f"line {n}" for n in range(20)))
+    wait_until(
+        lambda: httpx.get(f"{router.url}/admin/logs/chat?tail=1").text == "line 19\n",
+        5,
+        "the lines in the log",
+    )
+    printed = slm(router, "logs", "chat", "-n", "3")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout == "line 17\nline 18\nline 19\n"
+    missing = slm(router, "logs", "nope")
+    assert missing.returncode == 1
+    assert "no enabled backend role 'nope'; roles: chat" in missing.stderr
+
+
+def test_logs_of_the_router_are_its_own_lines_in_its_format(router: RouterProcess) -> None:
+    printed = slm(router, "logs", "router", "-n", "1000")
+    assert printed.returncode == 0, printed.stderr
+    lines = [json.loads(line) for line in printed.stdout.splitlines()]  # --log-format json
+    config = router.tmp_dir / "models.yaml"
+    assert f"config {config}: routing 1 model(s)" in [line["message"] for line in lines]
+
+
+def test_restart_gives_the_model_a_new_process_that_answers(router: RouterProcess) -> None:
+    before = router.backends()["chat"]["pid"]
+    restarted = slm(router, "restart", "chat")
+    assert restarted.returncode == 0, restarted.stderr
+    after = router.backends()["chat"]["pid"]
+    assert restarted.stdout.startswith(f"restarting chat...\nchat: ready (PID {after},")
+    assert after != before
+    answered = httpx.post(f"{router.url}/v1/chat/completions", json=CHAT, timeout=10)
+    assert answered.status_code == 200, answered.text
+    missing = slm(router, "restart", "nope")
+    assert missing.returncode == 1 and "no enabled backend role 'nope'" in missing.stderr
+
+
+def test_a_follower_sees_new_lines_and_ends_at_once_when_the_server_stops(
+    tmp_path: Path,
+) -> None:
+    router = serve(tmp_path)
+    assert httpx.post(f"{router.url}/v1/chat/completions", json=CHAT, timeout=10).is_success
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "slm_server", "logs", "chat", "-f", "-n", "1", "--url", router.url],
+        env=router.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with ThreadPoolExecutor(1) as reader:
+            assert follower.stdout is not None
+            read = follower.stdout.readline
+            # The tail, once the follower is in: the request just made.
+            assert reader.submit(read).result(10).endswith("POST /v1/chat/completions\n")
+            completion = {"model": "m-chat", "prompt": "hi"}
+            response = httpx.post(f"{router.url}/v1/completions", json=completion, timeout=10)
+            assert response.status_code == 200, response.text
+            assert reader.submit(read).result(10).endswith("POST /v1/completions\n")
+        began = time.monotonic()
+        os.kill(router.pid, signal.SIGTERM)
+        rest, errors = follower.communicate(timeout=10)
+        assert follower.returncode == 0, errors
+        assert rest.endswith("=== slm_server: the server is stopping; this log ends here\n")
+        assert router.wait(10) == 0
+        assert time.monotonic() - began < 5  # not the shutdown grace of 30 s
+    finally:
+        follower.kill()
+        follower.wait()
+        router.stop()
