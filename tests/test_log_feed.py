@@ -1,17 +1,20 @@
-"""A log's tail and its followers, the router's own log lines, and the log query: plain
-calls on the event loop, no sockets."""
+"""A log's tail and its followers, the router's own log lines, the log query, and what a
+shutdown does to follows: plain calls on the event loop, no sockets."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 
 import pytest
 
-from slm_server.admin.log_stream import DEFAULT_TAIL, LogQuery, log_name, parse_query
+from net import eventually
+from slm_server.admin.log_stream import DEFAULT_TAIL, LogQuery, LogStreams, log_name, parse_query
 from slm_server.admin.router_log import RouterLog
 from slm_server.log_feed import Follower, LogFeed, TooManyFollowers, dropped_note
+from slm_server.router.asgi import Message
 from slm_server.router.errors import InvalidRequest
 
 
@@ -168,3 +171,51 @@ async def test_router_log_lines_waiting_for_the_loop_are_bounded(
     finally:
         router_log.removeHandler(handler)
         handler.detach()
+
+
+async def test_at_shutdown_follows_end_and_one_whose_client_does_not_read_is_cut_off() -> None:
+    feed = LogFeed()
+    streams = LogStreams()
+    silent = asyncio.Event()  # never set: the clients neither leave nor send anything
+
+    async def receive() -> Message:
+        await silent.wait()
+        return {"type": "http.disconnect"}
+
+    reader: list[Message] = []
+    stuck: list[Message] = []
+
+    async def send(message: Message) -> None:
+        reader.append(message)
+
+    async def send_stuck(message: Message) -> None:
+        stuck.append(message)
+        if message.get("body"):  # a line: the socket is full, and stays so
+            await silent.wait()
+
+    follow = LogQuery(tail=0, follow=True)
+    reading = asyncio.create_task(streams.answer(feed, follow, receive, send))
+    not_reading = asyncio.create_task(streams.answer(feed, follow, receive, send_stuck))
+    await eventually(lambda: feed.followers == 2, 1, "both followers")
+    feed.publish("a line")
+    await eventually(lambda: len(stuck) == 2, 1, "the stuck send")
+    began = time.monotonic()
+    streams.end_all()
+    await asyncio.wait_for(reading, 1)
+    assert reader[-1] == {
+        "type": "http.response.body",
+        "body": b"=== slm_server: the server is stopping; this log ends here\n",
+        "more_body": False,
+    }
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(not_reading, 3)
+    assert time.monotonic() - began < 2
+    assert feed.followers == 0
+    # A follow asked for once the server is stopping gets the tail and ends.
+    late: list[Message] = []
+
+    async def send_late(message: Message) -> None:
+        late.append(message)
+
+    await asyncio.wait_for(streams.answer(feed, follow, receive, send_late), 1)
+    assert late[-1]["more_body"] is False
