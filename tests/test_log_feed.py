@@ -4,6 +4,7 @@ shutdown does to follows: plain calls on the event loop, no sockets."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from net import eventually
 from slm_server.admin.log_stream import DEFAULT_TAIL, LogQuery, LogStreams, log_name, parse_query
-from slm_server.admin.router_log import RouterLog
+from slm_server.admin.router_log import RouterLog, install
 from slm_server.log_feed import Follower, LogFeed, TooManyFollowers, dropped_note
 from slm_server.router.asgi import Message
 from slm_server.router.errors import InvalidRequest
@@ -122,9 +123,9 @@ def test_a_bad_log_query_is_a_400_naming_the_field(query: bytes, param: str) -> 
 
 @pytest.fixture
 def router_log() -> logging.Logger:
-    logger = logging.getLogger("test.router_log")
+    # Outside the logging tree: only the handlers a test adds see its lines.
+    logger = logging.Logger("test.router_log", logging.INFO)
     logger.propagate = False
-    logger.setLevel(logging.INFO)
     return logger
 
 
@@ -161,12 +162,13 @@ async def test_router_log_lines_waiting_for_the_loop_are_bounded(
     try:
         for n in range(5):
             router_log.info("%s", f"{n}" * 9)  # 10 characters each with its line end
+        router_log.info("short")  # it would fit, but must not pass those dropped before it
         handler.attach(asyncio.get_running_loop())
         assert handler.feed.tail(10) == [
             "0" * 9,
             "1" * 9,
             "2" * 9,
-            "=== slm_server: 2 router log lines dropped here",
+            "=== slm_server: 3 router log lines dropped here",
         ]
     finally:
         router_log.removeHandler(handler)
@@ -219,3 +221,31 @@ async def test_at_shutdown_follows_end_and_one_whose_client_does_not_read_is_cut
 
     await asyncio.wait_for(streams.answer(feed, follow, receive, send_late), 1)
     assert late[-1]["more_body"] is False
+
+
+def test_installed_it_keeps_the_lines_in_the_format_of_the_first_handler_formatting_once(
+    router_log: logging.Logger,
+) -> None:
+    calls: list[str] = []
+
+    class Counting(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            calls.append(record.getMessage())
+            return f"formatted: {record.getMessage()}"
+
+    first = logging.StreamHandler(io.StringIO())
+    first.setFormatter(Counting())
+    router_log.addHandler(first)
+    handler = install(router_log)
+    try:
+        router_log.info("one line")
+        assert calls == ["one line"]  # once, for both handlers
+        assert first.stream.getvalue() == "formatted: one line\n"
+        loop = asyncio.new_event_loop()
+        handler.attach(loop)  # lines logged before are kept from then on
+        loop.close()
+        assert handler.feed.tail(1) == ["formatted: one line"]
+    finally:
+        handler.detach()
+        router_log.removeHandler(handler)
+        router_log.removeHandler(first)

@@ -61,7 +61,9 @@ class RouterLog(logging.Handler):
         lines = text.split("\n")  # a traceback's lines each as a line of their own
         with self._pending_lock:
             size = sum(len(line) + 1 for line in lines)
-            if self._pending_chars + size > self._max_pending:
+            # Once one is dropped, so are later ones until delivered: the note goes where
+            # they were.
+            if self._dropped or self._pending_chars + size > self._max_pending:
                 self._dropped += len(lines)
                 return
             self._pending += lines
@@ -91,10 +93,36 @@ class RouterLog(logging.Handler):
             self.feed.publish(f"{NOTE_PREFIX}{dropped} router log lines dropped here")
 
 
+class FormattedOnce(logging.Formatter):
+    """``inner``'s format, done once per record for all the handlers sharing this: a
+    line costs the router its formatting once, not once per handler."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+        # The last record and its text, replaced as one: handlers on other threads may
+        # format other records meanwhile, and then format their own again.
+        self._last: tuple[logging.LogRecord | None, str] = (None, "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        last, text = self._last
+        if last is record:
+            return text
+        text = self._inner.format(record)
+        self._last = (record, text)
+        return text
+
+
 def install(root: logging.Logger | None = None) -> RouterLog:
-    """A RouterLog on ``root`` (the root logger), formatting as its first handler does."""
+    """A RouterLog on ``root`` (the root logger), formatting as its first handler does
+    and sharing that handler's work."""
     root = root or logging.getLogger()
-    formatter = next((h.formatter for h in root.handlers if h.formatter is not None), None)
-    handler = RouterLog(formatter)
+    first = next((h for h in root.handlers if h.formatter is not None), None)
+    if first is None or first.formatter is None:
+        handler = RouterLog()
+    else:
+        shared = FormattedOnce(first.formatter)
+        first.setFormatter(shared)
+        handler = RouterLog(shared)
     root.addHandler(handler)
     return handler
