@@ -105,6 +105,7 @@ def test_log_paths_name_a_role_or_the_router() -> None:
         (b"tail=0&follow=1", LogQuery(0, True)),
         (b"follow=true", LogQuery(DEFAULT_TAIL, True)),
         (b"follow=0&tail=20", LogQuery(20, False)),
+        (b"tail=" + b"9" * 5000, LogQuery(10**9, False)),  # more than is kept: all
     ],
 )
 def test_the_log_query_reads_tail_and_follow(query: bytes, expected: LogQuery) -> None:

@@ -238,3 +238,15 @@ async def test_logs_need_an_admin_key_when_keys_are_set(tmp_path: Path) -> None:
             "/v1/backends/chat/restart", headers={"authorization": "Bearer alice-key"}
         )
         assert restart.status_code == 403
+
+
+async def test_a_router_that_does_not_run_its_backends_has_its_own_log_only() -> None:
+    app = RouterApp(make_config({"chat": model("chat")}), router_log=RouterLog())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+        backend = await client.get("/admin/logs/chat")
+        router = await client.get("/admin/logs/router?tail=5")
+    await app.aclose()
+    assert backend.status_code == 404
+    assert "does not run its backends" in backend.json()["error"]["message"]
+    assert router.status_code == 200

@@ -26,6 +26,7 @@ from slm_server.supervisor import BackendProcess
 PREFIX = "/admin/logs/"
 ROUTER = RESERVED_ROLE  # the router's own log, never a role (the config refuses it as one)
 DEFAULT_TAIL = 100
+_ALL = 10**9
 
 _HEADERS = [
     (b"content-type", b"text/plain; charset=utf-8"),
@@ -64,11 +65,11 @@ def parse_query(query: bytes) -> LogQuery:
     tail = DEFAULT_TAIL
     if "tail" in fields:
         text = fields["tail"][-1]
-        if not text.isascii() or not text.isdigit() or len(text) > 9:
+        if not text.isascii() or not text.isdigit():
             raise InvalidRequest(
                 f"tail must be a number of lines (0 or more), not {text[:20]!r}", param="tail"
             )
-        tail = int(text)
+        tail = int(text) if len(text) <= 9 else _ALL  # more than is ever kept: all of it
     follow = False
     if "follow" in fields:
         text = fields["follow"][-1].lower()

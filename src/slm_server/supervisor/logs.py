@@ -13,7 +13,6 @@ _MAX_BYTES = 10 * 1024 * 1024
 _KEEP_ROTATED = 2
 # Lines waiting for a slow disk; beyond this they are dropped (and counted in the file).
 _MAX_PENDING_CHARS = 4 * 1024 * 1024
-_NOTE_PREFIX = NOTE_PREFIX  # marks the supervisor's own lines in a backend's log
 # Kept in memory for `GET /admin/logs/{role}` and the health report's last lines.
 _TAIL_LINES = 1000
 _TAIL_CHARS = 1024 * 1024
@@ -58,7 +57,7 @@ class BackendLog:
 
     def note(self, text: str) -> None:
         """A line of the supervisor's own among the backend's output."""
-        self.write(_NOTE_PREFIX + text)
+        self.write(NOTE_PREFIX + text)
 
     def tail(self, lines: int = 20) -> list[str]:
         return self.feed.tail(lines)
@@ -66,7 +65,7 @@ class BackendLog:
     def last_output(self) -> str | None:
         """The backend's latest non-blank line, if it has written one since the last note."""
         for line in self.feed.latest():
-            if line.startswith(_NOTE_PREFIX):
+            if line.startswith(NOTE_PREFIX):
                 return None
             if line.strip():
                 return line
@@ -91,4 +90,4 @@ class BackendLog:
 
 
 def _dropped_note(count: int) -> str:
-    return f"{_NOTE_PREFIX}{count} line(s) dropped here: the log file could not keep up"
+    return f"{NOTE_PREFIX}{count} line(s) dropped here: the log file could not keep up"
