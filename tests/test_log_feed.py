@@ -12,7 +12,14 @@ import time
 import pytest
 
 from net import eventually
-from slm_server.admin.log_stream import DEFAULT_TAIL, LogQuery, LogStreams, log_name, parse_query
+from slm_server.admin.log_stream import (
+    DEFAULT_TAIL,
+    LogQuery,
+    LogStreams,
+    TooManyLogReaders,
+    log_name,
+    parse_query,
+)
 from slm_server.admin.router_log import RouterLog, install
 from slm_server.log_feed import Follower, LogFeed, TooManyFollowers, dropped_note
 from slm_server.router.asgi import Message
@@ -250,3 +257,20 @@ def test_installed_it_keeps_the_lines_in_the_format_of_the_first_handler_formatt
         handler.detach()
         router_log.removeHandler(handler)
         router_log.removeHandler(first)
+
+
+async def test_a_follower_past_the_logs_limit_is_a_429() -> None:
+    feed = LogFeed(max_followers=1)
+    streams = LogStreams()
+    with feed.follow(0):
+
+        async def receive() -> Message:
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            raise AssertionError("nothing is sent before the refusal")
+
+        with pytest.raises(TooManyLogReaders) as refused:
+            await streams.answer(feed, LogQuery(0, True), receive, send)
+    assert refused.value.status == 429
+    assert refused.value.code == "too_many_log_readers"
