@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -11,6 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from slm_server.admin.dashboard import DASHBOARD_PATHS, Dashboard
+from slm_server.admin.page import PAGE_PATHS
 from slm_server.auth import Grant, key_ring
 from slm_server.config import LoadedConfig
 from slm_server.router import health
@@ -101,7 +104,8 @@ class RouterApp:
         self.keys = key_ring(config.file.router.api_keys, os.environ)
         self.strip_credentials = self.keys is not None  # a backend never sees a client's key
         public = {"/health", METRICS_PATH} if config.file.router.metrics_public else {"/health"}
-        self.keyless_paths = frozenset(public)  # a liveness probe needs no key
+        # A liveness probe needs no key, nor the dashboard's page (it holds no data).
+        self.keyless_paths = frozenset(public | PAGE_PATHS)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.body_deadlines = BodyDeadlines(config.file.router.body_timeout_s)
@@ -118,6 +122,13 @@ class RouterApp:
             self.load.waiting_to_start = self.scheduler.waiting
         self.metrics = RouterMetrics(
             self.table.model_ids, self.table.backends, self.processes, self.load
+        )
+        self.dashboard = Dashboard(
+            functools.partial(self._info, "/v1/backends/health"),
+            lambda: self.metrics.tallies,
+            lambda: self.scheduler.budget_bytes if self.scheduler is not None else None,
+            runs_backends=self.scheduler is not None,
+            started_at=self.started_at,
         )
         # A load may wait for others to drain and stop, then for its own start.
         self.load_timeout_s = config.file.router.shutdown_grace_s
@@ -170,8 +181,10 @@ class RouterApp:
                     settle_garbage_collector()
                 if self.scheduler is not None:
                     await self.scheduler.start()  # it starts the backends due at launch
+                self.dashboard.sampler.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.dashboard.sampler.aclose()
                 await self.stop_backends()
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -249,6 +262,8 @@ class RouterApp:
             if grant is not None:
                 require_admin(grant, "loading and unloading models")
             await send_json(sent.send, 200, await self._control(*target))
+        elif path in DASHBOARD_PATHS:
+            await self.dashboard.answer(method, path, grant, sent.send)
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
 
@@ -451,7 +466,7 @@ def _methods_of(path: str) -> str | None:
     """The methods ``path`` takes, for a preflight; None for no endpoint."""
     if path in ENDPOINT_MODEL_TYPES or control_target(path) is not None:
         return "POST"
-    if path in _GET_ENDPOINTS or path == METRICS_PATH:
+    if path in _GET_ENDPOINTS or path == METRICS_PATH or path in DASHBOARD_PATHS:
         return "GET, HEAD"
     return None
 
