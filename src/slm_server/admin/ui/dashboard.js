@@ -272,7 +272,8 @@
     c.tokens.textContent = rate(m.tokens_per_s, 1);
     c.restarts.textContent = m.restarts ?? "–";
     const mode = m.pinned ? "pinned" : m.on_demand ? "on demand" : "at start";
-    c.mode.textContent = m.idle_ttl_s ? `${mode}, unloads after ${duration(m.idle_ttl_s)} idle` : mode;
+    c.mode.textContent = m.idle_ttl_s ? `${mode}, TTL ${duration(m.idle_ttl_s)}` : mode;
+    c.mode.title = m.idle_ttl_s ? `unloaded after ${duration(m.idle_ttl_s)} without requests` : "";
     c.idle.textContent = duration(m.idle_s);
     c.actions.hidden = !status.can_control;
     const b = row.buttons;
@@ -440,6 +441,7 @@
     event.preventDefault();
     const model = $("play-model").value;
     const content = $("play-message").value.trim();
+    const maxTokens = Math.max(1, parseInt($("play-max-tokens").value, 10) || 256);
     const answer = $("play-answer");
     const problem = $("play-error");
     if (!model || !content) {
@@ -466,7 +468,7 @@
       const response = await fetch("/v1/chat/completions", {
         method: "POST",
         headers: headers({ "Content-Type": "application/json" }),
-        body: JSON.stringify({ model, messages: [{ role: "user", content }], stream: true }),
+        body: JSON.stringify({ model, messages: [{ role: "user", content }], stream: true, max_tokens: maxTokens }),
         signal: playController.signal,
       });
       if (!response.ok) {
