@@ -48,6 +48,8 @@ def _serve(directory: Path, router: dict[str, Any]) -> RouterProcess:
     models = {
         "chat": _model(directory, "chat"),
         "spare": _model(directory, "spare", on_demand=True),
+        # More than any budget below: its load is refused, whatever else runs.
+        "huge": _model(directory, "huge", on_demand=True, memory_gb=64),
     }
     config = {"models": models, "router": router}
     return RouterProcess(config, directory, command="serve", env=env, api_key=OPS)
@@ -117,10 +119,21 @@ def test_a_load_click_starts_an_on_demand_model_and_its_state_turns_ready(
     assert errors.errors == []
 
 
+def test_a_refused_action_shows_the_routers_message(served: RouterProcess, page: Page) -> None:
+    page.goto(f"{served.url}/ui")
+    expect(_state(page, "huge")).to_have_text("unloaded", timeout=WAIT_MS)
+    page.locator('tr[data-role="huge"] .action-load').click()
+    notice = page.locator("#notice")
+    expect(notice).to_contain_text("huge: load failed:", timeout=WAIT_MS)
+    expect(notice).to_contain_text("memory budget")  # the 503 envelope's own message
+    expect(notice).to_have_class("error")
+    expect(_state(page, "huge")).to_have_text("unloaded")
+
+
 def test_the_playground_shows_the_answer_as_it_streams(served: RouterProcess, page: Page) -> None:
     errors = PageErrors(page)
     page.goto(f"{served.url}/ui")
-    expect(page.locator("#play-model option")).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#play-model option")).to_have_count(3, timeout=WAIT_MS)
     page.select_option("#play-model", "m-chat")
     # Every text the answer shows on its way, as the page changes it.
     page.evaluate(
@@ -145,7 +158,7 @@ def test_the_playground_shows_the_answer_as_it_streams(served: RouterProcess, pa
 
 def test_the_playground_shows_the_routers_error_message(served: RouterProcess, page: Page) -> None:
     page.goto(f"{served.url}/ui")
-    expect(page.locator("#play-model option")).to_have_count(2, timeout=WAIT_MS)
+    expect(page.locator("#play-model option")).to_have_count(3, timeout=WAIT_MS)
     # A model that went away since the list was read: the router's 404 message is shown.
     page.evaluate(
         """() => {
