@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from net import free_port
 from on_demand_serving import Launcher, model, serving
 from slm_server import __version__
 from slm_server.router import RouterApp
+from slm_server.router.access_log import ACCESS_LOGGER
 
 ALICE = "alice-key-0123456789"
 OPS = "ops-key-0123456789"
@@ -147,3 +149,13 @@ async def test_the_pages_paths_take_only_get(keyed: httpx.AsyncClient) -> None:
     missing = await keyed.get("/ui/nothing.js", headers=_bearer(OPS))
     assert missing.status_code == 404
     assert json.loads(missing.text)["error"]["code"] == "unknown_endpoint"
+
+
+async def test_the_status_polled_every_second_stays_out_of_the_access_log(
+    keyed: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    for path in ("/admin/status", "/admin/status", "/v1/models"):
+        assert (await keyed.get(path, headers=_bearer(OPS))).status_code == 200
+    logged = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert len(logged) == 1 and "/v1/models" in logged[0], logged
