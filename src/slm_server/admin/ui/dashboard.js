@@ -97,8 +97,17 @@
 
   // -- polling --------------------------------------------------------------------
 
+  let polling = false; // one status request at a time
+  let pollAgain = false; // asked for while one was under way: another right after it
+
   async function poll() {
+    if (polling) {
+      pollAgain = true;
+      return;
+    }
+    polling = true;
     clearTimeout(pollTimer);
+    let waitForKey = false;
     try {
       const status = await call("GET", "/admin/status", { timeoutMs: POLL_TIMEOUT_MS });
       lastStatus = status;
@@ -107,11 +116,18 @@
       $("connection").className = "muted";
       refreshModels(status);
     } catch (error) {
-      if (error.status === 401) return; // waits for a key (useKey polls again)
-      $("connection").textContent = `no answer from the router: ${error.message}`;
-      $("connection").className = "error";
+      waitForKey = error.status === 401; // useKey polls again
+      if (!waitForKey) {
+        $("connection").textContent = `no answer from the router: ${error.message}`;
+        $("connection").className = "error";
+      }
+    } finally {
+      polling = false;
     }
-    pollTimer = setTimeout(poll, POLL_MS);
+    const soon = pollAgain;
+    pollAgain = false;
+    clearTimeout(pollTimer);
+    if (!waitForKey || soon) pollTimer = setTimeout(poll, soon ? 0 : POLL_MS);
   }
 
   // -- formatting -----------------------------------------------------------------
