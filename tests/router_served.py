@@ -17,7 +17,7 @@ import uvicorn
 
 from config_builder import entry, make_config
 from net import eventually
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from slm_server.router.asgi import Receive, Scope, Send
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]

@@ -19,8 +19,8 @@ from fake_backend_proc import FakeBackend
 from net import eventually
 from router_served import served
 from slm_server.log_format import JsonFormatter
-from slm_server.router import RouterApp
 from slm_server.router.access_log import ACCESS_LOGGER
+from slm_server.router.app import RouterApp
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
 

@@ -22,7 +22,7 @@ import fake_llama_server
 from config_builder import entry, make_config
 from net import free_port
 from router_proc import RouterProcess, serving
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 
 ALICE = f"alice-{secrets.token_hex(16)}"  # m-chat only
 BOB = f"bob-{secrets.token_hex(16)}"  # every model, not admin

@@ -14,7 +14,7 @@ import pytest
 from config_builder import make_config
 from net import eventually
 from on_demand_serving import Launcher, chat, model, serving
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from slm_server.router.backend_control import as_unloaded, control_target
 
 

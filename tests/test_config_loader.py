@@ -297,7 +297,7 @@ def test_router_numbers_must_be_finite(tmp_path: Path, value: str) -> None:
 
 
 def test_the_response_store_holds_at_least_a_kilobyte(tmp_path: Path) -> None:
-    from slm_server.router import RouterApp
+    from slm_server.router.app import RouterApp
 
     data = {"models": {"a": entry()}, "router": {"response_store_mb": 1e-7}}
     [message] = fatal(write(tmp_path, data))

@@ -21,7 +21,7 @@ from on_demand_serving import POLICY, Launcher, chat, model
 from router_served import served
 from slm_server.admin.router_log import RouterLog
 from slm_server.log_feed import LogFeed
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from slm_server.supervisor import BackendProcess, Supervisor
 
 FOLLOW = "/admin/logs/chat?follow=1&tail=0"

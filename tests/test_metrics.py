@@ -21,7 +21,7 @@ from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from net import eventually, free_port, wait_until
 from router_proc import RouterProcess
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 
 CHAT_PATH = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "how many tokens is this"}]

@@ -34,7 +34,7 @@ from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from form_bodies import FORMS, form_requests
 from slm_server.config import LoadedConfig
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from slm_server.router.forms import FORM_PATHS
 from slm_server.router.routing import ENDPOINT_MODEL_TYPES
 from slm_server.translate.sse import SseParser

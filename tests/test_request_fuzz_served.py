@@ -26,7 +26,7 @@ from fake_backend_proc import FakeBackend
 from form_bodies import FORMS, form_requests
 from net import eventually
 from router_served import served
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from test_request_fuzz import BASES, FUZZ, bodies, check, fuzz_config
 
 CHAT = json.dumps({"model": "chat-bare", "messages": [{"role": "user", "content": "hi"}]})

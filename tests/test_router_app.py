@@ -16,7 +16,7 @@ import pytest
 from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from net import free_port
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 
 
 @pytest.fixture(scope="module")

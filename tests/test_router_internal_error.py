@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from config_builder import entry, make_config
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from slm_server.router.asgi import Receive, Scope
 from slm_server.router.metrics import RequestRecord
 

@@ -26,8 +26,9 @@ from router_served import RawClient, served
 from slm_server.backends.memory_estimate import MARGIN_FIXED_BYTES, MARGIN_FRACTION
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
-from slm_server.router import RouterApp, load_figures
+from slm_server.router import load_figures
 from slm_server.router.admission import AdmissionGate
+from slm_server.router.app import RouterApp
 from slm_server.router.routing import Backend
 from slm_server.supervisor import RestartPolicy, Supervisor
 from slm_server.supervisor.supervisor import Launcher

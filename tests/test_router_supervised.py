@@ -22,7 +22,7 @@ from net import eventually, free_port
 from router_served import lifespan_client
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from slm_server.supervisor import RestartPolicy, Supervisor
 
 FAST = RestartPolicy(startup_timeout_s=10, max_start_failures=2, backoff_s=(0.05,), stop_grace_s=2)

@@ -27,8 +27,8 @@ from net import eventually, free_port
 from router_served import RawClient, served
 from slm_server.backends.spec import LaunchSpec
 from slm_server.config import ModelEntry
-from slm_server.router import RouterApp
 from slm_server.router.admission import AdmissionGate
+from slm_server.router.app import RouterApp
 from slm_server.router.asgi import Message, Receive, Scope, Send
 from slm_server.supervisor import RestartPolicy, Supervisor
 

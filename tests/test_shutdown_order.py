@@ -20,7 +20,7 @@ from config_builder import entry, make_config
 from fake_backend_proc import FakeBackend
 from net import eventually
 from router_served import App
-from slm_server.router import RouterApp
+from slm_server.router.app import RouterApp
 from slm_server.router.asgi import Message, Receive, Scope, Send
 from slm_server.router.shutdown import GracefulServer
 

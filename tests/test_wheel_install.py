@@ -11,6 +11,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -72,5 +73,9 @@ def test_the_installed_commands_check_start_and_stop(clean_install: Path, config
     )
     assert "chat (gemma-chat): ready" in started.stdout
     assert "1 of 1 model(s) ready" in started.stdout
+    # The dashboard's files are package data: the wheel must carry them.
+    for path in ("/ui", "/ui/dashboard.js", "/ui/dashboard.css"):
+        served = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
+        assert served.status_code == 200, (path, served.text)
     stopped = run([slm, "stop", "--config", "models.yaml"], cwd=config_dir)
     assert "stopped" in stopped.stdout

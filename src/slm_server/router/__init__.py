@@ -1,5 +1,5 @@
-"""The routing service: one OpenAI-compatible endpoint in front of the backends."""
+"""The routing service: one OpenAI-compatible endpoint in front of the backends.
 
-from slm_server.router.app import RouterApp
-
-__all__ = ["RouterApp"]
+The app is `slm_server.router.app.RouterApp`; it is not imported here, so that modules the
+app uses (admin/) may import the router's modules without loading the app first.
+"""

@@ -25,8 +25,9 @@ from slm_server.router.metrics.tallies import NO_MODEL
 
 ACCESS_LOGGER = "slm_server.access"
 
-# Health checkers ask for it every few seconds; its lines would bury the others.
-_NOT_LOGGED = frozenset({"/health"})
+# Health checkers ask for it every few seconds, an open dashboard for its status every
+# second: their lines would bury the others.
+_NOT_LOGGED = frozenset({"/health", "/admin/status"})
 
 
 class AccessLog:

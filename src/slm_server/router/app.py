@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import logging
@@ -13,6 +14,8 @@ from typing import Any
 
 # The module, not its names: it imports from this package, and may be imported first.
 from slm_server.admin import log_stream
+from slm_server.admin.dashboard import DASHBOARD_PATHS, Dashboard
+from slm_server.admin.page import PAGE_PATHS
 from slm_server.admin.router_log import RouterLog
 from slm_server.auth import Grant, key_ring
 from slm_server.config import LoadedConfig
@@ -109,7 +112,8 @@ class RouterApp:
         self.keys = key_ring(config.file.router.api_keys, os.environ)
         self.strip_credentials = self.keys is not None  # a backend never sees a client's key
         public = {"/health", METRICS_PATH} if config.file.router.metrics_public else {"/health"}
-        self.keyless_paths = frozenset(public)  # a liveness probe needs no key
+        # A liveness probe needs no key, nor the dashboard's page (it holds no data).
+        self.keyless_paths = frozenset(public | PAGE_PATHS)
         self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.body_deadlines = BodyDeadlines(config.file.router.body_timeout_s)
@@ -126,6 +130,13 @@ class RouterApp:
             self.load.waiting_to_start = self.scheduler.waiting
         self.metrics = RouterMetrics(
             self.table.model_ids, self.table.backends, self.processes, self.load
+        )
+        self.dashboard = Dashboard(
+            functools.partial(self._info, "/v1/backends/health"),
+            lambda: self.metrics.tallies,
+            lambda: self.scheduler.budget_bytes if self.scheduler is not None else None,
+            runs_backends=self.scheduler is not None,
+            started_at=self.started_at,
         )
         # A load may wait for others to drain and stop, then for its own start.
         self.load_timeout_s = config.file.router.shutdown_grace_s
@@ -180,8 +191,10 @@ class RouterApp:
                     settle_garbage_collector()
                 if self.scheduler is not None:
                     await self.scheduler.start()  # it starts the backends due at launch
+                self.dashboard.sampler.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.dashboard.sampler.aclose()
                 await self.stop_backends()
                 await self.aclose()
                 if self.router_log is not None:
@@ -270,6 +283,8 @@ class RouterApp:
             feed = log_stream.feed_of(log, self.processes, self.router_log, runs_backends=runs)
             query = log_stream.parse_query(scope["query_string"])
             await self.log_streams.answer(feed, query, receive, sent.send)
+        elif path in DASHBOARD_PATHS:
+            await self.dashboard.answer(method, path, grant, sent.send)
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
 
@@ -474,7 +489,7 @@ def _methods_of(path: str) -> str | None:
     """The methods ``path`` takes, for a preflight; None for no endpoint."""
     if path in ENDPOINT_MODEL_TYPES or control_target(path) is not None:
         return "POST"
-    if path in _GET_ENDPOINTS or path == METRICS_PATH:
+    if path in _GET_ENDPOINTS or path == METRICS_PATH or path in DASHBOARD_PATHS:
         return "GET, HEAD"
     if log_stream.log_name(path) is not None:
         return "GET"

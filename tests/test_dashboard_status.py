@@ -1,0 +1,161 @@
+"""``GET /admin/status`` (the dashboard's data) and ``GET /ui`` (its page), in process."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from config_builder import entry, make_config
+from net import free_port
+from on_demand_serving import Launcher, model, serving
+from slm_server import __version__
+from slm_server.router.access_log import ACCESS_LOGGER
+from slm_server.router.app import RouterApp
+
+ALICE = "alice-key-0123456789"
+OPS = "ops-key-0123456789"
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def _by_role(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["role"]: m for m in status["models"]}
+
+
+def _stream(model_id: str) -> dict[str, Any]:
+    return {
+        "model": model_id,
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+async def test_the_status_shows_each_model_with_its_state_and_its_recent_figures(
+    tmp_path: Path,
+) -> None:
+    models = {"chat": model("chat", on_demand=False), "spare": model("spare")}
+    launcher = Launcher({"chat": ["--chunks", "4"]})
+    async with serving(tmp_path, models, launcher, memory_budget_gb=4) as served:
+        pid = await served.ready("chat")
+        for _ in range(3):
+            answer = await served.client.post("/v1/chat/completions", json=_stream("m-chat"))
+            assert answer.status_code == 200, answer.text
+        response = await served.client.get("/admin/status")
+    assert response.status_code == 200, response.text
+    status = response.json()
+    assert status["version"] == __version__
+    assert status["can_control"] is True and status["runs_backends"] is True
+    assert status["memory"]["budget_mb"] == 4000
+    assert status["window_s"] == 300
+    chat, spare = _by_role(status)["chat"], _by_role(status)["spare"]
+    assert (chat["model_id"], chat["state"], chat["on_demand"]) == ("m-chat", "ready", False)
+    assert chat["pid"] == pid and chat["restarts"] == 0
+    assert chat["requests_per_min"] > 0
+    assert chat["latency_p50_s"] > 0 and chat["latency_p95_s"] >= chat["latency_p50_s"]
+    assert chat["ttfb_p50_s"] > 0
+    assert chat["tokens_per_s"] > 0  # the fake reports usage at the end of each stream
+    assert status["memory"]["used_mb"] == chat["memory_mb"] > 0
+    # An unloaded on-demand model is listed too, with the memory it will need.
+    assert (spare["state"], spare["on_demand"], spare["memory_mb"]) == ("unloaded", True, None)
+    assert spare["memory_estimate_mb"] == 1000
+    assert spare["requests_per_min"] == 0 and spare["latency_p50_s"] is None
+
+
+async def test_a_failed_backend_shows_why_and_the_end_of_its_log(tmp_path: Path) -> None:
+    launcher = Launcher()
+    launcher.broken.add("chat")
+    async with serving(tmp_path, {"chat": model("chat")}, launcher) as served:
+        refused = await served.client.post("/v1/backends/chat/load")
+        assert refused.status_code >= 500, refused.text
+        status = (await served.client.get("/admin/status")).json()
+    chat = _by_role(status)["chat"]
+    assert chat["state"] == "failed"
+    assert chat["last_error"]
+    assert any("bad magic" in line for line in chat["log_tail"])
+
+
+@pytest.fixture
+async def keyed() -> AsyncIterator[httpx.AsyncClient]:
+    """A router with keys: alice may use m-chat only, ops is an admin."""
+    keys = [
+        {"name": "alice", "key_sha256": _digest(ALICE), "models": ["m-chat"]},
+        {"name": "ops", "key_sha256": _digest(OPS), "admin": True},
+    ]
+    models = {"chat": entry("m-chat", free_port()), "other": entry("m-other", free_port())}
+    app = RouterApp(make_config(models, api_keys=keys))
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://router") as client:
+            yield client
+    finally:
+        await app.aclose()
+
+
+async def test_the_status_needs_a_valid_key(keyed: httpx.AsyncClient) -> None:
+    for headers in ({}, _bearer("not-a-key")):
+        refused = await keyed.get("/admin/status", headers=headers)
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
+async def test_a_key_sees_only_its_models_and_no_admin_actions(keyed: httpx.AsyncClient) -> None:
+    alice = (await keyed.get("/admin/status", headers=_bearer(ALICE))).json()
+    assert [m["model_id"] for m in alice["models"]] == ["m-chat"]
+    assert alice["can_control"] is False
+    ops = (await keyed.get("/admin/status", headers=_bearer(OPS))).json()
+    assert sorted(m["model_id"] for m in ops["models"]) == ["m-chat", "m-other"]
+    assert ops["can_control"] is True
+    assert ops["runs_backends"] is False  # `slm-server router`: it starts no backend
+
+
+async def test_the_page_needs_no_key_and_allows_only_its_own_files(
+    keyed: httpx.AsyncClient,
+) -> None:
+    for path in ("/ui", "/ui/"):
+        page = await keyed.get(path)
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert '<script src="/ui/dashboard.js"' in page.text
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self';" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    script = await keyed.get("/ui/dashboard.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "/admin/status" in script.text
+    style = await keyed.get("/ui/dashboard.css")
+    assert style.headers["content-type"].startswith("text/css")
+
+
+async def test_the_pages_paths_take_only_get(keyed: httpx.AsyncClient) -> None:
+    refused = await keyed.post("/ui", content=b"")
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, HEAD"
+    assert refused.json()["error"]["code"] == "method_not_allowed"
+    missing = await keyed.get("/ui/nothing.js", headers=_bearer(OPS))
+    assert missing.status_code == 404
+    assert json.loads(missing.text)["error"]["code"] == "unknown_endpoint"
+
+
+async def test_the_status_polled_every_second_stays_out_of_the_access_log(
+    keyed: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+    for path in ("/admin/status", "/admin/status", "/v1/models"):
+        assert (await keyed.get(path, headers=_bearer(OPS))).status_code == 200
+    logged = [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER]
+    assert len(logged) == 1 and "/v1/models" in logged[0], logged
