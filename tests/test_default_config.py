@@ -14,6 +14,7 @@ def test_default_is_a_valid_config_for_the_packaged_model(tmp_path: Path) -> Non
     [model] = loaded.models.values()
     assert (model.id, model.backend, model.port) == (DEFAULT_MODEL_ID, "llamacpp", 8501)
     assert model.port == DEFAULT_BACKEND_PORT and model.host == "127.0.0.1"
-    assert Path(model.model_path).is_file() and model.model_path.endswith(".gguf")
+    assert model.model_path is not None and model.model_path.endswith(".gguf")
+    assert Path(model.model_path).is_file()
     assert check_config(loaded.file, loaded.path, loaded.base_dir) == []
     assert loaded.base_dir == tmp_path  # its logs go where it was started

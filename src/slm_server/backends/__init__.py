@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slm_server.backends import llamacpp, mlx
+from slm_server.backends import command, llamacpp, mlx
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import LoadedConfig, ModelEntry, Problem
 
@@ -17,12 +17,18 @@ def launch_spec(entry: ModelEntry, base_dir: Path) -> LaunchSpec:
         return llamacpp.launch_spec(entry, base_dir)
     if entry.backend == "mlx":
         return mlx.launch_spec(entry, base_dir)
+    if entry.backend == "command":
+        return command.launch_spec(entry, base_dir)
     raise BackendUnsupported(f"starting {entry.backend} backends is not supported")
 
 
 def installation_problems(config: LoadedConfig) -> list[Problem]:
     """What keeps this machine from starting the enabled entries (e.g. a llama-server that
-    fails its check here), for ``check-config``."""
+    fails its check here, a command's program not found), for ``check-config``."""
+    return _llama_server_problems(config) + command.installation_problems(config)
+
+
+def _llama_server_problems(config: LoadedConfig) -> list[Problem]:
     llamacpp_roles = [
         role
         for role, entry in config.models.items()

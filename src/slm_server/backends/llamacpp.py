@@ -44,8 +44,8 @@ PYTHON_SERVER_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions", 
 _FULL_PRECISION = frozenset({"f32", "f16", "bf16", "fp16", "fp32"})
 
 
-def default_cache_type(quantization: str) -> str | None:
-    q = quantization.strip().lower()
+def default_cache_type(quantization: str | None) -> str | None:
+    q = (quantization or "").strip().lower()
     if q in _FULL_PRECISION or not q:
         return None
     return "q8_0"

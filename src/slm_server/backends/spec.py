@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,10 @@ class LaunchSpec:
     # The `model` value the server accepts, when it is not the entry's id: the
     # router rewrites requests to it.
     upstream_model: str | None = None
+    # Asks the server to stop; SIGKILL follows after the supervisor's grace period.
+    stop_signal: signal.Signals = signal.SIGTERM
+    # Seconds the server may take to become ready; None: the supervisor's own limit.
+    ready_timeout_s: float | None = None
 
     def environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
         """The backend's environment: ``inherited`` less ``env_removed``, plus ``env``."""

@@ -59,12 +59,17 @@ def resolve_model_path(entry: ModelEntry, base_dir: Path) -> ResolvedModelPath:
     llamacpp takes a ``.gguf`` file or a directory (its first ``.gguf`` by
     name, so part 1 of a split model; projector files, named ``*mmproj*``, are
     skipped because they are never the model itself). mlx takes a model
-    directory or an HF ID.
+    directory or an HF ID. A command takes whatever exists, or an HF ID (vLLM and
+    SGLang download those); what it is is its program's business.
     """
     raw = entry.model_path
+    if raw is None:
+        raise ModelPathError("no model_path is set")
     path = resolve_local(raw, base_dir)
     if entry.backend == "llamacpp":
         return _resolve_llamacpp(raw, path)
+    if entry.backend == "command":
+        return _resolve_any(raw, path)
     return _resolve_mlx(raw, path)
 
 
@@ -79,6 +84,8 @@ def resolve_mmproj(entry: ModelEntry, base_dir: Path) -> Path | None:
     if entry.backend != "llamacpp" or entry.model_type != "multimodal":
         return None
     if entry.mmproj is None:
+        if entry.model_path is None:  # never for llamacpp: the schema requires it
+            return None
         directory = resolve_local(entry.model_path, base_dir)
         return _first_projector(directory) if directory.is_dir() else None
     path = resolve_local(entry.mmproj, base_dir)
@@ -125,6 +132,14 @@ def _resolve_mlx(raw: str, path: Path) -> ResolvedModelPath:
         return ResolvedModelPath("file", str(path))
     if path.exists():
         raise ModelPathError(f"{path} is a file; mlx needs a model directory or a Hugging Face ID")
+    if looks_like_hf_id(raw):
+        return ResolvedModelPath("hf_id", raw)
+    raise ModelPathError(f"{path} does not exist and is not a Hugging Face ID (org/name)")
+
+
+def _resolve_any(raw: str, path: Path) -> ResolvedModelPath:
+    if path.exists():
+        return ResolvedModelPath("file", str(path))
     if looks_like_hf_id(raw):
         return ResolvedModelPath("hf_id", raw)
     raise ModelPathError(f"{path} does not exist and is not a Hugging Face ID (org/name)")

@@ -17,6 +17,7 @@ from slm_server.config.paths import (
 )
 from slm_server.config.problems import Problem, Severity
 from slm_server.config.schema import (
+    COMMAND_ONLY_FIELDS,
     LLAMACPP_ONLY_FIELDS,
     MLX_ONLY_FIELDS,
     SUPPORTED_MODEL_TYPES,
@@ -25,6 +26,12 @@ from slm_server.config.schema import (
 )
 
 _MAX_PORT = 65535
+# The fields only one backend kind reads; written on another kind's entry they do nothing.
+_OWN_FIELDS = {
+    "llamacpp": LLAMACPP_ONLY_FIELDS,
+    "mlx": MLX_ONLY_FIELDS,
+    "command": COMMAND_ONLY_FIELDS,
+}
 
 
 def check_config(config: ConfigFile, file: Path, base_dir: Path) -> list[Problem]:
@@ -44,7 +51,8 @@ def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> lis
     severity: Severity = "error" if entry.enabled else "warning"
     found: list[tuple[Severity, str, str]] = []
     try:
-        resolve_model_path(entry, base_dir)
+        if entry.model_path is not None or entry.backend != "command":
+            resolve_model_path(entry, base_dir)
     except ModelPathError as exc:
         found.append((severity, "model_path", str(exc)))
     found.extend(_projector_problems(entry, base_dir, severity))
@@ -60,11 +68,12 @@ def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> lis
                 f"it serves: {', '.join(sorted(supported))}",
             )
         )
-    other = "llamacpp" if entry.backend == "mlx" else "mlx"
-    foreign = LLAMACPP_ONLY_FIELDS if entry.backend == "mlx" else MLX_ONLY_FIELDS
-    for name in foreign:
-        if _is_set(entry, name):
-            found.append(("warning", name, f"applies to {other} only; ignored for {entry.backend}"))
+    for other, fields in _OWN_FIELDS.items():
+        for name in fields if other != entry.backend else ():
+            if _is_set(entry, name):
+                found.append(
+                    ("warning", name, f"applies to {other} only; ignored for {entry.backend}")
+                )
     if entry.pooling is not None and entry.model_type != "embeddings":
         found.append(("warning", "pooling", "applies to model_type embeddings only; ignored"))
     template = entry.chat_template_file
@@ -84,7 +93,12 @@ def _projector_problems(
         projector = resolve_mmproj(entry, base_dir)
     except ModelPathError as exc:
         return [(severity, "mmproj", str(exc))]
-    if projector is None and resolve_local(entry.model_path, base_dir).exists():
+    model_path = entry.model_path
+    if (
+        projector is None
+        and model_path is not None
+        and resolve_local(model_path, base_dir).exists()
+    ):
         return [
             (
                 "warning",

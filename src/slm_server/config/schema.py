@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -22,25 +24,34 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from slm_server.config.command_line import CommandLineError, stop_signal_name, used_placeholders
 from slm_server.config.store_url import parse_store_url
 
 # What a browser sends as Origin: scheme://host[:port], nothing after.
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 
-Backend = Literal["mlx", "llamacpp"]
+Backend = Literal["mlx", "llamacpp", "command"]
 ModelType = Literal[
     "lm", "multimodal", "image-generation", "image-edit", "embeddings", "rerank", "whisper"
 ]
+# The kinds slm_server knows how to launch itself: they need a model file and its quantization.
+BUILT_IN_BACKENDS = frozenset({"mlx", "llamacpp"})
 
 # Which model types each backend kind can serve. llama.cpp has no image or
-# audio servers; MLX (mlx-openai-server) has no reranker.
+# audio servers; MLX (mlx-openai-server) has no reranker; a command serves what
+# its entry says, since only its user knows what the program is.
 SUPPORTED_MODEL_TYPES: dict[str, frozenset[str]] = {
     "llamacpp": frozenset({"lm", "multimodal", "embeddings", "rerank"}),
     "mlx": frozenset(
         {"lm", "multimodal", "image-generation", "image-edit", "embeddings", "whisper"}
     ),
+    "command": frozenset(typing.get_args(ModelType)),
 }
+# Endpoints the router can convert to chat completions; a command's server is sent them
+# natively only when its entry lists them in ``native_endpoints``.
+BridgedEndpoint = Literal["/v1/responses", "/v1/messages", "/v1/messages/count_tokens"]
 
 MLX_ONLY_FIELDS = ("enable_auto_tool_choice", "tool_call_parser", "reasoning_parser", "config_name")
 LLAMACPP_ONLY_FIELDS = (
@@ -56,6 +67,14 @@ LLAMACPP_ONLY_FIELDS = (
     "kv_unified",
     "fit",
     "pooling",
+)
+COMMAND_ONLY_FIELDS = (
+    "command",
+    "env",
+    "health_path",
+    "ready_timeout_s",
+    "stop_signal",
+    "native_endpoints",
 )
 
 
@@ -82,6 +101,20 @@ def _budget(value: object) -> float | str | None:
 MemoryBudget = Annotated[float | Literal["auto"] | None, PlainValidator(_budget)]
 
 
+def _required_by_built_in(value: object, info: ValidationInfo) -> object:
+    """Missing for mlx and llamacpp, whose launch needs it; optional for a command."""
+    if value is None and info.data.get("backend", "command") in BUILT_IN_BACKENDS:
+        # The same error as any required field's, so the message reads the same.
+        raise PydanticCustomError("missing", "Field required")
+    return value
+
+
+def _http_path(value: str) -> str:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a URL path; it starts with / (e.g. /health)")
+    return value
+
+
 class ModelEntry(BaseModel):
     """One backend server instance serving one model."""
 
@@ -92,20 +125,32 @@ class ModelEntry(BaseModel):
         min_length=1,
         description="Model identifier clients put in the request's `model` field.",
     )
-    backend: Backend = Field(description="Backend kind: `mlx` or `llamacpp`.")
+    backend: Backend = Field(
+        description=(
+            "Backend kind: `mlx`, `llamacpp`, or `command` (any server, by its command line)."
+        )
+    )
     port: int = Field(description="Port of this model's backend server; unique per entry.")
-    model_path: str = Field(
+    model_path: Annotated[str | None, AfterValidator(_required_by_built_in)] = Field(
+        default=None,
         min_length=1,
+        validate_default=True,
         description=(
             "Local .gguf file, a directory (llamacpp: its first .gguf alphabetically, "
-            "projector files aside), or a Hugging Face model ID (MLX only)."
+            "projector files aside), or a Hugging Face model ID (MLX, command). "
+            "Required for mlx and llamacpp; for a command, what {model_path} stands for."
         ),
     )
     default_timeout: float = Field(
         gt=0, description="Request timeout in seconds; exceeded requests get 504."
     )
-    quantization: str = Field(
-        description="e.g. 8bit, Q8_0, f16. Informational for MLX; KV-cache defaults for llamacpp."
+    quantization: Annotated[str | None, AfterValidator(_required_by_built_in)] = Field(
+        default=None,
+        validate_default=True,
+        description=(
+            "e.g. 8bit, Q8_0, f16. Informational for MLX and command; KV-cache defaults for "
+            "llamacpp. Required for mlx and llamacpp."
+        ),
     )
     model_type: ModelType = Field(default="lm", description="What the model does.")
     context_length: int | None = Field(
@@ -207,6 +252,74 @@ class ModelEntry(BaseModel):
             "whose GGUF declares none (native llama-server only)."
         ),
     )
+
+    # backend: command only (any server slm_server starts and supervises).
+    command: list[CommandLineArg] | None = Field(
+        default=None,
+        min_length=1,
+        validate_default=True,
+        description=(
+            "command: the server's command line, one list item per argument, e.g. "
+            "[vllm, serve, '{model_path}', --port, '{port}']. Placeholders: {port}, {host}, "
+            "{model_path}, {id}, {context_length}; {{ and }} stand for braces."
+        ),
+    )
+    env: dict[str, CommandLineArg] = Field(
+        default_factory=dict,
+        description="command: environment variables added to the server's environment.",
+    )
+    health_path: Annotated[str, AfterValidator(_http_path)] = Field(
+        default="/health",
+        description="command: the path that answers 200 once the server is ready to serve.",
+    )
+    ready_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "command: seconds the server may take to become ready before the start counts "
+            "as failed. Default: 600, as for every backend."
+        ),
+    )
+    stop_signal: str = Field(
+        default="SIGTERM",
+        description=(
+            "command: the signal that asks the server to stop (SIGTERM, SIGINT, SIGQUIT, "
+            "SIGHUP, SIGUSR1, SIGUSR2, SIGKILL); SIGKILL follows if it has not stopped in 10 s."
+        ),
+    )
+    native_endpoints: list[BridgedEndpoint] = Field(
+        default_factory=list,
+        description=(
+            "command: which of /v1/responses, /v1/messages and /v1/messages/count_tokens "
+            "the server answers itself. Default: none; the router converts them to "
+            "/v1/chat/completions. Every other endpoint is sent to the server as it is."
+        ),
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _command_can_run(cls, argv: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if argv is None:
+            if info.data.get("backend") == "command":
+                raise PydanticCustomError("missing", "Field required")
+            return None
+        if not argv[0].strip():
+            raise ValueError("the first item, the program to run, is empty")
+        try:
+            used = used_placeholders(argv)
+        except CommandLineError as exc:
+            raise ValueError(str(exc)) from None
+        # Fields declared before `command` are in info.data once they validated.
+        for name in ("model_path", "context_length"):
+            if name in used and name in info.data and info.data[name] is None:
+                raise ValueError(f"{{{name}}} is used, but the entry sets no {name}")
+        return argv
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        return stop_signal_name(value)
 
     @model_validator(mode="after")
     def _pinned_never_idles_out(self) -> ModelEntry:

@@ -67,8 +67,10 @@ def _launch_field_problems(entry: ModelEntry) -> list[tuple[str, str]]:
     """
     found = [("extra_args", message) for message in flag_clashes(entry.backend, entry.extra_args)]
     if entry.mmproj is not None:
-        if entry.backend != "llamacpp":
+        if entry.backend == "mlx":
             found.append(("mmproj", "applies to llamacpp only; an mlx model holds its own"))
+        elif entry.backend != "llamacpp":
+            found.append(("mmproj", "applies to llamacpp only; pass it in `command`"))
         elif entry.model_type != "multimodal":
             found.append(("mmproj", "applies to model_type multimodal only"))
     return found

@@ -101,10 +101,14 @@ def _memory_problems(
     problems: list[Problem] = []
     for role, entry in enabled.items():
         if needs.get(role) is None:
+            why = (
+                "a command's server is not one whose files slm-server can read"
+                if entry.backend == "command"
+                else "no weights on this machine to estimate it from"
+            )
             message = (
-                "its memory need is unknown (no weights on this machine to estimate it from) "
-                "while a memory budget is set: set memory_gb; until it has run and been "
-                "measured it counts as 0 GB"
+                f"its memory need is unknown ({why}) while a memory budget is set: set "
+                "memory_gb; until it has run and been measured it counts as 0 GB"
             )
             problems.append(Problem("warning", file, role, entry.id, "memory_gb", message))
     pinned_total = sum(needs.get(role) or 0 for role in pinned)

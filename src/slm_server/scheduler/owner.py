@@ -277,7 +277,8 @@ class Scheduler:
         unknown = [role for role in self._processes if self._memory.need(role) is None]
         if self.budget_bytes is not None and unknown:
             log.warning(
-                "memory needs of %s are unknown (weights not on this machine?): counted as "
+                "memory needs of %s are unknown (command entries, or weights not on this "
+                "machine): counted as "
                 "0 GB until measured; set memory_gb to plan with them",
                 ", ".join(unknown),
             )

@@ -21,19 +21,28 @@ def uses_watchdog() -> bool:
     return not sys.platform.startswith("linux") or os.environ.get(WATCHDOG_ENV) == "1"
 
 
-def guarded_argv(argv: Sequence[str], *, force_watchdog: bool = False) -> list[str]:
+def guarded_argv(
+    argv: Sequence[str],
+    *,
+    force_watchdog: bool = False,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> list[str]:
     """``argv``, under the watchdog where it is needed (see ``uses_watchdog``).
 
-    The watchdog ends the backend once this process is gone. It is run by file
-    name in isolated mode (``-I``): ``-m`` would first import this package, and
-    with it the rest of the supervisor, once per backend.
+    The watchdog ends the backend once this process is gone, and turns the SIGTERM it
+    is sent into ``stop_signal`` for the backend. It is run by file name in isolated
+    mode (``-I``): ``-m`` would first import this package, and with it the rest of
+    the supervisor, once per backend.
     """
     if not (force_watchdog or uses_watchdog()):
         return list(argv)
     # Imported here: imported with the package, ``python -m`` on it would warn.
     from slm_server.supervisor import watchdog
 
-    return [sys.executable, "-I", watchdog.__file__, str(os.getpid()), "--", *argv]
+    guard = [sys.executable, "-I", watchdog.__file__, str(os.getpid())]
+    if stop_signal is not signal.SIGTERM:
+        guard += ["--stop-signal", str(int(stop_signal))]
+    return [*guard, "--", *argv]
 
 
 def die_with_parent_hook() -> Callable[[], None] | None:

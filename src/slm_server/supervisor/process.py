@@ -102,6 +102,7 @@ class BackendProcess:
         self._owner: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._watched = False  # _proc is the watchdog, and the backend its child
+        self._stop_signal = signal.SIGTERM  # what the running server is asked to stop with
         self._pump: asyncio.Task[None] | None = None
 
     # -- what callers use ------------------------------------------------------
@@ -260,6 +261,7 @@ class BackendProcess:
             spawned = time.monotonic()
             proc = await self._spawn(spec)
         except (OSError, ValueError, BackendUnsupported, subprocess.SubprocessError) as exc:
+            self.log.note(f"cannot start: {exc}")  # where its user looks for why it is down
             return f"cannot start: {exc}"
         except Exception as exc:
             # A bug in working out the command line: a failed start (retried, reported),
@@ -292,8 +294,9 @@ class BackendProcess:
     async def _spawn(self, spec: LaunchSpec) -> asyncio.subprocess.Process:
         self.log.note(f"starting {' '.join(spec.argv)}")
         self._watched = uses_watchdog()
+        self._stop_signal = spec.stop_signal
         proc = await asyncio.create_subprocess_exec(
-            *guarded_argv(spec.argv, force_watchdog=self._watched),
+            *guarded_argv(spec.argv, force_watchdog=self._watched, stop_signal=spec.stop_signal),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -335,7 +338,8 @@ class BackendProcess:
         """None once the server answers; else why not (exited, or the deadline passed)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        deadline = started + self._policy.startup_timeout_s
+        timeout_s = spec.ready_timeout_s or self._policy.startup_timeout_s
+        deadline = started + timeout_s
         next_progress = started + self._policy.progress_every_s
         exited = asyncio.ensure_future(self._exited(proc))
         try:
@@ -355,7 +359,7 @@ class BackendProcess:
                     return f"{exc}: {'; '.join(self.log.tail(5))}"
                 now = loop.time()
                 if now > deadline:
-                    return f"not ready after {self._policy.startup_timeout_s:g}s"
+                    return f"not ready after {timeout_s:g}s"
                 if now >= next_progress:
                     next_progress = now + self._policy.progress_every_s
                     self._log_progress(now - started)
@@ -408,7 +412,8 @@ class BackendProcess:
         raise ModelDidNotLoad(f"the model did not load ({response.status} {detail})")
 
     async def _terminate(self) -> None:
-        """SIGTERM to the process group, SIGKILL after the grace period."""
+        """The stop signal (SIGTERM unless the spec says) to the process group, SIGKILL
+        after the grace period."""
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             if proc is not None:
@@ -416,20 +421,21 @@ class BackendProcess:
             self.pid = None
             await self._drain_output()
             return
-        self.log.note(f"stopping it: SIGTERM, SIGKILL after {self._policy.stop_grace_s:g}s")
+        asked = self._stop_signal
+        grace = self._policy.stop_grace_s
+        self.log.note(f"stopping it: {asked.name}, SIGKILL after {grace:g}s")
         if self._watched:
-            # The watchdog passes it on to the group; sent to the group as well, the
-            # backend would get it twice, which llama-server takes as "exit right now".
+            # The watchdog passes the stop signal on to the group; sent to the group as
+            # well, the backend would get it twice, which llama-server takes as "exit
+            # right now".
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
         else:
-            _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(proc.pid, asked)
         try:
             await asyncio.wait_for(self._exited(proc), self._policy.stop_grace_s)
         except TimeoutError:
-            log.warning(
-                "%s: no exit %gs after SIGTERM; SIGKILL", self.role, self._policy.stop_grace_s
-            )
+            log.warning("%s: no exit %gs after %s; SIGKILL", self.role, grace, asked.name)
             _signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
         self._end_leftovers(proc)

@@ -5,12 +5,13 @@ On Linux the kernel kills each backend when the supervisor dies
 that runs no cleanup. macOS has nothing like it, so there every backend runs
 under this watchdog::
 
-    python -I watchdog.py PARENT_PID -- ARGV...
+    python -I watchdog.py PARENT_PID [--stop-signal N] -- ARGV...
 
 It runs ARGV in the process group it leads and exits with ARGV's exit status
 (128 + N after signal N). Once PARENT_PID is no longer its parent it
-terminates the group: SIGTERM, then SIGKILL. SIGTERM or SIGINT sent to the
-watchdog goes on to the group as SIGTERM.
+terminates the group: the stop signal (signal number N, SIGTERM by default),
+then SIGKILL. SIGTERM or SIGINT sent to the watchdog goes on to the group as
+the stop signal.
 
 One runs per backend, so it imports only light parts of the standard library.
 The supervisor runs it by file name with ``-I`` rather than with ``-m``:
@@ -31,10 +32,14 @@ from types import FrameType
 # No portable event says "your parent died" (kqueue could, on macOS only), so poll.
 PARENT_POLL_S = 0.2
 KILL_AFTER_S = 5.0  # orphaned: SIGTERM -> SIGKILL
-USAGE = "usage: python -I watchdog.py PARENT_PID -- ARGV..."
+USAGE = "usage: python -I watchdog.py PARENT_PID [--stop-signal N] -- ARGV..."
 
 
 def main(args: list[str]) -> int:
+    stop = signal.SIGTERM
+    if len(args) > 3 and args[1] == "--stop-signal" and args[2].isdigit():
+        stop = signal.Signals(int(args[2]))
+        args = [args[0], *args[3:]]
     if len(args) < 3 or not args[0].isdigit() or args[1] != "--":
         print(USAGE, file=sys.stderr)
         return 2
@@ -53,6 +58,10 @@ def main(args: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, ask)
     signal.signal(signal.SIGINT, ask)
+    if stop is not signal.SIGKILL:
+        # It reaches this process too, which leads the group; unhandled, SIGQUIT or SIGHUP
+        # would end the watchdog before the backend.
+        signal.signal(stop, ask)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     if os.getppid() != parent:
         return 1  # orphaned before the backend even started: do not start it
@@ -61,10 +70,16 @@ def main(args: list[str]) -> int:
     except OSError as exc:
         print(f"watchdog: cannot start {argv[0]}: {exc}", file=sys.stderr, flush=True)
         return 127
-    return _watch(child, parent, asked, wake_r)
+    return _watch(child, parent, asked, wake_r, stop)
 
 
-def _watch(child: subprocess.Popen[bytes], parent: int, asked: list[int], wake_r: int) -> int:
+def _watch(
+    child: subprocess.Popen[bytes],
+    parent: int,
+    asked: list[int],
+    wake_r: int,
+    stop: signal.Signals,
+) -> int:
     term_sent_at: float | None = None
     while True:
         code = child.poll()
@@ -75,7 +90,7 @@ def _watch(child: subprocess.Popen[bytes], parent: int, asked: list[int], wake_r
             return 128 - code if code < 0 else code
         if term_sent_at is None:
             if asked or orphaned:
-                _signal_group(signal.SIGTERM)
+                _signal_group(stop)
                 term_sent_at = time.monotonic()
         # Only when orphaned: otherwise the supervisor applies its own grace period.
         elif orphaned and time.monotonic() - term_sent_at > KILL_AFTER_S:
