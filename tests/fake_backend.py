@@ -34,6 +34,10 @@ Model endpoints (all answers are deterministic):
 
 Test hooks:
 
+* ``--record-signals FILE``: the name of each SIGTERM, SIGINT, SIGQUIT or SIGHUP it
+  gets is appended to FILE (one line each); then it exits, except on a SIGTERM with
+  ``--ignore-sigterm``.
+
 * ``GET  /_fake/last_request``  last recorded request (everything except
   ``/health`` and ``/_fake/*``): method, path, query, raw_query (as sent),
   headers (lower-case names; the last of repeated ones), header_list (every
@@ -972,6 +976,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-health", action="store_true", help="no /health route at all")
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--log-requests", action="store_true", help="a line on stderr for each request")
+    p.add_argument("--record-signals", metavar="FILE", default=None)
     p.add_argument(
         "--parent-pid", type=int, default=None, help="exit when this process is no longer parent"
     )
@@ -1015,10 +1020,23 @@ async def serve(args: argparse.Namespace) -> None:
         await runner.cleanup()
 
 
+def _record_signals(path: str, ignore_sigterm: bool) -> None:
+    def record(signum: int, frame: object) -> None:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(signal.Signals(signum).name + "\n")
+        if not (ignore_sigterm and signum == signal.SIGTERM):
+            os._exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        signal.signal(sig, record)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.record_signals is not None:
+        _record_signals(args.record_signals, args.ignore_sigterm)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args))
 
