@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import stat
 import sys
@@ -16,6 +17,7 @@ from slm_server.backends.command import find_program
 from slm_server.backends.spec import BackendUnsupported
 from slm_server.config import ConfigError, LoadedConfig, ModelEntry, load_config
 from slm_server.config.report import check_entry
+from slm_server.config.validation import validate_entries
 
 
 def command_entry(**fields: Any) -> dict[str, Any]:
@@ -220,3 +222,15 @@ def test_check_config_checks_a_command_model_path_only_when_given(tmp_path: Path
 def test_any_model_type_may_be_served_by_a_command(tmp_path: Path) -> None:
     config = load(tmp_path, w=command_entry(model_type="whisper"))
     assert check_entry("w", config.models["w"], config.path, tmp_path) == []
+
+
+def test_the_readme_s_command_examples_are_valid_entries() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Any engine: backend: command")[1].split("\n### ")[0]
+    examples: dict[str, Any] = {}
+    for block in re.findall(r"```yaml\n(.*?)```", section, re.DOTALL):
+        examples.update(yaml.safe_load(block))
+    entries, problems = validate_entries(examples, Path("README.md"))
+    assert problems == []
+    assert {entry.backend for entry in entries.values()} == {"command"}
+    assert len(entries) == 3  # vLLM, SGLang, whisper.cpp
