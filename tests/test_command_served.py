@@ -100,3 +100,14 @@ def test_the_stop_signal_stops_it_when_serve_stops(serve: Serve, tmp_path: Path)
     assert time.monotonic() - began < 8  # not the 10 s SIGKILL deadline
     assert record.read_text().split() == ["SIGINT"]
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_on_demand_and_idle_ttl_apply_as_to_any_entry(serve: Serve) -> None:
+    entry = command_entry("lazy-model", fake(), on_demand=True, idle_ttl_s=1, memory_gb=1)
+    router = serve({"lazy": entry})
+    assert router.backends()["lazy"]["state"] == "unloaded"  # not started at launch
+    reply = chat(router, "lazy-model")  # the first request starts it
+    assert reply.status_code == 200, reply.text
+    report = router.backends()["lazy"]
+    assert report["state"] == "ready" and report["memory_estimate_mb"] == 1000
+    wait_until(lambda: router.backends()["lazy"]["state"] == "unloaded", 15, "idle stop")

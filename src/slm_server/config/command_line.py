@@ -19,7 +19,7 @@ STOP_SIGNALS = frozenset(
     {"SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2"}
 )
 
-_BRACE_HINT = "write {{ and }} for a brace the program should see (JSON, say)"
+_BRACE_HINT = "write {{ and }} for a brace the program should see, as in JSON"
 
 
 class CommandLineError(ValueError):
@@ -39,7 +39,7 @@ def placeholders(arg: str) -> list[str]:
         if name not in PLACEHOLDERS:
             known = ", ".join(f"{{{known}}}" for known in PLACEHOLDERS)
             raise CommandLineError(
-                f"unknown placeholder {{{name}}} in {arg!r}; known: {known} ({_BRACE_HINT})"
+                f"unknown placeholder {{{name}}} in {arg!r}; known: {known}; {_BRACE_HINT}"
             )
         if spec or conversion:
             raise CommandLineError(f"write {{{name}}} in {arg!r} without a format or conversion")
