@@ -234,3 +234,21 @@ def test_the_readme_s_command_examples_are_valid_entries() -> None:
     assert problems == []
     assert {entry.backend for entry in entries.values()} == {"command"}
     assert len(entries) == 3  # vLLM, SGLang, whisper.cpp
+
+
+def test_a_path_in_env_is_where_the_program_is_looked_up(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "engine-bin"
+    bin_dir.mkdir()
+    program = bin_dir / "my-engine"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    fields = {"command": ["my-engine", "{port}"], "env": {"PATH": str(bin_dir)}}
+    config = load(tmp_path, m=command_entry(**fields))
+    assert launch_spec(config.models["m"], tmp_path).argv == [str(program), "8601"]
+    assert installation_problems(config) == []
+
+
+@pytest.mark.parametrize("name", ["", "A=B"])
+def test_an_env_name_no_process_could_have_is_an_error(tmp_path: Path, name: str) -> None:
+    problems = errors_of(tmp_path, m=command_entry(env={name: "1"}))
+    assert any("cannot be the name of an environment variable" in p for p in problems), problems

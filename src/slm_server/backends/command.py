@@ -24,14 +24,14 @@ from slm_server.config.paths import resolve_local, resolve_model_path
 _ALWAYS_NATIVE = frozenset({"/v1/chat/completions"})
 
 
-def find_program(program: str, base_dir: Path) -> str | None:
+def find_program(program: str, base_dir: Path, search_path: str | None = None) -> str | None:
     """The executable ``program`` names, or None when there is none.
 
-    A bare name is looked up on PATH; a path (``./bin/server``) resolves against the
-    config's base directory, like ``model_path``.
+    A bare name is looked up on ``search_path`` (default: this process's PATH); a path
+    (``./bin/server``) resolves against the config's base directory, like ``model_path``.
     """
     if os.sep not in program and (os.altsep is None or os.altsep not in program):
-        return shutil.which(program)
+        return shutil.which(program, path=search_path)
     path = resolve_local(program, base_dir)
     return str(path) if path.is_file() and os.access(path, os.X_OK) else None
 
@@ -56,7 +56,8 @@ def launch_spec(entry: ModelEntry, base_dir: Path) -> LaunchSpec:
     """How to start ``entry``; BackendUnsupported (``command not found: vllm``) when its
     program is not there, so that health says so rather than an OSError's errno."""
     command = argv(entry, base_dir)
-    program = find_program(command[0], base_dir)
+    # A PATH in the entry's env is the one the program is run with: looked up there too.
+    program = find_program(command[0], base_dir, entry.env.get("PATH"))
     if program is None:
         raise BackendUnsupported(f"command not found: {command[0]}")
     return LaunchSpec(
@@ -80,7 +81,7 @@ def installation_problems(config: LoadedConfig) -> list[Problem]:
         if not entry.enabled or entry.backend != "command" or entry.command is None:
             continue
         program = entry.command[0]
-        if find_program(program, config.base_dir) is None:
+        if find_program(program, config.base_dir, entry.env.get("PATH")) is None:
             where = "on PATH" if os.sep not in program else "or not executable"
             message = f"command not found {where}: {program}; starting this model will fail"
             problems.append(Problem("warning", config.path, role, entry.id, "command", message))

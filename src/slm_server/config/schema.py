@@ -316,6 +316,14 @@ class ModelEntry(BaseModel):
                 raise ValueError(f"{{{name}}} is used, but the entry sets no {name}")
         return argv
 
+    @field_validator("env")
+    @classmethod
+    def _can_be_set(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"{name!r} cannot be the name of an environment variable")
+        return env
+
     @field_validator("stop_signal")
     @classmethod
     def _known_signal(cls, value: str) -> str:
