@@ -12,7 +12,8 @@ import pytest
 from config_builder import entry, make_config
 from net import eventually
 from slm_server.scheduler import decide
-from slm_server.scheduler.owner import Scheduler, Waiter
+from slm_server.scheduler.decisions import RefuseReason
+from slm_server.scheduler.owner import Refused, Scheduler, Waiter
 from slm_server.supervisor import BackendProcess
 
 GB = 10**9
@@ -79,7 +80,9 @@ def roles() -> Iterator[dict[str, FakeProcess]]:
     yield {"a": FakeProcess("a", "ready"), "c": FakeProcess("c")}
 
 
-async def owner(processes: dict[str, FakeProcess], **limits: Any) -> Scheduler:
+async def owner(
+    processes: dict[str, FakeProcess], works: dict[str, FakeWork] | None = None, **limits: Any
+) -> Scheduler:
     # On demand: the fakes are in the state each test gives them, none started at launch.
     models = {
         role: entry(f"m-{role}", 9000 + i, on_demand=True) for i, role in enumerate(processes)
@@ -88,7 +91,7 @@ async def owner(processes: dict[str, FakeProcess], **limits: Any) -> Scheduler:
     scheduler = Scheduler(
         config.models,
         cast(dict[str, BackendProcess], processes),
-        {role: FakeWork() for role in processes},
+        works if works is not None else {role: FakeWork() for role in processes},
         FakeMemory(),
         nothing_to_measure,
         budget_bytes=limits.get("budget_bytes"),
@@ -209,3 +212,51 @@ async def test_an_unload_after_shutdown_began_returns_at_once(
     scheduler = await owner(roles)
     await scheduler.aclose()
     await asyncio.wait_for(scheduler.unload("a"), 1)
+
+
+async def test_a_replaced_role_starts_its_successor_only_once_the_old_one_drained(
+    roles: dict[str, FakeProcess],
+) -> None:
+    old_work = FakeWork(in_flight=1)  # a stream still running on the old process
+    scheduler = await owner(roles, {"a": old_work, "c": FakeWork()})
+    try:
+        successor, new_work = FakeProcess("a"), FakeWork()
+        swaps: list[str] = []
+        entry_a = make_config({"a": entry("m-a", 9100, on_demand=True)}).models["a"]
+        replaced = scheduler.replace(
+            "a", entry_a, cast(BackendProcess, successor), new_work, lambda: swaps.append("a")
+        )
+        waiting = scheduler.enqueue("a")  # a request arriving meanwhile
+        await asyncio.sleep(0.05)  # a few passes of the owner
+        assert roles["a"].told == [] and successor.told == [] and swaps == []
+        assert not waiting.granted.done() and not new_work.open and not old_work.open
+        old_work.in_flight = 0
+        scheduler.wake()  # as the end of its last request does
+        await asyncio.wait_for(replaced, 2)
+        assert roles["a"].told == ["stop"] and swaps == ["a"]
+        await granted(waiting)  # the waiting request starts the successor
+        assert successor.told == ["load"] and new_work.open
+        scheduler.leave(waiting)
+    finally:
+        await scheduler.aclose()
+
+
+async def test_a_removed_role_refuses_its_requests_and_is_forgotten_once_stopped(
+    roles: dict[str, FakeProcess],
+) -> None:
+    work = FakeWork(in_flight=1)
+    scheduler = await owner(roles, {"a": work, "c": FakeWork()})
+    try:
+        forgotten: list[str] = []
+        removed = scheduler.remove("a", lambda: forgotten.append("a"))
+        with pytest.raises(Refused) as refused:
+            scheduler.enqueue("a")
+        assert refused.value.reason is RefuseReason.REMOVED
+        await asyncio.sleep(0.05)  # a few passes of the owner
+        assert not removed.done() and roles["a"].told == [] and forgotten == []
+        work.in_flight = 0
+        scheduler.wake()
+        await asyncio.wait_for(removed, 2)
+        assert roles["a"].told == ["stop"] and forgotten == ["a"]
+    finally:
+        await scheduler.aclose()

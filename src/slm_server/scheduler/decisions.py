@@ -42,6 +42,7 @@ class RefuseReason(Enum):
     # The owner's own, outside the policy: too many waiting already; the server stopping.
     QUEUE_FULL = "queue_full"
     SHUTTING_DOWN = "shutting_down"
+    REMOVED = "removed"  # a config reload removed the role while its requests waited
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -108,6 +108,17 @@ def _shutting_down() -> Refused:
 
 
 @dataclass
+class _Successor:
+    """A role's new backend, waiting for the old one to drain and stop."""
+
+    entry: ModelEntry
+    process: BackendProcess
+    workload: Workload
+    swapped: Callable[[], None]  # told in the step that puts it in place
+    done: asyncio.Future[None]
+
+
+@dataclass
 class _Unload:
     deadline: float
     done: list[asyncio.Future[None]] = field(default_factory=list)
@@ -127,9 +138,10 @@ class Scheduler:
         unload_grace_s: float,
         max_waiting: int,
     ) -> None:
-        self._entries = entries
-        self._processes = processes
-        self._workloads = workloads
+        # Its own maps: a config reload adds and removes roles through the methods below.
+        self._entries = dict(entries)
+        self._processes = dict(processes)
+        self._workloads = dict(workloads)
         self._memory = memory
         self._measure = measure
         self.budget_bytes = budget_bytes
@@ -145,6 +157,9 @@ class Scheduler:
         self._said: dict[str, str] = {}  # the last wait line per role: said once
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        # Roles a reload removes (their waiters are refused), and whom to tell once gone.
+        self._removing: dict[str, Callable[[], None]] = {}
+        self._successors: dict[str, _Successor] = {}  # role -> what takes over once stopped
         for role, process in processes.items():
             workloads[role].open = False  # until the owner's first pass says otherwise
             process.on_change = self.wake
@@ -180,6 +195,9 @@ class Scheduler:
             for done in unload.done:
                 if not done.done():
                     done.set_result(None)
+        for successor in self._successors.values():  # the shutdown stops everything
+            if not successor.done.done():
+                successor.done.set_result(None)
 
     def wake(self) -> None:
         self._wake.set()
@@ -188,6 +206,8 @@ class Scheduler:
         """A waiter for ``role``'s turn; call ``leave`` with it once done, whatever happened."""
         if self._closed:
             raise _shutting_down()
+        if role in self._removing:
+            raise Refused(RefuseReason.REMOVED, f"{role} was removed from the config")
         waiting = self.waiting(role)
         if waiting >= self._max_waiting and not forced:  # a load call is one, not a flood
             message = f"{waiting} requests already wait for {role} to start"
@@ -214,6 +234,11 @@ class Scheduler:
         stop it; return once it is stopped. Later requests start it again."""
         if self._closed:
             return  # every backend is being stopped already
+        await self._begin_unload(role, "on request")
+
+    def _begin_unload(self, role: str, why: str) -> asyncio.Future[None]:
+        """Close ``role`` to new requests and have it stopped once drained; the future is
+        done once it is stopped."""
         unload = self._unloading.get(role)
         if unload is None:
             unload = _Unload(time.monotonic() + self._unload_grace_s)
@@ -221,11 +246,13 @@ class Scheduler:
             work = self._workloads[role]
             work.open = False
             work.watched = True  # its requests' ends let it stop sooner
-            log.info("unloading %s on request (%d in flight)", role, work.in_flight + work.queued)
+            busy = work.in_flight + work.queued
+            if self._processes[role].state != "stopped":
+                log.info("unloading %s %s (%d in flight)", role, why, busy)
         done = asyncio.get_running_loop().create_future()
         unload.done.append(done)
         self.wake()
-        await done
+        return done
 
     def waiting(self, role: str) -> int:
         """Requests (and load calls) for ``role`` waiting for it to start or for memory (not
@@ -247,6 +274,118 @@ class Scheduler:
         if process.state != "ready" or ready is None or ready[0] != process.generation:
             return last_used
         return ready[1] if last_used is None else max(last_used, ready[1])
+
+    # -- what a config reload calls -------------------------------------------------
+
+    def configure(
+        self,
+        *,
+        budget_bytes: int | None,
+        max_loaded: int | None,
+        unload_grace_s: float,
+        max_waiting: int,
+    ) -> None:
+        """New limits, in force from the next decision on."""
+        self.budget_bytes = budget_bytes
+        self.max_loaded = max_loaded
+        self._unload_grace_s = unload_grace_s
+        self._max_waiting = max_waiting
+        self.wake()
+
+    def add(self, role: str, entry: ModelEntry, process: BackendProcess, work: Workload) -> None:
+        """A new role, not running: its requests wait for a start (see ``launch``)."""
+        self._entries[role] = entry
+        self._processes[role] = process
+        self._workloads[role] = work
+        work.open = False
+        process.on_change = self.wake
+        self.wake()
+
+    def update(self, role: str, entry: ModelEntry) -> None:
+        """``role``'s entry with new router-side fields (TTL, pinning...); it keeps running."""
+        self._entries[role] = entry
+        self.wake()
+
+    def launch(self, roles: Sequence[str]) -> None:
+        """Start those of ``roles`` that are stopped and not on demand, as at launch, in the
+        room the running backends leave; the others start with their first request."""
+        now = time.monotonic()
+        states = [self._state(role, now) for role in self._processes]
+        resident = [state for state in states if state.resident]
+        budget = self.budget_bytes
+        if budget is not None:
+            budget = max(0, budget - sum(state.need_bytes for state in resident))
+        cap = None if self.max_loaded is None else max(0, self.max_loaded - len(resident))
+        candidates = [
+            self._state(role, now)
+            for role in roles
+            if not self._entries[role].on_demand and self._processes[role].state == "stopped"
+        ]
+        plan = launch_plan(candidates, budget, cap)
+        for role in plan.start:
+            log.info("starting %s", role)
+            self._processes[role].load()
+        for role, why in plan.deferred:
+            log.warning("%s: not started yet (%s); its first request starts it", role, why)
+        self.wake()
+
+    def remove(self, role: str, forgotten: Callable[[], None]) -> asyncio.Future[None]:
+        """Refuse ``role``'s waiting requests, let those in flight finish (up to the grace),
+        stop it, and forget it, calling ``forgotten`` in the same step; the future is done
+        once it is."""
+        self._removing[role] = forgotten
+        refused = Refused(RefuseReason.REMOVED, f"{role} was removed from the config")
+        for waiter in self._waiters:
+            if waiter.role == role and not waiter.granted.done():
+                waiter.granted.set_exception(refused)
+        if self._closed:  # the shutdown stops it
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        return self._begin_unload(role, "(removed from the config)")
+
+    def replace(
+        self,
+        role: str,
+        entry: ModelEntry,
+        process: BackendProcess,
+        work: Workload,
+        swapped: Callable[[], None],
+    ) -> asyncio.Future[None]:
+        """Drain and stop ``role``'s backend, then put ``process`` in its place, calling
+        ``swapped`` in the same step; the future is done once it is in place. Requests for
+        ``role`` meanwhile wait on ``work`` (closed until then), as for a loading backend."""
+        done = asyncio.get_running_loop().create_future()
+        work.open = False
+        process.on_change = self.wake
+        if self._closed:
+            done.set_result(None)
+            return done
+        self._successors[role] = _Successor(entry, process, work, swapped, done)
+        self._begin_unload(role, "to start it with its new config")
+        return done
+
+    def _take_over(self, role: str) -> None:
+        """``role`` is stopped: forget it, or put its successor in its place."""
+        forgotten = self._removing.pop(role, None)
+        if forgotten is not None:
+            del self._entries[role], self._processes[role], self._workloads[role]
+            self._ready_at.pop(role, None)
+            self._said.pop(role, None)
+            forgotten()
+            return
+        successor = self._successors.pop(role, None)
+        if successor is None:
+            return
+        self._entries[role] = successor.entry
+        self._processes[role] = successor.process
+        self._workloads[role] = successor.workload
+        self._ready_at.pop(role, None)
+        successor.swapped()
+        log.info("%s: stopped; its new config takes over", role)
+        if not successor.done.done():
+            successor.done.set_result(None)
+        self.launch([role])
 
     # -- the owner -----------------------------------------------------------------
 
@@ -300,10 +439,13 @@ class Scheduler:
         """One snapshot, its decisions applied, every waiter and fast path updated."""
         now = time.monotonic()
         self._progress_unloads(now)
-        forced = {w.role for w in self._waiters if w.forced and _wants(w)}
+        # A role being replaced asks for nothing until its new backend is in place: a
+        # start now would be the old one's.
+        wanting = [w for w in self._waiters if _wants(w) and w.role not in self._successors]
+        forced = {w.role for w in wanting if w.forced}
         snapshot = Snapshot(
             roles=tuple(self._state(role, now, role in forced) for role in self._processes),
-            demands=tuple(Demand(w.role, w.seq) for w in self._waiters if _wants(w)),
+            demands=tuple(Demand(w.role, w.seq) for w in wanting),
             budget_bytes=self.budget_bytes,
             max_loaded_models=self.max_loaded,
             now=now,
@@ -387,6 +529,7 @@ class Scheduler:
                     if not done.done():
                         done.set_result(None)
                 log.info("unloaded %s", role)
+                self._take_over(role)
             elif work.in_flight + work.queued == 0 or now >= unload.deadline:
                 if work.in_flight + work.queued:
                     log.warning(
