@@ -24,17 +24,32 @@ class Supervisor:
         log_dir: Path,
         policy: RestartPolicy | None = None,
     ) -> None:
-        self.policy = policy = policy or RestartPolicy()
+        self.policy = policy or RestartPolicy()
+        self.launcher = launcher
+        # How a reloaded config's backends are started; None: as before (``launcher``).
+        self.launcher_for: Callable[[LoadedConfig], Launcher] | None = None
+        self._log_dir = log_dir
         self.processes: dict[str, BackendProcess] = {}
         for role, entry in config.models.items():
-            if not entry.enabled:
-                continue
-            log = BackendLog(log_dir / log_file_name(entry.id))
+            if entry.enabled:
+                self.processes[role] = self.new_process(role, entry)
 
-            def launch(role: str = role, entry: ModelEntry = entry) -> LaunchSpec:
-                return launcher(role, entry)
+    def new_process(self, role: str, entry: ModelEntry) -> BackendProcess:
+        """A process for ``role``, not started and not among ``processes`` yet."""
+        log = BackendLog(self._log_dir / log_file_name(entry.id))
 
-            self.processes[role] = BackendProcess(role, entry, launch, log, policy)
+        def launch() -> LaunchSpec:
+            return self.launcher(role, entry)
+
+        return BackendProcess(role, entry, launch, log, self.policy)
+
+    def put(self, role: str, process: BackendProcess) -> None:
+        """``process`` runs ``role`` from now on (a config reload added or replaced it)."""
+        self.processes[role] = process
+
+    def forget(self, role: str) -> None:
+        """``role``, stopped, is no longer configured."""
+        self.processes.pop(role, None)
 
     def start_all(self) -> None:
         for process in self.processes.values():
