@@ -37,6 +37,10 @@ class AdmissionGate:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    def set_max_waiting(self, max_waiting: int) -> None:
+        """A new bound for the queue (router.max_queue reloaded); those waiting stay."""
+        self._max_waiting = max_waiting
+
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody waits for it; never waits."""
         if self._active < self._limit and not self._waiters:

@@ -52,6 +52,14 @@ class LoadFigures:
         """The role's need before it is measured; None if unknown (or not worked out yet)."""
         return self._needs.get(role)
 
+    def renew(self, role: str, need: int | None, *, measured_too: bool = True) -> None:
+        """``role``'s new need after a config reload; ``measured_too``: it runs another
+        model or another way, and what its earlier runs took no longer says anything."""
+        self._needs[role] = need
+        if measured_too:
+            self._peaks.pop(role, None)
+            self._highest.pop(role, None)
+
     def queued(self, role: str, backend: Backend) -> int:
         """Requests waiting for one of ``backend``'s slots, or for it to start."""
         waiting = backend.gate.waiting

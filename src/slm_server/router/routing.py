@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,10 +57,14 @@ class Backend:
 
 
 class RoutingTable:
-    def __init__(self, config: LoadedConfig) -> None:
+    def __init__(self, config: LoadedConfig, kept: Mapping[str, Backend] | None = None) -> None:
+        """``kept``: backends carried over from an earlier table (a config reload), with
+        their slots and requests in flight; the other roles get new ones."""
         max_waiting = config.file.router.max_queue
+        kept = kept or {}
         self.backends: dict[str, Backend] = {
-            role: Backend(role, entry, AdmissionGate(entry.max_concurrency, max_waiting))
+            role: kept.get(role)
+            or Backend(role, entry, AdmissionGate(entry.max_concurrency, max_waiting))
             for role, entry in config.models.items()
         }
         self._by_id: dict[str, list[Backend]] = {}

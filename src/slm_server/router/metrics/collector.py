@@ -46,6 +46,10 @@ class RouterCollector(Collector):
         self._processes = processes
         self._load = load
 
+    def follow(self, backends: Mapping[str, Backend]) -> None:
+        """Read these backends from now on (a config reload changed them)."""
+        self._backends = enabled_backends(backends)
+
     def collect(self) -> Iterator[Metric]:
         yield from self._requests()
         yield from self._waiting()

@@ -35,11 +35,18 @@ class RouterMetrics:
     ) -> None:
         self.tallies = RequestTallies(model_ids)
         self.registry = CollectorRegistry(auto_describe=False)
-        collector = RouterCollector(self.tallies, backends, processes, load)
+        self._collector = collector = RouterCollector(self.tallies, backends, processes, load)
         self.registry.register(collector)
         self._enabled = enabled_backends(backends)
         self._processes = processes
         self._load = load
+
+    def follow(self, model_ids: Iterable[str], backends: Mapping[str, Backend]) -> None:
+        """After a config reload: series for new model ids, the backends read afresh; every
+        count so far goes on (a scraper sees no reset)."""
+        self.tallies.add_models(model_ids)
+        self._collector.follow(backends)
+        self._enabled = enabled_backends(backends)
 
     def record(self, send: Send, path: str) -> RequestRecord:
         """The record of a request to ``path`` that has just arrived."""

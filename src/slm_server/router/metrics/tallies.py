@@ -94,6 +94,15 @@ class RequestTallies:
         self.rejected: dict[tuple[str, str], int] = {}  # (model, reason) -> count
         self.overhead = Histogram(OVERHEAD_BUCKETS_S)
 
+    def add_models(self, model_ids: Iterable[str]) -> None:
+        """Slots for model ids served from now on (a config reload); those counted stay."""
+        for model in model_ids:
+            if model not in self._slots:
+                self._slots[model] = {
+                    endpoint: EndpointTally(model, endpoint) for endpoint in ENDPOINT_MODEL_TYPES
+                }
+        self.models = tuple(self._slots)
+
     def slot(self, model: str, endpoint: str) -> EndpointTally:
         """The slot of a configured ``model`` (else ``-``) and a model ``endpoint``."""
         return self._slots.get(model, self.unrouted)[endpoint]
