@@ -12,12 +12,21 @@ from slm_server.auth.variables import key_variables
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.serve import is_loopback, run_uvicorn
 from slm_server.scheduler.fit_rules import memory_problems
-from slm_server.supervisor import Supervisor
+from slm_server.supervisor import Launcher, Supervisor
 
 log = logging.getLogger(__name__)
 
 
 def make_supervisor(config: LoadedConfig) -> Supervisor:
+    warn_of_open_backends(config)
+    supervisor = Supervisor(config, launcher_for(config), config.base_dir / "logs")
+    supervisor.launcher_for = launcher_for  # a reloaded config's keys are kept from backends too
+    return supervisor
+
+
+def launcher_for(config: LoadedConfig) -> Launcher:
+    """How ``config``'s backends are started: without the variables holding the router's
+    secrets (its API keys, the Responses store's password)."""
     settings = config.file.router
     removed = key_variables(settings.api_keys)
     if settings.response_store_password_env is not None:  # the router's alone, like the keys
@@ -28,8 +37,7 @@ def make_supervisor(config: LoadedConfig) -> Supervisor:
             backends.launch_spec(entry, config.base_dir), env_removed=removed
         )
 
-    warn_of_open_backends(config)
-    return Supervisor(config, launch, config.base_dir / "logs")
+    return launch
 
 
 def warn_of_open_backends(config: LoadedConfig) -> None:
@@ -48,12 +56,22 @@ def warn_of_open_backends(config: LoadedConfig) -> None:
             )
 
 
-def run_serve(config: LoadedConfig, *, host: str | None, port: int | None, log_level: str) -> int:
+def run_serve(
+    config: LoadedConfig,
+    *,
+    host: str | None,
+    port: int | None,
+    log_level: str,
+    watch_config: bool = False,
+) -> int:
     """Backends and router in one process; uvicorn's shutdown stops the backends."""
     # Said, not refused: the other models serve; one that can never load gets a 503 saying so.
     for problem in memory_problems(config):
         log.log(logging.ERROR if problem.severity == "error" else logging.WARNING, "%s", problem)
-    return run_uvicorn(config, make_supervisor(config), host=host, port=port, log_level=log_level)
+    supervisor = make_supervisor(config)
+    return run_uvicorn(
+        config, supervisor, host=host, port=port, log_level=log_level, watch_config=watch_config
+    )
 
 
 def run_backends(config: LoadedConfig) -> int:

@@ -16,6 +16,8 @@ from typing import Any
 from slm_server.admin import log_stream
 from slm_server.admin.dashboard import DASHBOARD_PATHS, Dashboard
 from slm_server.admin.page import PAGE_PATHS
+from slm_server.admin.reload import Reloader
+from slm_server.admin.reload_triggers import ReloadRequests, Triggers
 from slm_server.admin.router_log import RouterLog
 from slm_server.auth import Grant, key_ring
 from slm_server.config import LoadedConfig
@@ -75,6 +77,7 @@ from slm_server.supervisor import BackendFailed, BackendProcess, Supervisor
 log = logging.getLogger(__name__)
 
 _GET_ENDPOINTS = frozenset({"/health", "/v1/models", "/v1/backends/health"})
+RELOAD_PATH = "/admin/reload"
 
 # A backend's state as GET /v1/models tells it (stopping counts as unloaded already).
 _MODEL_STATUS = {"ready": "loaded", "starting": "loading", "failed": "failed"}
@@ -93,6 +96,7 @@ class RouterApp:
         *,
         settle_gc: bool = False,
         router_log: RouterLog | None = None,
+        reload_triggers: Triggers | None = None,
     ) -> None:
         """``supervisor``: given when this router owns the backends (``serve``).
 
@@ -102,6 +106,7 @@ class RouterApp:
         ``settle_garbage_collector``); for the server process, not for apps in tests.
         """
         self.settle_gc = settle_gc
+        self.reload_triggers = reload_triggers or Triggers()  # besides POST /admin/reload
         self.config = config
         self.supervisor = supervisor
         self.processes: Mapping[str, BackendProcess] = supervisor.processes if supervisor else {}
@@ -143,6 +148,8 @@ class RouterApp:
         if supervisor is not None:
             policy = supervisor.policy
             self.load_timeout_s += policy.stop_grace_s + policy.startup_timeout_s
+        self.reloader = Reloader(self)
+        self.reload_requests = ReloadRequests(self.reloader.reload_asked)
 
     def _scheduler(self, supervisor: Supervisor) -> Scheduler:
         settings = self.config.file.router
@@ -192,8 +199,10 @@ class RouterApp:
                 if self.scheduler is not None:
                     await self.scheduler.start()  # it starts the backends due at launch
                 self.dashboard.sampler.start()
+                self.reload_requests.start(self.reload_triggers, self.config.path)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.reload_requests.aclose()
                 await self.dashboard.sampler.aclose()
                 await self.stop_backends()
                 await self.aclose()
@@ -285,6 +294,12 @@ class RouterApp:
             await self.log_streams.answer(feed, query, receive, sent.send)
         elif path in DASHBOARD_PATHS:
             await self.dashboard.answer(method, path, grant, sent.send)
+        elif path == RELOAD_PATH:
+            if method != "POST":
+                raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
+            if grant is not None:
+                require_admin(grant, "reloading the config")
+            await send_json(sent.send, 200, await self.reloader.reload())
         else:
             raise EndpointNotFound(f"no endpoint {method} {path}")
 
@@ -487,7 +502,7 @@ class RouterApp:
 
 def _methods_of(path: str) -> str | None:
     """The methods ``path`` takes, for a preflight; None for no endpoint."""
-    if path in ENDPOINT_MODEL_TYPES or control_target(path) is not None:
+    if path in ENDPOINT_MODEL_TYPES or control_target(path) is not None or path == RELOAD_PATH:
         return "POST"
     if path in _GET_ENDPOINTS or path == METRICS_PATH or path in DASHBOARD_PATHS:
         return "GET, HEAD"

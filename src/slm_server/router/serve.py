@@ -8,6 +8,7 @@ import logging
 import uvicorn
 
 from slm_server.admin import router_log
+from slm_server.admin.reload_triggers import Triggers
 from slm_server.config import LoadedConfig
 from slm_server.router.app import RouterApp
 from slm_server.router.shutdown import GracefulServer
@@ -35,16 +36,19 @@ def run_uvicorn(
     host: str | None,
     port: int | None,
     log_level: str,
+    watch_config: bool = False,
 ) -> int:
     """Serve the router until SIGINT/SIGTERM, which also stops ``supervisor``'s backends.
 
     The requests in flight get ``router.shutdown_grace_s`` to finish; see ``shutdown``.
+    SIGHUP reloads the config, and so does a change of its file with ``watch_config``.
     """
     settings = config.file.router
     host = host if host is not None else settings.host
     port = port if port is not None else settings.port
     kept = router_log.install()  # before the first line: GET /admin/logs/router shows them all
-    app = RouterApp(config, supervisor, settle_gc=True, router_log=kept)
+    triggers = Triggers(sighup=True, watch_file=watch_config)
+    app = RouterApp(config, supervisor, settle_gc=True, router_log=kept, reload_triggers=triggers)
     enabled = [
         f"{b.entry.id} -> {b.entry.base_url}"
         for b in app.table.backends.values()

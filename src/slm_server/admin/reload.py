@@ -1,0 +1,215 @@
+"""Applying a config reload to a running router: only what changed is touched.
+
+The new config is checked whole first (see reload_check); then every change is made in
+one synchronous step, so a request sees either the old state or the new one, never a
+mix: the routing table (unchanged and updated roles keep their Backend object, with its
+slots, queue and requests in flight), the API keys and the other router settings, the
+metrics' models, and the scheduler's and supervisor's roles. What takes time (draining
+and stopping removed or replaced backends) follows, and the reload answers once it is
+done, within ``router.shutdown_grace_s`` plus the backends' stop grace.
+
+A replaced role is drained, then stopped, then started again with its new config (not
+side by side): the two would often need the same port, and both at once could exceed
+the memory budget. Its requests meanwhile wait for it within their deadline, as for a
+model that is loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from slm_server.admin.reload_check import ReloadBusy, checked_config
+from slm_server.admin.reload_plan import ReloadPlan, changed_fields, plan_reload
+from slm_server.auth import key_ring
+from slm_server.config import LoadedConfig
+from slm_server.router.cors import Cors
+from slm_server.router.errors import RouterError
+from slm_server.router.metrics import METRICS_PATH
+from slm_server.router.routing import Backend, RoutingTable
+from slm_server.scheduler.budget import budget_bytes, need_bytes
+from slm_server.supervisor import BackendProcess
+
+if TYPE_CHECKING:
+    from slm_server.router.app import RouterApp
+
+log = logging.getLogger(__name__)
+
+# What each change does, as the log line for the role says it.
+_SAID = {
+    "unchanged": "unchanged, left running as it is",
+    "added": "added: started now if it fits, else by its first request",
+    "removed": "removed: takes no new requests; stopped once those in flight are done",
+    "replaced": "changed: stopped once its requests are done, then started with its new config",
+    "updated": "updated in place (router-side settings only), its backend left running",
+}
+
+
+class Reloader:
+    """Reloads ``app``'s config file, one reload at a time."""
+
+    def __init__(self, app: RouterApp) -> None:
+        self._app = app
+        self._lock = asyncio.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    async def reload(self, *, wait: bool = False) -> dict[str, Any]:
+        """Reload now; the answer says what happened to each role and router setting.
+
+        ConfigRejected (nothing changed) if the file has errors. If another reload is
+        under way: ReloadBusy, or with ``wait`` this one follows it (a reload is bounded:
+        by the drain's grace and the backends' stop grace)."""
+        if self._lock.locked() and not wait:
+            raise ReloadBusy("a config reload is under way already; try again once it is done")
+        async with self._lock:
+            app = self._app
+            path = app.config.path
+            log.info("reloading the config from %s", path)
+            # `slm-server router` starts on a file whose model paths are elsewhere: so it
+            # reloads one, too.
+            new = checked_config(path, os.environ, lenient=app.supervisor is None)
+            plan = plan_reload(app.config.file, new.file)
+            needs = await asyncio.to_thread(_needs, new, plan)
+            waits, to_launch = self._switch(new, plan, needs)
+            for role, change in plan.roles.items():
+                if change != "unchanged" or role in app.table.backends:
+                    said = _SAID[change]
+                    if change == "added" and new.models[role].on_demand:
+                        said = "added: on demand, started by its first request"
+                    log.info("reload: %s: %s", role, said)
+            if plan.router_changed:
+                log.info("reload: router settings changed: %s", ", ".join(plan.router_changed))
+            if plan.restart_needed:
+                log.warning(
+                    "reload: %s changed, which takes effect only when the server is "
+                    "restarted; the running server keeps the old value",
+                    ", ".join(f"router.{name}" for name in plan.restart_needed),
+                )
+            await asyncio.gather(*waits)
+            if to_launch and app.scheduler is not None:
+                # Removed and replaced models have stopped: what did not fit before may now.
+                app.scheduler.launch(to_launch)
+            log.info("config reloaded from %s", path)
+            return plan.as_answer()
+
+    async def reload_asked(self) -> None:
+        """A reload a signal or a change of the file asked for: after any under way, its
+        outcome logged (the answer goes to no one)."""
+        try:
+            await self.reload(wait=True)
+        except RouterError as error:  # the file's errors are logged already
+            log.warning("config not reloaded: %s", error.message)
+        except Exception:  # a bug: the running config stays, and the next change tries again
+            log.exception("config reload failed")
+
+    def _switch(
+        self, new: LoadedConfig, plan: ReloadPlan, needs: dict[str, int | None]
+    ) -> tuple[list[Awaitable[None]], list[str]]:
+        """Every change, in one step (no await); what remains to wait for, and the roles
+        to start once it is done if they could not start now."""
+        app = self._app
+        settings = new.file.router
+        keys = key_ring(settings.api_keys, os.environ)  # checked: it cannot fail here
+        old = app.table.backends
+        kept: dict[str, Backend] = {}
+        for role, change in plan.roles.items():
+            if change in ("unchanged", "updated") and role in old and role in new.models:
+                backend = kept[role] = old[role]
+                backend.entry = new.models[role]
+                backend.gate.set_max_waiting(settings.max_queue)
+        table = RoutingTable(new, kept)
+
+        waits, to_launch = self._switch_backends(new, plan, table, needs)
+
+        app.config = new
+        app.table = table
+        app.keys = keys
+        app.strip_credentials = keys is not None
+        public = {"/health", METRICS_PATH} if settings.metrics_public else {"/health"}
+        app.keyless_paths = frozenset(public)
+        app.max_body_bytes = int(settings.max_body_mb * 1024 * 1024)
+        app.bodies.limit = settings.inflight_body_bytes
+        app.body_deadlines.idle_timeout_s = settings.body_timeout_s
+        app.access_log.enabled = settings.access_log
+        app.cors = Cors(settings.cors_origins) if settings.cors_origins else None
+        app.load_timeout_s = settings.shutdown_grace_s
+        if app.supervisor is not None:
+            policy = app.supervisor.policy
+            app.load_timeout_s += policy.stop_grace_s + policy.startup_timeout_s
+        app.metrics.follow(table.model_ids, table.backends)
+        return waits, to_launch
+
+    def _switch_backends(
+        self,
+        new: LoadedConfig,
+        plan: ReloadPlan,
+        table: RoutingTable,
+        needs: dict[str, int | None],
+    ) -> tuple[list[Awaitable[None]], list[str]]:
+        """The scheduler's and the supervisor's part of ``_switch``."""
+        app = self._app
+        scheduler, supervisor = app.scheduler, app.supervisor
+        if scheduler is None or supervisor is None:
+            return [], []  # `slm-server router`: the backends run elsewhere; routing is all
+        settings = new.file.router
+        if supervisor.launcher_for is not None:
+            supervisor.launcher = supervisor.launcher_for(new)
+        scheduler.configure(
+            budget_bytes=budget_bytes(settings.memory_budget_gb),
+            max_loaded=settings.max_loaded_models,
+            unload_grace_s=settings.shutdown_grace_s,
+            max_waiting=settings.max_queue
+            + max((b.entry.max_concurrency for b in table.backends.values()), default=1),
+        )
+        old = app.config.models
+        waits: list[Awaitable[None]] = []
+        to_launch: list[str] = []
+        for role, change in plan.roles.items():
+            entry = new.models.get(role)
+            if change == "added":
+                assert entry is not None
+                process = supervisor.new_process(role, entry)
+                supervisor.put(role, process)
+                app.load.renew(role, needs.get(role))
+                scheduler.add(role, entry, process, table.backends[role])
+                to_launch.append(role)
+            elif change == "updated":
+                assert entry is not None
+                supervisor.processes[role].entry = entry
+                scheduler.update(role, entry)
+                if "memory_gb" in changed_fields(old[role], entry):
+                    app.load.renew(role, needs.get(role), measured_too=False)
+                if old[role].on_demand and not entry.on_demand:
+                    to_launch.append(role)
+            elif change == "removed":
+                forgotten = functools.partial(supervisor.forget, role)
+                waits.append(scheduler.remove(role, forgotten))
+            elif change == "replaced":
+                assert entry is not None
+                process = supervisor.new_process(role, entry)
+
+                def swapped(role: str = role, process: BackendProcess = process) -> None:
+                    supervisor.put(role, process)
+                    app.load.renew(role, needs.get(role))
+
+                backend = table.backends[role]
+                waits.append(scheduler.replace(role, entry, process, backend, swapped))
+        scheduler.launch(to_launch)
+        return waits, to_launch
+
+
+def _needs(new: LoadedConfig, plan: ReloadPlan) -> dict[str, int | None]:
+    """The memory needs of the roles that run anew or were given a new ``memory_gb``
+    (reading GGUF headers: in a thread)."""
+    needs: dict[str, int | None] = {}
+    for role, change in plan.roles.items():
+        if change in ("added", "replaced", "updated"):
+            needs[role] = need_bytes(new.models[role], new.base_dir)
+    return needs

@@ -1,0 +1,315 @@
+"""Config reload through ``POST /admin/reload``, in process, over real fake backends.
+
+Each test serves a config file, rewrites it, reloads, and checks what a client of the
+router sees: which models answer, which processes run (by PID), that a stream in flight
+on a model the reload leaves alone ends intact, and the reload's own answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from config_builder import entry
+from net import eventually, free_port
+from on_demand_serving import Launcher, Served, chat
+from reload_serving import model, served_from, write_config
+from router_served import served as router_served
+from slm_server.config import load_config
+from slm_server.router.app import RouterApp
+from slm_server.serving import launcher_for
+
+CHUNKS = 12
+CHUNK_DELAY_S = 0.15  # a stream of about 2 s: it runs through a reload
+
+
+def streamed(model_id: str) -> dict[str, Any]:
+    return {**chat(model_id), "stream": True}
+
+
+@contextlib.asynccontextmanager
+async def stream_open(served: Served, model_id: str) -> AsyncIterator[httpx.Response]:
+    """A chat stream for ``model_id``, its first piece already arrived."""
+    async with served.client.stream("POST", "/v1/chat/completions", json=streamed(model_id)) as r:
+        assert r.status_code == 200
+        yield r
+
+
+async def rest_of(response: httpx.Response) -> str:
+    """The stream's whole body from here on."""
+    return "".join([text async for text in response.aiter_text()])
+
+
+async def slow_streams(served: Served, role: str) -> None:
+    url = served.backend_url(role)
+    async with httpx.AsyncClient() as client:
+        switches = {"chunk_delay": CHUNK_DELAY_S, "chunks": CHUNKS}
+        response = await client.post(f"{url}/_fake/control", json=switches)
+        assert response.status_code == 200
+
+
+async def backend_in_flight(served: Served, role: str) -> int:
+    async with httpx.AsyncClient() as client:
+        stats = (await client.get(f"{served.backend_url(role)}/_fake/stats")).json()
+    return int(stats["in_flight"])
+
+
+async def reload(served: Served, **headers: str) -> httpx.Response:
+    return await served.client.post("/admin/reload", headers=headers)
+
+
+def requests_total(text: str, model_id: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "slm_requests_total" and sample.labels["model"] == model_id:
+                total += sample.value
+    return total
+
+
+async def test_a_reload_keeps_unchanged_models_running_and_removes_and_adds_others(
+    tmp_path: Path,
+) -> None:
+    a, b, c = (model(tmp_path, role) for role in "abc")
+    path = write_config(tmp_path / "models.yaml", {"a": a, "b": b})
+    async with served_from(path) as served:
+        pid_a, pid_b = await served.ready("a"), await served.ready("b")
+        assert (await served.client.post("/v1/chat/completions", json=chat("m-a"))).is_success
+        await slow_streams(served, "a")
+        async with stream_open(served, "m-a") as stream:
+            write_config(path, {"a": a, "c": c})
+            answer = await reload(served)
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {
+                "roles": {"a": "unchanged", "c": "added", "b": "removed"},
+                "router": {"changed": [], "restart_needed": []},
+            }
+            assert await backend_in_flight(served, "a") == 1  # the stream went on throughout
+            body = await rest_of(stream)
+        assert body.count('"content"') >= CHUNKS and body.rstrip().endswith("data: [DONE]")
+        assert served.process("a").pid == pid_a
+        assert not psutil.pid_exists(pid_b) or psutil.Process(pid_b).status() == "zombie"
+        assert "b" not in served.supervisor.processes
+        gone = await served.client.post("/v1/chat/completions", json=chat("m-b"))
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+        await served.ready("c")
+        added = await served.client.post("/v1/chat/completions", json=chat("m-c", "new"))
+        assert added.status_code == 200 and added.json()["choices"][0]["message"]["content"]
+        models = await served.statuses()
+        assert models == {"m-a": "loaded", "m-c": "loaded"}
+        # The counts of the model left alone go on; the new one has series of its own.
+        metrics = (await served.client.get("/metrics")).text
+        assert requests_total(metrics, "m-a") == 2
+        assert requests_total(metrics, "m-c") == 1
+
+
+async def test_a_file_with_errors_changes_nothing_and_the_answer_lists_them(
+    tmp_path: Path,
+) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        pid = await served.ready("a")
+        broken = {**a, "port": "not a port", "contex_length": 4096}
+        write_config(path, {"a": broken, "b": model(tmp_path, "b")})
+        answer = await reload(served)
+        assert answer.status_code == 400
+        error = answer.json()["error"]
+        assert error["type"] == "invalid_request_error" and error["code"] == "invalid_config"
+        assert len(error["problems"]) == 2
+        assert any("port" in line for line in error["problems"])
+        assert any("contex_length" in line for line in error["problems"])
+        assert all(line in error["message"] for line in error["problems"])
+        assert served.process("a").pid == pid
+        assert await served.statuses() == {"m-a": "loaded"}
+
+
+async def test_a_changed_model_drains_then_restarts_and_requests_meanwhile_wait(
+    tmp_path: Path,
+) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        old_pid = await served.ready("a")
+        old_backend = served.app.table.backends["a"]
+        await slow_streams(served, "a")
+        async with stream_open(served, "m-a") as stream:
+            moved = model(tmp_path, "a")  # another port: a new process
+            write_config(path, {"a": moved})
+            reloading = asyncio.create_task(reload(served))
+            await eventually(
+                lambda: served.app.table.backends["a"] is not old_backend, 5, "the switch"
+            )
+            arriving = asyncio.create_task(
+                served.client.post("/v1/chat/completions", json=chat("m-a", "later"))
+            )
+            body = await rest_of(stream)  # the old process finishes what it began
+            assert body.rstrip().endswith("data: [DONE]")
+            answer = await reloading
+        assert answer.status_code == 200 and answer.json()["roles"] == {"a": "replaced"}
+        later = await arriving
+        assert later.status_code == 200, later.text
+        assert later.json()["choices"][0]["message"]["content"] == "echo: later"
+        new_pid = served.process("a").pid
+        assert new_pid is not None and new_pid != old_pid
+        assert served.process("a").entry.port == moved["port"]
+        assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie"
+
+
+async def test_router_side_fields_change_without_restarting_the_backend(
+    tmp_path: Path,
+) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        pid = await served.ready("a")
+        backend = served.app.table.backends["a"]
+        await slow_streams(served, "a")
+        async with stream_open(served, "m-a") as stream:
+            write_config(path, {"a": {**a, "idle_ttl_s": 600, "default_timeout": 45}})
+            answer = await reload(served)
+            assert answer.json()["roles"] == {"a": "updated"}
+            body = await rest_of(stream)
+        assert body.rstrip().endswith("data: [DONE]")
+        assert served.process("a").pid == pid
+        assert served.app.table.backends["a"] is backend  # its slots and queue carried over
+        health = await served.health("a")
+        assert health["idle_ttl_s"] == 600 and health["state"] == "ready"
+        assert served.app.table.lookup("m-a", "/v1/chat/completions").entry.default_timeout == 45
+
+
+def _sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def test_api_keys_change_at_once_and_only_an_admin_key_may_reload(tmp_path: Path) -> None:
+    a = model(tmp_path, "a")
+    admin = {"name": "ops", "key_sha256": _sha("ops-key"), "admin": True}
+    user = {"name": "alice", "key_sha256": _sha("alice-key")}
+    path = write_config(tmp_path / "models.yaml", {"a": a}, api_keys=[admin, user])
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"}
+
+    async with served_from(path) as served:
+        await served.ready("a")
+        refused = await served.client.post("/admin/reload", headers=bearer("alice-key"))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "admin_required"
+        assert (await served.client.post("/admin/reload")).status_code == 401
+
+        newcomer = {"name": "bob", "key_sha256": _sha("bob-key"), "models": ["m-a"]}
+        write_config(path, {"a": a}, api_keys=[admin, newcomer])
+        answer = await served.client.post("/admin/reload", headers=bearer("ops-key"))
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["router"]["changed"] == ["api_keys"]
+        old = await served.client.post(
+            "/v1/chat/completions", json=chat("m-a"), headers=bearer("alice-key")
+        )
+        assert old.status_code == 401
+        new = await served.client.post(
+            "/v1/chat/completions", json=chat("m-a"), headers=bearer("bob-key")
+        )
+        assert new.status_code == 200
+
+
+async def test_one_reload_at_a_time(tmp_path: Path) -> None:
+    a, b = model(tmp_path, "a"), model(tmp_path, "b")
+    path = write_config(tmp_path / "models.yaml", {"a": a, "b": b})
+    async with served_from(path) as served:
+        await served.ready("a")
+        await served.ready("b")
+        await slow_streams(served, "b")
+        async with stream_open(served, "m-b") as stream:
+            write_config(path, {"a": a})
+            first = asyncio.create_task(reload(served))  # waits for b's stream to end
+            await eventually(lambda: served.app.reloader.busy, 5, "the first reload")
+            second = await reload(served)
+            assert second.status_code == 409
+            assert second.json()["error"]["code"] == "reload_in_progress"
+            assert not first.done()
+            body = await rest_of(stream)  # a removed model finishes what it began
+        assert body.rstrip().endswith("data: [DONE]")
+        answer = await first
+        assert answer.status_code == 200 and answer.json()["roles"]["b"] == "removed"
+
+
+async def test_a_removed_on_demand_model_that_never_ran_is_simply_gone(tmp_path: Path) -> None:
+    a, b = model(tmp_path, "a"), model(tmp_path, "b", on_demand=True)
+    path = write_config(tmp_path / "models.yaml", {"a": a, "b": b})
+    async with served_from(path, Launcher()) as served:
+        await served.ready("a")
+        write_config(path, {"a": a, "c": model(tmp_path, "c", on_demand=True)})
+        answer = await reload(served)
+        assert answer.json()["roles"] == {"a": "unchanged", "c": "added", "b": "removed"}
+        assert await served.statuses() == {"m-a": "loaded", "m-c": "unloaded"}
+        # An on-demand model added by the reload starts with its first request.
+        reply = await served.client.post("/v1/chat/completions", json=chat("m-c"))
+        assert reply.status_code == 200, reply.text
+        assert json.loads(reply.text)["choices"][0]["message"]["content"] == "echo: hi"
+
+
+async def test_backends_started_after_a_reload_never_see_its_api_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLM_KEY_NEW", "new-key")
+    a = model(tmp_path, "a", on_demand=True)
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        served.supervisor.launcher_for = launcher_for  # as `serve` sets it
+        keys = [{"name": "new", "key_env": "SLM_KEY_NEW", "admin": True}]
+        write_config(path, {"a": a}, api_keys=keys)
+        answer = await reload(served, authorization="Bearer -")  # no keys yet: any goes
+        assert answer.status_code == 200, answer.text
+        spec = served.supervisor.launcher("a", served.app.config.models["a"])
+        assert "SLM_KEY_NEW" in spec.env_removed
+
+
+async def test_a_model_added_in_place_of_a_removed_one_starts_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    a, c = model(tmp_path, "a"), model(tmp_path, "c")
+    path = write_config(tmp_path / "models.yaml", {"a": a}, memory_budget_gb=1.5)
+    async with served_from(path) as served:
+        await served.ready("a")
+        write_config(path, {"c": c}, memory_budget_gb=1.5)
+        answer = await reload(served)
+        assert answer.json()["roles"] == {"c": "added", "a": "removed"}
+        # Both at once would exceed the budget: c starts once a has stopped, unasked.
+        await served.ready("c")
+
+
+async def test_a_router_without_backends_reloads_a_file_whose_models_live_elsewhere(
+    tmp_path: Path,
+) -> None:
+    elsewhere = entry("m-far", free_port(), model_path="/nowhere/far.gguf")
+    path = write_config(tmp_path / "models.yaml", {"far": elsewhere})
+    app = RouterApp(load_config(path))
+    async with router_served(app) as url, httpx.AsyncClient(base_url=url) as client:
+        near = entry("m-near", free_port(), model_path="/nowhere/near.gguf")
+        write_config(path, {"far": elsewhere, "near": near})
+        answer = await client.post("/admin/reload")
+        assert answer.status_code == 200, answer.text
+        models = (await client.get("/v1/models")).json()["data"]
+        assert {m["id"] for m in models} == {"m-far", "m-near"}
+
+
+async def test_a_model_no_longer_on_demand_starts_without_a_request(tmp_path: Path) -> None:
+    a = model(tmp_path, "a", on_demand=True)
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        assert await served.statuses() == {"m-a": "unloaded"}
+        write_config(path, {"a": {**a, "on_demand": False}})
+        answer = await reload(served)
+        assert answer.json()["roles"] == {"a": "updated"}
+        await served.ready("a")
