@@ -52,6 +52,13 @@ def _build_parser() -> argparse.ArgumentParser:
         command.add_argument("--host", help="bind address (default: router.host, else 0.0.0.0)")
         command.add_argument("--port", type=int, help="port (default: router.port, else 8000)")
         _add_log_level_flag(command)
+    for command in (serve, router):
+        command.add_argument(
+            "--watch-config",
+            action="store_true",
+            help="reload the config when its file changes (SIGHUP and `slm-server reload` "
+            "reload it too)",
+        )
     start.add_argument(
         "--wait",
         type=float,
@@ -70,7 +77,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "restart", help="stop a model in the running instance and start it again; wait for it"
     )
     logs = commands.add_parser("logs", help="print a model's log (or the router's), -f to follow")
-    for command in (ps, load, unload, restart, logs):
+    reload = commands.add_parser(
+        "reload", help="make the running instance read its config file again; apply changes"
+    )
+    for command in (ps, load, unload, restart, logs, reload):
         _add_config_flag(command)
         command.add_argument(
             "--url",
@@ -236,7 +246,14 @@ def _router(args: argparse.Namespace) -> int:
         from slm_server.serving import warn_of_open_backends
 
         warn_of_open_backends(loaded)
-    return run_uvicorn(loaded, None, host=args.host, port=args.port, log_level=args.log_level)
+    return run_uvicorn(
+        loaded,
+        None,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        watch_config=args.watch_config,
+    )
 
 
 def _load_for_launch(config_arg: str | None) -> LoadedConfig | None:
@@ -286,7 +303,13 @@ def _serve(args: argparse.Namespace) -> int:
     loaded = _load_for_launch(args.config)
     if loaded is None or not _keys_usable(loaded):
         return 1
-    return run_serve(loaded, host=args.host, port=args.port, log_level=args.log_level)
+    return run_serve(
+        loaded,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        watch_config=args.watch_config,
+    )
 
 
 def _backends(args: argparse.Namespace) -> int:
@@ -394,6 +417,13 @@ def _logs(args: argparse.Namespace) -> int:
     return run_logs(found[0], args.role, follow=args.follow, lines=args.lines, api_key=found[1])
 
 
+def _reload(args: argparse.Namespace) -> int:
+    from slm_server.control import run_reload
+
+    found = _instance(args)
+    return 1 if found is None else run_reload(*found)
+
+
 def _hash_key(args: argparse.Namespace) -> int:
     from slm_server.auth.hash_key import run_hash_key
 
@@ -418,6 +448,7 @@ _COMMANDS = {
     "unload": _unload,
     "restart": _restart,
     "logs": _logs,
+    "reload": _reload,
     "hash-key": _hash_key,
     "build-llama-server": _build_llama_server,
 }

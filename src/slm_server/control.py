@@ -22,6 +22,9 @@ from slm_server.instance_http import DIRECT, instance_request
 from slm_server.router.serve import WILDCARD_HOSTS
 from slm_server.status_table import loaded_line, table, unloaded_line
 
+# A reload waits for removed and changed backends to drain and stop: shutdown_grace_s and
+# the stop grace, seconds each by default; the rest is ample.
+RELOAD_TIMEOUT_S = 300.0
 HEALTH_TIMEOUT_S = 30.0  # the router bounds its probes by router.health_timeout; ample
 _MAX_ANSWER_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
 
@@ -35,7 +38,12 @@ class TooSlow(NoAnswer):
 
 
 class ServerRefused(Exception):
-    """The instance answered with an error; the message is its own."""
+    """The instance answered with an error; the message is its own, ``problems`` the list
+    a refused config reload gives."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 # Said after the instance's own message when it asks for an API key.
@@ -86,6 +94,39 @@ def run_restart(url: str, role: str, wait_s: float, api_key: str | None = None) 
     return _change(url, role, "restart", wait_s, loaded_line, api_key)
 
 
+def run_reload(url: str, api_key: str | None = None) -> int:
+    """Have the instance read its config file again; say what changed, role by role."""
+    try:
+        answer = _call("POST", url, "/admin/reload", RELOAD_TIMEOUT_S, api_key)
+    except ServerRefused as exc:
+        if exc.problems:  # the config's errors, one a line as check-config prints them
+            print("\n".join(exc.problems), file=sys.stderr)
+            print(f"{len(exc.problems)} error(s): the running config stays", file=sys.stderr)
+        else:
+            print(exc, file=sys.stderr)
+        return 1
+    except NoAnswer as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if not isinstance(answer, dict) or not isinstance(answer.get("roles"), dict):
+        print(f"{url} did not answer like slm_server", file=sys.stderr)
+        return 1
+    print(reload_report(answer))
+    return 0
+
+
+def reload_report(answer: Mapping[str, Any]) -> str:
+    """The reload's answer as lines for a person: each role and what happened to it."""
+    lines = [f"{role}: {change}" for role, change in answer["roles"].items()]
+    router = answer.get("router") or {}
+    if router.get("changed"):
+        lines.append("router settings applied: " + ", ".join(router["changed"]))
+    if router.get("restart_needed"):
+        names = ", ".join(router["restart_needed"])
+        lines.append(f"changed, but only a restart applies them: {names}")
+    return "\n".join(lines)
+
+
 def _change(
     url: str,
     role: str,
@@ -120,10 +161,10 @@ def _call(method: str, url: str, path: str, timeout_s: float, api_key: str | Non
         with DIRECT.open(request, timeout=timeout_s) as response:
             return json.loads(response.read(_MAX_ANSWER_BYTES))
     except urllib.error.HTTPError as exc:
-        message = _error_message(exc)
+        message, problems = _error_message(exc)
         if exc.code == 401:
             message = f"{message}; {KEY_HINT}"
-        raise ServerRefused(message) from None
+        raise ServerRefused(message, problems) from None
     except urllib.error.URLError as exc:  # refused, unknown host, or a connect that timed out
         if isinstance(exc.reason, TimeoutError):
             raise TooSlow(_too_slow(url, timeout_s)) from None
@@ -142,14 +183,24 @@ def _too_slow(url: str, timeout_s: float) -> str:
     return f"no answer from {url} within {timeout_s:g} s"
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
-    """The message of the OpenAI error envelope, else the status and the start of the body."""
+def _error_message(error: urllib.error.HTTPError) -> tuple[str, list[str]]:
+    """The message of the OpenAI error envelope, else the status and the start of the body;
+    and the envelope's ``problems``, if any."""
     try:
         with error:
             body = error.read(_MAX_ANSWER_BYTES)
     except OSError:  # the body was cut short: the status alone
         body = b""
-    return error_message(error.code, body)
+    return error_message(error.code, body), _problems(body)
+
+
+def _problems(body: bytes) -> list[str]:
+    """The ``problems`` a refused config reload lists in its error envelope; else none."""
+    try:
+        problems = json.loads(body)["error"]["problems"]
+    except (ValueError, KeyError, TypeError):
+        return []
+    return [str(problem) for problem in problems] if isinstance(problems, list) else []
 
 
 def error_message(status: int, body: bytes) -> str:
