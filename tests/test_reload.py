@@ -313,3 +313,13 @@ async def test_a_model_no_longer_on_demand_starts_without_a_request(tmp_path: Pa
         answer = await reload(served)
         assert answer.json()["roles"] == {"a": "updated"}
         await served.ready("a")
+
+
+async def test_the_listening_address_is_reported_as_needing_a_restart(tmp_path: Path) -> None:
+    a = model(tmp_path, "a", on_demand=True)
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        write_config(path, {"a": a}, port=free_port(), max_queue=2)
+        answer = await reload(served)
+        assert answer.json()["router"] == {"changed": ["max_queue"], "restart_needed": ["port"]}
+        assert (await served.client.get("/health")).status_code == 200  # where it was
