@@ -50,12 +50,15 @@ async def rest_of(response: httpx.Response) -> str:
     return "".join([text async for text in response.aiter_text()])
 
 
-async def slow_streams(served: Served, role: str) -> None:
-    url = served.backend_url(role)
+async def fake_control(served: Served, role: str, **switches: object) -> None:
+    """Change how ``role``'s fake backend answers (see fake_backend's switches)."""
     async with httpx.AsyncClient() as client:
-        switches = {"chunk_delay": CHUNK_DELAY_S, "chunks": CHUNKS}
-        response = await client.post(f"{url}/_fake/control", json=switches)
+        response = await client.post(f"{served.backend_url(role)}/_fake/control", json=switches)
         assert response.status_code == 200
+
+
+async def slow_streams(served: Served, role: str) -> None:
+    await fake_control(served, role, chunk_delay=CHUNK_DELAY_S, chunks=CHUNKS)
 
 
 async def backend_in_flight(served: Served, role: str) -> int:
@@ -323,3 +326,21 @@ async def test_the_listening_address_is_reported_as_needing_a_restart(tmp_path: 
         answer = await reload(served)
         assert answer.json()["router"] == {"changed": ["max_queue"], "restart_needed": ["port"]}
         assert (await served.client.get("/health")).status_code == 200  # where it was
+
+
+async def test_a_smaller_queue_applies_at_once_to_a_model_left_running(tmp_path: Path) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        pid = await served.ready("a")
+        write_config(path, {"a": a}, max_queue=0)
+        answer = await reload(served)
+        assert answer.json()["router"]["changed"] == ["max_queue"]
+        await fake_control(served, "a", response_delay=1.0)
+        first = asyncio.create_task(served.client.post("/v1/chat/completions", json=chat("m-a")))
+        backend = served.app.table.backends["a"]
+        await eventually(lambda: backend.in_flight == 1, 5, "the first request in its slot")
+        second = await served.client.post("/v1/chat/completions", json=chat("m-a"))
+        assert second.status_code == 429 and second.json()["error"]["code"] == "queue_full"
+        assert (await first).status_code == 200
+        assert served.process("a").pid == pid
