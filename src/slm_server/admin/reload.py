@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # What each change does, as the log line for the role says it.
 _SAID = {
-    "unchanged": "unchanged, left running as it is",
+    "unchanged": "unchanged, left as it is",
     "added": "added: started now if it fits, else by its first request",
     "removed": "removed: takes no new requests; stopped once those in flight are done",
     "replaced": "changed: stopped once its requests are done, then started with its new config",
