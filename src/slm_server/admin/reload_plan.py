@@ -57,9 +57,6 @@ class ReloadPlan:
     router_changed: tuple[str, ...]  # router settings applied at once
     restart_needed: tuple[str, ...]  # router settings that wait for a restart
 
-    def with_change(self, change: RoleChange) -> list[str]:
-        return [role for role, said in self.roles.items() if said == change]
-
     def as_answer(self) -> dict[str, object]:
         """The reload's JSON answer."""
         return {
