@@ -1,0 +1,65 @@
+"""One request's way through upstreams and fallback models, inside its one deadline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from slm_server.balance.fallbacks import fallback_order, next_fallback
+from slm_server.balance.retry import Failure, may_retry
+
+
+class Attempts:
+    """What a request has tried so far, and whether it may try again.
+
+    `retries` and `deadline` are those of the model the client asked for, and hold for
+    the whole request: a retry after a failed attempt may go to a fallback model, and a
+    request never outlives its deadline however many upstreams and fallbacks it passes
+    through. Moving to a fallback because no upstream could take the request spends no
+    retry: nothing was sent.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        retries: int,
+        deadline: float,
+        fallbacks_of: Mapping[str, Sequence[str]],
+    ) -> None:
+        self.model = model  # the model the current attempt is for
+        self.retries_left = retries
+        self.deadline = deadline
+        self.fallbacks = fallback_order(model, fallbacks_of)
+        self.models_tried: list[str] = [model]
+        self._upstreams_tried: dict[str, set[str]] = {model: set()}
+
+    def tried(self) -> frozenset[str]:
+        """The upstreams of the current model this request has been sent to."""
+        return frozenset(self._upstreams_tried[self.model])
+
+    def sent(self, upstream: str) -> None:
+        self._upstreams_tried[self.model].add(upstream)
+
+    def retry(self, failure: Failure, *, answer_started: bool, now: float) -> bool:
+        """Whether to make another attempt after `failure`; if so, one retry is spent."""
+        if not may_retry(
+            failure,
+            answer_started=answer_started,
+            retries_left=self.retries_left,
+            time_left_s=self.deadline - now,
+        ):
+            return False
+        self.retries_left -= 1
+        return True
+
+    def fall_back(self, can_take: Callable[[str], bool], now: float) -> str | None:
+        """Move on to the next fallback model that can take the request (None: there is
+        none, or no time is left). The current model's upstreams are then its."""
+        if now >= self.deadline:
+            return None
+        model = next_fallback(self.fallbacks, self.models_tried, can_take)
+        if model is not None:
+            self.model = model
+            self.models_tried.append(model)
+            self._upstreams_tried[model] = set()
+        return model

@@ -1,0 +1,50 @@
+"""When an attempt that failed may be made again elsewhere without spoiling the answer.
+
+A retry is safe only while nothing of the answer has reached the client: the client
+then sees one whole answer from wherever it came. Once a byte has gone out, another
+upstream's answer would be appended to a different one's start, so the attempt's
+failure is the client's (a stream ends with an error event).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Failure(Enum):
+    REFUSED = "refused"  # the connection was refused
+    RESET = "reset"  # the connection was reset or closed before the response head
+    HEAD_TIMEOUT = "head_timeout"  # no response head in time
+    BAD_GATEWAY = "502"
+    UNAVAILABLE = "503"
+    TOO_MANY_REQUESTS = "429"
+    BROKEN = "broken"  # the answer had started and ended early
+
+    @property
+    def before_answer(self) -> bool:
+        """Whether the upstream gave no answer of its own: one elsewhere may replace it."""
+        return self is not Failure.BROKEN
+
+
+_BY_STATUS = {
+    502: Failure.BAD_GATEWAY,
+    503: Failure.UNAVAILABLE,
+    429: Failure.TOO_MANY_REQUESTS,
+}
+
+
+def failure_of_status(status: int) -> Failure | None:
+    """The failure a response head with `status` is, or None when it is the upstream's
+    answer to pass on (2xx, and errors that another upstream would repeat, such as 400)."""
+    return _BY_STATUS.get(status)
+
+
+def may_retry(
+    failure: Failure, *, answer_started: bool, retries_left: int, time_left_s: float
+) -> bool:
+    """Whether the request may be sent again, to another upstream or a fallback.
+
+    `answer_started`: any byte of the answer (head included) has been sent to the client.
+    `time_left_s`: until the request's deadline; retries stay inside it.
+    """
+    return failure.before_answer and not answer_started and retries_left > 0 and time_left_s > 0
