@@ -16,6 +16,9 @@ def affinity_key(
 ) -> str | None:
     """The key that keeps a request on one upstream, or None when it has none.
 
+    `document` is the request's parsed JSON body (None when it has none); `headers` as
+    ASGI gives them, with lower-case names.
+
     In order: the `x-session-id` header (the client says what a session is), then
     `previous_response_id` (this Responses conversation), then `user` (everything of
     one end user). Each kind is kept apart (`session:`, `response:`, `user:`), so equal

@@ -127,8 +127,8 @@ class Balancer:
             return Unavailable(Why.ALL_TRIED, message)
         if not up:
             return Unavailable(Why.ALL_DOWN, f"no upstream of {self.role} is up")
-        until = min(self.cooldowns.cooling_until(upstreams[i].id) or now for i in up)
-        wait = max(until - now, 0.0)
+        until = [self.cooldowns.cooling_until(upstreams[i].id) for i in up]
+        wait = max(min(t for t in until if t is not None) - now, 0.0)  # 0: a probe is out
         message = f"every upstream of {self.role} that is up is cooling down after failures"
         message += f"; the next try is in {wait:.0f} s" if wait > 0 else "; one is being tried"
         return Unavailable(Why.ALL_COOLING, message, retry_after_s=wait)
