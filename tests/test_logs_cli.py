@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import socket
 import subprocess
@@ -180,3 +181,42 @@ def test_a_follower_that_never_reads_does_not_hold_the_shutdown(tmp_path: Path) 
     finally:
         sleeper.close()
         router.stop()
+
+
+def test_on_a_terminal_control_characters_are_shown_not_acted_on(router: RouterProcess) -> None:
+    # What a client can make a backend log: a screen clear and a new window title.
+    line = "prompt: \x1b[2J\x1b]0;owned\x07 and\ta tab"
+    say(router, line)
+    wait_until(
+        lambda: httpx.get(f"{router.url}/admin/logs/chat?tail=1").text == line + "\n",
+        5,
+        "the line in the log",
+    )
+    # Into a pipe or a file: the line as the backend wrote it.
+    piped = slm(router, "logs", "chat", "-n", "1")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == line + "\n"
+    # On a terminal: nothing the terminal would act on.
+    terminal, child_end = pty.openpty()
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "slm_server", "logs", "chat", "-n", "1", "--url", router.url],
+            env=router.env,
+            stdout=child_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(child_end)
+    received = bytearray()
+    try:
+        while chunk := os.read(terminal, 4096):
+            received += chunk
+    except OSError:  # EIO: the terminal's other end is closed and all of it was read
+        pass
+    finally:
+        os.close(terminal)
+    assert shown.returncode == 0, shown.stderr
+    assert received.decode() == "prompt: \ufffd[2J\ufffd]0;owned\ufffd and\ta tab\r\n"
