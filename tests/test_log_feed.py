@@ -20,7 +20,7 @@ from slm_server.admin.log_stream import (
     parse_query,
 )
 from slm_server.admin.router_log import RouterLog, install
-from slm_server.log_feed import Follower, LogFeed, TooManyFollowers, dropped_note
+from slm_server.log_feed import SLOW_READER, Follower, LogFeed, TooManyFollowers, dropped_note
 from slm_server.router.asgi import Message
 from slm_server.router.errors import InvalidRequest
 
@@ -64,10 +64,17 @@ async def test_a_full_follower_drops_lines_and_says_how_many_where_they_were() -
     follower = Follower(max_lines=3)
     for n in range(10):
         follower.offer(f"line {n}")  # never waits, whatever the reader does
-    assert await follower.take() == ["line 0", "line 1", "line 2", dropped_note(7)]
+    assert await follower.take() == ["line 0", "line 1", "line 2", dropped_note(7, SLOW_READER)]
     follower.offer("line 10")
     assert await follower.take() == ["line 10"]
-    assert dropped_note(7) == "=== slm_server: 7 lines dropped (reader too slow)"
+    assert (
+        dropped_note(7, SLOW_READER)
+        == "=== slm_server: 7 lines dropped here: this reader was too slow"
+    )
+    assert (
+        dropped_note(1, "the disk was full")
+        == "=== slm_server: 1 line dropped here: the disk was full"
+    )
 
 
 async def test_a_follower_queue_is_bounded_in_characters_too() -> None:
@@ -75,7 +82,7 @@ async def test_a_follower_queue_is_bounded_in_characters_too() -> None:
     for n in range(4):
         follower.offer(f"{n}" * 9)  # 10 characters with its line end
     follower.offer("short")  # it would fit, but must not pass the lines dropped before it
-    assert await follower.take() == ["0" * 9, "1" * 9, dropped_note(3)]
+    assert await follower.take() == ["0" * 9, "1" * 9, dropped_note(3, SLOW_READER)]
 
 
 async def test_a_closed_follower_hands_over_what_it_holds_then_ends() -> None:
@@ -175,7 +182,7 @@ async def test_router_log_lines_waiting_for_the_loop_are_bounded(
             "0" * 9,
             "1" * 9,
             "2" * 9,
-            "=== slm_server: 3 router log lines dropped here",
+            "=== slm_server: 3 lines dropped here: the router could not keep up",
         ]
     finally:
         router_log.removeHandler(handler)

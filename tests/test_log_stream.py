@@ -158,7 +158,9 @@ async def test_a_follower_that_never_reads_does_not_slow_the_backend(tmp_path: P
             assert "last of the flood\n" in logs.process.log.path.read_text()
             # The reader resumes: what it missed is said where it was missed, and it is
             # followed again from there.
-            received = await read_until(sleeper, b" lines dropped (reader too slow)\n", 30)
+            received = await read_until(
+                sleeper, b" lines dropped here: this reader was too slow\n", 30
+            )
             assert b"\n=== slm_server: " in received[-100:]
             await logs.say("after the flood")
             await read_until(sleeper, b"after the flood\n", 5)

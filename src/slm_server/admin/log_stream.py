@@ -4,9 +4,9 @@
 The answer is ``text/plain; charset=utf-8``, chunked, one log line per ``\\n``-terminated
 line: first the last ``tail`` lines kept in memory (default 100), then, when following,
 each new line, until the client leaves or the server stops. A reader too slow for the
-log loses lines rather than slowing it: ``=== slm_server: N lines dropped (reader too
-slow)`` stands where they were. ``router`` names the router's own log; a config may not
-use it as a role name (see the config's validation).
+log loses lines rather than slowing it: ``=== slm_server: N lines dropped here: this
+reader was too slow`` stands where they were. ``router`` names the router's own log; a
+config may not use it as a role name (see the config's validation).
 """
 
 from __future__ import annotations
