@@ -50,7 +50,7 @@ async def test_lines_past_the_bound_are_dropped_and_counted_in_the_file(tmp_path
     assert kept == lines[: len(kept)] and 0 < len(kept) < 100
     dropped = 100 - len(kept)
     assert written[-1] == (
-        f"=== slm_server: {dropped} line(s) dropped here: the log file could not keep up"
+        f"=== slm_server: {dropped} lines dropped here: the log file could not keep up"
     )
 
 

@@ -116,8 +116,9 @@ async def test_a_line_the_backend_writes_reaches_a_follower_within_200_ms(
             await logs.say(f"marker {n}")
             assert await asyncio.wait_for(anext(lines), 2) == f"marker {n}"
             took.append(time.monotonic() - began)
-        # Measured here: 2-5 ms a line, the backend's write included.
-        assert max(took) < 0.2, took
+        # Measured here: 2-5 ms a line, the backend's write included. One sample may
+        # meet a busy machine (2 cores shared by the tests running at once).
+        assert sum(1 for seconds in took if seconds >= 0.2) <= 1, took
         # A request through the router is logged by the backend, and followed too.
         answered = await logs.client.post("/v1/chat/completions", json=chat("m-chat"))
         assert answered.status_code == 200
@@ -152,13 +153,20 @@ async def test_a_follower_that_never_reads_does_not_slow_the_backend(tmp_path: P
                 answered = await logs.client.post("/v1/chat/completions", json=chat("m-chat"))
                 assert answered.status_code == 200  # the backend keeps answering
             await logs.say("last of the flood")
-            assert time.monotonic() - began < 30
+            # Measured here: 0.7 s. Held up by its follower, the router would stop reading
+            # the backend's output, whose writes would block once their pipe (64 KiB) is
+            # full: a `say` would then time out (10 s). The bound catches a slowdown short
+            # of that (the router pacing its reads by the reader), with room for a busy
+            # machine.
+            assert time.monotonic() - began < 5
             await logs.kept("last of the flood")
             assert await logs.process.log.flush(5)
             assert "last of the flood\n" in logs.process.log.path.read_text()
             # The reader resumes: what it missed is said where it was missed, and it is
             # followed again from there.
-            received = await read_until(sleeper, b" lines dropped (reader too slow)\n", 30)
+            received = await read_until(
+                sleeper, b" lines dropped here: this reader was too slow\n", 30
+            )
             assert b"\n=== slm_server: " in received[-100:]
             await logs.say("after the flood")
             await read_until(sleeper, b"after the flood\n", 5)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -144,3 +146,77 @@ def test_a_follower_sees_new_lines_and_ends_at_once_when_the_server_stops(
         follower.kill()
         follower.wait()
         router.stop()
+
+
+def test_a_follower_that_never_reads_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    router = serve(tmp_path)
+    sleeper = socket.socket()
+    try:
+        host, port = router.url.removeprefix("http://").split(":")
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.settimeout(10)
+        sleeper.connect((host, int(port)))
+        sleeper.sendall(
+            f"GET /admin/logs/chat?follow=1&tail=0 HTTP/1.1\r\nhost: {host}\r\n\r\n".encode()
+        )
+        assert sleeper.recv(4096).startswith(b"HTTP/1.1 200 ")  # it follows from here on
+        # 12 MB: more than every buffer between the router and this reader can hold.
+        filler = "x" * 4000
+        for batch in range(10):
+            say(router, *(f"flood {batch}.{n} {filler}" for n in range(300)))
+        say(router, "last of the flood")
+        wait_until(
+            lambda: httpx.get(f"{router.url}/admin/logs/chat?tail=1").text == "last of the flood\n",
+            10,
+            "the flood read by the router",
+        )
+        began = time.monotonic()
+        os.kill(router.pid, signal.SIGTERM)
+        assert router.wait(GRACE_S + 10) == 0
+        # Cut off once it has taken nothing for a second: not the grace of 30 s.
+        assert time.monotonic() - began < 5
+        log = router.log()
+        assert "closing a connection whose client stopped reading" in log
+        assert "ASGI callable returned without completing response" not in log
+    finally:
+        sleeper.close()
+        router.stop()
+
+
+def test_on_a_terminal_control_characters_are_shown_not_acted_on(router: RouterProcess) -> None:
+    # What a client can make a backend log: a screen clear and a new window title.
+    line = "prompt: \x1b[2J\x1b]0;owned\x07 and\ta tab"
+    say(router, line)
+    wait_until(
+        lambda: httpx.get(f"{router.url}/admin/logs/chat?tail=1").text == line + "\n",
+        5,
+        "the line in the log",
+    )
+    # Into a pipe or a file: the line as the backend wrote it.
+    piped = slm(router, "logs", "chat", "-n", "1")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == line + "\n"
+    # On a terminal: nothing the terminal would act on.
+    terminal, child_end = pty.openpty()
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "slm_server", "logs", "chat", "-n", "1", "--url", router.url],
+            env=router.env,
+            stdout=child_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(child_end)
+    received = bytearray()
+    try:
+        while chunk := os.read(terminal, 4096):
+            received += chunk
+    except OSError:  # EIO: the terminal's other end is closed and all of it was read
+        pass
+    finally:
+        os.close(terminal)
+    assert shown.returncode == 0, shown.stderr
+    assert received.decode() == "prompt: \ufffd[2J\ufffd]0;owned\ufffd and\ta tab\r\n"

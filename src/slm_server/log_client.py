@@ -2,7 +2,8 @@
 
 The standard library's client, like ``ps``: the instance is asked directly (never through
 a proxy from the environment), connecting within a bound; a followed log then waits for
-new lines as long as it takes, since a quiet model may say nothing for hours.
+new lines as long as it takes, since a quiet model may say nothing for hours. On a
+terminal, control characters are shown as U+FFFD (�) rather than acted on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,18 @@ from slm_server.control import KEY_HINT, error_message
 CONNECT_TIMEOUT_S = 10.0
 _MAX_LINE_BYTES = 64 * 1024  # a log line is at most 8 KB; this only bounds a stray one
 _MAX_ERROR_BYTES = 64 * 1024
+# C0 and C1 control characters, DEL, but not the tab: on a terminal they could move the
+# cursor, clear the screen, retitle the window, ... and a backend's log holds text its
+# clients sent. Shown as the replacement character, as bytes that are not UTF-8 are.
+_CONTROLS = {
+    code: "\ufffd" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if code != ord("\t")
+}
+
+
+def printable(line: str) -> str:
+    """``line`` (its line end kept) with every control character but the tab replaced."""
+    body = line.removesuffix("\n")
+    return body.translate(_CONTROLS) + line[len(body) :]
 
 
 def run_logs(url: str, name: str, *, follow: bool, lines: int, api_key: str | None) -> int:
@@ -39,8 +52,10 @@ def run_logs(url: str, name: str, *, follow: bool, lines: int, api_key: str | No
             return 1
         if follow and connection.sock is not None:
             connection.sock.settimeout(None)
+        on_terminal = sys.stdout.isatty()
         while line := response.readline(_MAX_LINE_BYTES):
-            sys.stdout.write(line.decode("utf-8", "replace"))
+            text = line.decode("utf-8", "replace")
+            sys.stdout.write(printable(text) if on_terminal else text)
             if follow:
                 sys.stdout.flush()
     except KeyboardInterrupt:

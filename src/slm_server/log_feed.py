@@ -23,9 +23,14 @@ class TooManyFollowers(Exception):
     """The log already has as many followers as it feeds."""
 
 
-def dropped_note(count: int) -> str:
-    """What a follower reads in place of the lines it was too slow to take."""
-    return f"{NOTE_PREFIX}{count} lines dropped (reader too slow)"
+SLOW_READER = "this reader was too slow"
+
+
+def dropped_note(count: int, why: str) -> str:
+    """The line that stands where ``count`` lines were dropped, ``why`` saying what could
+    not keep up: one wording for every log (followed, the router's, a backend's file)."""
+    lines = "line" if count == 1 else "lines"
+    return f"{NOTE_PREFIX}{count} {lines} dropped here: {why}"
 
 
 class Follower:
@@ -72,7 +77,7 @@ class Follower:
             await self._ready.wait()
         lines, self._lines, self._chars = self._lines, [], 0
         if self._dropped:
-            lines.append(dropped_note(self._dropped))
+            lines.append(dropped_note(self._dropped, SLOW_READER))
             self._dropped = 0
         return lines
 

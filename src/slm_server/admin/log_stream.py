@@ -4,9 +4,9 @@
 The answer is ``text/plain; charset=utf-8``, chunked, one log line per ``\\n``-terminated
 line: first the last ``tail`` lines kept in memory (default 100), then, when following,
 each new line, until the client leaves or the server stops. A reader too slow for the
-log loses lines rather than slowing it: ``=== slm_server: N lines dropped (reader too
-slow)`` stands where they were. ``router`` names the router's own log; a config may not
-use it as a role name (see the config's validation).
+log loses lines rather than slowing it: ``=== slm_server: N lines dropped here: this
+reader was too slow`` stands where they were. ``router`` names the router's own log; a
+config may not use it as a role name (see the config's validation).
 """
 
 from __future__ import annotations
@@ -36,9 +36,6 @@ _HEADERS = [
 ]
 _FOLLOW_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _SHUTDOWN_NOTE = f"{NOTE_PREFIX}the server is stopping; this log ends here"
-# A follower still sending this long after the shutdown began has a client that does not
-# read (a hidden browser tab, a stopped terminal): its answer is cut off.
-_CUT_OFF_AFTER_S = 1.0
 
 
 class TooManyLogReaders(RouterError):
@@ -105,24 +102,18 @@ def feed_of(
 
 class LogStreams:
     """The log answers under way, so that a shutdown ends those following at once (a
-    follower would otherwise hold the server for its whole shutdown grace)."""
+    follower would otherwise hold the server for its whole shutdown grace). One whose
+    client does not read is the server's to cut off: see router/shutdown.py."""
 
     def __init__(self) -> None:
-        self._following: dict[Follower, asyncio.Task[object]] = {}
+        self._following: set[Follower] = set()
         self._stopping = False
 
     def end_all(self) -> None:
-        """The server is stopping: every follow ends now (one whose client does not read
-        is cut off after a moment), and new ones end after the tail."""
+        """The server is stopping: every follow ends now, and new ones end after the tail."""
         self._stopping = True
-        loop = asyncio.get_running_loop()
-        for follower, task in self._following.items():
+        for follower in self._following:
             follower.close()
-            loop.call_later(_CUT_OFF_AFTER_S, self._cut_off, follower, task)
-
-    def _cut_off(self, follower: Follower, task: asyncio.Task[object]) -> None:
-        if self._following.get(follower) is task:
-            task.cancel("the server is stopping and this log's reader does not read")
 
     async def answer(self, feed: LogFeed, query: LogQuery, receive: Receive, send: Send) -> None:
         if not query.follow or self._stopping:
@@ -131,13 +122,11 @@ class LogStreams:
             return
         try:
             with feed.follow(query.tail) as (lines, follower):
-                task = asyncio.current_task()
-                assert task is not None
-                self._following[follower] = task
+                self._following.add(follower)
                 try:
                     await _relay(lines, follower, receive, send, self)
                 finally:
-                    del self._following[follower]
+                    self._following.discard(follower)
         except TooManyFollowers as exc:
             raise TooManyLogReaders(f"{exc}; try again once one has left") from None
 

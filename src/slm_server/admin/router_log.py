@@ -13,10 +13,11 @@ import asyncio
 import logging
 import threading
 
-from slm_server.log_feed import NOTE_PREFIX, LogFeed
+from slm_server.log_feed import LogFeed, dropped_note
 from slm_server.log_format import TextFormatter
 
 _MAX_PENDING_CHARS = 1024 * 1024
+_TOO_FAST = "the router could not keep up"
 
 
 class RouterLog(logging.Handler):
@@ -90,7 +91,7 @@ class RouterLog(logging.Handler):
         for line in lines:
             self.feed.publish(line)
         if dropped:
-            self.feed.publish(f"{NOTE_PREFIX}{dropped} router log lines dropped here")
+            self.feed.publish(dropped_note(dropped, _TOO_FAST))
 
 
 class FormattedOnce(logging.Formatter):

@@ -15,6 +15,11 @@ rest is done here, in the order the requests and the backends need:
   its end, with the signal handlers gone, so that one more Ctrl-C would interrupt it and
   leave the backends to the kernel's SIGKILL. Here the requests are ended and the
   backends stopped after every shutdown, forced or not, and after a failed start-up.
+- A client that takes none of its answer (a hidden browser tab following a log, a
+  stopped terminal) would hold the whole grace even once its answer is ended: closing a
+  connection waits for its unsent bytes to go out. During the shutdown, a connection
+  whose client has taken nothing for ``_STALLED_S`` while its buffers are full is
+  aborted instead (see ``StalledClients``).
 - After serving, uvicorn raises the signal it caught again, for a program that embeds
   it: SIGTERM would then kill this process (exit status 143) after a clean shutdown.
   This process is the program: a shutdown it was asked for and completed exits 0.
@@ -27,15 +32,62 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from socket import socket
 from types import FrameType
+from typing import Protocol, runtime_checkable
 
 import uvicorn
 
 log = logging.getLogger(__name__)
 
 _CUT_SHORT_S = 2.0  # for the requests ended at the grace's end to send their last event
+# A client whose buffers are full and which takes none of them for this long does not read.
+_STALLED_S = 1.0
+_LOOK_EVERY_S = 0.25
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What is needed of a connection's transport: asyncio's, or uvloop's (which is not
+    an ``asyncio.Transport``)."""
+
+    def get_write_buffer_size(self) -> int: ...
+    def is_closing(self) -> bool: ...
+    def abort(self) -> None: ...
+
+
+class StalledClients:
+    """Finds the connections whose client has stopped reading: the answer waits on it
+    (writing paused, or the connection closing with bytes unsent) and not one byte of
+    its buffer has gone out for ``stalled_s``. A client that reads, however slowly,
+    takes some of its buffer and is left alone."""
+
+    def __init__(self, stalled_s: float = _STALLED_S) -> None:
+        self._stalled_s = stalled_s
+        self._waiting: dict[object, tuple[int, float]] = {}  # unsent bytes, and since when
+
+    def look(self, connections: Iterable[object], now: float) -> list[Transport]:
+        """The transports of ``connections`` stalled for ``stalled_s`` as of ``now``."""
+        stalled: list[Transport] = []
+        waiting: dict[object, tuple[int, float]] = {}
+        for connection in connections:
+            transport = getattr(connection, "transport", None)
+            flow = getattr(connection, "flow", None)
+            if not isinstance(transport, Transport):
+                continue
+            unsent = transport.get_write_buffer_size()
+            paused = bool(getattr(flow, "write_paused", False))
+            if unsent == 0 or not (paused or transport.is_closing()):
+                continue
+            before, since = self._waiting.get(connection, (-1, now))
+            if before != unsent:
+                since = now  # some went out (or more came): it reads
+            waiting[connection] = (unsent, since)
+            if now - since >= self._stalled_s:
+                stalled.append(transport)
+        self._waiting = waiting
+        return stalled
 
 
 class GracefulServer(uvicorn.Server):
@@ -71,9 +123,13 @@ class GracefulServer(uvicorn.Server):
             sock.close()
         for connection in list(self.server_state.connections):
             connection.shutdown()  # idle ones close now; busy ones after their answer
-        with contextlib.suppress(TimeoutError):  # the grace is over: the rest are cut short
-            async with asyncio.timeout(self.config.timeout_graceful_shutdown):
-                await self._wait_tasks_to_complete()  # ends at once on force_exit
+        watch = asyncio.get_running_loop().create_task(self._abort_stalled())
+        try:
+            with contextlib.suppress(TimeoutError):  # the grace is over: the rest are cut short
+                async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                    await self._wait_tasks_to_complete()  # ends at once on force_exit
+        finally:
+            watch.cancel()
         await self._end_requests()
         await self.lifespan.shutdown()  # the app stops the backends
 
@@ -95,6 +151,20 @@ class GracefulServer(uvicorn.Server):
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+    async def _abort_stalled(self) -> None:
+        """Abort, for as long as the grace lasts, the connections of clients that do not
+        read (see above): their requests then end as if the client had left."""
+        clients = StalledClients()
+        loop = asyncio.get_running_loop()
+        while True:
+            for transport in clients.look(list(self.server_state.connections), loop.time()):
+                unsent = transport.get_write_buffer_size()
+                log.info(
+                    "closing a connection whose client stopped reading (%d bytes unsent)", unsent
+                )
+                transport.abort()
+            await asyncio.sleep(_LOOK_EVERY_S)
 
     async def _end_requests(self) -> None:
         """Cancel the requests still running; wait a moment for their last events."""

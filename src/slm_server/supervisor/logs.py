@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
-from slm_server.log_feed import NOTE_PREFIX, LogFeed
+from slm_server.log_feed import NOTE_PREFIX, LogFeed, dropped_note
 from slm_server.supervisor.log_writer import LogWriter
 
 # Rotation keeps a chatty backend from filling the disk: at most
@@ -51,7 +52,7 @@ class BackendLog:
                 max_bytes=_MAX_BYTES,
                 rotate=self._rotate,
                 max_pending_chars=self._max_pending,
-                dropped_note=_dropped_note,
+                dropped_note=partial(dropped_note, why="the log file could not keep up"),
             )
         self._writer.put(line)
 
@@ -87,7 +88,3 @@ class BackendLog:
             newer = self.path.with_name(f"{self.path.name}.{n - 1}") if n > 1 else self.path
             if newer.exists():
                 newer.replace(older)
-
-
-def _dropped_note(count: int) -> str:
-    return f"{NOTE_PREFIX}{count} line(s) dropped here: the log file could not keep up"
