@@ -16,8 +16,11 @@ from config_builder import entry, make_config
 from net import free_port
 from on_demand_serving import Launcher, model, serving
 from slm_server import __version__
+from slm_server.admin.dashboard import Dashboard
+from slm_server.auth import Grant
 from slm_server.router.access_log import ACCESS_LOGGER
 from slm_server.router.app import RouterApp
+from slm_server.router.metrics.tallies import RequestTallies
 
 ALICE = "alice-key-0123456789"
 OPS = "ops-key-0123456789"
@@ -69,6 +72,7 @@ async def test_the_status_shows_each_model_with_its_state_and_its_recent_figures
     assert chat["ttfb_p50_s"] > 0
     assert chat["tokens_per_s"] > 0  # the fake reports usage at the end of each stream
     assert status["memory"]["used_mb"] == chat["memory_mb"] > 0
+    assert status["memory"]["estimated_mb"] == 0  # spare is not loaded: it takes nothing
     # An unloaded on-demand model is listed too, with the memory it will need.
     assert (spare["state"], spare["on_demand"], spare["memory_mb"]) == ("unloaded", True, None)
     assert spare["memory_estimate_mb"] == 1000
@@ -120,6 +124,28 @@ async def test_a_key_sees_only_its_models_and_no_admin_actions(keyed: httpx.Asyn
     assert sorted(m["model_id"] for m in ops["models"]) == ["m-chat", "m-other"]
     assert ops["can_control"] is True
     assert ops["runs_backends"] is False  # `slm-server router`: it starts no backend
+
+
+async def test_the_memory_counts_measured_and_estimated_apart() -> None:
+    reports = {
+        "chat": {"model_id": "m-chat", "state": "ready", "memory_mb": 1200},
+        # Just started, not measured yet: held by its estimate, as the budget holds it.
+        "code": {"model_id": "m-code", "state": "starting", "memory_estimate_mb": 900},
+        "spare": {"model_id": "m-spare", "state": "unloaded", "memory_estimate_mb": 5000},
+    }
+
+    async def health(grant: Grant | None) -> dict[str, dict[str, Any]]:
+        return reports
+
+    dashboard = Dashboard(
+        health,
+        lambda: RequestTallies(["m-chat", "m-code", "m-spare"]),
+        lambda: 4 * 10**9,
+        runs_backends=True,
+        started_at=0.0,
+    )
+    memory = (await dashboard.status(None))["memory"]
+    assert memory == {"budget_mb": 4000, "used_mb": 1200, "estimated_mb": 900}
 
 
 async def test_the_page_needs_no_key_and_allows_only_its_own_files(

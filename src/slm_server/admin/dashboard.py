@@ -25,6 +25,7 @@ STATUS_PATH = "/admin/status"
 DASHBOARD_PATHS = PAGE_PATHS | {STATUS_PATH}
 
 _MB = 10**6  # decimal, like the health report's memory_mb
+_RUNNING = frozenset({"starting", "ready", "stopping"})  # states that hold memory
 
 # Role -> health report, of the backends ``grant`` may see.
 HealthReports = Callable[[Grant | None], Awaitable[Mapping[str, Mapping[str, Any]]]]
@@ -88,10 +89,22 @@ class Dashboard:
             "runs_backends": self.runs_backends,
             "memory": {
                 "budget_mb": None if budget is None else round(budget / _MB),
-                "used_mb": sum(m["memory_mb"] or 0 for m in models),
+                **_memory(models),
             },
             "models": models,
         }
+
+
+def _memory(models: list[dict[str, Any]]) -> dict[str, int]:
+    """What the running models take: ``used_mb`` measured, ``estimated_mb`` the estimates
+    of those not measured yet (just started). The page's memory bar shows the same."""
+    used = estimated = 0
+    for model in models:
+        if model["memory_mb"] is not None:
+            used += model["memory_mb"]
+        elif model["state"] in _RUNNING:
+            estimated += model.get("memory_estimate_mb") or 0
+    return {"used_mb": used, "estimated_mb": estimated}
 
 
 def _model(role: str, report: Mapping[str, Any], figures: Figures | None) -> dict[str, Any]:
