@@ -1,8 +1,9 @@
 """``GET /ui`` (the dashboard's page) and ``GET /admin/status`` (what it shows).
 
-The status is the health report of each backend the caller may see (what
-``/v1/backends/health`` answers), with each model's figures over the last minutes and
-the router's own: uptime, version, memory budget, and whether the caller may act.
+The status is the health report of each backend (what ``/v1/backends/health`` answers),
+with each model's figures over the last minutes and the router's own: uptime, version,
+memory. With keys, only an admin key may read it (the app checks): it holds every
+model's traffic figures and the last lines of the backends' logs.
 """
 
 from __future__ import annotations
@@ -83,9 +84,7 @@ class Dashboard:
             "window_s": window.length_s,
             # Shorter than the window while the router is younger than it.
             "window_covered_s": 0.0 if base is None else round(now.at - base.at, 1),
-            # Admin actions: with keys, only an admin key; load, unload and restart also
-            # need a router that runs its backends.
-            "can_control": grant is None or grant.admin,
+            # Load, unload and restart need a router that runs its backends.
             "runs_backends": self.runs_backends,
             "memory": {
                 "budget_mb": None if budget is None else round(budget / _MB),

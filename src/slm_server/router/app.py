@@ -14,7 +14,7 @@ from typing import Any
 
 # The module, not its names: it imports from this package, and may be imported first.
 from slm_server.admin import log_stream
-from slm_server.admin.dashboard import DASHBOARD_PATHS, Dashboard
+from slm_server.admin.dashboard import DASHBOARD_PATHS, STATUS_PATH, Dashboard
 from slm_server.admin.page import PAGE_PATHS
 from slm_server.admin.reload import Reloader
 from slm_server.admin.reload_triggers import ReloadRequests, Triggers
@@ -293,6 +293,8 @@ class RouterApp:
             query = log_stream.parse_query(scope["query_string"])
             await self.log_streams.answer(feed, query, receive, sent.send)
         elif path in DASHBOARD_PATHS:
+            if path == STATUS_PATH and grant is not None:  # per-model traffic, log tails
+                require_admin(grant, "the dashboard")
             await self.dashboard.answer(method, path, grant, sent.send)
         elif path == RELOAD_PATH:
             if method != "POST":
