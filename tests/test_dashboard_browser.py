@@ -224,15 +224,26 @@ def test_with_keys_the_page_asks_for_one_then_shows_the_models(
     assert OPS not in page.url
 
 
-def test_a_key_that_is_not_an_admins_sees_its_models_and_no_admin_buttons(
+def test_a_key_that_is_not_an_admins_is_told_so_and_gets_the_playground(
     keyed: RouterProcess, page: Page
 ) -> None:
+    errors = PageErrors(page)
     page.goto(f"{keyed.url}/ui")
     _enter_key(page, ALICE)
-    expect(_state(page, "chat")).to_have_text("ready", timeout=WAIT_MS)
-    expect(page.locator('tr[data-role="spare"]')).to_have_count(0)  # not its model
-    expect(page.locator('tr[data-role="chat"] .action-load')).to_be_hidden()
+    expect(page.locator("#admin-needed")).to_contain_text("not an admin key", timeout=WAIT_MS)
+    expect(page.locator("#dashboard")).to_be_hidden()
+    expect(page.locator("#models tbody tr")).to_have_count(0)  # no figures, no logs
     expect(page.locator("#reload-config")).to_be_hidden()
+    # The playground lists the models the key may use, and answers.
+    expect(page.locator("#play-model option")).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator("#play-model option")).to_have_text("m-chat")
     page.fill("#play-message", "hello")
     page.click("#play-send")
     expect(page.locator("#play-answer")).to_have_text(ANSWER, timeout=WAIT_MS)
+    # Another key may be given: an admin's shows the dashboard.
+    page.click("#forget-key")
+    _enter_key(page, OPS)
+    expect(_state(page, "spare")).to_have_text("unloaded", timeout=WAIT_MS)
+    expect(page.locator("#admin-needed")).to_be_hidden()
+    expect(page.locator("#play-model option")).to_have_count(3)
+    assert errors.errors == []

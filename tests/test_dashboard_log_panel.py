@@ -92,3 +92,4 @@ async def test_the_log_panel_follows_a_stream_with_the_key_and_keeps_its_last_li
         await expect(page.locator(".log-panel")).to_have_count(0)
         await page.close()
     assert stand_in.asked == [("/admin/logs/chat", b"tail=200&follow=1", f"Bearer {OPS}".encode())]
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from slm_server.router.metrics.tallies import RequestTallies
 
 ALICE = "alice-key-0123456789"
 OPS = "ops-key-0123456789"
+_IMPORT = re.compile(r'^import .* from "(/ui/[a-z]+\.js)";$', re.M)  # a module's imports
 
 
 def _digest(key: str) -> str:
@@ -161,14 +163,20 @@ async def test_the_page_needs_no_key_and_allows_only_its_own_files(
         page = await keyed.get(path)
         assert page.status_code == 200, page.text
         assert page.headers["content-type"].startswith("text/html")
-        assert '<script src="/ui/dashboard.js"' in page.text
+        assert '<script type="module" src="/ui/dashboard.js">' in page.text
     policy = page.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "script-src 'self';" in policy
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
-    script = await keyed.get("/ui/dashboard.js")
-    assert script.status_code == 200
-    assert script.headers["content-type"].startswith("text/javascript")
-    assert "/admin/status" in script.text
+    # Every module the script imports is served, as a script, without a key.
+    wanted, served = ["/ui/dashboard.js"], set()
+    while wanted:
+        path = wanted.pop()
+        script = await keyed.get(path)
+        assert script.status_code == 200, path
+        assert script.headers["content-type"].startswith("text/javascript")
+        served.add(path)
+        wanted += set(_IMPORT.findall(script.text)) - served
+    assert served == {"/ui/dashboard.js", "/ui/common.js", "/ui/actions.js", "/ui/playground.js"}
     style = await keyed.get("/ui/dashboard.css")
     assert style.headers["content-type"].startswith("text/css")
 

@@ -18,8 +18,12 @@ UI_PATH = "/ui"
 _FILES = {
     UI_PATH: ("index.html", b"text/html; charset=utf-8"),
     f"{UI_PATH}/": ("index.html", b"text/html; charset=utf-8"),
-    f"{UI_PATH}/dashboard.js": ("dashboard.js", b"text/javascript; charset=utf-8"),
     f"{UI_PATH}/dashboard.css": ("dashboard.css", b"text/css; charset=utf-8"),
+    # The script, as modules: dashboard.js imports the others.
+    **{
+        f"{UI_PATH}/{name}": (name, b"text/javascript; charset=utf-8")
+        for name in ("dashboard.js", "common.js", "actions.js", "playground.js")
+    },
 }
 PAGE_PATHS = frozenset(_FILES)
 

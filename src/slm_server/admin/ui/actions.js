@@ -1,0 +1,130 @@
+// What an admin does from the dashboard: load, unload and restart a model, reload the
+// config, and follow a backend's log in a panel. Each takes `refresh`, called when the
+// table should show a change (a button turns busy or free, a panel opens or closes).
+
+import { $, call, element, headers, notice, refusal } from "/ui/common.js";
+
+const LOG_LINES_KEPT = 500;
+const LOG_LINE_MAX_CHARS = 4000; // a line that never ends is cut, not kept growing
+
+const DOING = { load: "loading", unload: "unloading", restart: "restarting" };
+const DONE = { load: "loaded", unload: "unloaded", restart: "restarted" };
+
+const busy = new Set(); // "role action" under way
+const logPanels = new Map(); // role -> {panel, controller}
+
+export function isBusy(role, action) {
+  return busy.has(`${role} ${action}`);
+}
+
+export async function act(role, action, refresh) {
+  const id = `${role} ${action}`;
+  busy.add(id);
+  refresh();
+  notice(`${role}: ${DOING[action]}…`);
+  try {
+    await call("POST", `/v1/backends/${encodeURIComponent(role)}/${action}`);
+    notice(`${role}: ${DONE[action]}`);
+  } catch (error) {
+    notice(`${role}: ${action} failed: ${error.message}`, true);
+  } finally {
+    busy.delete(id);
+    refresh();
+  }
+}
+
+export async function reloadConfig(refresh) {
+  const button = $("reload-config");
+  button.disabled = true;
+  notice("reloading the config…");
+  try {
+    notice(reloadSummary(await call("POST", "/admin/reload")));
+  } catch (error) {
+    notice(`reload failed: ${error.message}`, true);
+  } finally {
+    button.disabled = false;
+    refresh();
+  }
+}
+
+function reloadSummary(answer) {
+  const parts = [];
+  if (answer && answer.roles && typeof answer.roles === "object") {
+    const roles = Object.entries(answer.roles).map(([role, what]) => `${role} ${typeof what === "string" ? what : JSON.stringify(what)}`);
+    if (roles.length) parts.push(roles.join(", "));
+  }
+  const restart = answer && answer.router && answer.router.restart_needed;
+  if (Array.isArray(restart) && restart.length) parts.push(`needs a restart of the server: ${restart.join(", ")}`);
+  return parts.length ? `config reloaded: ${parts.join("; ")}` : "config reloaded";
+}
+
+// -- logs -------------------------------------------------------------------------
+
+export function hasLogs(role) {
+  return logPanels.has(role);
+}
+
+export function toggleLogs(role, refresh) {
+  if (logPanels.has(role)) closeLogs(role);
+  else openLogs(role, refresh);
+  refresh();
+}
+
+export function closeAllLogs() {
+  for (const role of [...logPanels.keys()]) closeLogs(role);
+}
+
+function closeLogs(role) {
+  const open = logPanels.get(role);
+  if (!open) return;
+  open.controller.abort();
+  open.panel.remove();
+  logPanels.delete(role);
+}
+
+function openLogs(role, refresh) {
+  const panel = element("div", "log-panel");
+  panel.dataset.role = role;
+  const head = element("div", "log-head");
+  const state = element("span", "muted", "connecting…");
+  const close = element("button", "", "Close");
+  close.type = "button";
+  close.addEventListener("click", () => toggleLogs(role, refresh));
+  head.append(element("strong", "", `Log of ${role}`), state, element("span", "spacer"), close);
+  const pre = element("pre");
+  panel.append(head, pre);
+  $("logs").append(panel);
+  const controller = new AbortController();
+  logPanels.set(role, { panel, controller });
+  follow(role, pre, state, controller.signal);
+}
+
+async function follow(role, pre, state, signal) {
+  const lines = [];
+  try {
+    const path = `/admin/logs/${encodeURIComponent(role)}?tail=200&follow=1`;
+    const response = await fetch(path, { headers: headers(), signal });
+    if (!response.ok) {
+      state.textContent = (await refusal(response)).message;
+      state.className = "error";
+      return;
+    }
+    state.textContent = "following";
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let partial = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const pieces = (partial + value).split("\n");
+      partial = pieces.pop().slice(0, LOG_LINE_MAX_CHARS);
+      for (const line of pieces) lines.push(line.slice(0, LOG_LINE_MAX_CHARS));
+      if (lines.length > LOG_LINES_KEPT) lines.splice(0, lines.length - LOG_LINES_KEPT);
+      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      pre.textContent = lines.join("\n");
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    }
+    state.textContent = "the log stream ended";
+  } catch (error) {
+    if (error.name !== "AbortError") state.textContent = `stopped: ${error.message}`;
+  }
+}
