@@ -93,3 +93,43 @@ async def test_the_log_panel_follows_a_stream_with_the_key_and_keeps_its_last_li
         await page.close()
     assert stand_in.asked == [("/admin/logs/chat", b"tail=200&follow=1", f"Bearer {OPS}".encode())]
 
+
+async def test_at_most_three_logs_are_followed_and_the_status_keeps_coming(
+    browser: Browser,
+) -> None:
+    # Each followed log holds one of the browser's 6 connections to the router: with
+    # 6 open, the status poll and every button would wait behind them for good.
+    ops = {"name": "ops", "key_sha256": hashlib.sha256(OPS.encode()).hexdigest(), "admin": True}
+    roles = ["a", "b", "c", "d", "e", "f"]
+    models = {role: entry(f"m-{role}", free_port()) for role in roles}
+    stand_in = LogStream(RouterApp(make_config(models, api_keys=[ops])))
+    async with served(stand_in) as url:
+        page = await browser.new_page()
+        try:
+            await page.goto(f"{url}/ui")
+            await page.fill("#key-input", OPS)
+            await page.click("#key-form button[type=submit]")
+            for role in roles:
+                await page.click(f'#models tr[data-role="{role}"] .action-logs')
+            panels = page.locator(".log-panel")
+            await expect(panels).to_have_count(3)
+            for role in ("a", "b", "c"):
+                await expect(page.locator(f'.log-panel[data-role="{role}"] pre')).to_contain_text(
+                    f"{role} line {LINES - 1}"
+                )
+            await expect(page.locator("#notice")).to_contain_text("at most 3 logs")
+            # The status still comes every second beside the three streams.
+            connection = page.locator("#connection")
+            seen = await connection.text_content()
+            await expect(connection).not_to_have_text(seen or "", timeout=5000)
+            await expect(connection).to_contain_text("live")
+            # Closing one makes room for another.
+            await page.click('#models tr[data-role="a"] .action-logs')
+            await page.click('#models tr[data-role="d"] .action-logs')
+            await expect(page.locator('.log-panel[data-role="d"] pre')).to_contain_text(
+                f"d line {LINES - 1}"
+            )
+            await expect(panels).to_have_count(3)
+        finally:
+            await page.close()
+    assert [path for path, _, _ in stand_in.asked] == [f"/admin/logs/{r}" for r in "abcd"]

@@ -4,6 +4,11 @@
 
 import { $, call, element, headers, notice, refusal } from "/ui/common.js";
 
+// A followed log holds one of the browser's connections to the router for as long as it
+// is open, and Chromium keeps at most 6 per server: past them the status poll and every
+// button wait behind the logs. Three leave room for the poll, a playground answer and an
+// action.
+export const MAX_LOG_PANELS = 3;
 const LOG_LINES_KEPT = 500;
 const LOG_LINE_MAX_CHARS = 4000; // a line that never ends is cut, not kept growing
 
@@ -66,7 +71,9 @@ export function hasLogs(role) {
 
 export function toggleLogs(role, refresh) {
   if (logPanels.has(role)) closeLogs(role);
-  else openLogs(role, refresh);
+  else if (logPanels.size >= MAX_LOG_PANELS) {
+    notice(`at most ${MAX_LOG_PANELS} logs can be followed at once (each holds one of the few connections a browser opens to a server): close one to open another`, true);
+  } else openLogs(role, refresh);
   refresh();
 }
 
