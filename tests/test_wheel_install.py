@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from net import free_port
+from slm_server.admin.page import PAGE_PATHS
 from slm_server.backends.llamacpp import find_llama_server
 from slm_server.llama_server.check import check_model
 
@@ -74,7 +75,7 @@ def test_the_installed_commands_check_start_and_stop(clean_install: Path, config
     assert "chat (gemma-chat): ready" in started.stdout
     assert "1 of 1 model(s) ready" in started.stdout
     # The dashboard's files are package data: the wheel must carry them.
-    for path in ("/ui", "/ui/dashboard.js", "/ui/dashboard.css"):
+    for path in sorted(PAGE_PATHS):
         served = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
         assert served.status_code == 200, (path, served.text)
     stopped = run([slm, "stop", "--config", "models.yaml"], cwd=config_dir)
