@@ -70,7 +70,9 @@ class RouterProcess:
                 cwd=self.tmp_dir,
                 env=self.env,
             )
-        wait_until(self._healthy, 15, f"router on port {self.port} (log: {self.log_path})")
+        # Generous: on a loaded machine (tests in parallel, real models loading) a router
+        # has taken over 15 s to import and bind; a router that never comes up still fails.
+        wait_until(self._healthy, 60, f"router on port {self.port} (log: {self.log_path})")
         return self
 
     @property
