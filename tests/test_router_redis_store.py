@@ -1,8 +1,9 @@
 """Two real routers sharing one real redis-server continue each other's conversations.
 
 Both route to one fake backend that has only Chat Completions (``--no-responses``), so
-every /v1/responses request is converted and its turn kept in Redis; the official
-openai SDK is the client, as a user behind a load balancer would have it.
+every /v1/responses request is converted and its turn kept in Redis (one test has a
+backend that answers /v1/responses itself); the official openai SDK is the client, as a
+user behind a load balancer would have it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fake_backend_proc import FakeBackend
 from net import wait_until
 from redis_server import RedisServer, running_redis
 from router_proc import RouterProcess
+from tcp_link import TcpLink
 
 ALICE_KEY = "alice-7c1d9e2b4f60"
 BOB_KEY = "bob-3a8e5f1c0d27"
@@ -182,3 +184,32 @@ def test_an_expired_turn_is_unknown(fake: FakeBackend, tmp_path: Path) -> None:
                 )
         finally:
             process.stop()
+
+
+def test_a_native_answer_is_in_redis_before_the_client_has_it(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """The client's next turn goes, the moment it has the answer, to a router nearer Redis
+    than the one that answered (whose commands take 0.3 s to get there)."""
+    with FakeBackend().start() as native, TcpLink(redis.port, delay_s=0.3) as far_link:
+        models = {"chat": entry("m-chat", native.port, default_timeout=10)}
+        started: list[RouterProcess] = []
+        try:
+            for n, url in enumerate((far_link.url, redis.url)):
+                (tmp_path / f"r{n}").mkdir()
+                config = {"models": models, "router": {"response_store_url": url}}
+                started.append(RouterProcess(config, tmp_path / f"r{n}").start())
+            far, near = (process.openai() for process in started)
+            first = far.responses.create(model="m-chat", input="My name is Ada.")
+            assert native.last_request()["path"] == "/v1/responses"  # answered natively
+            second = near.responses.create(
+                model="m-chat", input="What is my name?", previous_response_id=first.id
+            )
+            assert second.output_text == "echo: What is my name?"
+            assert chat_messages_sent(native)[:2] == [
+                {"role": "user", "content": "My name is Ada."},
+                {"role": "assistant", "content": "echo: My name is Ada."},
+            ]
+        finally:
+            for process in started:
+                process.stop()

@@ -154,8 +154,10 @@ class Bridge:
         generation = process.generation if process is not None else 0
         reason = self._why_convert(backend, process, path, request, generation)
         if reason is None:
-            pending = PendingTurn(self.store) if path == RESPONSES else None
-            recorder = native_recorder(request, pending, owner) if pending is not None else None
+            # A native answer is stored as it goes out, before its last bytes.
+            recorder = (
+                native_recorder(request, self.store, owner, send) if path == RESPONSES else None
+            )
             try:
                 await forward(
                     pool,
@@ -163,10 +165,9 @@ class Bridge:
                     target,
                     headers,
                     body,
-                    send,
+                    recorder.send if recorder is not None else send,
                     lifetime,
                     missing_statuses=_CONVERT_STATUSES,
-                    observe=recorder.feed if recorder else None,
                 )
             except EndpointMissing as missing:
                 reason = _CONVERT_ON[missing.status]
@@ -181,10 +182,6 @@ class Bridge:
                         missing.status,
                     )
             else:
-                # Stored once the answer is out: a native one is relayed as it comes.
-                if recorder is not None and pending is not None:
-                    recorder.remember()
-                    await pending.keep()
                 return
         conversion = await self._conversion(path, request, owner)
         # What the router adds to chat requests it forwards goes into converted ones too.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 
 from slm_server.router.asgi import ENDED_IN_ERROR, Body, Headers, Message, Send, send_response
 from slm_server.router.errors import (
@@ -121,9 +121,6 @@ def _end_to_end(raw: Headers, hop_by_hop: frozenset[bytes]) -> Headers:
     return kept
 
 
-Observer = Callable[[bytes], None]
-
-
 class EndpointMissing(Exception):
     """The backend answered ``status``, one the caller takes for "convert instead"."""
 
@@ -142,15 +139,13 @@ async def forward(
     lifetime: RequestLifetime,
     *,
     missing_statuses: frozenset[int] = frozenset(),
-    observe: Observer | None = None,
 ) -> None:
     """POST ``body`` to ``target`` (path and query) on ``backend``; relay the answer.
 
     The caller holds the backend's slot. The request's deadline bounds the answer (for
     a stream: until its response headers; then each gap between reads has the entry's
     ``default_timeout``). An answer with a status in ``missing_statuses`` is not
-    relayed: EndpointMissing. ``observe`` sees each piece of a successful answer's body
-    as it is relayed.
+    relayed: EndpointMissing.
     """
     stopwatch = lifetime.stopwatch
     stopwatch.pause()
@@ -173,19 +168,15 @@ async def forward(
     if response.status in missing_statuses:
         response.release()
         raise EndpointMissing(target, response.status)
-    if response.status != 200:
-        observe = None
     if not streamed:
         response.release()
-        if observe is not None:
-            observe(payload)
         headers_out = _response_headers(response)
         headers_out += stopwatch.headers()
         await send_response(send, response.status, payload, headers_out)
         return
     completed = False
     try:
-        await _relay_stream(response, send, backend, observe, stopwatch.headers())
+        await _relay_stream(response, send, backend, stopwatch.headers())
         completed = True
     finally:
         if completed:
@@ -247,7 +238,6 @@ async def _relay_stream(
     response: UpstreamResponse,
     send: Send,
     backend: Backend,
-    observe: Observer | None,
     timing: Headers,
 ) -> None:
     own = {name for name, _ in SSE_HEADERS}  # ours replace the backend's, never doubled
@@ -259,8 +249,6 @@ async def _relay_stream(
         async with contextlib.aclosing(stream_pieces(response, backend)) as pieces:
             async for chunk in pieces:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if observe is not None:
-                    observe(chunk)
     except StreamBroken as broken:
         end["body"] = _sse_error(broken.status, str(broken), broken.code)
         end[ENDED_IN_ERROR] = True

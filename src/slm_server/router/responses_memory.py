@@ -6,8 +6,9 @@ including a converted stream's final event (without which the client would not
 know the response had completed).
 
 The turn is worked out as the answer is made, into a ``PendingTurn``, and stored
-(``keep``, asynchronous: the store may be Redis) before a converted answer's last
-bytes go out, so that the client's next turn finds it, even on another router.
+(``keep``, asynchronous: the store may be Redis) before the answer's last bytes go
+out (a stream's: its final event), so that the client's next turn finds it, even on
+another router.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from slm_server.router.asgi import Message, Send
 from slm_server.router.errors import ResponseStoreUnavailable, UnknownResponse
 from slm_server.stores import ConversationStore, StoreUnreachable
 from slm_server.translate.errors import UnsupportedField
@@ -137,33 +139,53 @@ class RememberingStream:
 
 
 def native_recorder(
-    request: dict[str, Any], store: TurnSink, owner: str | None
+    request: dict[str, Any], store: ConversationStore, owner: str | None, send: Send
 ) -> NativeRecorder | None:
-    """A recorder for a native answer to ``request``, to store for ``owner`` (the API key's
-    name); None when it asks not to be stored."""
-    return None if request.get("store") is False else NativeRecorder(request, store, owner)
+    """A recorder for a native answer to ``request``, sent with ``send``, to store for
+    ``owner`` (the API key's name); None when it asks not to be stored."""
+    if request.get("store") is False:
+        return None
+    return NativeRecorder(request, PendingTurn(store), owner, send)
 
 
 class NativeRecorder:
-    """Watches a native /v1/responses answer go by, to store it for previous_response_id.
+    """Watches a native /v1/responses answer go out, to store it for previous_response_id.
 
-    It keeps at most ``MAX_EVENT_BYTES`` of it (the whole body, or one event of a
-    stream): a larger answer is relayed all the same, only not stored.
+    Its ``send`` stands in for the client's: every message is passed on, but the one that
+    completes the answer (the whole body, or the piece of a stream holding its
+    response.completed event) only once the turn is stored, so that the client's next turn
+    finds it at once, on this router or another sharing the store. It keeps at most
+    ``MAX_EVENT_BYTES`` of the answer (the whole body, or one event of a stream): a larger
+    answer is relayed all the same, only not stored.
     """
 
-    def __init__(self, request: dict[str, Any], store: TurnSink, owner: str | None) -> None:
+    def __init__(
+        self, request: dict[str, Any], pending: PendingTurn, owner: str | None, send: Send
+    ) -> None:
         self.request = request
-        self.store = store
+        self.pending = pending
         self.owner = owner
+        self.client_send = send
         self.streamed = bool(request.get("stream"))
         self.parser = SseParser(MAX_EVENT_BYTES)
         self.whole = bytearray()
         self.response: dict[str, Any] | None = None
         self.keeping = True
 
-    def feed(self, piece: bytes) -> None:
-        if not self.keeping:
-            return
+    async def send(self, message: Message) -> None:
+        if self.keeping:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                self.keeping = False  # an error: nothing to store
+            elif message["type"] == "http.response.body":
+                self._feed(message.get("body", b""))
+                last = not message.get("more_body", False)
+                if self.keeping and (last or self.response is not None):
+                    self.keeping = False  # stored once, however many messages follow
+                    self._record()
+                    await self.pending.keep()
+        await self.client_send(message)
+
+    def _feed(self, piece: bytes) -> None:
         if not self.streamed:
             if len(self.whole) + len(piece) > MAX_EVENT_BYTES:
                 self._give_up()
@@ -185,14 +207,12 @@ class NativeRecorder:
         self.whole = bytearray()
         self.response = None
 
-    def remember(self) -> None:
-        if not self.keeping:
-            return
+    def _record(self) -> None:
         response = self.response if self.streamed else json_object(bytes(self.whole))
         if not isinstance(response, dict) or "id" not in response:
             return
         try:  # no history: requests continuing a conversation are never served natively
-            self.store.record_turn(self.request, None, response, self.owner)
+            self.pending.record_turn(self.request, None, response, self.owner)
         except (UnsupportedField, KeyError, TypeError, ValueError):
             log.debug("native response %s not stored: not convertible", response.get("id"))
 
