@@ -14,7 +14,7 @@ import pytest
 from net import eventually
 from redis_server import RedisServer, running_redis
 from slm_server.stores import StoreUnreachable
-from slm_server.stores.redis_store import RedisStore
+from slm_server.stores.redis_store import MAX_CONNECTIONS, RedisStore
 
 HI = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
@@ -139,6 +139,17 @@ async def test_closing_the_store_closes_its_connections(redis_server: RedisServe
     assert connected_clients(redis_server) > 1  # the store's, and the one asking
     await store.aclose()
     await eventually(lambda: connected_clients(redis_server) == 1, 5, "connections closed")
+
+
+async def test_more_concurrent_calls_than_connections_wait_for_one(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    assert await store.put("resp_1", HI, None)
+    many = 3 * MAX_CONNECTIONS  # past redis-py's default pool of 100, which refuses
+    got = await asyncio.gather(*(store.get("resp_1", None) for _ in range(many)))
+    assert got == [HI] * many
+    assert store.reachable
+    assert connected_clients(redis_server) <= MAX_CONNECTIONS + 1  # the store's, and ours
 
 
 def test_without_redis_server_its_tests_skip_unless_ci_requires_it(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 KEY_PREFIX = "slm:resp:"
 DEFAULT_TIMEOUT_S = 2.0
+# Connections to Redis at most; past them a call waits for one (within timeout_s). Each
+# call holds one for a round trip, so a few dozen serve hundreds of concurrent requests.
+MAX_CONNECTIONS = 64
 
 _decode_messages = msgspec.json.Decoder(list[dict[str, Any]]).decode
 
@@ -60,8 +63,12 @@ class RedisStore:
         self.timeout_s = timeout_s
         self.reachable = True
         options: dict[str, Any] = {} if password is None else {"password": password}
-        self.client: Redis = Redis.from_url(
+        # Blocking: the default pool refuses a call past its size ("Too many connections"),
+        # which would read as an outage under a burst of requests.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             socket_timeout=timeout_s,
             # One quick retry covers a pooled connection that Redis closed meanwhile
@@ -69,6 +76,7 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),
             **options,
         )
+        self.client: Redis = Redis.from_pool(pool)  # closing the client closes the pool
 
     @property
     def forgets(self) -> str:
