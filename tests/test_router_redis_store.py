@@ -164,8 +164,9 @@ def test_without_redis_answers_go_out_and_a_continue_gets_a_clear_503(
             assert error["type"] == "server_error"
             assert error["param"] == "previous_response_id"
             assert "Responses store (Redis at redis://127.0.0.1:" in error["message"]
-            assert "is unreachable" in error["message"]
+            assert "is unreachable; try again once it is back" in error["message"]
             assert process.log().count("cannot be used") == 1  # once for the whole outage
+            assert "-> 503" not in process.log()  # not again for each request
         finally:
             process.stop()
 
@@ -213,3 +214,32 @@ def test_a_native_answer_is_in_redis_before_the_client_has_it(
         finally:
             for process in started:
                 process.stop()
+
+
+def test_a_redis_that_refuses_the_router_is_said_at_start_and_to_the_client(
+    fake: FakeBackend, tmp_path: Path
+) -> None:
+    with running_redis(tmp_path) as redis:
+        redis.command(b"CONFIG", b"SET", b"requirepass", b"the-right-one")
+        router = _shared(redis, response_store_password_env="SLM_TEST_REDIS_PASSWORD")
+        env = {"SLM_TEST_REDIS_PASSWORD": "a-wrong-one"}
+        [process] = routers(1, fake, tmp_path, router, env)
+        client = process.start().openai()
+        try:
+            # Said at start-up, with the cause, before any request needs the store.
+            assert "refused the router (invalid username-password pair" in process.log()
+            answered = client.responses.create(model="m-chat", input="Answered all the same.")
+            assert answered.output_text == "echo: Answered all the same."
+            answer = httpx.post(
+                f"{process.url}/v1/responses",
+                json={"model": "m-chat", "input": "Go on.", "previous_response_id": answered.id},
+                timeout=10,
+            )
+            assert answer.status_code == 503
+            error = answer.json()["error"]
+            assert error["code"] == "response_store_unavailable"
+            assert error["message"].endswith("refused the router; the router's log says why")
+            assert process.log().count("refused the router (") == 1
+            assert "-> 503" not in process.log()
+        finally:
+            process.stop()

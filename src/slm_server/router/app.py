@@ -200,6 +200,7 @@ class RouterApp:
                     await self.scheduler.start()  # it starts the backends due at launch
                 self.dashboard.sampler.start()
                 self.reload_requests.start(self.reload_triggers, self.config.path)
+                await self.bridge.store.check()  # a wrong password is said now, not later
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.reload_requests.aclose()
@@ -228,7 +229,7 @@ class RouterApp:
             await end_cut_short(sent.send, scope["path"], sent.start, sent.last)
         except RouterError as error:
             refused = error.code
-            if error.status >= 500:
+            if error.status >= 500 and error.log_each:
                 log.warning("%s %s -> %d: %s", scope["method"], scope["path"], error.status, error)
             await end_with_error(sent.send, scope["path"], sent.start, sent.last, error)
         except ClientDisconnected:

@@ -40,6 +40,9 @@ class RouterError(Exception):
 
     status = 500
     code: str | None = None
+    # A 5xx is logged with each request that gets it, unless its cause is logged once
+    # for all of them (an outage).
+    log_each: bool = True
 
     def __init__(
         self,
@@ -197,6 +200,7 @@ class ResponseStoreUnavailable(RouterError):
 
     status = 503
     code = "response_store_unavailable"
+    log_each = False  # the store says once when it goes and once when it is back
 
 
 class InsufficientMemory(RouterError):

@@ -87,7 +87,7 @@ async def conversation_before(
         history = await store.get(str(previous), owner)
     except StoreUnreachable as exc:
         raise ResponseStoreUnavailable(
-            f"previous response '{previous}' cannot be looked up: {exc}; try again once it is back",
+            f"previous response '{previous}' cannot be looked up: {exc}",
             param="previous_response_id",
         ) from None
     if history is None:

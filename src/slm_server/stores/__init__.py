@@ -14,7 +14,8 @@ from slm_server.config import RouterSettings
 
 
 class StoreUnreachable(Exception):
-    """The store could not be asked (down, too slow, or it refused the router)."""
+    """The store could not be asked (down, too slow, or it refused the router); the
+    message says so to the client, and whether trying again may help."""
 
 
 class StoreSettingError(Exception):
@@ -31,6 +32,11 @@ class ConversationStore(Protocol):
     @property
     def forgets(self) -> str:
         """When stored turns go, in words, for the message about an unknown id."""
+        ...
+
+    async def check(self) -> None:
+        """Ask the store once (at start-up), so that a wrong address or password is logged
+        before the first request needs the store; never raises."""
         ...
 
     async def get(self, response_id: str, owner: str | None) -> list[dict[str, Any]] | None:

@@ -21,6 +21,9 @@ class MemoryStore:
             "MiB (router.response_store_mb), the least recently used going first"
         )
 
+    async def check(self) -> None:
+        return None
+
     async def get(self, response_id: str, owner: str | None) -> list[dict[str, Any]] | None:
         return self.store.get(response_id, owner)
 
