@@ -34,6 +34,9 @@ Model endpoints (all answers are deterministic):
 
 Test hooks:
 
+* ``--prefix /openai``: every route is served under that path too, as behind a proxy.
+* ``--tls-cert FILE --tls-key FILE``: HTTPS instead of HTTP.
+
 * ``--record-signals FILE``: the name of each SIGTERM, SIGINT, SIGQUIT or SIGHUP it
   gets is appended to FILE (one line each); then it exits, except on a SIGTERM with
   ``--ignore-sigterm``.
@@ -87,6 +90,7 @@ import math
 import os
 import re
 import signal
+import ssl
 import struct
 import sys
 import time
@@ -278,8 +282,10 @@ class FakeServer:
 
     # ------------------------------------------------------------------ app
 
-    def make_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.track], client_max_size=64 * 1024 * 1024)
+    def make_app(self, tracked: bool = True) -> web.Application:
+        """``tracked`` False: for a sub-application, whose parent's middleware tracks it."""
+        middlewares = [self.track] if tracked else []
+        app = web.Application(middlewares=middlewares, client_max_size=64 * 1024 * 1024)
         if self.health_routes:  # without: like llama_cpp.server, which has /v1/models only
             app.router.add_get("/health", self.health)
             app.router.add_get("/v1/health", self.health)
@@ -974,6 +980,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--die-mid-stream", type=int, default=None, metavar="K")
     p.add_argument("--no-responses", action="store_true")
     p.add_argument("--no-health", action="store_true", help="no /health route at all")
+    p.add_argument(
+        "--prefix",
+        default="",
+        help="serve the model routes under this path too (e.g. /openai), as a proxy would",
+    )
+    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--log-requests", action="store_true", help="a line on stderr for each request")
     p.add_argument("--record-signals", metavar="FILE", default=None)
@@ -1004,10 +1017,17 @@ async def serve(args: argparse.Namespace) -> None:
     )
     # handler_cancellation=True: cancel handlers when the client disconnects
     # (aiohttp >= 3.9 does not by default), so "cancelled" can be counted.
-    runner = web.AppRunner(server.make_app(), handler_cancellation=True, access_log=None)
+    app = server.make_app()
+    if args.prefix:  # the same routes, and their requests recorded, under the prefix too
+        app.add_subapp(args.prefix, server.make_app(tracked=False))
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
+    tls = None
+    if args.tls_cert is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     try:
-        site = web.TCPSite(runner, args.host, args.port)
+        site = web.TCPSite(runner, args.host, args.port, ssl_context=tls)
         await site.start()
         port = runner.addresses[0][1]
         sys.stdout.write(f"READY {port}\n")

@@ -138,7 +138,7 @@ async def test_ready_request_holds_readiness_until_the_model_answers(tmp_path: P
     async with serving(tmp_path, launch) as (client, supervisor):
         process = supervisor.processes["chat"]
         async with httpx.AsyncClient() as direct:
-            await eventually_answers(direct, f"{process.entry.base_url}/health")
+            await eventually_answers(direct, f"{process.entry.server_url}/health")
         assert process.state == "starting"
         await eventually(lambda: process.state == "ready", 10, "the model to load")
         assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
@@ -152,7 +152,7 @@ async def test_health_is_not_healthy_before_the_supervisor_calls_the_backend_rea
     async with serving(tmp_path, launch) as (client, supervisor):
         process = supervisor.processes["chat"]
         async with httpx.AsyncClient() as direct:
-            await eventually_answers(direct, f"{process.entry.base_url}/health")
+            await eventually_answers(direct, f"{process.entry.server_url}/health")
         loading = await backend_health(client)
         assert loading["state"] == "starting"
         assert loading["status"] == "unhealthy"

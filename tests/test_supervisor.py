@@ -366,7 +366,7 @@ async def test_a_failed_backend_is_tried_again_by_a_request_after_its_cooldown(
 ) -> None:
     policy = dataclasses.replace(FAST, retry_failed_after_s=1.0)
     model = make_config({"m": entry("m-fake", free_port())}).models["m"]
-    spec = fails_then_serves(tmp_path, model.port, FAST.max_start_failures)
+    spec = fails_then_serves(tmp_path, model.local_port, FAST.max_start_failures)
     process = BackendProcess("m", model, lambda: spec, BackendLog(tmp_path / "m.log"), policy)
     process.start()
     try:

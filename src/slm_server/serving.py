@@ -45,7 +45,7 @@ def warn_of_open_backends(config: LoadedConfig) -> None:
     # With API keys, a backend others can reach is a way around them: said all the more.
     around = ", around the router's API keys" if config.file.router.api_keys else ""
     for role, entry in config.models.items():
-        if entry.enabled and not is_loopback(entry.host):
+        if entry.enabled and entry.started_here and not is_loopback(entry.host):
             log.warning(
                 "%s: the backend listens on %s:%d, reachable from other machines without "
                 "authentication%s; set `host: 127.0.0.1` to keep it local",

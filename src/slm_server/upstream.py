@@ -1,17 +1,19 @@
-"""A small HTTP/1.1 client for local backends: a keep-alive pool, raw bytes, streamed bodies.
+"""A small HTTP/1.1 client for backends: a keep-alive pool, raw bytes, streamed bodies.
 
 The router's own cost per request was mostly its HTTP client's. General clients do much
-the router never needs (URL and cookie handling, redirects, proxies, TLS, multi-dict
-headers, decompression) on every request. Backends are plain HTTP on known host:port pairs,
-so this client writes each request as one buffer and parses the answer with httptools (the
-parser uvicorn uses), handing body pieces over as they arrive. Timeouts are the caller's:
-every wait here is an ordinary await that ``asyncio.timeout`` can bound and cancel.
+the router never needs (URL and cookie handling, redirects, proxies, multi-dict headers,
+decompression) on every request. Backends are HTTP on known host:port pairs (HTTPS for a
+server elsewhere, checked by the caller's SSL context), so this client writes each
+request as one buffer and parses the answer with httptools (the parser uvicorn uses),
+handing body pieces over as they arrive. Timeouts are the caller's: every wait here is
+an ordinary await that ``asyncio.timeout`` can bound and cancel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import time
 from collections.abc import Iterable
 from typing import cast
@@ -249,7 +251,7 @@ class UpstreamResponse:
     ``close`` (drop the connection).
     """
 
-    def __init__(self, pool: UpstreamPool, key: tuple[str, int], connection: _Connection) -> None:
+    def __init__(self, pool: UpstreamPool, key: _Key, connection: _Connection) -> None:
         self._pool = pool
         self._key = key
         self._connection: _Connection | None = connection
@@ -301,6 +303,10 @@ class UpstreamResponse:
             connection.abort()
 
 
+# Connections are shared only between requests to one address over one kind of transport.
+_Key = tuple[str, int, ssl.SSLContext | None]
+
+
 class UpstreamPool:
     """Keep-alive connections per backend address, reused most-recent first."""
 
@@ -311,7 +317,7 @@ class UpstreamPool:
         pool never hands out a connection the backend is about to close.
         """
         self._keepalive_s = keepalive_s
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[_Key, list[_Connection]] = {}
         self._closed = False
 
     async def request(
@@ -322,24 +328,27 @@ class UpstreamPool:
         path: str,
         headers: Iterable[tuple[bytes, bytes]] = (),
         body: bytes | bytearray = b"",
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> UpstreamResponse:
         """Send the request; return once the answer's status line and headers are in.
 
         ``path`` may carry a query; ``headers`` are sent as given, repeats included.
+        ``tls``: HTTPS, the server's certificate checked as the context says.
         Not for HEAD: the parser is not told the method, so it would wait for a body.
         """
         assert method != "HEAD", "HEAD answers have no body to frame"
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 literal
-        lines = [f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\n".encode("latin-1")]
+        start = f"{method} {path} HTTP/1.1\r\nhost: {_authority(host, port, tls)}\r\n"
+        lines = [start.encode("latin-1")]
         lines += [b"%s: %s\r\n" % header for header in headers]
         lines.append(b"content-length: %d\r\n\r\n" % len(body))
         head = b"".join(lines)
-        key = (host, port)
+        key = (host, port, tls)
         while True:
             connection = self._take_idle(key)
             reused = connection is not None
             if connection is None:
-                connection = await self._connect(host, port)
+                connection = await self._connect(host, port, tls)
             connection.send(head, body)
             try:
                 await connection.head_received
@@ -357,9 +366,17 @@ class UpstreamPool:
                 raise
             return UpstreamResponse(self, key, connection)
 
-    async def get(self, host: str, port: int, path: str) -> tuple[int, bytes]:
+    async def get(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> tuple[int, bytes]:
         """A whole GET exchange: status and body."""
-        response = await self.request("GET", host, port, path)
+        response = await self.request("GET", host, port, path, headers, tls=tls)
         try:
             body = await response.read()
         except BaseException:
@@ -368,7 +385,7 @@ class UpstreamPool:
         response.release()
         return response.status, body
 
-    def put_back(self, key: tuple[str, int], connection: _Connection) -> None:
+    def put_back(self, key: _Key, connection: _Connection) -> None:
         if self._closed:
             connection.abort()
             return
@@ -392,7 +409,7 @@ class UpstreamPool:
                 connection.abort()
         self._idle.clear()
 
-    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, key: _Key) -> _Connection | None:
         connections = self._idle.get(key)
         oldest_usable = time.monotonic() - self._keepalive_s
         while connections:
@@ -402,14 +419,22 @@ class UpstreamPool:
             connection.abort()
         return None
 
-    async def _connect(self, host: str, port: int) -> _Connection:
+    async def _connect(self, host: str, port: int, tls: ssl.SSLContext | None) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
             transport, connection = await loop.create_connection(
-                lambda: _Connection(loop), host, port
+                lambda: _Connection(loop), host, port, ssl=tls
             )
-        except OSError as exc:
+        except OSError as exc:  # a failed TLS handshake too (ssl.SSLError is an OSError)
             raise ConnectFailed(f"{host}:{port}", exc) from None
         # Seen with uvloop: connection_made had not yet run when create_connection returned.
         connection.connection_made(transport)
         return connection
+
+
+def _authority(host: str, port: int, tls: ssl.SSLContext | None) -> str:
+    """The Host header: the port left out where it is the scheme's own (as clients do)."""
+    name = f"[{host}]" if ":" in host else host  # IPv6 literal
+    if port == (443 if tls is not None else 80):
+        return name
+    return f"{name}:{port}"

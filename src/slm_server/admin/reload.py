@@ -24,9 +24,9 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from slm_server.admin.reload_check import ReloadBusy, checked_config
-from slm_server.admin.reload_plan import ReloadPlan, changed_fields, plan_reload
+from slm_server.admin.reload_plan import ReloadPlan, changed_fields, plan_reload, role_change
 from slm_server.auth import key_ring
-from slm_server.config import LoadedConfig
+from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.cors import Cors
 from slm_server.router.errors import RouterError
 from slm_server.router.metrics import METRICS_PATH
@@ -171,8 +171,10 @@ class Reloader:
         old = app.config.models
         waits: list[Awaitable[None]] = []
         to_launch: list[str] = []
-        for role, change in plan.roles.items():
+        for role in plan.roles:
             entry = new.models.get(role)
+            # What happens to the process: a server elsewhere has none to start or stop.
+            change = role_change(_run_here(old.get(role)), _run_here(entry))
             if change == "added":
                 assert entry is not None
                 process = supervisor.new_process(role, entry)
@@ -205,11 +207,16 @@ class Reloader:
         return waits, to_launch
 
 
+def _run_here(entry: ModelEntry | None) -> ModelEntry | None:
+    """``entry`` if slm_server runs its server, else None (as if it were not configured)."""
+    return entry if entry is not None and entry.started_here else None
+
+
 def _needs(new: LoadedConfig, plan: ReloadPlan) -> dict[str, int | None]:
     """The memory needs of the roles that run anew or were given a new ``memory_gb``
     (reading GGUF headers: in a thread)."""
     needs: dict[str, int | None] = {}
     for role, change in plan.roles.items():
-        if change in ("added", "replaced", "updated"):
+        if change in ("added", "replaced", "updated") and new.models[role].started_here:
             needs[role] = need_bytes(new.models[role], new.base_dir)
     return needs

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from slm_server.backends import command, llamacpp, mlx
+from slm_server.backends import command, llamacpp, mlx, openai
 from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import LoadedConfig, ModelEntry, Problem
 
@@ -19,13 +20,21 @@ def launch_spec(entry: ModelEntry, base_dir: Path) -> LaunchSpec:
         return mlx.launch_spec(entry, base_dir)
     if entry.backend == "command":
         return command.launch_spec(entry, base_dir)
+    if not entry.started_here:
+        where = entry.server_url
+        raise BackendUnsupported(f"{entry.id} runs elsewhere ({where}): it is not started here")
     raise BackendUnsupported(f"starting {entry.backend} backends is not supported")
 
 
 def installation_problems(config: LoadedConfig) -> list[Problem]:
-    """What keeps this machine from starting the enabled entries (e.g. a llama-server that
-    fails its check here, a command's program not found), for ``check-config``."""
-    return _llama_server_problems(config) + command.installation_problems(config)
+    """What keeps this machine from starting or reaching the enabled entries (e.g. a
+    llama-server that fails its check here, a command's program not found, an openai
+    entry's key not set), for ``check-config``."""
+    return (
+        _llama_server_problems(config)
+        + command.installation_problems(config)
+        + openai.setup_problems(config, os.environ)
+    )
 
 
 def _llama_server_problems(config: LoadedConfig) -> list[Problem]:

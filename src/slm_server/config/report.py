@@ -17,9 +17,13 @@ from slm_server.config.paths import (
 )
 from slm_server.config.problems import Problem, Severity
 from slm_server.config.schema import (
+    COMMAND_AND_OPENAI_FIELDS,
     COMMAND_ONLY_FIELDS,
+    LIFECYCLE_FIELDS,
+    LISTEN_FIELDS,
     LLAMACPP_ONLY_FIELDS,
     MLX_ONLY_FIELDS,
+    OPENAI_ONLY_FIELDS,
     SUPPORTED_MODEL_TYPES,
     ConfigFile,
     ModelEntry,
@@ -31,7 +35,12 @@ _OWN_FIELDS = {
     "llamacpp": LLAMACPP_ONLY_FIELDS,
     "mlx": MLX_ONLY_FIELDS,
     "command": COMMAND_ONLY_FIELDS,
+    "openai": OPENAI_ONLY_FIELDS,
+    "command and openai": COMMAND_AND_OPENAI_FIELDS,
 }
+# What a server slm_server does not start has no use for: written, it is ignored (a
+# warning, not an error, so that an entry moved to another machine needs one change).
+_NOT_FOR_REMOTE = (*LIFECYCLE_FIELDS, *LISTEN_FIELDS, "extra_args", "model_path")
 
 
 def check_config(config: ConfigFile, file: Path, base_dir: Path) -> list[Problem]:
@@ -51,12 +60,14 @@ def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> lis
     severity: Severity = "error" if entry.enabled else "warning"
     found: list[tuple[Severity, str, str]] = []
     try:
-        if entry.model_path is not None or entry.backend != "command":
+        if entry.backend not in ("command", "openai") or (
+            entry.backend == "command" and entry.model_path is not None
+        ):
             resolve_model_path(entry, base_dir)
     except ModelPathError as exc:
         found.append((severity, "model_path", str(exc)))
     found.extend(_projector_problems(entry, base_dir, severity))
-    if not 1 <= entry.port <= _MAX_PORT:
+    if entry.port is not None and entry.started_here and not 1 <= entry.port <= _MAX_PORT:
         found.append((severity, "port", f"{entry.port} is out of range 1..{_MAX_PORT}"))
     supported = SUPPORTED_MODEL_TYPES[entry.backend]
     if entry.model_type not in supported:
@@ -69,11 +80,17 @@ def check_entry(role: str, entry: ModelEntry, file: Path, base_dir: Path) -> lis
             )
         )
     for other, fields in _OWN_FIELDS.items():
-        for name in fields if other != entry.backend else ():
+        for name in fields if entry.backend not in other.split(" and ") else ():
             if _is_set(entry, name):
                 found.append(
                     ("warning", name, f"applies to {other} only; ignored for {entry.backend}")
                 )
+    if not entry.started_here:
+        found += [
+            ("warning", name, f"ignored for {entry.backend}: slm_server does not start its server")
+            for name in _NOT_FOR_REMOTE
+            if _is_set(entry, name)
+        ]
     if entry.pooling is not None and entry.model_type != "embeddings":
         found.append(("warning", "pooling", "applies to model_type embeddings only; ignored"))
     template = entry.chat_template_file
@@ -120,7 +137,7 @@ def _check_ports(config: ConfigFile, file: Path) -> list[Problem]:
     problems: list[Problem] = []
     owner: dict[int, str] = {}
     for role, entry in config.models.items():
-        if not entry.enabled:
+        if not entry.enabled or entry.port is None or not entry.started_here:
             continue
         if entry.port == config.router.port:
             problems.append(

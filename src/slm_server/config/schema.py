@@ -26,18 +26,21 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from slm_server.config.base_url import BaseUrl, BaseUrlError, parse_base_url
 from slm_server.config.command_line import CommandLineError, stop_signal_name, used_placeholders
 from slm_server.config.store_url import parse_store_url
 
 # What a browser sends as Origin: scheme://host[:port], nothing after.
 _ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 
-Backend = Literal["mlx", "llamacpp", "command"]
+Backend = Literal["mlx", "llamacpp", "command", "openai"]
 ModelType = Literal[
     "lm", "multimodal", "image-generation", "image-edit", "embeddings", "rerank", "whisper"
 ]
 # The kinds slm_server knows how to launch itself: they need a model file and its quantization.
 BUILT_IN_BACKENDS = frozenset({"mlx", "llamacpp"})
+# A server slm_server does not start: it only sends it requests.
+REMOTE_BACKENDS = frozenset({"openai"})
 
 # Which model types each backend kind can serve. llama.cpp has no image or
 # audio servers; MLX (mlx-openai-server) has no reranker; a command serves what
@@ -48,6 +51,7 @@ SUPPORTED_MODEL_TYPES: dict[str, frozenset[str]] = {
         {"lm", "multimodal", "image-generation", "image-edit", "embeddings", "whisper"}
     ),
     "command": frozenset(typing.get_args(ModelType)),
+    "openai": frozenset(typing.get_args(ModelType)),
 }
 # Endpoints the router can convert to chat completions; a command's server is sent them
 # natively only when its entry lists them in ``native_endpoints``.
@@ -68,14 +72,14 @@ LLAMACPP_ONLY_FIELDS = (
     "fit",
     "pooling",
 )
-COMMAND_ONLY_FIELDS = (
-    "command",
-    "env",
-    "health_path",
-    "ready_timeout_s",
-    "stop_signal",
-    "native_endpoints",
-)
+COMMAND_ONLY_FIELDS = ("command", "env", "ready_timeout_s", "stop_signal")
+OPENAI_ONLY_FIELDS = ("base_url", "base_urls", "api_key_env", "upstream_model", "tls_verify")
+# Read by both kinds whose server the router knows only from its entry.
+COMMAND_AND_OPENAI_FIELDS = ("health_path", "native_endpoints")
+# What only a server slm_server starts can use; an openai entry's are ignored.
+LIFECYCLE_FIELDS = ("on_demand", "idle_ttl_s", "pinned", "memory_gb")
+# What a server slm_server starts listens on; an openai entry's server is in base_url.
+LISTEN_FIELDS = ("port", "host")
 
 
 def _number_as_text(value: object) -> object:
@@ -99,6 +103,13 @@ def _budget(value: object) -> float | str | None:
 
 
 MemoryBudget = Annotated[float | Literal["auto"] | None, PlainValidator(_budget)]
+
+
+def _required_by_local(value: object, info: ValidationInfo) -> object:
+    """Missing for every kind slm_server starts; optional for openai (it runs elsewhere)."""
+    if value is None and info.data.get("backend", "openai") not in REMOTE_BACKENDS:
+        raise PydanticCustomError("missing", "Field required")
+    return value
 
 
 def _required_by_built_in(value: object, info: ValidationInfo) -> object:
@@ -127,10 +138,18 @@ class ModelEntry(BaseModel):
     )
     backend: Backend = Field(
         description=(
-            "Backend kind: `mlx`, `llamacpp`, or `command` (any server, by its command line)."
+            "Backend kind: `mlx`, `llamacpp`, `command` (any server, by its command line), "
+            "or `openai` (an OpenAI-compatible server slm_server does not start)."
         )
     )
-    port: int = Field(description="Port of this model's backend server; unique per entry.")
+    port: Annotated[int | None, AfterValidator(_required_by_local)] = Field(
+        default=None,
+        validate_default=True,
+        description=(
+            "Port of this model's backend server; unique per entry. Required for every "
+            "backend but openai, whose port is in base_url."
+        ),
+    )
     model_path: Annotated[str | None, AfterValidator(_required_by_built_in)] = Field(
         default=None,
         min_length=1,
@@ -270,7 +289,10 @@ class ModelEntry(BaseModel):
     )
     health_path: Annotated[str, AfterValidator(_http_path)] = Field(
         default="/health",
-        description="command: the path that answers 200 once the server is ready to serve.",
+        description=(
+            "command, openai: the path that answers 200 once the server is ready to serve "
+            "(for openai, e.g. /v1/models for a server without /health)."
+        ),
     )
     ready_timeout_s: float | None = Field(
         default=None,
@@ -291,11 +313,86 @@ class ModelEntry(BaseModel):
     native_endpoints: list[BridgedEndpoint] = Field(
         default_factory=list,
         description=(
-            "command: which of /v1/responses, /v1/messages and /v1/messages/count_tokens "
+            "command, openai: which of /v1/responses, /v1/messages and /v1/messages/count_tokens "
             "the server answers itself. Default: none; the router converts them to "
             "/v1/chat/completions. Every other endpoint is sent to the server as it is."
         ),
     )
+
+    # backend: openai only (a server slm_server does not start).
+    base_url: str | None = Field(
+        default=None,
+        description=(
+            "openai: the server's address as the OpenAI SDKs take it, e.g. "
+            "http://gpu-1:8000/v1 or https://api.example.com/v1 (no path means /v1)."
+        ),
+    )
+    base_urls: list[str] | None = Field(
+        default=None,
+        description="openai: several replicas of one server (not supported yet; use base_url).",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "openai: environment variable holding the key the server asks for, sent as "
+            "`Authorization: Bearer`; a client's own key is never sent to it."
+        ),
+    )
+    upstream_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "openai: the name the server knows the model by, when it is not `id`; requests "
+            "are sent with it, and answers name `id` again."
+        ),
+    )
+    tls_verify: bool | str = Field(
+        default=True,
+        description=(
+            "openai, https: check the server's certificate against the system's CAs (true), "
+            "against a CA file (its path), or not at all (false)."
+        ),
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _reachable_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_base_url(value)
+            except BaseUrlError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key_variable(cls, value: str | None) -> str | None:
+        if value is not None and not _VARIABLE_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _, not "
+                "starting with a digit), not the key itself"
+            )
+        return value
+
+    @field_validator("tls_verify")
+    @classmethod
+    def _ca_file_named(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must be true, false, or the path of a CA file")
+        return value
+
+    @model_validator(mode="after")
+    def _one_upstream(self) -> ModelEntry:
+        if self.backend != "openai":
+            return self
+        if self.base_urls is not None:
+            raise ValueError(
+                "base_urls (several replicas) is not supported yet: give one server as base_url"
+            )
+        if self.base_url is None:
+            raise ValueError("an openai entry needs base_url, e.g. http://gpu-1:8000/v1")
+        return self
 
     @field_validator("command")
     @classmethod
@@ -339,6 +436,25 @@ class ModelEntry(BaseModel):
         return self
 
     @property
+    def started_here(self) -> bool:
+        """Whether slm_server runs this entry's server (False: it runs elsewhere)."""
+        return self.backend not in REMOTE_BACKENDS
+
+    @property
+    def local_port(self) -> int:
+        """The port of a server slm_server starts (every kind but openai has one)."""
+        if self.port is None:
+            raise ValueError(f"{self.id}: backend {self.backend} has no port of its own")
+        return self.port
+
+    @property
+    def remote_url(self) -> BaseUrl | None:
+        """Where an openai entry's server is; None for a server slm_server starts."""
+        if self.backend not in REMOTE_BACKENDS or self.base_url is None:
+            return None
+        return parse_base_url(self.base_url)
+
+    @property
     def connect_host(self) -> str:
         """Address the router uses to reach the backend: loopback for wildcard binds."""
         if self.host in ("0.0.0.0", "", "*"):
@@ -348,7 +464,12 @@ class ModelEntry(BaseModel):
         return self.host
 
     @property
-    def base_url(self) -> str:
+    def server_url(self) -> str:
+        """Where the router reaches the server, for messages: http://127.0.0.1:8081, or an
+        openai entry's base_url."""
+        remote = self.remote_url
+        if remote is not None:
+            return str(remote)
         host = self.connect_host
         if ":" in host:  # IPv6 literal
             host = f"[{host}]"

@@ -41,6 +41,7 @@ from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
 from slm_server.router.cors import Cors, is_preflight
 from slm_server.router.errors import (
+    BackendUnavailable,
     EndpointNotFound,
     InternalError,
     InvalidRequest,
@@ -331,7 +332,7 @@ class RouterApp:
                 report.update(process.snapshot())
             report.update(figures.get(role, {}))
             entry = backends[role].entry
-            if entry.enabled:
+            if entry.enabled and entry.started_here:
                 report.update(idle_ttl_s=entry.idle_ttl_s, pinned=entry.pinned)
                 report["on_demand"] = entry.on_demand
             if self.scheduler is not None and process is not None:
@@ -341,6 +342,12 @@ class RouterApp:
     async def _control(self, role: str, action: str) -> dict[str, Any]:
         """Load, unload or restart ``role``; its health entry once done."""
         process = self.processes.get(role)
+        backend = self.table.backends.get(role)
+        if backend is not None and not backend.entry.started_here:
+            raise InvalidRequest(
+                f"{backend.label} runs elsewhere: slm_server does not start, stop or "
+                f"restart it, so it cannot {action} it"
+            )
         if process is None or self.scheduler is None:
             if role in self.table.backends and self.scheduler is None:
                 raise InvalidRequest(
@@ -464,11 +471,18 @@ class RouterApp:
             await lifetime.wait_for(gate.acquire(), QUEUED)
         try:
             process = self.processes.get(backend.role)
-            upstream_model = None
+            started_as = None
             if process is not None:
                 await _wait_until_ready(process, backend, lifetime)
-                upstream_model = process.upstream_model
-            headers = forwarded_request_headers(scope["headers"], self.strip_credentials)
+                started_as = process.upstream_model
+            upstream_model = backend.upstream_model(started_as)
+            remote = backend.remote
+            if remote is None and backend.unusable is not None:
+                raise BackendUnavailable(f"{backend.label} cannot be used: {backend.unusable}")
+            strip = self.strip_credentials or remote is not None
+            headers = forwarded_request_headers(scope["headers"], strip)
+            if remote is not None:
+                headers += remote.headers  # the server's own key, if it asks for one
             headers.append((REQUEST_ID_HEADER, request_id))  # in place of the client's own
             query: bytes = scope["query_string"]
             target = f"{path}?{query.decode('latin-1')}" if query else path

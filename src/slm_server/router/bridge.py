@@ -185,7 +185,7 @@ class Bridge:
                 return
         conversion = await self._conversion(path, request, owner)
         # What the router adds to chat requests it forwards goes into converted ones too.
-        upstream_model = process.upstream_model if process is not None else None
+        upstream_model = backend.upstream_model(process.upstream_model if process else None)
         chat = conversion.chat
         chat.update(router_changes(backend, "/v1/chat/completions", chat, upstream_model))
         marker = converted_header(reason)
@@ -202,7 +202,10 @@ class Bridge:
         """Why ``request`` is converted without trying natively; None: try natively first."""
         if path == RESPONSES and request.get("previous_response_id") is not None:
             return _STORED_CONVERSATION
-        declared = process.native_endpoints if process is not None else None
+        if backend.remote is not None:
+            declared: frozenset[str] | None = backend.remote.native_endpoints
+        else:
+            declared = process.native_endpoints if process is not None else None
         if declared is not None and path not in declared:
             return _NOT_SERVED
         # Declared or not, a 404 seen from this very process is believed over the declaration.

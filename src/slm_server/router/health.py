@@ -38,14 +38,24 @@ async def probe(
         "port": entry.port,
         "model_type": entry.model_type,
     }
+    if not entry.started_here:
+        report["base_url"] = entry.server_url
     if not entry.enabled:
+        return report
+    if backend.unusable is not None:
+        report.update(status="error", error=backend.unusable)
         return report
     if process is not None and process.state == "stopped":
         report["status"] = "unloaded"  # by design: it starts on demand; nothing to probe
         return report
-    path = process.health_path if process is not None else "/health"
+    if process is not None:
+        path = process.health_path
+    elif backend.remote is not None:
+        path = backend.remote.health_path
+    else:
+        path = "/health"
     status, error, http_status = await _probe_status(pool, backend, path, probe_timeout_s)
-    if process is None and http_status == HTTPStatus.NOT_FOUND:
+    if process is None and path == "/health" and http_status == HTTPStatus.NOT_FOUND:
         # A server run elsewhere, without /health (llama_cpp.server): up if it lists models.
         status, error, _ = await _probe_status(pool, backend, "/v1/models", probe_timeout_s)
     if status == "healthy" and process is not None and process.state != "ready":
@@ -61,14 +71,24 @@ async def _probe_status(
     pool: UpstreamPool, backend: Backend, path: str, probe_timeout_s: float
 ) -> tuple[HealthStatus, str | None, int | None]:
     """The status, the error text if any, and the HTTP status if the backend answered."""
-    entry = backend.entry
-    url = entry.base_url + path
+    entry, remote = backend.entry, backend.remote
     try:
         async with asyncio.timeout(probe_timeout_s):
-            status, body = await pool.get(entry.connect_host, entry.port, path)
+            if remote is None:
+                url = entry.server_url + path
+                status, body = await pool.get(entry.connect_host, entry.local_port, path)
+            else:
+                where = remote.url
+                target = where.target(path)
+                url = where.origin + target
+                status, body = await pool.get(
+                    where.host, where.port, target, remote.headers, tls=remote.tls
+                )
     except TimeoutError:
         return "timeout", f"no answer from {url} within {probe_timeout_s:g}s", None
     except ConnectFailed as exc:
+        if remote is not None:
+            return "unreachable", f"{url}: {connect_failure(exc, elsewhere=True)}", None
         return "unreachable", connect_failure(exc), None
     except UpstreamError as exc:
         return "error", f"{url}: {exc}", None

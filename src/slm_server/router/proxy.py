@@ -54,6 +54,7 @@ _NOT_FORWARDED = frozenset(
 )
 
 # With API keys, the client's key is the router's business alone: never a backend's.
+# A server elsewhere never sees it either, keys or not (it is sent its own, if any).
 _NOT_FORWARDED_WITH_KEYS = _NOT_FORWARDED | {b"authorization", b"x-api-key"}
 
 # A backend that is down is usually being (re)started; a few seconds is a fair hint.
@@ -78,9 +79,15 @@ def new_upstream_pool() -> UpstreamPool:
     return UpstreamPool(keepalive_s=_KEEPALIVE_TIMEOUT_S)
 
 
-def connect_failure(exc: ConnectFailed) -> str:
-    """Why a connection to a backend failed, in the words users search for."""
+def connect_failure(exc: ConnectFailed, elsewhere: bool = False) -> str:
+    """Why a connection to a backend failed, in the words users search for.
+
+    ``elsewhere``: a server slm_server does not run, so its not running is not a guess
+    this router can make.
+    """
     if isinstance(exc.os_error, ConnectionRefusedError):
+        if elsewhere:
+            return "Connection refused - nothing listens at that address"
         return "Connection refused - backend not running"
     return str(exc.os_error)
 
@@ -89,8 +96,8 @@ def forwarded_request_headers(raw: Headers, strip_credentials: bool = False) -> 
     """The client's headers as a backend gets them: repeats and order kept, hop-by-hop
     ones dropped (the fixed set and any named in ``Connection``), a content type ensured.
 
-    ``strip_credentials`` (the router checks API keys): ``Authorization`` and
-    ``x-api-key`` are dropped too.
+    ``strip_credentials`` (the router checks API keys, or the backend runs elsewhere):
+    ``Authorization`` and ``x-api-key`` are dropped too.
     """
     headers = _end_to_end(raw, _NOT_FORWARDED_WITH_KEYS if strip_credentials else _NOT_FORWARDED)
     headers.append(_IDENTITY)
@@ -206,11 +213,19 @@ async def _post(
     pool: UpstreamPool, backend: Backend, target: str, headers: Headers, body: Body
 ) -> UpstreamResponse:
     entry = backend.entry
+    remote = backend.remote
     try:
-        return await pool.request("POST", entry.connect_host, entry.port, target, headers, body)
+        if remote is None:
+            return await pool.request(
+                "POST", entry.connect_host, entry.local_port, target, headers, body
+            )
+        url = remote.url
+        return await pool.request(
+            "POST", url.host, url.port, url.target(target), headers, body, tls=remote.tls
+        )
     except ConnectFailed as exc:
         raise BackendUnavailable(
-            f"{backend.label} is not reachable: {connect_failure(exc)}",
+            f"{backend.label} is not reachable: {connect_failure(exc, remote is not None)}",
             retry_after=UNAVAILABLE_RETRY_AFTER_S,
         ) from None
     except UpstreamError as exc:

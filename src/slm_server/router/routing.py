@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from slm_server.backends.openai import Remote, remote
+from slm_server.backends.spec import BackendUnsupported
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.admission import AdmissionGate
 from slm_server.router.errors import AmbiguousModel, ModelNotFound, WrongModelType
@@ -42,6 +45,10 @@ class Backend:
     open: bool = True
     # True: a request's end wakes the scheduler (someone waits for this backend to drain).
     watched: bool = False
+    # A server slm_server does not start (backend: openai): how to reach it.
+    remote: Remote | None = None
+    # Why requests for it cannot be sent (an openai entry's key not set, say); None: they can.
+    unusable: str | None = None
 
     @property
     def in_flight(self) -> int:
@@ -53,18 +60,48 @@ class Backend:
 
     @property
     def label(self) -> str:
+        if not self.entry.started_here:
+            return f"'{self.role}' ({self.entry.id} at {self.entry.server_url})"
         return f"'{self.role}' ({self.entry.id} on port {self.entry.port})"
+
+    def upstream_model(self, started: str | None) -> str | None:
+        """The ``model`` its server is sent: ``started``, what the running process accepts
+        (a server slm_server starts), or the entry's upstream_model (one it does not)."""
+        return started if self.entry.started_here else self.entry.upstream_model
+
+
+def _backend(
+    role: str,
+    entry: ModelEntry,
+    config: LoadedConfig,
+    max_waiting: int,
+    environ: Mapping[str, str],
+) -> Backend:
+    backend = Backend(role, entry, AdmissionGate(entry.max_concurrency, max_waiting))
+    if entry.started_here or not entry.enabled:
+        return backend
+    try:
+        backend.remote = remote(entry, config.base_dir, environ)
+    except BackendUnsupported as exc:
+        backend.unusable = str(exc)
+    return backend
 
 
 class RoutingTable:
-    def __init__(self, config: LoadedConfig, kept: Mapping[str, Backend] | None = None) -> None:
+    def __init__(
+        self,
+        config: LoadedConfig,
+        kept: Mapping[str, Backend] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         """``kept``: backends carried over from an earlier table (a config reload), with
-        their slots and requests in flight; the other roles get new ones."""
+        their slots and requests in flight; the other roles get new ones. ``environ``
+        (default: this process's) holds the keys openai entries send their servers."""
         max_waiting = config.file.router.max_queue
         kept = kept or {}
+        environ = os.environ if environ is None else environ
         self.backends: dict[str, Backend] = {
-            role: kept.get(role)
-            or Backend(role, entry, AdmissionGate(entry.max_concurrency, max_waiting))
+            role: kept.get(role) or _backend(role, entry, config, max_waiting, environ)
             for role, entry in config.models.items()
         }
         self._by_id: dict[str, list[Backend]] = {}

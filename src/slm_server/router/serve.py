@@ -50,7 +50,7 @@ def run_uvicorn(
     triggers = Triggers(sighup=True, watch_file=watch_config)
     app = RouterApp(config, supervisor, settle_gc=True, router_log=kept, reload_triggers=triggers)
     enabled = [
-        f"{b.entry.id} -> {b.entry.base_url}"
+        f"{b.entry.id} -> {b.entry.server_url}"
         for b in app.table.backends.values()
         if b.entry.enabled
     ]

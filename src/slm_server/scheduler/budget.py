@@ -38,8 +38,11 @@ def need_bytes(entry: ModelEntry, base_dir: Path) -> int | None:
     """What ``entry``'s backend needs before it is measured: ``memory_gb`` if set, else the
     estimate from its files; None when neither is known (weights not on this machine).
 
-    Blocking (it reads the model's files): call it in a thread.
+    Blocking (it reads the model's files): call it in a thread. None too for a server
+    slm_server does not run: it takes none of this machine's memory.
     """
+    if not entry.started_here:
+        return None
     if entry.memory_gb is not None:
         return int(entry.memory_gb * GB)
     return estimate_bytes(entry, base_dir)

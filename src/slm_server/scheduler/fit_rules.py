@@ -45,8 +45,10 @@ def fit_problems(
 ) -> list[Problem]:
     """The problems of ``entries`` (role -> entry) under ``budget`` and ``cap``
     (max_loaded_models); ``needs`` maps a role to its need in bytes, None when unknown.
-    Disabled entries count for nothing."""
-    enabled = {role: entry for role, entry in entries.items() if entry.enabled}
+    Disabled entries, and those whose server runs elsewhere, count for nothing."""
+    enabled = {
+        role: entry for role, entry in entries.items() if entry.enabled and entry.started_here
+    }
     pinned = [role for role, entry in enabled.items() if entry.pinned]
     problems: list[Problem] = []
     if budget is not None:
@@ -77,7 +79,7 @@ def memory_problems(config: LoadedConfig) -> list[Problem]:
         needs = {
             role: need_bytes(entry, config.base_dir)
             for role, entry in config.models.items()
-            if entry.enabled
+            if entry.enabled and entry.started_here
         }
     return fit_problems(config.models, needs, budget, router.max_loaded_models, config.path)
 

@@ -249,7 +249,7 @@ class BackendProcess:
     async def _run_once(self, pool: UpstreamPool) -> str | None:
         """Start, wait for ready, serve until exit. None after a long healthy run."""
         self._set("starting", "starting")
-        host, port = self.entry.connect_host, self.entry.port
+        host, port = self.entry.connect_host, self.entry.local_port
         # In a thread: the probe may wait 0.5 s for an unanswering host, and naming the
         # owner scans every process; the loop meanwhile serves other models' requests.
         if await asyncio.to_thread(port_in_use, host, port):
@@ -381,7 +381,7 @@ class BackendProcess:
 
     async def _answers(self, pool: UpstreamPool, spec: LaunchSpec, budget_s: float) -> bool:
         """Health is 200 and, where the spec asks for it, a real request succeeds."""
-        host, port = self.entry.connect_host, self.entry.port
+        host, port = self.entry.connect_host, self.entry.local_port
         try:
             async with asyncio.timeout(_PROBE_TIMEOUT_S):
                 status, _ = await pool.get(host, port, spec.health_path)

@@ -15,7 +15,7 @@ Launcher = Callable[[str, ModelEntry], LaunchSpec]
 
 
 class Supervisor:
-    """Owns one :class:`BackendProcess` per enabled entry."""
+    """Owns one :class:`BackendProcess` per enabled entry whose server runs here."""
 
     def __init__(
         self,
@@ -31,7 +31,7 @@ class Supervisor:
         self._log_dir = log_dir
         self.processes: dict[str, BackendProcess] = {}
         for role, entry in config.models.items():
-            if entry.enabled:
+            if entry.enabled and entry.started_here:
                 self.processes[role] = self.new_process(role, entry)
 
     def new_process(self, role: str, entry: ModelEntry) -> BackendProcess:

@@ -1,0 +1,104 @@
+"""``backend: openai``: an OpenAI-compatible server slm_server does not start.
+
+vLLM, SGLang, a llama-server on another machine, a hosted API: the router only sends
+requests there. What it needs to do so is worked out once, when the config is read:
+where the server is (``base_url``), how its certificate is checked, the key it asks for,
+and which endpoints it answers itself. Like a ``command`` server, it is sent the
+Responses and Anthropic Messages endpoints only when its entry lists them in
+``native_endpoints``; the router converts the others to chat completions.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from slm_server.backends.spec import BackendUnsupported
+from slm_server.config import LoadedConfig, ModelEntry, Problem
+from slm_server.config.base_url import BaseUrl
+from slm_server.config.paths import resolve_local
+from slm_server.config.problems import Severity
+
+# Always sent as they are: the target of every conversion, and never converted itself.
+_ALWAYS_NATIVE = frozenset({"/v1/chat/completions"})
+
+
+@dataclass(frozen=True, eq=False)
+class Remote:
+    """How the router reaches one openai entry's server."""
+
+    url: BaseUrl
+    tls: ssl.SSLContext | None  # None: plain HTTP
+    # Sent with every request and probe, in place of the client's own credentials.
+    headers: tuple[tuple[bytes, bytes], ...]
+    native_endpoints: frozenset[str]
+    health_path: str
+
+
+def remote(entry: ModelEntry, base_dir: Path, environ: Mapping[str, str]) -> Remote:
+    """How to reach ``entry``'s server; BackendUnsupported, in plain words, when it cannot
+    be (the key's variable unset, a CA file that cannot be read)."""
+    url = entry.remote_url
+    if url is None:
+        raise BackendUnsupported(f"{entry.id} is not an openai entry")
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    if entry.api_key_env is not None:
+        key = environ.get(entry.api_key_env, "").strip()
+        if not key:
+            raise BackendUnsupported(_unset_key(entry.api_key_env))
+        headers = ((b"authorization", b"Bearer " + key.encode("latin-1")),)
+    return Remote(
+        url,
+        tls_context(entry.tls_verify, base_dir) if url.tls else None,
+        headers,
+        _ALWAYS_NATIVE | frozenset(entry.native_endpoints),
+        entry.health_path,
+    )
+
+
+def tls_context(verify: bool | str, base_dir: Path) -> ssl.SSLContext:
+    """Checks certificates against the system's CAs (True), a CA file (its path), or not
+    at all (False)."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if verify is True:
+        return ssl.create_default_context()
+    path = resolve_local(verify, base_dir)
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (OSError, ssl.SSLError) as exc:
+        raise BackendUnsupported(f"tls_verify: cannot read the CA file {path}: {exc}") from None
+
+
+def _unset_key(variable: str) -> str:
+    return (
+        f"the environment variable {variable} (api_key_env) is not set or is empty: "
+        "set it to the key the server asks for"
+    )
+
+
+def setup_problems(config: LoadedConfig, environ: Mapping[str, str]) -> list[Problem]:
+    """What keeps an enabled openai entry from being reached: its key's variable unset, a
+    CA file that cannot be read (errors), tls_verify on a plain-HTTP URL (a warning)."""
+    problems: list[Problem] = []
+    for role, entry in config.models.items():
+        url = entry.remote_url
+        if not entry.enabled or url is None:
+            continue
+        found: list[tuple[Severity, str, str]] = []
+        if entry.api_key_env is not None and not environ.get(entry.api_key_env, "").strip():
+            found.append(("error", "api_key_env", _unset_key(entry.api_key_env)))
+        if entry.tls_verify is not True and not url.tls:
+            found.append(("warning", "tls_verify", "applies to https URLs only; ignored for http"))
+        elif url.tls and isinstance(entry.tls_verify, str):
+            try:
+                tls_context(entry.tls_verify, config.base_dir)
+            except BackendUnsupported as exc:
+                found.append(("error", "tls_verify", str(exc).removeprefix("tls_verify: ")))
+        problems += [Problem(sev, config.path, role, entry.id, f, text) for sev, f, text in found]
+    return problems

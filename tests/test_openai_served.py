@@ -1,0 +1,221 @@
+"""``backend: openai`` through a real ``slm-server serve``, with the fake backend as the
+server elsewhere: where requests go, the keys they carry, the names they use, and what a
+client and the health report see when that server fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fake_backend_proc import FakeBackend
+from net import free_port
+from router_proc import RouterProcess
+
+Serve = Callable[..., RouterProcess]
+UPSTREAM_KEY = "upstream-secret-1"
+CLIENT_KEY = "client-secret-2"
+
+
+def remote_entry(model_id: str, base_url: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "backend": "openai",
+        "base_url": base_url,
+        "default_timeout": 30,
+        **fields,
+    }
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    routers: list[RouterProcess] = []
+
+    def start(models: dict[str, dict[str, Any]], **router: Any) -> RouterProcess:
+        config = {"models": models, "router": router}
+        env = {"UPSTREAM_KEY": UPSTREAM_KEY}
+        process = RouterProcess(config, tmp_path, command="serve", env=env)
+        routers.append(process)
+        return process.start()
+
+    yield start
+    for router in routers:
+        router.stop()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBackend]:
+    backend = FakeBackend().start(["--prefix", "/openai", "--no-health"])
+    yield backend
+    backend.stop()
+
+
+def chat(router: RouterProcess, model: str, **fields: Any) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **fields}
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-api-key": CLIENT_KEY}
+    return httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+
+def test_requests_go_under_the_base_path_with_the_upstream_key_and_name(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    entry = remote_entry(
+        "remote-model",
+        f"{fake.url}/openai/v1",
+        api_key_env="UPSTREAM_KEY",
+        upstream_model="served-upstream",
+    )
+    router = serve({"remote": entry})
+    reply = chat(router, "remote-model")
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"] == "remote-model"
+    sent = fake.last_request()
+    assert sent["path"] == "/openai/v1/chat/completions"
+    assert sent["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert "x-api-key" not in sent["headers"]  # the client's key goes nowhere
+    assert CLIENT_KEY not in json.dumps(sent["header_list"])
+    assert json.loads(sent["body"])["model"] == "served-upstream"
+
+    # A stream's chunks name the entry's id too.
+    streamed = {
+        "model": "remote-model",
+        "stream": True,
+        "messages": [{"role": "user", "content": "x"}],
+    }
+    with httpx.stream(
+        "POST", f"{router.url}/v1/chat/completions", json=streamed, timeout=30
+    ) as stream:
+        assert stream.status_code == 200
+        events = [line for line in stream.iter_lines() if line.startswith("data: {")]
+    assert events and all(json.loads(e[6:])["model"] == "remote-model" for e in events)
+
+
+def test_without_api_key_env_the_client_key_is_still_not_forwarded(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    router = serve({"remote": remote_entry("m", f"{fake.url}/openai/v1")})
+    assert chat(router, "m").status_code == 200
+    sent = fake.last_request()["headers"]
+    assert "authorization" not in sent and "x-api-key" not in sent
+
+
+def test_responses_and_messages_are_converted_to_chat_on_the_server(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    router = serve({"remote": remote_entry("m", f"{fake.url}/openai/v1")})
+    reply = httpx.post(
+        f"{router.url}/v1/responses", json={"model": "m", "input": "hello"}, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["output"][-1]["content"][0]["text"] == "echo: hello"
+    assert reply.json()["model"] == "m"
+    assert fake.last_request()["path"] == "/openai/v1/chat/completions"
+    message = {"model": "m", "max_tokens": 20, "messages": [{"role": "user", "content": "yo"}]}
+    reply = httpx.post(f"{router.url}/v1/messages", json=message, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["content"][0]["text"] == "echo: yo"
+    assert fake.last_request()["path"] == "/openai/v1/chat/completions"
+
+
+def test_health_probes_the_entry_health_path_under_the_base_path(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    # The fake has no /health: only /v1/models, under the prefix, can find it up.
+    up = remote_entry("up", f"{fake.url}/openai/v1", health_path="/v1/models")
+    down = remote_entry("down", f"{fake.url}/openai/v1", health_path="/missing")
+    router = serve({"up": up, "down": down})
+    report = router.backends()
+    assert report["up"]["status"] == "healthy", report
+    assert report["up"]["base_url"] == f"{fake.url}/openai/v1"
+    assert report["down"]["status"] == "unhealthy"
+    assert "HTTP 404" in report["down"]["error"]
+
+
+def test_an_unreachable_server_is_said_in_health_and_answered_503(serve: Serve) -> None:
+    gone = f"http://127.0.0.1:{free_port()}/v1"
+    router = serve({"gone": remote_entry("gone-model", gone)})
+    report = router.backends()["gone"]
+    assert report["status"] == "unreachable"
+    assert "Connection refused - nothing listens at that address" in report["error"]
+    reply = chat(router, "gone-model")
+    assert reply.status_code == 503
+    error = reply.json()["error"]
+    assert error["code"] == "backend_unavailable"
+    assert f"gone-model at {gone}" in error["message"]
+    assert "not reachable" in error["message"]
+
+
+def test_a_server_error_passes_through_as_the_server_said_it(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    router = serve({"remote": remote_entry("m", f"{fake.url}/openai/v1")})
+    fake.control(fail_status=503)
+    reply = chat(router, "m")
+    assert reply.status_code == 503
+    assert reply.json()["error"]["message"]
+
+
+def test_load_unload_and_restart_say_the_model_runs_elsewhere(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    router = serve({"remote": remote_entry("m", f"{fake.url}/openai/v1")})
+    for action in ("load", "unload", "restart"):
+        reply = httpx.post(f"{router.url}/v1/backends/remote/{action}", timeout=10)
+        assert reply.status_code == 400, reply.text
+        assert "runs elsewhere" in reply.json()["error"]["message"]
+    assert chat(router, "m").status_code == 200  # untouched
+
+
+def test_a_missing_upstream_key_refuses_that_model_only(serve: Serve, fake: FakeBackend) -> None:
+    keyless = remote_entry("keyless", f"{fake.url}/openai/v1", api_key_env="NOT_SET_ANYWHERE")
+    fine = remote_entry("fine", f"{fake.url}/openai/v1")
+    router = serve({"keyless": keyless, "fine": fine})
+    report = router.backends()["keyless"]
+    assert report["status"] == "error"
+    assert "NOT_SET_ANYWHERE" in report["error"]
+    reply = chat(router, "keyless")
+    assert reply.status_code == 503
+    assert "NOT_SET_ANYWHERE (api_key_env) is not set" in reply.json()["error"]["message"]
+    assert chat(router, "fine").status_code == 200
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_https_is_verified_unless_the_entry_says_otherwise(serve: Serve, tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    with FakeBackend().start(["--tls-cert", str(cert), "--tls-key", str(key)]) as fake:
+        url = f"https://127.0.0.1:{fake.port}/v1"
+        router = serve(
+            {
+                "checked": remote_entry("checked", url),
+                "unchecked": remote_entry("unchecked", url, tls_verify=False),
+                "own-ca": remote_entry("own-ca", url, tls_verify=str(cert)),
+            }
+        )
+        refused = chat(router, "checked")
+        assert refused.status_code == 503
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.json()["error"]["message"]
+        assert router.backends()["checked"]["status"] == "unreachable"
+        for model in ("unchecked", "own-ca"):
+            reply = chat(router, model)
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == "echo: hi"
+        assert router.backends()["own-ca"]["status"] == "healthy"
