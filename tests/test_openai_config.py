@@ -1,0 +1,140 @@
+"""``backend: openai`` entries: their base_url read as the SDKs read it, and what
+check-config says of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from slm_server.backends.openai import setup_problems
+from slm_server.config import ConfigError, LoadedConfig, load_config
+from slm_server.config.base_url import BaseUrlError, parse_base_url
+
+
+def remote_entry(**fields: Any) -> dict[str, Any]:
+    return {
+        "id": "remote-model",
+        "backend": "openai",
+        "base_url": "http://gpu-1:8000/v1",
+        "default_timeout": 60,
+        **fields,
+    }
+
+
+def load(tmp_path: Path, **entries: dict[str, Any]) -> LoadedConfig:
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": entries}))
+    return load_config(path)
+
+
+def errors_of(tmp_path: Path, **entries: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, **entries)
+    return [str(problem) for problem in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("base_url", "path", "sent_to"),
+    [
+        ("http://gpu-1:8000/v1", "/v1/chat/completions", "http://gpu-1:8000/v1/chat/completions"),
+        ("http://gpu-1:8000/v1/", "/v1/embeddings?x=1", "http://gpu-1:8000/v1/embeddings?x=1"),
+        ("http://gpu-1:8000", "/v1/chat/completions", "http://gpu-1:8000/v1/chat/completions"),
+        ("https://h/openai/v1", "/v1/chat/completions", "https://h/openai/v1/chat/completions"),
+        ("https://h/openai/v1", "/health", "https://h/openai/health"),
+        ("https://h:8443/v1beta/openai", "/v1/models", "https://h:8443/v1beta/openai/models"),
+        ("http://[::1]:9000/v1", "/rerank", "http://[::1]:9000/rerank"),
+    ],
+)
+def test_paths_join_the_base_url_as_the_sdks_do(base_url: str, path: str, sent_to: str) -> None:
+    url = parse_base_url(base_url)
+    assert url.origin + url.target(path) == sent_to
+
+
+def test_default_ports_and_tls_follow_the_scheme() -> None:
+    assert (parse_base_url("https://api.example.com/v1").port, parse_base_url("http://h").port) == (
+        443,
+        80,
+    )
+    assert parse_base_url("HTTPS://h/v1").tls
+    assert str(parse_base_url("http://gpu-1:8000")) == "http://gpu-1:8000/v1"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("gpu-1:8000/v1", "must start with http:// or https://"),
+        ("ftp://h/v1", "must start with http:// or https://"),
+        ("http:///v1", "names no host"),
+        ("http://h:99999/v1", "port from 1 to 65535"),
+        ("http://user:pw@h/v1", "must not hold a user or password"),
+        ("http://h/v1?key=1", "must not have a query"),
+        ("http://h /v1", "no spaces"),
+    ],
+)
+def test_urls_a_server_cannot_be_reached_at_are_refused(text: str, says: str) -> None:
+    with pytest.raises(BaseUrlError, match=says):
+        parse_base_url(text)
+
+
+def test_an_entry_needs_a_good_base_url_and_not_a_port(tmp_path: Path) -> None:
+    config = load(tmp_path, remote=remote_entry())
+    assert config.models["remote"].port is None
+    errors = errors_of(
+        tmp_path,
+        bad=remote_entry(base_url="gpu-1:8000"),
+        none={k: v for k, v in remote_entry().items() if k != "base_url"},
+    )
+    assert any("models.bad" in e and "must start with http:// or https://" in e for e in errors)
+    assert any("models.none" in e and "needs base_url" in e for e in errors), errors
+
+
+def test_replicas_are_said_to_be_not_supported_yet(tmp_path: Path) -> None:
+    urls = ["http://gpu-1:8000/v1", "http://gpu-2:8000/v1"]
+    [error] = errors_of(tmp_path, remote=remote_entry(base_url=None, base_urls=urls))
+    assert "base_urls (several replicas) is not supported yet: give one server as base_url" in error
+
+
+def test_a_key_variable_unset_and_a_missing_ca_file_are_errors(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        keyed=remote_entry(api_key_env="GPU1_KEY"),
+        ca=remote_entry(id="ca", base_url="https://h/v1", tls_verify="./no-such-ca.pem"),
+        plain=remote_entry(id="plain", tls_verify=False),
+    )
+    found = {(p.role, p.field, p.severity): p.message for p in setup_problems(config, {})}
+    assert "GPU1_KEY (api_key_env) is not set" in found[("keyed", "api_key_env", "error")]
+    assert "no-such-ca.pem" in found[("ca", "tls_verify", "error")]
+    assert "https URLs only" in found[("plain", "tls_verify", "warning")]
+    assert not setup_problems(load(tmp_path, keyed=remote_entry(api_key_env="K")), {"K": "s"})
+
+
+def test_what_only_a_started_server_uses_is_warned_as_ignored(tmp_path: Path) -> None:
+    entry = remote_entry(on_demand=True, idle_ttl_s=60, memory_gb=8, port=8000, temp=0.5)
+    config = load(tmp_path, remote=entry)
+    warned = {p.field: p.message for p in config.problems if p.severity == "warning"}
+    for field in ("on_demand", "idle_ttl_s", "memory_gb", "port"):
+        assert warned[field] == "ignored for openai: slm_server does not start its server"
+    assert warned["temp"] == "applies to llamacpp only; ignored for openai"
+    assert not [p for p in config.problems if p.severity == "error"]
+
+
+def test_command_fields_on_openai_and_openai_fields_elsewhere_are_warned(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        remote=remote_entry(health_path="/v1/models", stop_signal="SIGINT"),
+        cmd={
+            "id": "c",
+            "backend": "command",
+            "port": 8601,
+            "default_timeout": 5,
+            "command": ["server"],
+            "upstream_model": "x",
+        },
+    )
+    warned = {(p.role, p.field): p.message for p in config.problems if p.severity == "warning"}
+    assert ("remote", "health_path") not in warned  # read by both kinds
+    assert warned[("remote", "stop_signal")] == "applies to command only; ignored for openai"
+    assert warned[("cmd", "upstream_model")] == "applies to openai only; ignored for command"
