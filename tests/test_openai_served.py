@@ -11,11 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
+import yaml
 
 from fake_backend_proc import FakeBackend
-from net import free_port
+from net import free_port, wait_until
 from router_proc import RouterProcess
+from test_command_served import command_entry
+from test_command_served import fake as fake_command
 
 Serve = Callable[..., RouterProcess]
 UPSTREAM_KEY = "upstream-secret-1"
@@ -160,6 +164,16 @@ def test_a_server_error_passes_through_as_the_server_said_it(
     assert reply.json()["error"]["message"]
 
 
+def test_a_server_whose_health_fails_is_said_unhealthy_with_where(serve: Serve) -> None:
+    with FakeBackend().start(["--loading"]) as loading:
+        router = serve({"remote": remote_entry("m", f"{loading.url}/v1")})
+        report = router.backends()["remote"]
+        assert report["status"] == "unhealthy"
+        assert report["error"].startswith(f"{loading.url}/health answered HTTP 503")
+        loading.control(loading=False)
+        assert router.backends()["remote"]["status"] == "healthy"
+
+
 def test_load_unload_and_restart_say_the_model_runs_elsewhere(
     serve: Serve, fake: FakeBackend
 ) -> None:
@@ -219,3 +233,36 @@ def test_https_is_verified_unless_the_entry_says_otherwise(serve: Serve, tmp_pat
             assert reply.status_code == 200, reply.text
             assert reply.json()["choices"][0]["message"]["content"] == "echo: hi"
         assert router.backends()["own-ca"]["status"] == "healthy"
+
+
+def test_a_reload_moves_adds_and_takes_over_models_without_starting_anything(
+    serve: Serve, fake: FakeBackend, tmp_path: Path
+) -> None:
+    local = command_entry("local-model", fake_command())
+    router = serve({"a": remote_entry("a", f"{fake.url}/openai/v1"), "local": local})
+    # A model elsewhere has no state of its own: only the local one's is waited for.
+    wait_until(lambda: router.backends()["local"].get("state") == "ready", 30, "local ready")
+    local_pid = router.backends()["local"]["pid"]
+
+    def reload(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": models}))
+        answer = httpx.post(f"{router.url}/admin/reload", timeout=30)
+        assert answer.status_code == 200, answer.text
+        roles: dict[str, Any] = answer.json()["roles"]
+        return roles
+
+    moved = remote_entry("a", f"{fake.url}/v1")  # off the prefix
+    roles = reload({"a": moved, "b": remote_entry("b", f"{fake.url}/v1"), "local": local})
+    assert (roles["a"], roles["b"], roles["local"]) == ("replaced", "added", "unchanged")
+    assert chat(router, "a").status_code == 200
+    assert fake.last_request()["path"] == "/v1/chat/completions"
+    assert chat(router, "b").status_code == 200
+    assert router.backends()["local"]["pid"] == local_pid
+
+    # The local model's server now runs elsewhere: its process is stopped, none started.
+    taken_over = remote_entry("local-model", f"http://127.0.0.1:{local['port']}/v1")
+    reload({"a": moved, "local": taken_over})
+    wait_until(lambda: not psutil.pid_exists(local_pid), 15, "the local server to stop")
+    report = router.backends()["local"]
+    assert report["backend"] == "openai" and "pid" not in report
+    assert report["status"] == "unreachable"

@@ -94,7 +94,8 @@ async def _probe_status(
         return "error", f"{url}: {exc}", None
     if status == HTTPStatus.OK:
         return "healthy", None, status
-    return "unhealthy", f"HTTP {status}: {_error_text(body)}", status
+    said = f"{url} answered " if remote is not None else ""  # which of its paths, elsewhere
+    return "unhealthy", f"{said}HTTP {status}: {_error_text(body)}", status
 
 
 def _error_text(body: bytes) -> str:
