@@ -126,6 +126,14 @@ def test_responses_and_messages_are_converted_to_chat_on_the_server(
     assert fake.last_request()["path"] == "/openai/v1/chat/completions"
 
 
+def test_native_endpoints_are_sent_as_they_are(serve: Serve, fake: FakeBackend) -> None:
+    entry = remote_entry("m", f"{fake.url}/openai/v1", native_endpoints=["/v1/responses"])
+    router = serve({"remote": entry})
+    reply = httpx.post(f"{router.url}/v1/responses", json={"model": "m", "input": "x"}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert fake.last_request()["path"] == "/openai/v1/responses"
+
+
 def test_health_probes_the_entry_health_path_under_the_base_path(
     serve: Serve, fake: FakeBackend
 ) -> None:

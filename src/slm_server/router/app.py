@@ -462,6 +462,8 @@ class RouterApp:
         The slot is taken before waiting for a loading backend, so the queue bounds those
         waits too, and it is held through a converted retry (which must not queue again).
         """
+        if backend.unusable is not None:  # an openai entry whose key is not set, say
+            raise BackendUnavailable(f"{backend.label} cannot be used: {backend.unusable}")
         gate = backend.gate
         if not backend.open:  # not running, being stopped, or held for another's turn
             assert self.scheduler is not None
@@ -477,8 +479,6 @@ class RouterApp:
                 started_as = process.upstream_model
             upstream_model = backend.upstream_model(started_as)
             remote = backend.remote
-            if remote is None and backend.unusable is not None:
-                raise BackendUnavailable(f"{backend.label} cannot be used: {backend.unusable}")
             strip = self.strip_credentials or remote is not None
             headers = forwarded_request_headers(scope["headers"], strip)
             if remote is not None:
