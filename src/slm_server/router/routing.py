@@ -60,6 +60,8 @@ class Backend:
 
     @property
     def label(self) -> str:
+        if self.remote is not None:  # its URL, parsed once (a label is made per request)
+            return f"'{self.role}' ({self.entry.id} at {self.remote.url})"
         if not self.entry.started_here:
             return f"'{self.role}' ({self.entry.id} at {self.entry.server_url})"
         return f"'{self.role}' ({self.entry.id} on port {self.entry.port})"
