@@ -69,7 +69,9 @@ refuses), ``stream_error`` (a string: streams end with
 (a streamed tool call comes with a second one, their pieces interleaved:
 index 0, 1, 0, 1 ...), ``ignore_stream`` (chat completions answer plain JSON even
 when asked to stream), ``force_stream`` (chat completions stream even when not
-asked to), ``messages`` (native ``/v1/messages`` and
+asked to), ``hold_streams`` (a stream stops after its first event until the switch is turned
+off again: a test holds it open for exactly as long as it needs), ``messages``
+(native ``/v1/messages`` and
 ``/v1/messages/count_tokens``; off: 404 as without the routes), ``chat_body``
 (any JSON: chat completions answer it as is, status 200, whatever was asked).
 ``fail_status``, ``hang`` and ``response_delay`` apply to the POST model endpoints
@@ -125,6 +127,7 @@ class Config:
     interleave_tools: bool = False
     ignore_stream: bool = False
     force_stream: bool = False  # chat completions stream even when not asked to
+    hold_streams: bool = False  # streams wait after their first event until it is off
     messages: bool = False
     chat_body: Any = None
 
@@ -146,6 +149,7 @@ _CONTROL_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "interleave_tools": ((bool,), False),
     "ignore_stream": ((bool,), False),
     "force_stream": ((bool,), False),
+    "hold_streams": ((bool,), False),
     "messages": ((bool,), False),
     "chat_body": ((object,), True),
 }
@@ -274,6 +278,8 @@ class FakeServer:
         self.log_requests = log_requests
         self.defaults = defaults
         self.config = dataclasses.replace(defaults)
+        self.streams_released = asyncio.Event()  # set while hold_streams is off
+        self.streams_released.set()
         self.model_name = model_name
         self.embedding_dim = embedding_dim
         self.loading_until = time.monotonic() + loading_seconds
@@ -412,6 +418,8 @@ class FakeServer:
 
         async def send(payload: str) -> None:
             nonlocal first
+            if not first and self.config.hold_streams:
+                await self.streams_released.wait()
             if not first and self.config.chunk_delay > 0:
                 await asyncio.sleep(self.config.chunk_delay)
             first = False
@@ -922,6 +930,10 @@ class FakeServer:
                 setattr(self.config, key, float(value) if key.endswith("delay") else value)
         if body.get("loading") is False:
             self.loading_until = 0.0  # also ends a --loading-seconds window
+        if self.config.hold_streams:
+            self.streams_released.clear()
+        else:
+            self.streams_released.set()
         return web.json_response(self.control_snapshot())
 
 

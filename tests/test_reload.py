@@ -30,7 +30,6 @@ from slm_server.router.app import RouterApp
 from slm_server.serving import launcher_for
 
 CHUNKS = 12
-CHUNK_DELAY_S = 0.15  # a stream of about 2 s: it runs through a reload
 
 
 def streamed(model_id: str) -> dict[str, Any]:
@@ -57,8 +56,13 @@ async def fake_control(served: Served, role: str, **switches: object) -> None:
         assert response.status_code == 200
 
 
-async def slow_streams(served: Served, role: str) -> None:
-    await fake_control(served, role, chunk_delay=CHUNK_DELAY_S, chunks=CHUNKS)
+async def hold_streams(served: Served, role: str) -> None:
+    """``role``'s streams stop after their first piece until ``release_streams``."""
+    await fake_control(served, role, hold_streams=True, chunks=CHUNKS)
+
+
+async def release_streams(served: Served, role: str) -> None:
+    await fake_control(served, role, hold_streams=False)
 
 
 async def backend_in_flight(served: Served, role: str) -> int:
@@ -88,7 +92,7 @@ async def test_a_reload_keeps_unchanged_models_running_and_removes_and_adds_othe
     async with served_from(path) as served:
         pid_a, pid_b = await served.ready("a"), await served.ready("b")
         assert (await served.client.post("/v1/chat/completions", json=chat("m-a"))).is_success
-        await slow_streams(served, "a")
+        await hold_streams(served, "a")
         async with stream_open(served, "m-a") as stream:
             write_config(path, {"a": a, "c": c})
             answer = await reload(served)
@@ -96,8 +100,10 @@ async def test_a_reload_keeps_unchanged_models_running_and_removes_and_adds_othe
             assert answer.json() == {
                 "roles": {"a": "unchanged", "c": "added", "b": "removed"},
                 "router": {"changed": [], "restart_needed": []},
+                "warnings": [],
             }
             assert await backend_in_flight(served, "a") == 1  # the stream went on throughout
+            await release_streams(served, "a")
             body = await rest_of(stream)
         assert body.count('"content"') >= CHUNKS and body.rstrip().endswith("data: [DONE]")
         assert served.process("a").pid == pid_a
@@ -145,7 +151,7 @@ async def test_a_changed_model_drains_then_restarts_and_requests_meanwhile_wait(
     async with served_from(path) as served:
         old_pid = await served.ready("a")
         old_backend = served.app.table.backends["a"]
-        await slow_streams(served, "a")
+        await hold_streams(served, "a")
         async with stream_open(served, "m-a") as stream:
             moved = model(tmp_path, "a")  # another port: a new process
             write_config(path, {"a": moved})
@@ -156,6 +162,8 @@ async def test_a_changed_model_drains_then_restarts_and_requests_meanwhile_wait(
             arriving = asyncio.create_task(
                 served.client.post("/v1/chat/completions", json=chat("m-a", "later"))
             )
+            assert not reloading.done()  # it waits for the stream the old process serves
+            await release_streams(served, "a")
             body = await rest_of(stream)  # the old process finishes what it began
             assert body.rstrip().endswith("data: [DONE]")
             answer = await reloading
@@ -177,11 +185,12 @@ async def test_router_side_fields_change_without_restarting_the_backend(
     async with served_from(path) as served:
         pid = await served.ready("a")
         backend = served.app.table.backends["a"]
-        await slow_streams(served, "a")
+        await hold_streams(served, "a")
         async with stream_open(served, "m-a") as stream:
             write_config(path, {"a": {**a, "idle_ttl_s": 600, "default_timeout": 45}})
             answer = await reload(served)
             assert answer.json()["roles"] == {"a": "updated"}
+            await release_streams(served, "a")
             body = await rest_of(stream)
         assert body.rstrip().endswith("data: [DONE]")
         assert served.process("a").pid == pid
@@ -232,7 +241,7 @@ async def test_one_reload_at_a_time(tmp_path: Path) -> None:
     async with served_from(path) as served:
         await served.ready("a")
         await served.ready("b")
-        await slow_streams(served, "b")
+        await hold_streams(served, "b")
         async with stream_open(served, "m-b") as stream:
             write_config(path, {"a": a})
             first = asyncio.create_task(reload(served))  # waits for b's stream to end
@@ -241,6 +250,7 @@ async def test_one_reload_at_a_time(tmp_path: Path) -> None:
             assert second.status_code == 409
             assert second.json()["error"]["code"] == "reload_in_progress"
             assert not first.done()
+            await release_streams(served, "b")
             body = await rest_of(stream)  # a removed model finishes what it began
         assert body.rstrip().endswith("data: [DONE]")
         answer = await first
@@ -344,3 +354,135 @@ async def test_a_smaller_queue_applies_at_once_to_a_model_left_running(tmp_path:
         assert second.status_code == 429 and second.json()["error"]["code"] == "queue_full"
         assert (await first).status_code == 200
         assert served.process("a").pid == pid
+
+
+async def test_the_dashboard_page_needs_no_key_after_a_reload(tmp_path: Path) -> None:
+    a = model(tmp_path, "a", on_demand=True)
+    admin = {"name": "ops", "key_sha256": _sha("ops-key"), "admin": True}
+    path = write_config(tmp_path / "models.yaml", {"a": a}, api_keys=[admin])
+    async with served_from(path) as served:
+        assert (await served.client.get("/ui")).status_code == 200
+        write_config(path, {"a": a}, api_keys=[admin], max_queue=3)
+        answer = await reload(served, authorization="Bearer ops-key")
+        assert answer.json()["router"]["changed"] == ["max_queue"]
+        page = await served.client.get("/ui")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert (await served.client.get("/v1/models")).status_code == 401  # keys still asked
+
+
+class Following:
+    """A client following a log (``GET /admin/logs/{name}?follow=1``) in the background."""
+
+    def __init__(self, served: Served, name: str, **headers: str) -> None:
+        self.text = ""
+        self.status: int | None = None
+        self._task = asyncio.create_task(self._follow(served, name, headers))
+
+    async def _follow(self, served: Served, name: str, headers: dict[str, str]) -> None:
+        url = f"/admin/logs/{name}?follow=1&tail=0"
+        async with served.client.stream("GET", url, headers=headers) as response:
+            self.status = response.status_code
+            async for piece in response.aiter_text():
+                self.text += piece
+
+    async def ended(self) -> str:
+        """The whole answer, once the server has ended it."""
+        await asyncio.wait_for(self._task, 10)
+        return self.text
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def test_a_log_follow_ends_when_the_api_keys_change(tmp_path: Path) -> None:
+    a = model(tmp_path, "a")
+    old = {"name": "old", "key_sha256": _sha("old-key"), "admin": True}
+    new = {"name": "new", "key_sha256": _sha("new-key"), "admin": True}
+    path = write_config(tmp_path / "models.yaml", {"a": a}, api_keys=[old])
+    async with served_from(path) as served:
+        await served.ready("a")
+        feed = served.process("a").log.feed
+        follow = Following(served, "a", authorization="Bearer old-key")
+        try:
+            await eventually(lambda: feed.followers == 1, 5, "the follow to begin")
+            write_config(path, {"a": a}, api_keys=[new])
+            answer = await reload(served, authorization="Bearer old-key")
+            assert answer.json()["router"]["changed"] == ["api_keys"]
+            served.process("a").log.note("written after the old key was revoked")
+            text = await follow.ended()
+        finally:
+            follow.stop()
+        assert follow.status == 200
+        assert "written after" not in text
+        assert text.splitlines()[-1].endswith(
+            "the API keys were changed by a config reload; this log ends here "
+            "(follow it again with a key that is still valid)"
+        )
+
+
+async def test_a_log_follow_goes_on_with_the_process_of_a_changed_model(
+    tmp_path: Path,
+) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        old_pid = await served.ready("a")
+        old_log = served.process("a").log
+        follow = Following(served, "a")
+        try:
+            await eventually(lambda: old_log.feed.followers == 1, 5, "the follow to begin")
+            write_config(path, {"a": model(tmp_path, "a")})  # another port, the same id
+            answer = await reload(served)
+            assert answer.json()["roles"] == {"a": "replaced"}
+            assert await served.ready("a") != old_pid
+            assert served.process("a").log is old_log  # one log file, one writer
+            served.process("a").log.note("a line of the new process")
+            await eventually(lambda: "a line of the new process" in follow.text, 5, "the line")
+        finally:
+            follow.stop()
+
+
+async def test_a_log_follow_of_a_removed_model_ends_saying_why(tmp_path: Path) -> None:
+    a, b = model(tmp_path, "a"), model(tmp_path, "b")
+    path = write_config(tmp_path / "models.yaml", {"a": a, "b": b})
+    async with served_from(path) as served:
+        await served.ready("b")
+        feed = served.process("b").log.feed
+        removed, renamed = Following(served, "b"), Following(served, "a")
+        try:
+            await eventually(lambda: feed.followers == 1, 5, "the follow of b to begin")
+            write_config(path, {"a": {**a, "id": "m-a2"}})  # a logs to another file now
+            answer = await reload(served)
+            assert answer.json()["roles"] == {"a": "replaced", "b": "removed"}
+            text = await removed.ended()
+            assert text.splitlines()[-1].endswith(
+                "b was removed from the config by a reload; this log ends here"
+            )
+            text = await renamed.ended()
+            assert text.splitlines()[-1].endswith(
+                "a was changed by a config reload and now logs to m-a2.log; this log ends here"
+            )
+        finally:
+            removed.stop()
+            renamed.stop()
+
+
+async def test_a_reload_refuses_what_check_config_calls_an_error_and_says_its_warnings(
+    tmp_path: Path,
+) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a}, memory_budget_gb=1.5)
+    async with served_from(path) as served:
+        pid = await served.ready("a")
+        write_config(path, {"a": {**a, "memory_gb": 2}}, memory_budget_gb=1.5)
+        refused = await reload(served)
+        assert refused.status_code == 400, refused.text
+        (problem,) = refused.json()["error"]["problems"]
+        assert "models.a" in problem and "it can never load" in problem
+        assert served.process("a").pid == pid and served.process("a").entry.memory_gb == 1
+
+        write_config(path, {"a": a}, memory_budget_gb=1.5, response_store_ttl_s=60)
+        answer = await reload(served)
+        assert answer.status_code == 200, answer.text
+        (warning,) = answer.json()["warnings"]
+        assert warning.startswith("warning: ") and "response_store_ttl_s" in warning

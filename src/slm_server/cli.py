@@ -206,21 +206,12 @@ def _load_or_report(
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from slm_server.auth.rules import key_problems
-    from slm_server.backends import installation_problems
-    from slm_server.scheduler.fit_rules import memory_problems
-    from slm_server.stores.rules import store_problems
+    from slm_server.config_checks import config_problems
 
     loaded = _load_or_report(args.config)
     if loaded is None:
         return 1
-    problems = [
-        *loaded.problems,
-        *installation_problems(loaded),
-        *memory_problems(loaded),
-        *key_problems(loaded, os.environ),
-        *store_problems(loaded, os.environ),
-    ]
+    problems = config_problems(loaded, os.environ)
     for problem in problems:
         print(problem)
     errors = sum(1 for problem in problems if problem.severity == "error")
@@ -352,21 +343,32 @@ def _stop(args: argparse.Namespace) -> int:
 def _instance(args: argparse.Namespace) -> tuple[str, str | None] | None:
     """The instance to ask (``--url``, else the one ``start`` recorded, else the configured
     port) and the API key to send it (see ``_api_key``); None if the config is unusable."""
+    found = _instance_and_settings(args)
+    return None if found is None else (found[0], found[1])
+
+
+def _instance_and_settings(
+    args: argparse.Namespace,
+) -> tuple[str, str | None, RouterSettings | None] | None:
+    """``_instance``, and the router settings of the config read for it (None with
+    ``--url``: no config is read then)."""
     from slm_server.background import pid_file
     from slm_server.control import instance_url
 
     if args.url is not None:
         url = str(args.url)
         url = url if "://" in url else f"http://{url}"  # `localhost:8000` is meant as HTTP
-        return url, _api_key(args, None)
+        return url, _api_key(args, None), None
     path = resolve_config_path(args.config)
     if path == DEFAULT_CONFIG_PATH and not path.exists():
         # No config written: `start` served the built-in default from here, on the default port.
-        return instance_url(pid_file(base_dir_for(path)), RouterSettings()), _api_key(args, None)
+        settings = RouterSettings()
+        return instance_url(pid_file(base_dir_for(path)), settings), _api_key(args, None), settings
     loaded = _load_or_report(args.config, consequence="no instance to ask (or give --url)")
     if loaded is None:
         return None
-    return instance_url(pid_file(loaded.base_dir), loaded.file.router), _api_key(args, loaded)
+    settings = loaded.file.router
+    return instance_url(pid_file(loaded.base_dir), settings), _api_key(args, loaded), settings
 
 
 def _api_key(args: argparse.Namespace, loaded: LoadedConfig | None) -> str | None:
@@ -418,10 +420,14 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from slm_server.control import run_reload
+    from slm_server.control import RELOAD_TIMEOUT_S, reload_timeout_s, run_reload
 
-    found = _instance(args)
-    return 1 if found is None else run_reload(*found)
+    found = _instance_and_settings(args)
+    if found is None:
+        return 1
+    url, api_key, settings = found
+    timeout_s = RELOAD_TIMEOUT_S if settings is None else reload_timeout_s(settings)
+    return run_reload(url, api_key, timeout_s)
 
 
 def _hash_key(args: argparse.Namespace) -> int:

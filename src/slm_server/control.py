@@ -21,10 +21,12 @@ from slm_server.config import RouterSettings
 from slm_server.instance_http import DIRECT, instance_request
 from slm_server.router.serve import WILDCARD_HOSTS
 from slm_server.status_table import loaded_line, table, unloaded_line
+from slm_server.supervisor.process import RestartPolicy
 
 # A reload waits for removed and changed backends to drain and stop: shutdown_grace_s and
-# the stop grace, seconds each by default; the rest is ample.
+# the stop grace. When no config tells the grace (--url), this is ample for the defaults.
 RELOAD_TIMEOUT_S = 300.0
+_RELOAD_MARGIN_S = 60.0  # checking the new file, the log files' last lines, a busy machine
 HEALTH_TIMEOUT_S = 30.0  # the router bounds its probes by router.health_timeout; ample
 _MAX_ANSWER_BYTES = 4 * 2**20  # a health report is a few KB; never hold more than this
 
@@ -94,10 +96,20 @@ def run_restart(url: str, role: str, wait_s: float, api_key: str | None = None) 
     return _change(url, role, "restart", wait_s, loaded_line, api_key)
 
 
-def run_reload(url: str, api_key: str | None = None) -> int:
-    """Have the instance read its config file again; say what changed, role by role."""
+def reload_timeout_s(router: RouterSettings) -> float:
+    """How long a reload to ``router``'s settings may take: its drain of the removed and
+    changed backends (``shutdown_grace_s``), their stop grace, and a margin; never less
+    than ``RELOAD_TIMEOUT_S``."""
+    needed = router.shutdown_grace_s + RestartPolicy().stop_grace_s + _RELOAD_MARGIN_S
+    return max(RELOAD_TIMEOUT_S, needed)
+
+
+def run_reload(url: str, api_key: str | None = None, timeout_s: float = RELOAD_TIMEOUT_S) -> int:
+    """Have the instance read its config file again; say what changed, role by role.
+
+    ``timeout_s``: see ``reload_timeout_s``."""
     try:
-        answer = _call("POST", url, "/admin/reload", RELOAD_TIMEOUT_S, api_key)
+        answer = _call("POST", url, "/admin/reload", timeout_s, api_key)
     except ServerRefused as exc:
         if exc.problems:  # the config's errors, one a line as check-config prints them
             print("\n".join(exc.problems), file=sys.stderr)
@@ -124,6 +136,7 @@ def reload_report(answer: Mapping[str, Any]) -> str:
     if router.get("restart_needed"):
         names = ", ".join(router["restart_needed"])
         lines.append(f"changed, but only a restart applies them: {names}")
+    lines += [str(line) for line in answer.get("warnings") or []]  # "warning: ..." each
     return "\n".join(lines)
 
 

@@ -120,6 +120,12 @@ class LogFeed:
     def followers(self) -> int:
         return len(self._followers)
 
+    def end_followers(self) -> None:
+        """Every follower ends once it has taken what is queued for it (this log has
+        ended: its model was removed or replaced)."""
+        for follower in self._followers:
+            follower.close()
+
     @contextmanager
     def follow(self, tail: int) -> Iterator[tuple[list[str], Follower]]:
         """The last ``tail`` lines and a follower fed every line published after them.

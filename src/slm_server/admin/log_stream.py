@@ -36,6 +36,10 @@ _HEADERS = [
 ]
 _FOLLOW_VALUES = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _SHUTDOWN_NOTE = f"{NOTE_PREFIX}the server is stopping; this log ends here"
+KEYS_CHANGED_NOTE = (
+    f"{NOTE_PREFIX}the API keys were changed by a config reload; this log ends here "
+    "(follow it again with a key that is still valid)"
+)
 
 
 class TooManyLogReaders(RouterError):
@@ -108,11 +112,18 @@ class LogStreams:
     def __init__(self) -> None:
         self._following: set[Follower] = set()
         self._stopping = False
+        self._why_ended: dict[Follower, str] = {}  # the last line of a follow ended here
 
     def end_all(self) -> None:
         """The server is stopping: every follow ends now, and new ones end after the tail."""
         self._stopping = True
+        self.end_following(_SHUTDOWN_NOTE)
+
+    def end_following(self, last_line: str) -> None:
+        """Every follow under way ends now, ``last_line`` its last line (the API keys
+        changed: a key that opened one may be revoked)."""
         for follower in self._following:
+            self._why_ended.setdefault(follower, last_line)
             follower.close()
 
     async def answer(self, feed: LogFeed, query: LogQuery, receive: Receive, send: Send) -> None:
@@ -127,12 +138,13 @@ class LogStreams:
                     await _relay(lines, follower, receive, send, self)
                 finally:
                     self._following.discard(follower)
+                    self._why_ended.pop(follower, None)
         except TooManyFollowers as exc:
             raise TooManyLogReaders(f"{exc}; try again once one has left") from None
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
+    def why_ended(self, follower: Follower) -> str | None:
+        """The line that ends ``follower``'s answer, if this ended it."""
+        return self._why_ended.get(follower)
 
 
 async def _relay(
@@ -150,8 +162,8 @@ async def _relay(
         client.stop_watching()
     if client.left:
         return  # nobody to tell the end to
-    ending = [_SHUTDOWN_NOTE] if streams.stopping else []
-    await send(_body(ending, more=False))
+    last_line = streams.why_ended(follower)
+    await send(_body([last_line] if last_line is not None else [], more=False))
 
 
 class _Client:

@@ -23,13 +23,11 @@ import os
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from slm_server.admin.log_stream import KEYS_CHANGED_NOTE
 from slm_server.admin.reload_check import ReloadBusy, checked_config
 from slm_server.admin.reload_plan import ReloadPlan, changed_fields, plan_reload, role_change
-from slm_server.auth import key_ring
 from slm_server.config import LoadedConfig, ModelEntry
-from slm_server.router.cors import Cors
 from slm_server.router.errors import RouterError
-from slm_server.router.metrics import METRICS_PATH
 from slm_server.router.routing import Backend, RoutingTable
 from slm_server.scheduler.budget import budget_bytes, need_bytes
 from slm_server.supervisor import BackendProcess
@@ -74,10 +72,16 @@ class Reloader:
             log.info("reloading the config from %s", path)
             # `slm-server router` starts on a file whose model paths are elsewhere: so it
             # reloads one, too.
-            new = checked_config(path, os.environ, lenient=app.supervisor is None)
+            new, warnings = await asyncio.to_thread(
+                checked_config, path, os.environ, lenient=app.supervisor is None
+            )
             plan = plan_reload(app.config.file, new.file)
             needs = await asyncio.to_thread(_needs, new, plan)
             waits, to_launch = self._switch(new, plan, needs)
+            if "api_keys" in plan.router_changed:
+                # A follow goes on as long as its client stays: one opened with a key now
+                # revoked (or with none, before keys were asked for) must not.
+                app.log_streams.end_following(KEYS_CHANGED_NOTE)
             for role, change in plan.roles.items():
                 if change != "unchanged" or role in app.table.backends:
                     said = _SAID[change]
@@ -97,7 +101,8 @@ class Reloader:
                 # Removed and replaced models have stopped: what did not fit before may now.
                 app.scheduler.launch(to_launch)
             log.info("config reloaded from %s", path)
-            return plan.as_answer()
+            # What check-config warns of, one line each as it prints them.
+            return {**plan.as_answer(), "warnings": [str(problem) for problem in warnings]}
 
     async def reload_asked(self) -> None:
         """A reload a signal or a change of the file asked for: after any under way, its
@@ -116,7 +121,6 @@ class Reloader:
         to start once it is done if they could not start now."""
         app = self._app
         settings = new.file.router
-        keys = key_ring(settings.api_keys, os.environ)  # checked: it cannot fail here
         old = app.table.backends
         kept: dict[str, Backend] = {}
         for role, change in plan.roles.items():
@@ -130,19 +134,7 @@ class Reloader:
 
         app.config = new
         app.table = table
-        app.keys = keys
-        app.strip_credentials = keys is not None
-        public = {"/health", METRICS_PATH} if settings.metrics_public else {"/health"}
-        app.keyless_paths = frozenset(public)
-        app.max_body_bytes = int(settings.max_body_mb * 1024 * 1024)
-        app.bodies.limit = settings.inflight_body_bytes
-        app.body_deadlines.idle_timeout_s = settings.body_timeout_s
-        app.access_log.enabled = settings.access_log
-        app.cors = Cors(settings.cors_origins) if settings.cors_origins else None
-        app.load_timeout_s = settings.shutdown_grace_s
-        if app.supervisor is not None:
-            policy = app.supervisor.policy
-            app.load_timeout_s += policy.stop_grace_s + policy.startup_timeout_s
+        app.apply_settings(new)
         app.metrics.follow(table.model_ids, table.backends)
         return waits, to_launch
 

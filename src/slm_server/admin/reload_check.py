@@ -7,8 +7,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from slm_server.auth.rules import key_problems
 from slm_server.config import ConfigError, LoadedConfig, Problem, load_config
+from slm_server.config_checks import config_problems, router_problems
 from slm_server.router.errors import InvalidRequest, RouterError
 
 log = logging.getLogger(__name__)
@@ -36,27 +36,28 @@ class ReloadBusy(RouterError):
 
 def checked_config(
     path: Path, environ: Mapping[str, str], *, lenient: bool = False
-) -> LoadedConfig:
-    """``path`` loaded, if it has no error (as ``serve`` would refuse to start on); else
-    ConfigRejected, its errors logged. Warnings are logged and do not stop it.
+) -> tuple[LoadedConfig, list[Problem]]:
+    """``path`` loaded, if ``check-config`` finds no error in it, and its warnings (logged
+    too); else ConfigRejected, its errors logged. Blocking: run it in a thread.
 
-    ``lenient``: the check's findings (paths, ports...) are warnings, as ``router`` takes
-    them; only an unusable file or unusable API keys are errors."""
+    ``lenient``: for a router whose backends run elsewhere (``slm-server router``), which
+    starts on a file whose paths and ports are checked where they run: only an unusable
+    file, API keys or Responses store are errors; the rest are warnings."""
     try:
         loaded = load_config(path)
     except ConfigError as exc:
         errors: list[Problem] = list(exc.problems)
+        warnings: list[Problem] = []
     else:
-        keys = key_problems(loaded, environ)
-        found = [*loaded.problems, *keys]
-        fatal = keys if lenient else found
-        for problem in found:
-            if problem.severity == "warning" or problem not in fatal:
-                log.warning("%s", problem)
+        found = config_problems(loaded, environ, runs_backends=not lenient)
+        fatal = router_problems(loaded, environ) if lenient else found
         errors = [problem for problem in fatal if problem.severity == "error"]
+        warnings = [problem for problem in found if problem not in errors]
+        for problem in warnings:
+            log.warning("%s", problem)
     if errors:
         for problem in errors:
             log.error("%s", problem)
         log.error("%s: %d error(s); the config was not reloaded", path, len(errors))
         raise ConfigRejected(path, [str(problem) for problem in errors])
-    return loaded
+    return loaded, warnings

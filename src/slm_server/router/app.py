@@ -114,13 +114,6 @@ class RouterApp:
         self.router_log = router_log
         self.log_streams = log_stream.LogStreams()
         self.table = RoutingTable(config)
-        # None without router.api_keys: then no request is asked for a key.
-        self.keys = key_ring(config.file.router.api_keys, os.environ)
-        self.strip_credentials = self.keys is not None  # a backend never sees a client's key
-        public = {"/health", METRICS_PATH} if config.file.router.metrics_public else {"/health"}
-        # A liveness probe needs no key, nor the dashboard's page (it holds no data).
-        self.keyless_paths = frozenset(public | PAGE_PATHS)
-        self.max_body_bytes = int(config.file.router.max_body_mb * 1024 * 1024)
         self.bodies = BodyBudget(config.file.router.inflight_body_bytes)
         self.body_deadlines = BodyDeadlines(config.file.router.body_timeout_s)
         self.started_at = int(time.time())
@@ -129,8 +122,6 @@ class RouterApp:
         self.load = LoadFigures(config.base_dir)
         self.request_ids = RequestIds()
         self.access_log = AccessLog(config.file.router.access_log)
-        origins = config.file.router.cors_origins
-        self.cors = Cors(origins) if origins else None
         self.scheduler = self._scheduler(supervisor) if supervisor is not None else None
         if self.scheduler is not None:
             self.load.waiting_to_start = self.scheduler.waiting
@@ -144,13 +135,30 @@ class RouterApp:
             runs_backends=self.scheduler is not None,
             started_at=self.started_at,
         )
-        # A load may wait for others to drain and stop, then for its own start.
-        self.load_timeout_s = config.file.router.shutdown_grace_s
-        if supervisor is not None:
-            policy = supervisor.policy
-            self.load_timeout_s += policy.stop_grace_s + policy.startup_timeout_s
+        self.apply_settings(config)
         self.reloader = Reloader(self)
         self.reload_requests = ReloadRequests(self.reloader.reload_asked)
+
+    def apply_settings(self, config: LoadedConfig) -> None:
+        """Take ``config``'s router settings: at start-up, and from a reloaded config (then
+        in one step with the new routing table, between two requests)."""
+        settings = config.file.router
+        # None without router.api_keys: then no request is asked for a key.
+        self.keys = key_ring(settings.api_keys, os.environ)
+        self.strip_credentials = self.keys is not None  # a backend never sees a client's key
+        public = {"/health", METRICS_PATH} if settings.metrics_public else {"/health"}
+        # A liveness probe needs no key, nor the dashboard's page (it holds no data).
+        self.keyless_paths = frozenset(public | PAGE_PATHS)
+        self.max_body_bytes = int(settings.max_body_mb * 1024 * 1024)
+        self.bodies.limit = settings.inflight_body_bytes
+        self.body_deadlines.idle_timeout_s = settings.body_timeout_s
+        self.access_log.enabled = settings.access_log
+        self.cors = Cors(settings.cors_origins) if settings.cors_origins else None
+        # A load may wait for others to drain and stop, then for its own start.
+        self.load_timeout_s = settings.shutdown_grace_s
+        if self.supervisor is not None:
+            policy = self.supervisor.policy
+            self.load_timeout_s += policy.stop_grace_s + policy.startup_timeout_s
 
     def _scheduler(self, supervisor: Supervisor) -> Scheduler:
         settings = self.config.file.router

@@ -60,6 +60,12 @@ class BackendLog:
         """A line of the supervisor's own among the backend's output."""
         self.write(NOTE_PREFIX + text)
 
+    def end(self, why: str) -> None:
+        """No more lines will come (the process that wrote them is gone for good): say
+        ``why`` as the last line, and end the followers after it."""
+        self.note(f"{why}; this log ends here")
+        self.feed.end_followers()
+
     def tail(self, lines: int = 20) -> list[str]:
         return self.feed.tail(lines)
 

@@ -35,8 +35,14 @@ class Supervisor:
                 self.processes[role] = self.new_process(role, entry)
 
     def new_process(self, role: str, entry: ModelEntry) -> BackendProcess:
-        """A process for ``role``, not started and not among ``processes`` yet."""
-        log = BackendLog(self._log_dir / log_file_name(entry.id))
+        """A process for ``role``, not started and not among ``processes`` yet.
+
+        Its log is the one of the process already writing the same file, if any (a model
+        changed by a config reload, its id kept): one writer per file, and those who
+        follow it see the new process's lines after the old one's."""
+        path = self._log_dir / log_file_name(entry.id)
+        kept = (p.log for p in self.processes.values() if p.log.path == path)
+        log = next(kept, None) or BackendLog(path)
 
         def launch() -> LaunchSpec:
             return self.launcher(role, entry)
@@ -45,11 +51,24 @@ class Supervisor:
 
     def put(self, role: str, process: BackendProcess) -> None:
         """``process`` runs ``role`` from now on (a config reload added or replaced it)."""
+        old = self.processes.get(role)
         self.processes[role] = process
+        if old is not None and old.log is not process.log:
+            self._end_log(
+                old,
+                f"{role} was changed by a config reload and now logs to {process.log.path.name}",
+            )
 
     def forget(self, role: str) -> None:
         """``role``, stopped, is no longer configured."""
-        self.processes.pop(role, None)
+        old = self.processes.pop(role, None)
+        if old is not None:
+            self._end_log(old, f"{role} was removed from the config by a reload")
+
+    def _end_log(self, process: BackendProcess, why: str) -> None:
+        """End ``process``'s log for its followers, unless another process writes it on."""
+        if all(other.log is not process.log for other in self.processes.values()):
+            process.log.end(why)
 
     def start_all(self) -> None:
         for process in self.processes.values():
