@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+import yaml
 
 import fake_llama_server
 from config_builder import entry
@@ -206,3 +207,24 @@ def test_a_request_still_unanswered_after_the_grace_gets_a_503(
     assert router.wait(15) == 0, router.log()
     assert "Traceback" not in router.log()
     assert gone(backends) and stopped_by_the_router(tmp_path)
+
+
+def test_a_grace_changed_by_a_reload_is_the_one_the_shutdown_gives(
+    tmp_path: Path, stopped_at_the_end: list[RouterProcess]
+) -> None:
+    router = serve(tmp_path, 60.0, LONG_STREAM)
+    stopped_at_the_end.append(router)
+    config_path = tmp_path / "models.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    grace_s = 1.0
+    config["router"]["shutdown_grace_s"] = grace_s
+    config_path.write_text(yaml.safe_dump(config))
+    answer = httpx.post(f"{router.url}/admin/reload", timeout=30)
+    assert answer.json()["router"]["changed"] == ["shutdown_grace_s"], answer.text
+    stream = Stream(router)
+    signalled = time.monotonic()
+    os.kill(router.pid, signal.SIGTERM)
+    stream.wait(grace_s + MARGIN_S + 5)
+    assert stream.ended_at is not None and stream.ended_at - signalled < grace_s + MARGIN_S
+    assert stream.last_event()["error"]["code"] == "shutting_down"
+    assert router.wait(15) == 0, router.log()

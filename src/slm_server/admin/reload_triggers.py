@@ -1,4 +1,5 @@
-"""What starts a reload besides ``POST /admin/reload``: SIGHUP, and a change of the file.
+"""What starts a reload besides ``POST /admin/reload``: SIGHUP (caught by the server:
+see router/shutdown.py, which calls ``ReloadRequests.ask``), and a change of the file.
 
 The file is watched by polling its size, modification time and inode a few times a
 second: ``watchfiles`` (inotify) is not among the dependencies, and one ``stat`` call
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +29,8 @@ Signature = tuple[int, int, int] | None  # (inode, size, mtime_ns); None: no fil
 
 @dataclass(frozen=True)
 class Triggers:
-    """What reloads the config besides the HTTP call."""
+    """What reloads the config besides the HTTP call and SIGHUP."""
 
-    sighup: bool = False
     watch_file: bool = False
 
 
@@ -47,13 +46,9 @@ class ReloadRequests:
         self._task: asyncio.Task[None] | None = None
         self._again = False
         self._watcher: asyncio.Task[None] | None = None
-        self._hup = False
 
     def start(self, triggers: Triggers, path: Path) -> None:
         loop = asyncio.get_running_loop()
-        if triggers.sighup:
-            loop.add_signal_handler(signal.SIGHUP, self.ask, "SIGHUP")
-            self._hup = True
         if triggers.watch_file:
             self._watcher = loop.create_task(watch(path, self.ask), name="config watcher")
             log.info("watching %s: a change reloads it", path)
@@ -78,9 +73,6 @@ class ReloadRequests:
             log.info("reloading the config again: it was asked for meanwhile")
 
     async def aclose(self) -> None:
-        if self._hup:
-            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            self._hup = False
         for task in (self._watcher, self._task):
             if task is not None:
                 task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 
@@ -47,7 +48,7 @@ def run_uvicorn(
     host = host if host is not None else settings.host
     port = port if port is not None else settings.port
     kept = router_log.install()  # before the first line: GET /admin/logs/router shows them all
-    triggers = Triggers(sighup=True, watch_file=watch_config)
+    triggers = Triggers(watch_file=watch_config)
     app = RouterApp(config, supervisor, settle_gc=True, router_log=kept, reload_triggers=triggers)
     enabled = [
         f"{b.entry.id} -> {b.entry.server_url}"
@@ -86,7 +87,13 @@ def run_uvicorn(
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
     stop_backends = app.stop_backends if supervisor is not None else None
-    server = GracefulServer(server_config, stop_backends, app.log_streams.end_all)
+    server = GracefulServer(
+        server_config,
+        stop_backends,
+        app.log_streams.end_all,
+        hangup=functools.partial(app.reload_requests.ask, "SIGHUP"),
+        grace_s=lambda: app.config.file.router.shutdown_grace_s,
+    )
     try:
         server.run()
     finally:

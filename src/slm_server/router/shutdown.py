@@ -20,6 +20,10 @@ rest is done here, in the order the requests and the backends need:
   connection waits for its unsent bytes to go out. During the shutdown, a connection
   whose client has taken nothing for ``_STALLED_S`` while its buffers are full is
   aborted instead (see ``StalledClients``).
+- SIGHUP (reload the config) is caught for the server's whole life, like SIGINT and
+  SIGTERM: before start-up completes and once the shutdown has begun it is ignored (and
+  said so) rather than left to its default action, which ends the process at once,
+  with the backends still running or half stopped.
 - After serving, uvicorn raises the signal it caught again, for a program that embeds
   it: SIGTERM would then kill this process (exit status 143) after a clean shutdown.
   This process is the program: a shutdown it was asked for and completed exits 0.
@@ -96,14 +100,25 @@ class GracefulServer(uvicorn.Server):
         config: uvicorn.Config,
         stop_backends: Callable[[], Awaitable[None]] | None = None,
         end_streams: Callable[[], None] | None = None,
+        *,
+        hangup: Callable[[], None] | None = None,
+        grace_s: Callable[[], float] | None = None,
     ) -> None:
         """``end_streams``: called as the shutdown begins, to end the answers that would
-        never end by themselves (log follows) rather than let them hold the grace."""
+        never end by themselves (log follows) rather than let them hold the grace.
+
+        ``hangup``: what SIGHUP does while the server serves (in the event loop).
+        ``grace_s``: the shutdown grace as it is when the shutdown begins (a config
+        reload may have changed it); else ``config.timeout_graceful_shutdown``."""
         super().__init__(config)
         self._stop_backends = stop_backends
         self._end_streams = end_streams
+        self._hangup = hangup
+        self._grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         # Captured here too, so that a signal while the backends stop cannot interrupt that.
         with self.capture_signals():
             try:
@@ -124,9 +139,12 @@ class GracefulServer(uvicorn.Server):
         for connection in list(self.server_state.connections):
             connection.shutdown()  # idle ones close now; busy ones after their answer
         watch = asyncio.get_running_loop().create_task(self._abort_stalled())
+        grace_s = self._grace_s() if self._grace_s is not None else None
+        if grace_s is None:
+            grace_s = self.config.timeout_graceful_shutdown
         try:
             with contextlib.suppress(TimeoutError):  # the grace is over: the rest are cut short
-                async with asyncio.timeout(self.config.timeout_graceful_shutdown):
+                async with asyncio.timeout(grace_s):
                     await self._wait_tasks_to_complete()  # ends at once on force_exit
         finally:
             watch.cancel()
@@ -146,11 +164,28 @@ class GracefulServer(uvicorn.Server):
             return
         handled = (signal.SIGINT, signal.SIGTERM)
         original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        original[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._handle_hangup)
         try:
             yield
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+    def _handle_hangup(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler runs between two bytecodes of whatever the loop was doing:
+        # the decision waits for the loop.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._hung_up)
+
+    def _hung_up(self) -> None:
+        if self.should_exit:
+            log.warning("SIGHUP ignored: the server is shutting down")
+        elif not self.started:
+            log.warning("SIGHUP ignored: the server is still starting; send it again once it is up")
+        elif self._hangup is None:
+            log.info("SIGHUP ignored")
+        else:
+            self._hangup()
 
     async def _abort_stalled(self) -> None:
         """Abort, for as long as the grace lasts, the connections of clients that do not
