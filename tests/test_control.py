@@ -12,12 +12,15 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from net import free_port
 from slm_server.config import RouterSettings
 from slm_server.control import instance_url, run_load, run_ps, run_unload
+from slm_server.supervisor.process import RestartPolicy
 
 Answer = tuple[int, bytes]
 
@@ -273,3 +276,28 @@ def test_the_api_key_goes_to_the_instance_asked_and_never_to_where_it_redirects(
                 run_load(instance.url, "chat", 5, "sk-local-secret")
     assert instance.authorizations == ["Bearer sk-local-secret"]
     assert elsewhere.authorizations == [None]  # the redirect was followed, without the key
+
+
+def test_reload_waits_as_long_as_the_configs_grace_may_make_the_reload_last(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from slm_server import cli, control
+
+    asked: list[float] = []
+    warning = "warning: models.yaml: field 'response_store_ttl_s': applies with ..."
+
+    def answered(method: str, url: str, path: str, timeout_s: float, api_key: str | None) -> Any:
+        asked.append(timeout_s)
+        return {"roles": {"a": "unchanged"}, "router": {}, "warnings": [warning]}
+
+    monkeypatch.setattr(control, "_call", answered)
+    monkeypatch.delenv("SLM_API_KEY", raising=False)
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump({"models": {}, "router": {"shutdown_grace_s": 900}}))
+    assert cli.main(["reload", "--config", str(config)]) == 0
+    # The drain of a removed model (900 s) and its stop grace: never cut short before.
+    assert asked[0] >= 900 + RestartPolicy().stop_grace_s
+    assert capsys.readouterr().out.splitlines() == ["a: unchanged", warning]
+
+    assert cli.main(["reload", "--url", "127.0.0.1:9"]) == 0  # no config read: the default
+    assert asked[1] == control.RELOAD_TIMEOUT_S
