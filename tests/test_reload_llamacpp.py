@@ -20,7 +20,10 @@ from net import wait_until
 from router_proc import RouterProcess, serving
 
 _TIMEOUT_S = 120
-_STREAM_TOKENS = 160
+# Thousands of events of a few hundred bytes: more than the socket buffers between the
+# backend and a client that does not read hold, and longer to generate than a reload.
+_STREAM_TOKENS = 6000
+_READ_TOKENS = 200  # read after the reload, then the client leaves
 
 
 def write(path: Path, models: dict[str, dict[str, Any]]) -> None:
@@ -36,7 +39,7 @@ def gone(pid: int) -> bool:
 
 
 def test_a_reload_leaves_a_streaming_model_alone_and_swaps_the_others(tmp_path: Path) -> None:
-    a, b, c = gemma("gemma-a"), gemma("gemma-b"), gemma("gemma-c")
+    a, b, c = gemma("gemma-a", context_length=8192), gemma("gemma-b"), gemma("gemma-c")
     router = RouterProcess({"models": {"a": a, "b": b}}, tmp_path, command="serve")
     config_path = tmp_path / "models.yaml"
     with serving(router, ready_within_s=_TIMEOUT_S) as router:
@@ -49,17 +52,24 @@ def test_a_reload_leaves_a_streaming_model_alone_and_swaps_the_others(tmp_path: 
             max_tokens=_STREAM_TOKENS,
             temperature=0,
             stream=True,
-            extra_body={"ignore_eos": True},  # it runs to max_tokens: long enough to span
+            extra_body={"ignore_eos": True},  # it runs to max_tokens: it cannot end early
             timeout=_TIMEOUT_S,
         )
         pieces: list[str] = []
         first = threading.Event()
+        reloaded = threading.Event()
 
         def read() -> None:
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    pieces.append(chunk.choices[0].delta.content)
-                    first.set()
+            # After its first piece the client reads no more until the reload has answered:
+            # the answer, far longer than the buffers between, stays in flight meanwhile.
+            with stream:
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        pieces.append(chunk.choices[0].delta.content)
+                        first.set()
+                        reloaded.wait(_TIMEOUT_S)
+                    if len(pieces) >= _READ_TOKENS:
+                        return  # enough seen after the reload; the client leaves
 
         reader = threading.Thread(target=read)
         reader.start()
@@ -69,11 +79,12 @@ def test_a_reload_leaves_a_streaming_model_alone_and_swaps_the_others(tmp_path: 
         answer = reload(router)
         assert answer.status_code == 200, answer.text
         assert answer.json()["roles"] == {"a": "unchanged", "c": "added", "b": "removed"}
-        assert router.backends()["a"]["in_flight"] == 1  # the stream ran through the reload
+        assert router.backends()["a"]["in_flight"] == 1  # the stream runs through the reload
+        reloaded.set()
 
         reader.join(_TIMEOUT_S)
         assert not reader.is_alive()
-        assert len(pieces) >= _STREAM_TOKENS // 2 and "".join(pieces).strip()
+        assert len(pieces) == _READ_TOKENS and "".join(pieces).strip()
         assert router.backends()["a"]["pid"] == pid_a
         assert gone(pid_b)
         assert "b" not in router.backends()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import fake_llama_server
 from config_builder import entry
 from net import free_port, wait_until
 from router_proc import RouterProcess
+from slm_server.admin.reload_triggers import DEBOUNCE_S, POLL_S
 
 Serve = Callable[..., RouterProcess]
 
@@ -94,6 +96,11 @@ def test_watch_config_reloads_once_per_save_even_in_two_steps(tmp_path: Path, se
         file.write(text[: len(text) // 2])
         file.flush()
         os.fsync(file.fileno())
+    # The editor's second step comes after the watcher has seen the first (it looks every
+    # POLL_S) but before the file has stayed the same for DEBOUNCE_S: only the debounce
+    # keeps the half-written file from being reloaded.
+    time.sleep(1.5 * POLL_S)
+    assert 1.5 * POLL_S < DEBOUNCE_S
     with path.open("w") as file:
         file.write(text)
     wait_until(lambda: model_ids(router) == {"m-a", "m-b"}, 15, "the reloaded models")
