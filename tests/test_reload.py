@@ -486,3 +486,23 @@ async def test_a_reload_refuses_what_check_config_calls_an_error_and_says_its_wa
         assert answer.status_code == 200, answer.text
         (warning,) = answer.json()["warnings"]
         assert warning.startswith("warning: ") and "response_store_ttl_s" in warning
+
+
+async def test_a_log_follow_opened_without_a_key_ends_once_keys_are_asked_for(
+    tmp_path: Path,
+) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a})
+    async with served_from(path) as served:
+        await served.ready("a")
+        feed = served.process("a").log.feed
+        follow = Following(served, "a")
+        try:
+            await eventually(lambda: feed.followers == 1, 5, "the follow to begin")
+            admin = {"name": "ops", "key_sha256": _sha("ops-key"), "admin": True}
+            write_config(path, {"a": a}, api_keys=[admin])
+            assert (await reload(served)).json()["router"]["changed"] == ["api_keys"]
+            text = await follow.ended()
+        finally:
+            follow.stop()
+        assert "the API keys were changed by a config reload" in text.splitlines()[-1]
