@@ -36,3 +36,14 @@ def test_the_count_cap_defers_the_rest() -> None:
     plan = launch_plan([role("a", 1), role("b", 1), role("c", 1)], None, 2)
     assert plan.start == ("a", "b")
     assert plan.deferred == (("c", "max_loaded_models is 2, all taken"),)
+
+
+def test_backends_already_running_count_against_the_budget_and_the_cap() -> None:
+    running = [RoleState("a", Phase.READY, 5 * GB)]
+    plan = launch_plan([role("b", 4), role("c", 2)], 8 * GB, None, running)
+    assert plan.start == ("c",)
+    assert plan.deferred == (
+        ("b", "est. 4.0 GB would exceed the memory budget of 8.0 GB (5.0 GB taken)"),
+    )
+    capped = launch_plan([role("b", 1)], None, 1, running)
+    assert capped.deferred == (("b", "max_loaded_models is 1, all taken"),)

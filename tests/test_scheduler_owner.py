@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -12,6 +12,7 @@ import pytest
 from config_builder import entry, make_config
 from net import eventually
 from slm_server.scheduler import decide
+from slm_server.scheduler import owner as owner_module
 from slm_server.scheduler.decisions import RefuseReason
 from slm_server.scheduler.owner import Refused, Scheduler, Waiter
 from slm_server.supervisor import BackendProcess
@@ -81,7 +82,10 @@ def roles() -> Iterator[dict[str, FakeProcess]]:
 
 
 async def owner(
-    processes: dict[str, FakeProcess], works: dict[str, FakeWork] | None = None, **limits: Any
+    processes: dict[str, FakeProcess],
+    works: dict[str, FakeWork] | None = None,
+    measure: Callable[[], Awaitable[None]] = nothing_to_measure,
+    **limits: Any,
 ) -> Scheduler:
     # On demand: the fakes are in the state each test gives them, none started at launch.
     models = {
@@ -93,7 +97,7 @@ async def owner(
         cast(dict[str, BackendProcess], processes),
         works if works is not None else {role: FakeWork() for role in processes},
         FakeMemory(),
-        nothing_to_measure,
+        measure,
         budget_bytes=limits.get("budget_bytes"),
         max_loaded=limits.get("max_loaded"),
         unload_grace_s=5,
@@ -258,5 +262,77 @@ async def test_a_removed_role_refuses_its_requests_and_is_forgotten_once_stopped
         scheduler.wake()
         await asyncio.wait_for(removed, 2)
         assert roles["a"].told == ["stop"] and forgotten == ["a"]
+    finally:
+        await scheduler.aclose()
+
+
+async def test_a_removed_role_refuses_later_requests_and_the_others_are_still_decided(
+    roles: dict[str, FakeProcess],
+) -> None:
+    scheduler = await owner(roles)
+    try:
+        forgotten: list[str] = []
+        # c is not running: it is forgotten at the next pass.
+        await asyncio.wait_for(scheduler.remove("c", lambda: forgotten.append("c")), 2)
+        assert forgotten == ["c"]
+        # A call that looked c up before (the load half of a restart) comes too late.
+        with pytest.raises(Refused) as refused:
+            scheduler.enqueue("c", forced=True)
+        assert refused.value.reason is RefuseReason.REMOVED
+        assert str(refused.value) == "c was removed from the config by a reload"
+        await scheduler.unload("c")  # nothing left to unload
+        waiter = scheduler.enqueue("a")
+        await granted(waiter)
+        scheduler.leave(waiter)
+    finally:
+        await scheduler.aclose()
+
+
+async def test_a_role_added_on_the_port_of_a_stopping_one_starts_once_that_one_stopped(
+    roles: dict[str, FakeProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes: list[float] = []
+
+    def counted(snapshot: Any) -> Any:
+        passes.append(snapshot.now)
+        return decide(snapshot)
+
+    monkeypatch.setattr("slm_server.scheduler.owner.decide", counted)
+    old_work = FakeWork(in_flight=1)  # a still drains a request
+    scheduler = await owner(roles, {"a": old_work, "c": FakeWork()})
+    try:
+        removed = scheduler.remove("a", lambda: None)
+        added, added_work = FakeProcess("n"), FakeWork()
+        entry_n = make_config({"n": entry("m-n", 9000)}).models["n"]  # a's port, at launch
+        scheduler.add("n", entry_n, cast(BackendProcess, added), added_work, after=("a",))
+        assert scheduler.launch(["n"]) == {}  # neither started nor deferred: it waits
+        waiting = scheduler.enqueue("n")
+        seen = len(passes)
+        await eventually(lambda: len(passes) > seen, 2, "a pass that saw n's request")
+        assert added.told == [] and not waiting.granted.done()
+        old_work.in_flight = 0
+        scheduler.wake()  # as the end of its last request does
+        await asyncio.wait_for(removed, 2)
+        await granted(waiting)
+        assert added.told == ["load"] and added_work.open
+        scheduler.leave(waiting)
+    finally:
+        await scheduler.aclose()
+
+
+async def test_a_budget_a_reload_sets_has_the_running_backends_measured(
+    roles: dict[str, FakeProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owner_module, "SAMPLE_EVERY_S", 0.01)
+    measured = asyncio.Event()
+
+    async def measure() -> None:
+        measured.set()
+
+    scheduler = await owner(roles, measure=measure)  # no budget: nothing sampled
+    try:
+        measured.clear()  # the measurement at start-up
+        scheduler.configure(budget_bytes=8 * GB, max_loaded=None, unload_grace_s=5, max_waiting=8)
+        await asyncio.wait_for(measured.wait(), 2)
     finally:
         await scheduler.aclose()

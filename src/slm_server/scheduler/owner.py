@@ -19,7 +19,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,8 +33,9 @@ from slm_server.scheduler.decisions import (
     Wait,
     gigabytes,
 )
-from slm_server.scheduler.launch import launch_plan
+from slm_server.scheduler.launch import LaunchPlan, launch_plan
 from slm_server.scheduler.policy import decide
+from slm_server.scheduler.roster import Roster, Successor, Workload
 from slm_server.scheduler.state import Demand, Phase, RoleState, Snapshot
 from slm_server.supervisor.process import BackendProcess
 
@@ -50,22 +51,6 @@ _PHASES = {
     "stopping": Phase.STOPPING,
     "failed": Phase.FAILED,
 }
-
-
-class Workload(Protocol):
-    """What the router knows of a role's requests, and the switches it obeys: ``open``
-    (requests go straight to the backend) and ``watched`` (a request's end wakes the owner:
-    someone waits for this role's work to drain)."""
-
-    open: bool
-    watched: bool
-    last_used: float | None  # monotonic time its last request ended
-
-    @property
-    def in_flight(self) -> int: ...
-
-    @property
-    def queued(self) -> int: ...
 
 
 class Memory(Protocol):
@@ -107,15 +92,8 @@ def _shutting_down() -> Refused:
     return Refused(RefuseReason.SHUTTING_DOWN, "the server is stopping")
 
 
-@dataclass
-class _Successor:
-    """A role's new backend, waiting for the old one to drain and stop."""
-
-    entry: ModelEntry
-    process: BackendProcess
-    workload: Workload
-    swapped: Callable[[], None]  # told in the step that puts it in place
-    done: asyncio.Future[None]
+def _removed(role: str) -> Refused:
+    return Refused(RefuseReason.REMOVED, f"{role} was removed from the config by a reload")
 
 
 @dataclass
@@ -139,9 +117,7 @@ class Scheduler:
         max_waiting: int,
     ) -> None:
         # Its own maps: a config reload adds and removes roles through the methods below.
-        self._entries = dict(entries)
-        self._processes = dict(processes)
-        self._workloads = dict(workloads)
+        self._roster = Roster(entries, processes, workloads)
         self._memory = memory
         self._measure = measure
         self.budget_bytes = budget_bytes
@@ -156,10 +132,8 @@ class Scheduler:
         self._ready_at: dict[str, tuple[int, float]] = {}  # role -> (generation, when)
         self._said: dict[str, str] = {}  # the last wait line per role: said once
         self._tasks: list[asyncio.Task[None]] = []
+        self._sampler: asyncio.Task[None] | None = None
         self._closed = False
-        # Roles a reload removes (their waiters are refused), and whom to tell once gone.
-        self._removing: dict[str, Callable[[], None]] = {}
-        self._successors: dict[str, _Successor] = {}  # role -> what takes over once stopped
         for role, process in processes.items():
             workloads[role].open = False  # until the owner's first pass says otherwise
             process.on_change = self.wake
@@ -176,11 +150,26 @@ class Scheduler:
                 "memory needs not worked out within %gs; counted as 0 until measured",
                 _FIRST_MEASURE_S,
             )
-        self._launch()
+        roles = list(self._roster.processes)
+        unknown = [role for role in roles if self._memory.need(role) is None]
+        if self.budget_bytes is not None and unknown:
+            log.warning(
+                "memory needs of %s are unknown (command entries, or weights not on this "
+                "machine): counted as "
+                "0 GB until measured; set memory_gb to plan with them",
+                ", ".join(unknown),
+            )
+        plan = self._launch(roles)
+        for role, why in plan.deferred:
+            log.warning("%s: not started at launch (%s); its first request starts it", role, why)
+        on_demand = [role for role in roles if self._roster.entries[role].on_demand]
+        if on_demand:
+            log.info("on demand, started by their first request: %s", ", ".join(on_demand))
+        if self.budget_bytes is not None:
+            log.info("memory budget %s for the backends", gigabytes(self.budget_bytes))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._own(), name="scheduler"))
-        if self.budget_bytes is not None:  # measurements matter only against a budget
-            self._tasks.append(loop.create_task(self._sample(), name="memory sampler"))
+        self._start_sampler()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -195,9 +184,7 @@ class Scheduler:
             for done in unload.done:
                 if not done.done():
                     done.set_result(None)
-        for successor in self._successors.values():  # the shutdown stops everything
-            if not successor.done.done():
-                successor.done.set_result(None)
+        self._roster.settle()  # the shutdown stops everything
 
     def wake(self) -> None:
         self._wake.set()
@@ -206,8 +193,10 @@ class Scheduler:
         """A waiter for ``role``'s turn; call ``leave`` with it once done, whatever happened."""
         if self._closed:
             raise _shutting_down()
-        if role in self._removing:
-            raise Refused(RefuseReason.REMOVED, f"{role} was removed from the config")
+        if not self._roster.takes(role):
+            # Removed by a reload, perhaps while its caller awaited something else (the
+            # unload half of a restart): a waiter for it would never be answered.
+            raise _removed(role)
         waiting = self.waiting(role)
         if waiting >= self._max_waiting and not forced:  # a load call is one, not a flood
             message = f"{waiting} requests already wait for {role} to start"
@@ -232,8 +221,8 @@ class Scheduler:
     async def unload(self, role: str) -> None:
         """Take no new requests for ``role``, let those in flight finish (up to the grace),
         stop it; return once it is stopped. Later requests start it again."""
-        if self._closed:
-            return  # every backend is being stopped already
+        if self._closed or role not in self._roster.processes:
+            return  # every backend is being stopped already, or it is gone
         await self._begin_unload(role, "on request")
 
     def _begin_unload(self, role: str, why: str) -> asyncio.Future[None]:
@@ -243,11 +232,11 @@ class Scheduler:
         if unload is None:
             unload = _Unload(time.monotonic() + self._unload_grace_s)
             self._unloading[role] = unload
-            work = self._workloads[role]
+            work = self._roster.workloads[role]
             work.open = False
             work.watched = True  # its requests' ends let it stop sooner
             busy = work.in_flight + work.queued
-            if self._processes[role].state != "stopped":
+            if self._roster.processes[role].state != "stopped":
                 log.info("unloading %s %s (%d in flight)", role, why, busy)
         done = asyncio.get_running_loop().create_future()
         unload.done.append(done)
@@ -262,20 +251,55 @@ class Scheduler:
     def idle_since(self, role: str) -> float | None:
         """Monotonic time ``role`` became idle, as its idle_ttl_s counts it (the later of its
         last request's end and its becoming ready); None while busy or not running."""
-        process, work = self._processes[role], self._workloads[role]
-        if process.state != "ready" or work.in_flight + work.queued or self.waiting(role):
+        process, work = self._roster.processes.get(role), self._roster.workloads.get(role)
+        if process is None or work is None or process.state != "ready":
+            return None
+        if work.in_flight + work.queued or self.waiting(role):
             return None
         return self._idle_from(role)
 
     def _idle_from(self, role: str) -> float | None:
         """The later of ``role``'s last request's end and this run's becoming ready."""
-        process, last_used = self._processes[role], self._workloads[role].last_used
+        process = self._roster.processes[role]
+        last_used = self._roster.workloads[role].last_used
         ready = self._ready_at.get(role)
         if process.state != "ready" or ready is None or ready[0] != process.generation:
             return last_used
         return ready[1] if last_used is None else max(last_used, ready[1])
 
-    # -- what a config reload calls -------------------------------------------------
+    def launch(self, roles: Sequence[str]) -> dict[str, str]:
+        """Start those of ``roles`` that are stopped and not on demand, as at launch, in the
+        room the running backends leave; the others start with their first request. Those
+        left stopped for want of room, and why."""
+        plan = self._launch(roles)
+        for role in plan.start:
+            log.info("starting %s", role)
+        for role, why in plan.deferred:
+            log.warning("%s: not started yet (%s); its first request starts it", role, why)
+        return dict(plan.deferred)
+
+    def _launch(self, roles: Sequence[str]) -> LaunchPlan:
+        """Start those of ``roles`` due to start and free to (no other backend must stop
+        first), in config order while they fit beside the backends running."""
+        now = time.monotonic()
+        roster = self._roster
+        states = [self._state(role, now) for role in roster.processes]
+        resident = [state for state in states if state.resident]
+        candidates = [
+            self._state(role, now)
+            for role in roles
+            if role in roster.processes
+            and not roster.entries[role].on_demand
+            and not roster.blocked(role)
+            and roster.processes[role].state == "stopped"
+        ]
+        plan = launch_plan(candidates, self.budget_bytes, self.max_loaded, resident)
+        for role in plan.start:
+            roster.processes[role].load()
+        self.wake()
+        return plan
+
+    # -- what a config reload calls (the bookkeeping is the roster's) -----------------
 
     def configure(
         self,
@@ -290,54 +314,37 @@ class Scheduler:
         self.max_loaded = max_loaded
         self._unload_grace_s = unload_grace_s
         self._max_waiting = max_waiting
+        self._start_sampler()  # a budget set now is planned with measurements, as at launch
         self.wake()
 
-    def add(self, role: str, entry: ModelEntry, process: BackendProcess, work: Workload) -> None:
-        """A new role, not running: its requests wait for a start (see ``launch``)."""
-        self._entries[role] = entry
-        self._processes[role] = process
-        self._workloads[role] = work
+    def add(
+        self,
+        role: str,
+        entry: ModelEntry,
+        process: BackendProcess,
+        work: Workload,
+        after: Collection[str] = (),
+    ) -> None:
+        """A new role, not running: its requests wait for a start (see ``launch``), which
+        waits for the roles ``after`` (being removed or replaced) to stop first."""
+        self._roster.add(role, entry, process, work, after)
         work.open = False
         process.on_change = self.wake
         self.wake()
 
     def update(self, role: str, entry: ModelEntry) -> None:
         """``role``'s entry with new router-side fields (TTL, pinning...); it keeps running."""
-        self._entries[role] = entry
-        self.wake()
-
-    def launch(self, roles: Sequence[str]) -> None:
-        """Start those of ``roles`` that are stopped and not on demand, as at launch, in the
-        room the running backends leave; the others start with their first request."""
-        now = time.monotonic()
-        states = [self._state(role, now) for role in self._processes]
-        resident = [state for state in states if state.resident]
-        budget = self.budget_bytes
-        if budget is not None:
-            budget = max(0, budget - sum(state.need_bytes for state in resident))
-        cap = None if self.max_loaded is None else max(0, self.max_loaded - len(resident))
-        candidates = [
-            self._state(role, now)
-            for role in roles
-            if not self._entries[role].on_demand and self._processes[role].state == "stopped"
-        ]
-        plan = launch_plan(candidates, budget, cap)
-        for role in plan.start:
-            log.info("starting %s", role)
-            self._processes[role].load()
-        for role, why in plan.deferred:
-            log.warning("%s: not started yet (%s); its first request starts it", role, why)
+        self._roster.update(role, entry)
         self.wake()
 
     def remove(self, role: str, forgotten: Callable[[], None]) -> asyncio.Future[None]:
         """Refuse ``role``'s waiting requests, let those in flight finish (up to the grace),
         stop it, and forget it, calling ``forgotten`` in the same step; the future is done
         once it is."""
-        self._removing[role] = forgotten
-        refused = Refused(RefuseReason.REMOVED, f"{role} was removed from the config")
+        self._roster.remove(role, forgotten)
         for waiter in self._waiters:
             if waiter.role == role and not waiter.granted.done():
-                waiter.granted.set_exception(refused)
+                waiter.granted.set_exception(_removed(role))
         if self._closed:  # the shutdown stops it
             done = asyncio.get_running_loop().create_future()
             done.set_result(None)
@@ -351,41 +358,35 @@ class Scheduler:
         process: BackendProcess,
         work: Workload,
         swapped: Callable[[], None],
+        after: Collection[str] = (),
     ) -> asyncio.Future[None]:
         """Drain and stop ``role``'s backend, then put ``process`` in its place, calling
         ``swapped`` in the same step; the future is done once it is in place. Requests for
-        ``role`` meanwhile wait on ``work`` (closed until then), as for a loading backend."""
+        ``role`` meanwhile wait on ``work`` (closed until then), as for a loading backend.
+        The new backend starts once the roles ``after`` have stopped too."""
         done = asyncio.get_running_loop().create_future()
         work.open = False
         process.on_change = self.wake
         if self._closed:
             done.set_result(None)
             return done
-        self._successors[role] = _Successor(entry, process, work, swapped, done)
+        self._roster.replace(role, Successor(entry, process, work, swapped, done), after)
         self._begin_unload(role, "to start it with its new config")
         return done
 
     def _take_over(self, role: str) -> None:
-        """``role`` is stopped: forget it, or put its successor in its place."""
-        forgotten = self._removing.pop(role, None)
-        if forgotten is not None:
-            del self._entries[role], self._processes[role], self._workloads[role]
+        """``role`` is stopped: the roster forgets it or puts its successor in its place;
+        start what waited for it."""
+        replaced = role in self._roster.successors
+        forgotten = role in self._roster.removing
+        freed = self._roster.stopped(role)
+        if replaced or forgotten:
             self._ready_at.pop(role, None)
             self._said.pop(role, None)
-            forgotten()
-            return
-        successor = self._successors.pop(role, None)
-        if successor is None:
-            return
-        self._entries[role] = successor.entry
-        self._processes[role] = successor.process
-        self._workloads[role] = successor.workload
-        self._ready_at.pop(role, None)
-        successor.swapped()
-        log.info("%s: stopped; its new config takes over", role)
-        if not successor.done.done():
-            successor.done.set_result(None)
-        self.launch([role])
+        if replaced:
+            log.info("%s: stopped; its new config takes over", role)
+        if freed:
+            self.launch(freed)
 
     # -- the owner -----------------------------------------------------------------
 
@@ -401,39 +402,26 @@ class Scheduler:
                     await self._wake.wait()
             self._wake.clear()
 
+    def _start_sampler(self) -> None:
+        """Measure the running backends' memory every few seconds while there is a budget
+        (measurements matter only against one); after ``start``, as a reload may set one."""
+        running = self._sampler is not None and not self._sampler.done()
+        if self.budget_bytes is None or running or self._closed or not self._tasks:
+            return
+        self._sampler = asyncio.get_running_loop().create_task(
+            self._sample(), name="memory sampler"
+        )
+        self._tasks.append(self._sampler)
+
     async def _sample(self) -> None:
-        while True:
+        while self.budget_bytes is not None:  # a reload that drops the budget ends it
             await asyncio.sleep(SAMPLE_EVERY_S)
-            if any(process.pid is not None for process in self._processes.values()):
+            if any(process.pid is not None for process in self._roster.processes.values()):
                 try:
                     await self._measure()
                 except Exception:  # a bug, or /proc unreadable: the last figures stand
                     log.exception("scheduler: measuring the backends' memory failed")
                 self.wake()
-
-    def _launch(self) -> None:
-        now = time.monotonic()
-        unknown = [role for role in self._processes if self._memory.need(role) is None]
-        if self.budget_bytes is not None and unknown:
-            log.warning(
-                "memory needs of %s are unknown (command entries, or weights not on this "
-                "machine): counted as "
-                "0 GB until measured; set memory_gb to plan with them",
-                ", ".join(unknown),
-            )
-        candidates = [
-            self._state(role, now) for role in self._processes if not self._entries[role].on_demand
-        ]
-        plan = launch_plan(candidates, self.budget_bytes, self.max_loaded)
-        for role in plan.start:
-            self._processes[role].load()
-        for role, why in plan.deferred:
-            log.warning("%s: not started at launch (%s); its first request starts it", role, why)
-        on_demand = [role for role in self._processes if self._entries[role].on_demand]
-        if on_demand:
-            log.info("on demand, started by their first request: %s", ", ".join(on_demand))
-        if self.budget_bytes is not None:
-            log.info("memory budget %s for the backends", gigabytes(self.budget_bytes))
 
     def _pass(self) -> None:
         """One snapshot, its decisions applied, every waiter and fast path updated."""
@@ -441,10 +429,10 @@ class Scheduler:
         self._progress_unloads(now)
         # A role being replaced asks for nothing until its new backend is in place: a
         # start now would be the old one's.
-        wanting = [w for w in self._waiters if _wants(w) and w.role not in self._successors]
+        wanting = [w for w in self._waiters if _wants(w) and not self._roster.blocked(w.role)]
         forced = {w.role for w in wanting if w.forced}
         snapshot = Snapshot(
-            roles=tuple(self._state(role, now, role in forced) for role in self._processes),
+            roles=tuple(self._state(role, now, role in forced) for role in self._roster.processes),
             demands=tuple(Demand(w.role, w.seq) for w in wanting),
             budget_bytes=self.budget_bytes,
             max_loaded_models=self.max_loaded,
@@ -456,7 +444,7 @@ class Scheduler:
         for decision in decide(snapshot):
             if isinstance(decision, Start):
                 log.info("%s", decision.message)
-                self._processes[decision.role].load()
+                self._roster.processes[decision.role].load()
             elif isinstance(decision, Stop):
                 log.info("%s", decision.message)
                 self._stop(decision.role)
@@ -477,17 +465,18 @@ class Scheduler:
             else:
                 refused[decision.role] = decision
         self._answer_waiters(held, refused)
-        for role, work in self._workloads.items():
-            if role in self._processes:
-                work.open = self._admits(role) and role not in held
-                work.watched = role in watched
+        for role, work in self._roster.workloads.items():
+            work.open = self._admits(role) and role not in held
+            work.watched = role in watched
 
     def _answer_waiters(self, held: Mapping[str, int], refused: Mapping[str, Refuse]) -> None:
         for waiter in self._waiters:
             if waiter.granted.done():
                 continue
             refusal = refused.get(waiter.role)
-            if refusal is not None:
+            if not self._roster.takes(waiter.role):  # no longer configured: never admitted
+                waiter.granted.set_exception(_removed(waiter.role))
+            elif refusal is not None:
                 error = Refused(refusal.reason, refusal.message, refusal.retry_after_s)
                 waiter.granted.set_exception(error)
             elif self._admits(waiter.role) and waiter.seq <= held.get(waiter.role, waiter.seq):
@@ -495,7 +484,7 @@ class Scheduler:
                 self._said.pop(waiter.role, None)
 
     def _admits(self, role: str) -> bool:
-        running = self._processes[role].state in ("ready", "starting")
+        running = self._roster.processes[role].state in ("ready", "starting")
         return running and role not in self._stopping and role not in self._unloading
 
     def _say(self, role: str, line: str) -> None:
@@ -504,9 +493,9 @@ class Scheduler:
             log.info("%s", line)
 
     def _stop(self, role: str) -> None:
-        self._workloads[role].open = False
+        self._roster.workloads[role].open = False
         task = asyncio.get_running_loop().create_task(
-            self._processes[role].stop(), name=f"stopping {role}"
+            self._roster.processes[role].stop(), name=f"stopping {role}"
         )
         self._stopping[role] = task
 
@@ -521,7 +510,7 @@ class Scheduler:
         for role, unload in list(self._unloading.items()):
             if role in self._stopping:
                 continue
-            process, work = self._processes[role], self._workloads[role]
+            process, work = self._roster.processes[role], self._roster.workloads[role]
             process.forget_failure()
             if process.state == "stopped":
                 del self._unloading[role]
@@ -543,7 +532,8 @@ class Scheduler:
     def _state(self, role: str, now: float, forced: bool = False) -> RoleState:
         """``role`` as the policy sees it; ``forced``: a load call waits for it, so a failed
         backend may start at once."""
-        process, work, entry = self._processes[role], self._workloads[role], self._entries[role]
+        roster = self._roster
+        process, work, entry = roster.processes[role], roster.workloads[role], roster.entries[role]
         phase = _PHASES[process.state]
         if role in self._stopping or role in self._unloading:
             phase = Phase.STOPPING
@@ -575,11 +565,11 @@ class Scheduler:
         """
         now = time.monotonic()
         due = [u.deadline for role, u in self._unloading.items() if role not in self._stopping]
-        for role, process in self._processes.items():
-            ttl = self._entries[role].idle_ttl_s
+        for role, process in self._roster.processes.items():
+            ttl = self._roster.entries[role].idle_ttl_s
             if ttl is None or process.state != "ready":
                 continue
-            work = self._workloads[role]
+            work = self._roster.workloads[role]
             idle_from = self._idle_from(role)
             if work.in_flight + work.queued > 0 or idle_from is None:
                 due.append(now + ttl)  # busy: it cannot expire before a full TTL from now
