@@ -51,7 +51,7 @@ from slm_server.router.errors import (
 )
 from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
 from slm_server.router.interrupted import end_cut_short, end_with_error
-from slm_server.router.lifetime import LOADING, QUEUED, RequestLifetime
+from slm_server.router.lifetime import LOADING, RequestLifetime
 from slm_server.router.load_figures import LoadFigures, unix_time
 from slm_server.router.metrics import CONTENT_TYPE, METRICS_PATH, RequestRecord, RouterMetrics
 from slm_server.router.model_name import restoring_model_name
@@ -69,7 +69,7 @@ from slm_server.router.routing import (
     may_change,
     router_changes,
 )
-from slm_server.router.turns import start_failed, take_turn
+from slm_server.router.turns import hold_slot, start_failed
 from slm_server.scheduler.budget import budget_bytes
 from slm_server.scheduler.owner import Scheduler
 from slm_server.stores import make_store
@@ -164,8 +164,8 @@ class RouterApp:
         settings = self.config.file.router
         backends = self.table.backends
 
-        async def measure() -> None:
-            await self.load.measure(backends, supervisor.processes)
+        async def measure() -> None:  # the roles of the day: a reload changes the table
+            await self.load.measure(self.table.backends, supervisor.processes)
 
         return Scheduler(
             {role: backends[role].entry for role in supervisor.processes},
@@ -328,14 +328,19 @@ class RouterApp:
         }
         return await self._health(backends)
 
-    async def _health(self, backends: Mapping[str, Backend]) -> dict[str, dict[str, Any]]:
+    async def _health(
+        self,
+        backends: Mapping[str, Backend],
+        processes: Mapping[str, BackendProcess] | None = None,
+    ) -> dict[str, dict[str, Any]]:
         timeout = self.config.file.router.health_timeout
+        processes = self.processes if processes is None else processes
         reports, figures = await asyncio.gather(
-            health.probe_all(self.pool, backends, timeout, self.processes),
-            self.load.figures(backends, self.processes, timeout),
+            health.probe_all(self.pool, backends, timeout, processes),
+            self.load.figures(backends, processes, timeout),
         )
         for role, report in reports.items():
-            process = self.processes.get(role)
+            process = processes.get(role)
             if process is not None:
                 report.update(process.snapshot())
             report.update(figures.get(role, {}))
@@ -364,13 +369,17 @@ class RouterApp:
                 )
             roles = ", ".join(sorted(self.processes)) or "none"
             raise RoleNotFound(f"no enabled backend role '{role}'; roles: {roles}")
+        backend = self.table.backends[role]
         if action == "load":
-            await load(self.scheduler, process, self.load_timeout_s)
+            await load(self.scheduler, self.processes, role, self.load_timeout_s)
         elif action == "restart":
-            await restart(self.scheduler, process, self.load_timeout_s)
+            await restart(self.scheduler, self.processes, role, self.load_timeout_s)
         else:
             await self.scheduler.unload(role)
-        report = (await self._health({role: self.table.backends[role]}))[role]
+        if role in self.table.backends:  # the process of the day: a reload may replace it
+            report = (await self._health({role: self.table.backends[role]}))[role]
+        else:  # a reload removed it meanwhile: stopped, and gone with its process
+            report = (await self._health({role: backend}, {role: process}))[role]
         return as_unloaded(report) if action == "unload" else report
 
     def _models(self, grant: Grant | None) -> dict[str, Any]:
@@ -472,13 +481,13 @@ class RouterApp:
         """
         if backend.unusable is not None:  # an openai entry whose key is not set, say
             raise BackendUnavailable(f"{backend.label} cannot be used: {backend.unusable}")
+        # Not open (not running, being stopped, or held for another's turn), or no slot
+        # free: wait for one. A full queue answers 429 at once, before any waiting starts.
+        if not backend.open or not backend.gate.try_acquire():
+            backend = await hold_slot(
+                self.scheduler, backend, lifetime, lambda: self.table, model, path
+            )
         gate = backend.gate
-        if not backend.open:  # not running, being stopped, or held for another's turn
-            assert self.scheduler is not None
-            await take_turn(self.scheduler, backend, lifetime)
-        elif not gate.try_acquire():
-            gate.check_room()  # a 429 at once, before any waiting starts
-            await lifetime.wait_for(gate.acquire(), QUEUED)
         try:
             process = self.processes.get(backend.role)
             started_as = None

@@ -4,10 +4,12 @@ stops or restarts a model."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
-from slm_server.router.errors import BackendTimeout
+from slm_server.router.errors import BackendTimeout, RoleNotFound
 from slm_server.router.turns import refusal_error, start_failed
+from slm_server.scheduler.decisions import RefuseReason
 from slm_server.scheduler.owner import Refused, Scheduler
 from slm_server.supervisor import BackendFailed, BackendProcess
 
@@ -25,21 +27,31 @@ def control_target(path: str) -> tuple[str, str] | None:
     return role, action
 
 
-async def load(scheduler: Scheduler, process: BackendProcess, timeout_s: float) -> None:
-    """Start ``process``'s backend as a request would (making room first), at once even if
-    it failed within its cooldown; return once it is ready."""
-    label = f"'{process.role}' ({process.entry.id})"
+async def load(
+    scheduler: Scheduler, processes: Mapping[str, BackendProcess], role: str, timeout_s: float
+) -> None:
+    """Start ``role``'s backend as a request would (making room first), at once even if it
+    failed within its cooldown; return once it is ready."""
+    label = _label(processes, role)
     try:
         async with asyncio.timeout(timeout_s):
-            waiter = scheduler.enqueue(process.role, forced=True)
+            waiter = scheduler.enqueue(role, forced=True)
             try:
                 await waiter.granted
+                # Looked up once let in: a reload may have replaced the process meanwhile
+                # (the old one is stopped for good), or removed the role.
+                process = processes.get(role)
+                if process is None:
+                    raise _removed(role)
+                label = _label(processes, role)
                 # Still a demand while it loads: the backend is not evicted for another
                 # model before this call has seen it ready.
                 await process.ensure_ready()
             finally:
                 scheduler.leave(waiter)
     except Refused as refused:
+        if refused.reason is RefuseReason.REMOVED:
+            raise _removed(role) from None
         raise refusal_error(label, refused) from None
     except BackendFailed as exc:
         raise start_failed(label, exc) from None
@@ -47,13 +59,24 @@ async def load(scheduler: Scheduler, process: BackendProcess, timeout_s: float) 
         raise BackendTimeout(f"{label} was not ready within {timeout_s:g}s") from None
 
 
-async def restart(scheduler: Scheduler, process: BackendProcess, timeout_s: float) -> None:
-    """Stop ``process``'s backend as ``unload`` does (its requests in flight finish first,
+async def restart(
+    scheduler: Scheduler, processes: Mapping[str, BackendProcess], role: str, timeout_s: float
+) -> None:
+    """Stop ``role``'s backend as ``unload`` does (its requests in flight finish first,
     within the unload grace), then start it again as ``load`` does (within ``timeout_s``):
     through the scheduler, so the memory budget holds. A stopped or failed backend is
     just started."""
-    await scheduler.unload(process.role)
-    await load(scheduler, process, timeout_s)
+    await scheduler.unload(role)
+    await load(scheduler, processes, role, timeout_s)
+
+
+def _label(processes: Mapping[str, BackendProcess], role: str) -> str:
+    process = processes.get(role)
+    return f"'{role}' ({process.entry.id})" if process is not None else f"'{role}'"
+
+
+def _removed(role: str) -> RoleNotFound:
+    return RoleNotFound(f"'{role}' was removed from the config by a reload")
 
 
 # What a running backend's health entry has that an unloaded one's does not.

@@ -1,23 +1,73 @@
-"""A request whose backend is not open: it waits for its turn from the scheduler."""
+"""A request that cannot have a slot at once: it waits for its turn from the scheduler (if
+its backend is not open), then for a free slot, and goes where its model is served then."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from slm_server.router.admission import QUEUE_FULL_RETRY_AFTER_S
 from slm_server.router.errors import (
     BackendUnavailable,
     InsufficientMemory,
+    ModelNotFound,
     QueueFull,
     RouterError,
     ShuttingDown,
 )
 from slm_server.router.lifetime import QUEUED, ROOM, RequestLifetime
 from slm_server.router.proxy import UNAVAILABLE_RETRY_AFTER_S
-from slm_server.router.routing import Backend
+from slm_server.router.routing import Backend, RoutingTable
 from slm_server.scheduler.decisions import RefuseReason
 from slm_server.scheduler.owner import Refused, Scheduler
 from slm_server.supervisor import BackendFailed
+
+
+async def hold_slot(
+    scheduler: Scheduler | None,
+    backend: Backend,
+    lifetime: RequestLifetime,
+    table: Callable[[], RoutingTable],
+    model: str,
+    path: str,
+) -> Backend:
+    """Wait for a slot of the backend serving ``model``; return that backend, holding one.
+
+    ``backend`` is where the request was routed on arrival. A config reload may replace it
+    meanwhile (its old process stops, a new one takes its port or another), or move the
+    model to another role: the request then goes on to the backend ``table()`` names now,
+    within the same deadline, instead of reaching a port where nothing listens any more.
+    """
+    while True:
+        try:
+            await _slot_of(scheduler, backend, lifetime)
+        except Refused as refused:
+            now = table()
+            if refused.reason is RefuseReason.REMOVED and model in now.model_ids:
+                backend = now.lookup(model, path)  # another role serves it now
+                continue
+            raise refusal_error(backend.label, refused) from None
+        now = table()
+        if now.backends.get(backend.role) is backend:
+            return backend
+        backend.gate.release()
+        if backend.watched and scheduler is not None:  # as the end of a request does
+            scheduler.wake()
+        backend = now.lookup(model, path)
+
+
+async def _slot_of(
+    scheduler: Scheduler | None, backend: Backend, lifetime: RequestLifetime
+) -> None:
+    """Return holding one of ``backend``'s slots; Refused if the scheduler turns it away."""
+    gate = backend.gate
+    if backend.open:
+        if not gate.try_acquire():
+            gate.check_room()
+            await lifetime.wait_for(gate.acquire(), QUEUED)
+        return
+    assert scheduler is not None, "only the scheduler closes a backend"
+    await take_turn(scheduler, backend, lifetime)
 
 
 async def take_turn(scheduler: Scheduler, backend: Backend, lifetime: RequestLifetime) -> None:
@@ -26,15 +76,9 @@ async def take_turn(scheduler: Scheduler, backend: Backend, lifetime: RequestLif
     The request stays among the scheduler's waiters until it holds its slot or waits in
     the backend's queue, so that its backend never looks idle (and stoppable) meanwhile.
     """
+    waiter = scheduler.enqueue(backend.role)
     try:
-        waiter = scheduler.enqueue(backend.role)
-    except Refused as refused:
-        raise refusal_error(backend.label, refused) from None
-    try:
-        try:
-            await lifetime.wait_for(waiter.granted, ROOM)
-        except Refused as refused:
-            raise refusal_error(backend.label, refused) from None
+        await lifetime.wait_for(waiter.granted, ROOM)
         gate = backend.gate
         if not gate.try_acquire():
             gate.check_room()
@@ -51,6 +95,8 @@ def refusal_error(label: str, refused: Refused) -> RouterError:
         return QueueFull(message, retry_after=QUEUE_FULL_RETRY_AFTER_S)
     if refused.reason is RefuseReason.SHUTTING_DOWN:
         return ShuttingDown(message)
+    if refused.reason is RefuseReason.REMOVED:  # as for any unknown model: retrying won't help
+        return ModelNotFound(message, param="model")
     retry_after = UNAVAILABLE_RETRY_AFTER_S
     if refused.retry_after_s is not None:
         retry_after = max(1, math.ceil(refused.retry_after_s))
