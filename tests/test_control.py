@@ -19,7 +19,7 @@ import yaml
 
 from net import free_port
 from slm_server.config import RouterSettings
-from slm_server.control import instance_url, run_load, run_ps, run_unload
+from slm_server.control import instance_url, reload_report, run_load, run_ps, run_unload
 from slm_server.supervisor.process import RestartPolicy
 
 Answer = tuple[int, bytes]
@@ -301,3 +301,18 @@ def test_reload_waits_as_long_as_the_configs_grace_may_make_the_reload_last(
 
     assert cli.main(["reload", "--url", "127.0.0.1:9"]) == 0  # no config read: the default
     assert asked[1] == control.RELOAD_TIMEOUT_S
+
+
+def test_the_reload_report_says_what_became_of_each_model_started_anew() -> None:
+    answer = {
+        "roles": {"a": "unchanged", "b": "added", "c": "replaced", "d": "removed"},
+        "launch": {"b": "starting", "c": "deferred: max_loaded_models is 1, all taken"},
+        "router": {"changed": ["max_loaded_models"], "restart_needed": []},
+    }
+    assert reload_report(answer).splitlines() == [
+        "a: unchanged",
+        "b: added (starting)",
+        "c: replaced (deferred: max_loaded_models is 1, all taken)",
+        "d: removed",
+        "router settings applied: max_loaded_models",
+    ]

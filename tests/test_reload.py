@@ -101,7 +101,9 @@ async def test_a_reload_keeps_unchanged_models_running_and_removes_and_adds_othe
                 "roles": {"a": "unchanged", "c": "added", "b": "removed"},
                 "router": {"changed": [], "restart_needed": []},
                 "warnings": [],
+                "launch": {"c": answer.json()["launch"]["c"]},
             }
+            assert answer.json()["launch"]["c"] in ("starting", "ready")
             assert await backend_in_flight(served, "a") == 1  # the stream went on throughout
             await release_streams(served, "a")
             body = await rest_of(stream)
@@ -506,3 +508,24 @@ async def test_a_log_follow_opened_without_a_key_ends_once_keys_are_asked_for(
         finally:
             follow.stop()
         assert "the API keys were changed by a config reload" in text.splitlines()[-1]
+
+
+async def test_the_answer_says_whether_each_new_model_started_and_why_not(
+    tmp_path: Path,
+) -> None:
+    a = model(tmp_path, "a")
+    path = write_config(tmp_path / "models.yaml", {"a": a}, memory_budget_gb=2.5)
+    async with served_from(path) as served:
+        await served.ready("a")
+        # 1 GB each, started in config order: b fits beside a, d no more.
+        b, c, d = model(tmp_path, "b"), model(tmp_path, "c", on_demand=True), model(tmp_path, "d")
+        write_config(path, {"a": a, "b": b, "c": c, "d": d}, memory_budget_gb=2.5)
+        answer = await reload(served)
+        assert answer.status_code == 200, answer.text
+        launch = answer.json()["launch"]
+        assert launch["b"] in ("starting", "ready")
+        assert launch["c"] == "on demand"
+        assert launch["d"] == (
+            "deferred: est. 1.0 GB would exceed the memory budget of 2.5 GB (2.0 GB taken)"
+        )
+        assert set(launch) == {"d", "b", "c"}

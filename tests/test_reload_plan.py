@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from config_builder import entry, make_config
-from slm_server.admin.reload_plan import plan_reload
+from slm_server.admin.reload_plan import held_by_stopping, plan_reload
 from slm_server.config import ConfigFile
 
 
@@ -96,3 +96,21 @@ def test_new_api_keys_are_a_live_change() -> None:
     keys = [{"name": "ops", "key_sha256": "a" * 64, "admin": True}]
     plan = plan_reload(config({"a": A}), config({"a": A}, api_keys=keys))
     assert plan.router_changed == ("api_keys",)
+
+
+def held(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    before, after = config(old), config(new)
+    return held_by_stopping(before.models, after.models, plan_reload(before, after).roles)
+
+
+def test_a_new_backend_waits_for_the_stopping_one_that_holds_its_port_or_log_file() -> None:
+    # A role renamed, its port kept: the new one starts once the old one has stopped.
+    assert held({"a": A, "b": B}, {"a": A, "c": {**C, "port": B["port"]}}) == {"c": ("b",)}
+    # Two models that swap ports: each waits for the other too.
+    swapped = {"a": {**A, "port": B["port"]}, "b": {**B, "port": A["port"]}}
+    assert held({"a": A, "b": B}, swapped) == {"a": ("b",), "b": ("a",)}
+    # The same id, under another role: one log file.
+    assert held({"b": B}, {"c": {**B, "port": 9100}}) == {"c": ("b",)}
+    # Nothing shared, or shared with a model that keeps running: no wait.
+    assert held({"a": A, "b": B}, {"a": A, "c": C}) == {}
+    assert held({"a": A}, {"a": {**A, "port": 9100}}) == {}

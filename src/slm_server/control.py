@@ -129,7 +129,11 @@ def run_reload(url: str, api_key: str | None = None, timeout_s: float = RELOAD_T
 
 def reload_report(answer: Mapping[str, Any]) -> str:
     """The reload's answer as lines for a person: each role and what happened to it."""
-    lines = [f"{role}: {change}" for role, change in answer["roles"].items()]
+    launch = answer.get("launch") or {}  # what became of the models started anew
+    lines = [
+        f"{role}: {change} ({launch[role]})" if role in launch else f"{role}: {change}"
+        for role, change in answer["roles"].items()
+    ]
     router = answer.get("router") or {}
     if router.get("changed"):
         lines.append("router settings applied: " + ", ".join(router["changed"]))

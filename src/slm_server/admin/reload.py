@@ -20,12 +20,19 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from slm_server.admin.log_stream import KEYS_CHANGED_NOTE
 from slm_server.admin.reload_check import ReloadBusy, checked_config
-from slm_server.admin.reload_plan import ReloadPlan, changed_fields, plan_reload, role_change
+from slm_server.admin.reload_plan import (
+    ReloadPlan,
+    RoleChange,
+    changed_fields,
+    held_by_stopping,
+    plan_reload,
+    role_change,
+)
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.errors import RouterError
 from slm_server.router.routing import Backend, RoutingTable
@@ -77,7 +84,7 @@ class Reloader:
             )
             plan = plan_reload(app.config.file, new.file)
             needs = await asyncio.to_thread(_needs, new, plan)
-            waits, to_launch = self._switch(new, plan, needs)
+            waits, to_launch, deferred = self._switch(new, plan, needs)
             if "api_keys" in plan.router_changed:
                 # A follow goes on as long as its client stays: one opened with a key now
                 # revoked (or with none, before keys were asked for) must not.
@@ -97,12 +104,15 @@ class Reloader:
                     ", ".join(f"router.{name}" for name in plan.restart_needed),
                 )
             await asyncio.gather(*waits)
-            if to_launch and app.scheduler is not None:
+            answer = plan.as_answer()
+            if app.scheduler is not None:
                 # Removed and replaced models have stopped: what did not fit before may now.
-                app.scheduler.launch(to_launch)
+                deferred = {**deferred, **app.scheduler.launch(to_launch)}
+                answer["launch"] = launch_outcomes(app.processes, to_launch, deferred)
             log.info("config reloaded from %s", path)
             # What check-config warns of, one line each as it prints them.
-            return {**plan.as_answer(), "warnings": [str(problem) for problem in warnings]}
+            answer["warnings"] = [str(problem) for problem in warnings]
+            return answer
 
     async def reload_asked(self) -> None:
         """A reload a signal or a change of the file asked for: after any under way, its
@@ -116,9 +126,9 @@ class Reloader:
 
     def _switch(
         self, new: LoadedConfig, plan: ReloadPlan, needs: dict[str, int | None]
-    ) -> tuple[list[Awaitable[None]], list[str]]:
-        """Every change, in one step (no await); what remains to wait for, and the roles
-        to start once it is done if they could not start now."""
+    ) -> tuple[list[Awaitable[None]], list[str], dict[str, str]]:
+        """Every change, in one step (no await); what remains to wait for, the roles to
+        start once it is done if they could not start now, and why those could not."""
         app = self._app
         settings = new.file.router
         old = app.table.backends
@@ -130,13 +140,13 @@ class Reloader:
                 backend.gate.set_max_waiting(settings.max_queue)
         table = RoutingTable(new, kept)
 
-        waits, to_launch = self._switch_backends(new, plan, table, needs)
+        waits, to_launch, deferred = self._switch_backends(new, plan, table, needs)
 
         app.config = new
         app.table = table
         app.apply_settings(new)
         app.metrics.follow(table.model_ids, table.backends)
-        return waits, to_launch
+        return waits, to_launch, deferred
 
     def _switch_backends(
         self,
@@ -144,12 +154,12 @@ class Reloader:
         plan: ReloadPlan,
         table: RoutingTable,
         needs: dict[str, int | None],
-    ) -> tuple[list[Awaitable[None]], list[str]]:
+    ) -> tuple[list[Awaitable[None]], list[str], dict[str, str]]:
         """The scheduler's and the supervisor's part of ``_switch``."""
         app = self._app
         scheduler, supervisor = app.scheduler, app.supervisor
         if scheduler is None or supervisor is None:
-            return [], []  # `slm-server router`: the backends run elsewhere; routing is all
+            return [], [], {}  # `slm-server router`: the backends run elsewhere
         settings = new.file.router
         if supervisor.launcher_for is not None:
             supervisor.launcher = supervisor.launcher_for(new)
@@ -161,18 +171,23 @@ class Reloader:
             + max((b.entry.max_concurrency for b in table.backends.values()), default=1),
         )
         old = app.config.models
+        # What happens to each process: a server elsewhere has none to start or stop.
+        changes: dict[str, RoleChange] = {
+            role: role_change(_run_here(old.get(role)), _run_here(new.models.get(role)))
+            for role in plan.roles
+        }
+        # A new backend whose port or log file a stopping one still holds starts after it.
+        held = held_by_stopping(old, new.models, changes)
         waits: list[Awaitable[None]] = []
         to_launch: list[str] = []
-        for role in plan.roles:
+        for role, change in changes.items():
             entry = new.models.get(role)
-            # What happens to the process: a server elsewhere has none to start or stop.
-            change = role_change(_run_here(old.get(role)), _run_here(entry))
             if change == "added":
                 assert entry is not None
                 process = supervisor.new_process(role, entry)
                 supervisor.put(role, process)
                 app.load.renew(role, needs.get(role))
-                scheduler.add(role, entry, process, table.backends[role])
+                scheduler.add(role, entry, process, table.backends[role], held.get(role, ()))
                 to_launch.append(role)
             elif change == "updated":
                 assert entry is not None
@@ -194,9 +209,33 @@ class Reloader:
                     app.load.renew(role, needs.get(role))
 
                 backend = table.backends[role]
-                waits.append(scheduler.replace(role, entry, process, backend, swapped))
-        scheduler.launch(to_launch)
-        return waits, to_launch
+                after = held.get(role, ())
+                waits.append(scheduler.replace(role, entry, process, backend, swapped, after))
+                to_launch.append(role)  # started once in place; said in the answer
+        return waits, to_launch, scheduler.launch(to_launch)
+
+
+def launch_outcomes(
+    processes: Mapping[str, BackendProcess], roles: Sequence[str], deferred: Mapping[str, str]
+) -> dict[str, str]:
+    """What became of each of ``roles`` (added, replaced, or no longer on demand) by the
+    time the reload answers: ``ready``, ``starting``, ``failed: why``, ``on demand`` (its
+    first request starts it), or ``deferred: why`` (no room yet; its first request starts
+    it once idle models make room)."""
+    outcomes: dict[str, str] = {}
+    for role in roles:
+        process = processes.get(role)
+        if process is None:
+            continue
+        if process.state == "failed":
+            outcomes[role] = f"failed: {process.reason or 'unknown'}"
+        elif process.state in ("starting", "ready"):
+            outcomes[role] = process.state
+        elif role in deferred:
+            outcomes[role] = f"deferred: {deferred[role]}"
+        else:
+            outcomes[role] = "on demand" if process.entry.on_demand else "stopped"
+    return outcomes
 
 
 def _run_here(entry: ModelEntry | None) -> ModelEntry | None:

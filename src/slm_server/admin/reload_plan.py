@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from slm_server.config import ConfigFile, ModelEntry
+from slm_server.supervisor.logs import log_file_name
 
 RoleChange = Literal["unchanged", "added", "removed", "replaced", "updated"]
 
@@ -57,7 +58,7 @@ class ReloadPlan:
     router_changed: tuple[str, ...]  # router settings applied at once
     restart_needed: tuple[str, ...]  # router settings that wait for a restart
 
-    def as_answer(self) -> dict[str, object]:
+    def as_answer(self) -> dict[str, Any]:
         """The reload's JSON answer."""
         return {
             "roles": dict(self.roles),
@@ -106,3 +107,35 @@ def changed_fields(old: ModelEntry, new: ModelEntry) -> frozenset[str]:
     values_old: Mapping[str, object] = old.model_dump()
     values_new: Mapping[str, object] = new.model_dump()
     return frozenset(name for name in values_new if values_old.get(name) != values_new[name])
+
+
+def held_by_stopping(
+    old: Mapping[str, ModelEntry],
+    new: Mapping[str, ModelEntry],
+    changes: Mapping[str, RoleChange],
+) -> dict[str, tuple[str, ...]]:
+    """For each role that starts a new backend (added or replaced, as ``changes`` says of
+    the processes): the roles being stopped (removed or replaced) whose backend holds its
+    port or writes its log file until then.
+
+    Started beside them, it would fail on the port in use and give up for a while: a role
+    renamed with its port kept, or two models that swap ports, is an everyday edit.
+    """
+    stopping = [role for role, change in changes.items() if change in ("removed", "replaced")]
+    held: dict[str, tuple[str, ...]] = {}
+    for role, change in changes.items():
+        if change not in ("added", "replaced"):
+            continue
+        entry = new[role]
+        blockers = tuple(
+            other
+            for other in stopping
+            if other != role
+            and (
+                old[other].port == entry.port
+                or log_file_name(old[other].id) == log_file_name(entry.id)
+            )
+        )
+        if blockers:
+            held[role] = blockers
+    return held
