@@ -336,3 +336,15 @@ async def test_a_budget_a_reload_sets_has_the_running_backends_measured(
         await asyncio.wait_for(measured.wait(), 2)
     finally:
         await scheduler.aclose()
+
+
+async def test_a_reload_that_ends_during_the_shutdown_starts_nothing(
+    roles: dict[str, FakeProcess],
+) -> None:
+    scheduler = await owner(roles)
+    await scheduler.aclose()
+    added = FakeProcess("n")
+    entry_n = make_config({"n": entry("m-n", 9100)}).models["n"]  # started at launch
+    scheduler.add("n", entry_n, cast(BackendProcess, added), FakeWork())
+    assert scheduler.launch(["n"]) == {}
+    assert added.told == []

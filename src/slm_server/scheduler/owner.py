@@ -281,6 +281,8 @@ class Scheduler:
     def _launch(self, roles: Sequence[str]) -> LaunchPlan:
         """Start those of ``roles`` due to start and free to (no other backend must stop
         first), in config order while they fit beside the backends running."""
+        if self._closed:  # a reload that ends during the shutdown starts nothing
+            return LaunchPlan((), ())
         now = time.monotonic()
         roster = self._roster
         states = [self._state(role, now) for role in roster.processes]
