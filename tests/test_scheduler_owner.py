@@ -14,7 +14,8 @@ from net import eventually
 from slm_server.scheduler import decide
 from slm_server.scheduler import owner as owner_module
 from slm_server.scheduler.decisions import RefuseReason
-from slm_server.scheduler.owner import Refused, Scheduler, Waiter
+from slm_server.scheduler.owner import Scheduler
+from slm_server.scheduler.waiters import Refused, Waiter
 from slm_server.supervisor import BackendProcess
 
 GB = 10**9

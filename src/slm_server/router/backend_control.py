@@ -10,7 +10,8 @@ from typing import Any
 from slm_server.router.errors import BackendTimeout, RoleNotFound
 from slm_server.router.turns import refusal_error, start_failed
 from slm_server.scheduler.decisions import RefuseReason
-from slm_server.scheduler.owner import Refused, Scheduler
+from slm_server.scheduler.owner import Scheduler
+from slm_server.scheduler.waiters import Refused
 from slm_server.supervisor import BackendFailed, BackendProcess
 
 PREFIX = "/v1/backends/"

@@ -19,7 +19,8 @@ from slm_server.router.lifetime import QUEUED, ROOM, RequestLifetime
 from slm_server.router.proxy import UNAVAILABLE_RETRY_AFTER_S
 from slm_server.router.routing import Backend, RoutingTable
 from slm_server.scheduler.decisions import RefuseReason
-from slm_server.scheduler.owner import Refused, Scheduler
+from slm_server.scheduler.owner import Scheduler
+from slm_server.scheduler.waiters import Refused
 from slm_server.supervisor import BackendFailed
 
 

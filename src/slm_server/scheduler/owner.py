@@ -37,6 +37,7 @@ from slm_server.scheduler.launch import LaunchPlan, launch_plan
 from slm_server.scheduler.policy import decide
 from slm_server.scheduler.roster import Roster, Successor, Workload
 from slm_server.scheduler.state import Demand, Phase, RoleState, Snapshot
+from slm_server.scheduler.waiters import Refused, Waiter, removed, shutting_down, wants
 from slm_server.supervisor.process import BackendProcess
 
 log = logging.getLogger(__name__)
@@ -59,41 +60,6 @@ class Memory(Protocol):
     def need(self, role: str) -> int | None: ...
 
     def highest(self, role: str) -> int | None: ...
-
-
-class Refused(Exception):
-    """A waiter the scheduler turned away; ``reason`` says why, for the error's code."""
-
-    def __init__(
-        self, reason: RefuseReason, message: str, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-
-
-@dataclass(eq=False)
-class Waiter:
-    role: str
-    seq: int
-    granted: asyncio.Future[None]
-    forced: bool = False  # a load call: a failed backend is tried at once
-
-
-def _wants(waiter: Waiter) -> bool:
-    """Still a demand: waiting for its turn, or let in but not yet holding a slot (until
-    it does, its backend would look idle, and could be stopped under it)."""
-    if not waiter.granted.done():
-        return True
-    return not waiter.granted.cancelled() and waiter.granted.exception() is None
-
-
-def _shutting_down() -> Refused:
-    return Refused(RefuseReason.SHUTTING_DOWN, "the server is stopping")
-
-
-def _removed(role: str) -> Refused:
-    return Refused(RefuseReason.REMOVED, f"{role} was removed from the config by a reload")
 
 
 @dataclass
@@ -179,7 +145,7 @@ class Scheduler:
         self._tasks.clear()
         for waiter in self._waiters:
             if not waiter.granted.done():
-                waiter.granted.set_exception(_shutting_down())
+                waiter.granted.set_exception(shutting_down())
         for unload in self._unloading.values():
             for done in unload.done:
                 if not done.done():
@@ -192,11 +158,11 @@ class Scheduler:
     def enqueue(self, role: str, *, forced: bool = False) -> Waiter:
         """A waiter for ``role``'s turn; call ``leave`` with it once done, whatever happened."""
         if self._closed:
-            raise _shutting_down()
+            raise shutting_down()
         if not self._roster.takes(role):
             # Removed by a reload, perhaps while its caller awaited something else (the
             # unload half of a restart): a waiter for it would never be answered.
-            raise _removed(role)
+            raise removed(role)
         waiting = self.waiting(role)
         if waiting >= self._max_waiting and not forced:  # a load call is one, not a flood
             message = f"{waiting} requests already wait for {role} to start"
@@ -346,7 +312,7 @@ class Scheduler:
         self._roster.remove(role, forgotten)
         for waiter in self._waiters:
             if waiter.role == role and not waiter.granted.done():
-                waiter.granted.set_exception(_removed(role))
+                waiter.granted.set_exception(removed(role))
         if self._closed:  # the shutdown stops it
             done = asyncio.get_running_loop().create_future()
             done.set_result(None)
@@ -431,7 +397,7 @@ class Scheduler:
         self._progress_unloads(now)
         # A role being replaced asks for nothing until its new backend is in place: a
         # start now would be the old one's.
-        wanting = [w for w in self._waiters if _wants(w) and not self._roster.blocked(w.role)]
+        wanting = [w for w in self._waiters if wants(w) and not self._roster.blocked(w.role)]
         forced = {w.role for w in wanting if w.forced}
         snapshot = Snapshot(
             roles=tuple(self._state(role, now, role in forced) for role in self._roster.processes),
@@ -477,7 +443,7 @@ class Scheduler:
                 continue
             refusal = refused.get(waiter.role)
             if not self._roster.takes(waiter.role):  # no longer configured: never admitted
-                waiter.granted.set_exception(_removed(waiter.role))
+                waiter.granted.set_exception(removed(waiter.role))
             elif refusal is not None:
                 error = Refused(refusal.reason, refusal.message, refusal.retry_after_s)
                 waiter.granted.set_exception(error)
