@@ -45,8 +45,10 @@ async def hold_slot(
         except Refused as refused:
             now = table()
             if refused.reason is RefuseReason.REMOVED and model in now.model_ids:
-                backend = now.lookup(model, path)  # another role serves it now
-                continue
+                moved = now.lookup(model, path)  # another role serves it now
+                if moved is not backend:
+                    backend = moved
+                    continue
             raise refusal_error(backend.label, refused) from None
         now = table()
         if now.backends.get(backend.role) is backend:
