@@ -157,20 +157,24 @@ async def forward(
     stopwatch = lifetime.stopwatch
     stopwatch.pause()
     response: UpstreamResponse | None = None
+    # The deadline bounds the answer: its head, and its whole body unless it is a stream.
+    lifetime.answer_begins()
     try:
-        # One timer for the answer: its head, and its whole body unless it is a stream.
-        async with asyncio.timeout_at(lifetime.deadline):
-            response = await _post(pool, backend, target, headers, body)
-            streamed = response.content_type == "text/event-stream"
-            payload = b"" if streamed else await _read(response, backend)
-    except TimeoutError:
+        response = await _post(pool, backend, target, headers, body)
+        streamed = response.content_type == "text/event-stream"
+        payload = b"" if streamed else await _read(response, backend)
+    except asyncio.CancelledError:  # the deadline passed, or the client left: drop the connection
         if response is not None:
             response.close()
-        raise lifetime.ran_out(ANSWERING) from None
-    except BaseException:  # the client left, or the body broke off: never reuse the connection
+        if lifetime.answer_cut():
+            raise lifetime.ran_out(ANSWERING) from None
+        raise
+    except BaseException:  # the body broke off: never reuse the connection
         if response is not None:
             response.close()
         raise
+    finally:
+        lifetime.answer_ends()
     stopwatch.resume()
     if response.status in missing_statuses:
         response.release()
