@@ -121,6 +121,8 @@ def _end_to_end(raw: Headers, hop_by_hop: frozenset[bytes]) -> Headers:
             kept.append((name, value))
         elif name == b"connection":
             named += value.lower().split(b",")
+    if not named:  # the usual case, on every request and answer: nothing more to drop
+        return kept
     # "Connection: keep-alive" or "close", the usual ones, name headers dropped anyway.
     dropped = {token.strip() for token in named} - hop_by_hop
     if dropped:
