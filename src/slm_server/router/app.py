@@ -445,7 +445,7 @@ class RouterApp:
             sent.slot = slot  # a refusal counts under a served id
             require_model(grant, model)
         backend = self.table.lookup(model, path)
-        lifetime.begin(backend.entry.default_timeout, backend.label)
+        lifetime.begin(backend.entry.default_timeout, backend)
         sent.routed(slot, lifetime.stopwatch)
         try:
             await self._admitted(

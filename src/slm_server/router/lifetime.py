@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from slm_server.router.asgi import Receive
 from slm_server.router.errors import BackendTimeout
@@ -32,6 +32,14 @@ from slm_server.router.sent import SentMessages
 from slm_server.router.stopwatch import Stopwatch
 
 T = TypeVar("T")
+
+
+class Labelled(Protocol):
+    """What a request goes to, as its 504 names it (a Backend)."""
+
+    @property
+    def label(self) -> str: ...
+
 
 # The phases a request's deadline can run out in, as the 504 names them.
 ROOM = "waiting for memory held by other models"
@@ -63,7 +71,7 @@ class RequestLifetime:
         "_timer",
         "_watcher",
         "deadline",
-        "label",
+        "for_whom",
         "stopwatch",
         "timeout",
     )
@@ -75,7 +83,7 @@ class RequestLifetime:
         self._sent = sent
         self.deadline = self._arrived
         self.timeout = 0.0
-        self.label = ""
+        self.for_whom: Labelled | None = None
         self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -84,11 +92,14 @@ class RequestLifetime:
         self._cut = False  # the deadline cancelled the task while it was answering
         self._cancelling = 0  # the task's pending cancels when the answer began
 
-    def begin(self, timeout: float, label: str) -> None:
-        """The request goes to the backend ``label``, within ``timeout`` s of its arrival."""
+    def begin(self, timeout: float, for_whom: Labelled) -> None:
+        """The request goes to the backend ``for_whom``, within ``timeout`` s of its arrival.
+
+        Its label is read only if the deadline runs out (Backend.label is made on each read).
+        """
         loop = asyncio.get_running_loop()
         self.timeout = timeout
-        self.label = label
+        self.for_whom = for_whom
         self.deadline = deadline = self._arrived + timeout
         self._task = asyncio.current_task(loop)
         # One timer: first to watch the client (see _WATCH_AFTER_S), then for the deadline.
@@ -144,7 +155,8 @@ class RequestLifetime:
 
     def ran_out(self, phase: str) -> BackendTimeout:
         return BackendTimeout(
-            f"{self.label}: its default_timeout of {self.timeout:g}s ran out while {phase}"
+            f"{self.for_whom.label if self.for_whom else 'the backend'}: "
+            f"its default_timeout of {self.timeout:g}s ran out while {phase}"
         )
 
     def watch(self) -> None:
