@@ -348,3 +348,17 @@ def test_a_refusal_on_a_path_that_is_not_a_model_endpoint_counts_only_as_refused
         == 1
     )
     assert found["slm_requests"] == []
+
+
+def test_the_answer_headers_go_on_the_status_line_without_changing_the_senders_own() -> None:
+    metrics, client = new_metrics(), Client()
+    constant = [(b"content-type", b"text/event-stream")]  # as a log stream sends its own
+    for request_id in (b"id-1", b"id-2"):
+        record = metrics.record(client.send, CHAT, request_id, [(b"x-request-id", request_id)])
+        start = {"type": "http.response.start", "status": 200, "headers": constant}
+        asyncio.run(record.send(start))  # type: ignore[arg-type]
+    assert constant == [(b"content-type", b"text/event-stream")]
+    assert [message["headers"] for message in client.messages] == [
+        [*constant, (b"x-request-id", b"id-1")],
+        [*constant, (b"x-request-id", b"id-2")],
+    ]

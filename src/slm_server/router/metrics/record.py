@@ -36,9 +36,8 @@ class RequestRecord(SentMessages):
     model's slot once the backend is known; ``finish`` adds it to the tallies, once.
     Per message it only keeps references (the first body piece, and the last pieces that
     hold the answer's last ``TAIL_BYTES``) and a count of bytes, and, on the first body
-    piece, reads the clock. ``answer_headers`` are added to the
-    answer's status line (its request id, CORS), whoever sends it: a backend's answer or
-    the router's own error.
+    piece, reads the clock. ``answer_headers`` are added to the answer's status line (its
+    request id, CORS), whoever sends it: a backend's answer or the router's own error.
     """
 
     __slots__ = (
@@ -112,6 +111,7 @@ class RequestRecord(SentMessages):
         if self.start is None:  # the status line: no body to note
             added = self.answer_headers
             if added:
+                # A copy, never the sender's own list: some are constants (a log stream's).
                 headers = message.get("headers")
                 message = {**message, "headers": [*headers, *added] if headers else added}
             self.start = message
