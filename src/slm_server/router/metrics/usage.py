@@ -76,9 +76,9 @@ def answer_usage(first: bytes, tail: bytes) -> tuple[int, int] | None:
 def whole_answer_usage(body: bytes) -> tuple[int, int] | None:
     """The tokens of an answer sent whole in one piece (not a stream), as ``reported_usage``.
 
-    A small JSON object is decoded whole for its top-level ``usage``: measured, about a
-    third of the cost of searching it for the key and decoding the object found (which
-    stays the way for anything else: an answer too large, or not such an object).
+    A small JSON object is decoded whole for its top-level ``usage``: measured, less than
+    half the cost of searching it for the key and decoding the object found (which stays
+    the way for anything else: an answer too large, or not such an object).
     """
     if len(body) <= TAIL_BYTES:
         try:
