@@ -172,7 +172,9 @@ class RequestRecord(SentMessages):
             elif last.get("more_body", False):
                 status_class = CUT
             else:
-                status_class = min(status // 100, SERVER_ERROR)
+                status_class = status // 100
+                if status_class > SERVER_ERROR:  # min(), without its call
+                    status_class = SERVER_ERROR
         slot.count(self.key, status_class)
         slot.duration.observe(duration_s)
         stopwatch = self._stopwatch
