@@ -104,7 +104,10 @@ class RequestLifetime:
         self.deadline = deadline = self._arrived + timeout
         self._task = asyncio.current_task(loop)
         # One timer: first to watch the client (see _WATCH_AFTER_S), then for the deadline.
-        self._timer = loop.call_at(min(self._arrived + _WATCH_AFTER_S, deadline), self._tick)
+        first = self._arrived + _WATCH_AFTER_S
+        if deadline < first:  # min(), without its call
+            first = deadline
+        self._timer = loop.call_at(first, self._tick)
 
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
