@@ -32,13 +32,13 @@ def with_access_log(metrics: RouterMetrics, access: AccessLog, send: Send) -> Ca
     ids = RequestIds()
 
     def request() -> None:
-        sent = metrics.record(send, PATH)
-        sent.request_id = request_id = ids.of(HEADERS)
-        sent.answer_headers = [(REQUEST_ID_HEADER, request_id)]
+        request_id = ids.of(HEADERS)
+        sent = metrics.record(send, PATH, request_id, [(REQUEST_ID_HEADER, request_id)])
         stopwatch = Stopwatch()
         sent.routed(metrics.slot("bench", PATH), stopwatch)
         stopwatch.headers()
-        sent.send(START)
+        # Its own status line, as every sender makes one: the id is added to its headers.
+        sent.send({**START, "headers": [*START["headers"]]})
         sent.send(BODY)
         sent.finish()
         access.write("POST", PATH, sent)

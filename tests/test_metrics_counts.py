@@ -16,7 +16,13 @@ from slm_server.router.load_figures import LoadFigures
 from slm_server.router.metrics import RouterMetrics
 from slm_server.router.metrics.histogram import Histogram
 from slm_server.router.metrics.tallies import CUT, RequestTallies
-from slm_server.router.metrics.usage import TAIL_BYTES, answer_tail, answer_usage, reported_usage
+from slm_server.router.metrics.usage import (
+    TAIL_BYTES,
+    answer_tail,
+    answer_usage,
+    reported_usage,
+    whole_answer_usage,
+)
 from slm_server.router.stopwatch import Stopwatch
 
 CHAT = "/v1/chat/completions"
@@ -86,6 +92,28 @@ def test_an_embeddings_usage_has_prompt_tokens_only() -> None:
 )
 def test_no_usage_is_none(answer: bytes) -> None:
     assert reported_usage(answer) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "tokens"),
+    [
+        (chat_answer(usage={"prompt_tokens": 9, "completion_tokens": 3}), (9, 3)),
+        # Its own usage, not one quoted in the content nor nested deeper.
+        (chat_answer(usage={"prompt_tokens": 1, "x": {"usage": 0}}), (1, 0)),
+        (json.dumps({"type": "message", "usage": {"input_tokens": 7}}).encode(), (7, 0)),
+        (chat_answer(), None),
+        (chat_answer(usage=None), None),
+        (chat_answer(usage={"prompt_tokens": "nine", "completion_tokens": 3}), None),
+        (b"not json at all", None),
+        (b'[{"usage": {"prompt_tokens": 1}}]', (1, 0)),  # not an object: searched, as before
+        # Too large to decode whole: its end is searched, as a stream's is.
+        (chat_answer(pad="x" * TAIL_BYTES, usage={"prompt_tokens": 4}), (4, 0)),
+    ],
+)
+def test_a_whole_answer_gives_the_usage_a_search_of_its_end_gives(
+    answer: bytes, tokens: tuple[int, int] | None
+) -> None:
+    assert whole_answer_usage(answer) == tokens
 
 
 def test_a_stream_usage_split_over_its_last_two_pieces() -> None:
@@ -320,3 +348,17 @@ def test_a_refusal_on_a_path_that_is_not_a_model_endpoint_counts_only_as_refused
         == 1
     )
     assert found["slm_requests"] == []
+
+
+def test_the_answer_headers_go_on_the_status_line_without_changing_the_senders_own() -> None:
+    metrics, client = new_metrics(), Client()
+    constant = [(b"content-type", b"text/event-stream")]  # as a log stream sends its own
+    for request_id in (b"id-1", b"id-2"):
+        record = metrics.record(client.send, CHAT, request_id, [(b"x-request-id", request_id)])
+        start = {"type": "http.response.start", "status": 200, "headers": constant}
+        asyncio.run(record.send(start))  # type: ignore[arg-type]
+    assert constant == [(b"content-type", b"text/event-stream")]
+    assert [message["headers"] for message in client.messages] == [
+        [*constant, (b"x-request-id", b"id-1")],
+        [*constant, (b"x-request-id", b"id-2")],
+    ]

@@ -24,9 +24,11 @@ class Broken(RouterApp):
 
     after_start: bytes | None = None  # the content type of a started answer, or None
 
-    async def _dispatch(self, scope: Scope, receive: Receive, sent: RequestRecord) -> None:
+    async def _dispatch(
+        self, scope: Scope, receive: Receive, sent: RequestRecord, *keys: bytes | None
+    ) -> None:
         if scope["path"] == "/health":
-            return await super()._dispatch(scope, receive, sent)
+            return await super()._dispatch(scope, receive, sent, *keys)
         send = sent.send
         if self.after_start is not None:
             headers = [(b"content-type", self.after_start)]

@@ -26,6 +26,7 @@ from slm_server.router.access_log import AccessLog
 from slm_server.router.asgi import (
     Body,
     ClientDisconnected,
+    Headers,
     Receive,
     Scope,
     Send,
@@ -34,7 +35,7 @@ from slm_server.router.asgi import (
     send_json,
     send_response,
 )
-from slm_server.router.auth import authenticate, require_admin, require_model
+from slm_server.router.auth import grant_of, require_admin, require_model
 from slm_server.router.backend_control import as_unloaded, control_target, load, restart
 from slm_server.router.body_budget import BodyBudget
 from slm_server.router.body_deadlines import BodyDeadlines
@@ -60,6 +61,7 @@ from slm_server.router.proxy import (
     forwarded_request_headers,
     new_upstream_pool,
 )
+from slm_server.router.request_head import read_head
 from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
 from slm_server.router.request_json import model_of, parse_object
 from slm_server.router.routing import (
@@ -222,15 +224,17 @@ class RouterApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sent = self.metrics.record(send, scope["path"])
-        preflight = self._identify(scope, sent)
+        request_id, bearer, api_key, origin = read_head(scope["headers"])
+        request_id, answer_headers = self._answer_headers(request_id, origin)
+        sent = self.metrics.record(send, scope["path"], request_id, answer_headers)
+        preflight = origin is not None and self._preflight(scope, origin)
         refused: str | None = None
         # Errors go out through sent.send too: the metrics count the status they answer.
         try:
             if preflight:
                 await _answer_preflight(scope["path"], sent)
             else:
-                await self._dispatch(scope, receive, sent)
+                await self._dispatch(scope, receive, sent, bearer, api_key)
         except asyncio.CancelledError:
             # Only the server cancels a request: its shutdown grace is over. The request is
             # ended here, in its protocol's way, instead of by a dropped connection (or
@@ -251,26 +255,36 @@ class RouterApp:
             sent.finish(refused)
             self.access_log.write(scope["method"], scope["path"], sent)
 
-    def _identify(self, scope: Scope, sent: RequestRecord) -> bool:
-        """Give the request its id, and its origin's CORS headers if allowed: both go on
-        its answer. True for a preflight from an allowed origin."""
-        headers = scope["headers"]
-        sent.request_id = request_id = self.request_ids.of(headers)
-        sent.answer_headers = [(REQUEST_ID_HEADER, request_id)]
-        if self.cors is None:
-            return False
-        origin = next((value for name, value in headers if name == b"origin"), None)
-        if origin is None or not self.cors.allows(origin):
-            return False  # to other origins the router looks as it does without CORS
-        sent.answer_headers += self.cors.answer_headers(origin)
-        return is_preflight(scope["method"], headers)
+    def _answer_headers(self, sent_id: bytes | None, origin: bytes | None) -> tuple[bytes, Headers]:
+        """The request's id (its client's ``sent_id`` if sane), and the headers its answer
+        gets: the id, and the CORS headers if ``origin`` is allowed."""
+        request_id = self.request_ids.given(sent_id)
+        headers = [(REQUEST_ID_HEADER, request_id)]
+        if origin is not None and self.cors is not None and self.cors.allows(origin):
+            headers += self.cors.answer_headers(origin)
+        # To other origins the router looks as it does without CORS.
+        return request_id, headers
 
-    async def _dispatch(self, scope: Scope, receive: Receive, sent: RequestRecord) -> None:
+    def _preflight(self, scope: Scope, origin: bytes) -> bool:
+        """True for a preflight from an allowed ``origin``."""
+        if self.cors is None or not self.cors.allows(origin):
+            return False
+        return is_preflight(scope["method"], scope["headers"])
+
+    async def _dispatch(
+        self,
+        scope: Scope,
+        receive: Receive,
+        sent: RequestRecord,
+        bearer: bytes | None,
+        api_key: bytes | None,
+    ) -> None:
+        """Serve the request; ``bearer`` and ``api_key``: the keys it presents (read_head)."""
         path: str = scope["path"]
         method: str = scope["method"]
         grant: Grant | None = None  # None: no keys are configured
         if self.keys is not None and path not in self.keyless_paths:
-            grant = authenticate(self.keys, scope["headers"])
+            grant = grant_of(self.keys, bearer, api_key)
             sent.key = grant.name  # the metrics count requests by key name
         if path in ENDPOINT_MODEL_TYPES:
             if method != "POST":
@@ -435,12 +449,13 @@ class RouterApp:
         model = form_model(content_type, body) if form else _model_of(scope, path, body)
         if not isinstance(model, str) or not model:
             raise InvalidRequest("the request needs a `model` field naming a model", param="model")
+        slot = self.metrics.slot(model, path)  # the backend's model: it is found by that id
         if grant is not None:  # before the lookup: a key learns nothing of models outside it
-            sent.slot = self.metrics.slot(model, path)  # a refusal counts under a served id
+            sent.slot = slot  # a refusal counts under a served id
             require_model(grant, model)
         backend = self.table.lookup(model, path)
-        lifetime.begin(backend.entry.default_timeout, backend.label)
-        sent.routed(self.metrics.slot(backend.entry.id, path), lifetime.stopwatch)
+        lifetime.begin(backend.entry.default_timeout, backend)
+        sent.routed(slot, lifetime.stopwatch)
         try:
             await self._admitted(
                 scope,

@@ -121,6 +121,8 @@ def _end_to_end(raw: Headers, hop_by_hop: frozenset[bytes]) -> Headers:
             kept.append((name, value))
         elif name == b"connection":
             named += value.lower().split(b",")
+    if not named:  # the usual case, on every request and answer: nothing more to drop
+        return kept
     # "Connection: keep-alive" or "close", the usual ones, name headers dropped anyway.
     dropped = {token.strip() for token in named} - hop_by_hop
     if dropped:
@@ -157,20 +159,24 @@ async def forward(
     stopwatch = lifetime.stopwatch
     stopwatch.pause()
     response: UpstreamResponse | None = None
+    # The deadline bounds the answer: its head, and its whole body unless it is a stream.
+    lifetime.answer_begins()
     try:
-        # One timer for the answer: its head, and its whole body unless it is a stream.
-        async with asyncio.timeout_at(lifetime.deadline):
-            response = await _post(pool, backend, target, headers, body)
-            streamed = response.content_type == "text/event-stream"
-            payload = b"" if streamed else await _read(response, backend)
-    except TimeoutError:
+        response = await _post(pool, backend, target, headers, body)
+        streamed = response.content_type == "text/event-stream"
+        payload = b"" if streamed else await _read(response, backend)
+    except asyncio.CancelledError:  # the deadline passed, or the client left: drop the connection
         if response is not None:
             response.close()
-        raise lifetime.ran_out(ANSWERING) from None
-    except BaseException:  # the client left, or the body broke off: never reuse the connection
+        if lifetime.answer_cut():
+            raise lifetime.ran_out(ANSWERING) from None
+        raise
+    except BaseException:  # the body broke off: never reuse the connection
         if response is not None:
             response.close()
         raise
+    finally:
+        lifetime.answer_ends()
     stopwatch.resume()
     if response.status in missing_statuses:
         response.release()

@@ -21,21 +21,29 @@ _SANE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 class RequestIds:
     """Makes the ids of one router process.
 
-    A made id is a random prefix for this process and a counter: unique among the ids
-    this process makes and unlikely to repeat another process's. Measured: 0.2 us, where
-    ``uuid.uuid4().hex`` takes 1.7 us, on the path of every request.
+    A made id is 16 hex digits: a random half for this process, then a counter. Unique
+    among the ids this process makes and unlikely to repeat another process's. Made by
+    one bytes formatting (0.25 us), where ``uuid.uuid4().hex`` takes 1.7 us, on the path
+    of every request.
     """
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(4).hex()
+        self._base = int.from_bytes(os.urandom(4), "big") << 32
         self._counter = itertools.count(1)
 
     def new(self) -> bytes:
-        return f"{self._prefix}{next(self._counter):08x}".encode()
+        return b"%016x" % (self._base + next(self._counter))
+
+    def given(self, sent: bytes | None) -> bytes:
+        """The id of a request whose ``x-request-id`` was ``sent`` (None: it had none):
+        that one if sane (1-128 of ``A-Za-z0-9._:-``), else a new one."""
+        if sent is not None and _SANE.fullmatch(sent):
+            return sent
+        return b"%016x" % (self._base + next(self._counter))  # new(), without its call
 
     def of(self, headers: Headers) -> bytes:
-        """The request's id: its ``x-request-id`` if sane (1-128 of ``A-Za-z0-9._:-``)."""
+        """The id of a request with ``headers``: its first ``x-request-id`` if sane."""
         for name, value in headers:
             if name == REQUEST_ID_HEADER:
-                return value if _SANE.fullmatch(value) else self.new()
+                return self.given(value)
         return self.new()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from time import perf_counter
 
-from slm_server.router.asgi import Headers, Message, Send
+from slm_server.router.asgi import ENDED_IN_ERROR, Headers, Message, Send
 from slm_server.router.metrics.tallies import (
     CUT,
     NO_KEY,
@@ -15,7 +15,12 @@ from slm_server.router.metrics.tallies import (
     EndpointTally,
     RequestTallies,
 )
-from slm_server.router.metrics.usage import TAIL_BYTES, answer_tail, answer_usage
+from slm_server.router.metrics.usage import (
+    TAIL_BYTES,
+    answer_tail,
+    answer_usage,
+    whole_answer_usage,
+)
 from slm_server.router.sent import SentMessages
 from slm_server.router.stopwatch import Stopwatch
 
@@ -31,9 +36,8 @@ class RequestRecord(SentMessages):
     model's slot once the backend is known; ``finish`` adds it to the tallies, once.
     Per message it only keeps references (the first body piece, and the last pieces that
     hold the answer's last ``TAIL_BYTES``) and a count of bytes, and, on the first body
-    piece, reads the clock. ``answer_headers`` are added to the
-    answer's status line (its request id, CORS), whoever sends it: a backend's answer or
-    the router's own error.
+    piece, reads the clock. ``answer_headers`` are added to the answer's status line (its
+    request id, CORS), whoever sends it: a backend's answer or the router's own error.
     """
 
     __slots__ = (
@@ -55,11 +59,23 @@ class RequestRecord(SentMessages):
         "tokens",
     )
 
-    def __init__(self, send: Send, tallies: RequestTallies, path: str) -> None:
-        super().__init__(send)
+    def __init__(
+        self,
+        send: Send,
+        tallies: RequestTallies,
+        path: str,
+        request_id: bytes = b"-",
+        answer_headers: Headers | None = None,
+    ) -> None:
+        # SentMessages.__init__'s work done here, not called: this runs for every request.
+        self._send = send
+        self.start: Message | None = None
+        self.last: Message | None = None
         self._arrived = perf_counter()
         self._tallies = tallies
         self.slot: EndpointTally | None = tallies.unrouted.get(path)
+        self.request_id = request_id
+        self.answer_headers: Headers | None = answer_headers
         self.key = NO_KEY  # the API key's name, once keys are checked
         self._stopwatch: Stopwatch | None = None
         self._first_byte_s = 0.0  # from arrival; 0 until a body byte went out
@@ -69,11 +85,9 @@ class RequestRecord(SentMessages):
         # Pieces before it, so that small pieces never push the usage out of the answer's
         # last TAIL_BYTES. Trimmed to those the tail reaches into after every few times
         # TAIL_BYTES sent (not on every piece: a stream's chunks stay cheap), so a long
-        # answer keeps about 20 KiB of them at most. Made only for a second piece.
+        # answer keeps about 20 KiB of them at most. Made only for a second piece, with
+        # _trim_at (the bytes_out past which they are trimmed next).
         self._earlier: list[bytes] | None = None
-        self._trim_at = _TRIM_EVERY  # the bytes_out past which they are trimmed next
-        self.request_id = b"-"
-        self.answer_headers: Headers = []
         self.bytes_out = 0  # of the answer's body
         self.duration_s = 0.0  # from arrival to the end; set by finish
         self.tokens: tuple[int, int] | None = None  # prompt, completion: the backend's usage
@@ -94,14 +108,15 @@ class RequestRecord(SentMessages):
 
     def send(self, message: Message) -> Awaitable[None]:
         # SentMessages.send's work is done here, not called: one Python frame per chunk.
-        if self.start is None:
+        if self.start is None:  # the status line: no body to note
             added = self.answer_headers
             if added:
+                # A copy, never the sender's own list: some are constants (a log stream's).
                 headers = message.get("headers")
                 message = {**message, "headers": [*headers, *added] if headers else added}
             self.start = message
-        else:
-            self.last = message
+            return self._send(message)
+        self.last = message
         body = message.get("body")
         if body:
             self.bytes_out = sent = self.bytes_out + len(body)
@@ -113,6 +128,7 @@ class RequestRecord(SentMessages):
                 earlier = self._earlier
                 if earlier is None:
                     earlier = self._earlier = []
+                    self._trim_at = _TRIM_EVERY
                 earlier.append(self._latest)
                 if sent > self._trim_at:
                     self._trim_earlier(earlier)
@@ -141,16 +157,24 @@ class RequestRecord(SentMessages):
             self._tallies.reject(NO_MODEL if slot is None else slot.model, refusal)
         if slot is None:
             return
+        # SentMessages.complete and .ended_in_error, read here without their calls.
         start = self.start
-        status: int = 0 if start is None else start["status"]
+        last = self.last
+        status: int = 0
         if start is None:
             status_class = 0
-        elif self.ended_in_error:
-            status_class = max(status // 100, SERVER_ERROR)
-        elif not self.complete:
-            status_class = CUT
         else:
-            status_class = min(status // 100, SERVER_ERROR)
+            status = start["status"]
+            if last is None:
+                status_class = CUT
+            elif last.get(ENDED_IN_ERROR, False):
+                status_class = max(status // 100, SERVER_ERROR)
+            elif last.get("more_body", False):
+                status_class = CUT
+            else:
+                status_class = status // 100
+                if status_class > SERVER_ERROR:  # min(), without its call
+                    status_class = SERVER_ERROR
         slot.count(self.key, status_class)
         slot.duration.observe(duration_s)
         stopwatch = self._stopwatch
@@ -158,10 +182,13 @@ class RequestRecord(SentMessages):
             self._tallies.overhead.observe(stopwatch.own_s)
         if self._in_pieces:
             slot.first_byte.observe(self._first_byte_s)
-        if 200 <= status < 300 and self._latest:
+        if 200 <= status < 300 and self.bytes_out:
             earlier = self._earlier
-            tail = answer_tail(earlier, self._latest) if earlier else self._latest
-            usage = answer_usage(self._first_piece, tail)
+            if earlier is None and not self._in_pieces:  # a whole answer in one piece
+                usage = whole_answer_usage(self._latest)
+            else:
+                tail = answer_tail(earlier, self._latest) if earlier else self._latest
+                usage = answer_usage(self._first_piece, tail)
             if usage is not None:
                 self.tokens = usage
                 slot.prompt_tokens += usage[0]

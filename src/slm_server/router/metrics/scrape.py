@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from slm_server.router.asgi import Send
+from slm_server.router.asgi import Headers, Send
 from slm_server.router.load_figures import LoadFigures, enabled_backends
 from slm_server.router.metrics.collector import RouterCollector
 from slm_server.router.metrics.record import RequestRecord
@@ -48,9 +48,15 @@ class RouterMetrics:
         self._collector.follow(backends)
         self._enabled = enabled_backends(backends)
 
-    def record(self, send: Send, path: str) -> RequestRecord:
-        """The record of a request to ``path`` that has just arrived."""
-        return RequestRecord(send, self.tallies, path)
+    def record(
+        self,
+        send: Send,
+        path: str,
+        request_id: bytes = b"-",
+        answer_headers: Headers | None = None,
+    ) -> RequestRecord:
+        """The record of a request to ``path`` that has just arrived (see RequestRecord)."""
+        return RequestRecord(send, self.tallies, path, request_id, answer_headers)
 
     def slot(self, model: str, endpoint: str) -> EndpointTally:
         return self.tallies.slot(model, endpoint)

@@ -33,7 +33,14 @@ class _Reported(msgspec.Struct):
     cache_creation_input_tokens: int = 0
 
 
+class _Answer(msgspec.Struct):
+    """A JSON answer as far as its tokens go: its other fields are skipped unread."""
+
+    usage: _Reported | None = None
+
+
 _decode = msgspec.json.Decoder(_Reported).decode
+_decode_answer = msgspec.json.Decoder(_Answer).decode
 
 
 def answer_tail(earlier: Sequence[bytes], latest: bytes) -> bytes:
@@ -66,6 +73,21 @@ def answer_usage(first: bytes, tail: bytes) -> tuple[int, int] | None:
     return usage if head is None else (head[0], usage[1])
 
 
+def whole_answer_usage(body: bytes) -> tuple[int, int] | None:
+    """The tokens of an answer sent whole in one piece (not a stream), as ``reported_usage``.
+
+    A small JSON object is decoded whole for its top-level ``usage``: measured, less than
+    half the cost of searching it for the key and decoding the object found (which stays
+    the way for anything else: an answer too large, or not such an object).
+    """
+    if len(body) <= TAIL_BYTES:
+        try:
+            return _counts(_decode_answer(body).usage)
+        except msgspec.DecodeError:  # not a JSON object, or a usage that is not counts
+            pass
+    return reported_usage(body)
+
+
 def reported_usage(tail: bytes) -> tuple[int, int] | None:
     """The (prompt, completion) tokens of the last usage object in ``tail`` (0 for a kind
     it does not give); None if there is none."""
@@ -78,6 +100,13 @@ def reported_usage(tail: bytes) -> tuple[int, int] | None:
     try:
         reported = _decode(match.group(1))
     except msgspec.DecodeError:  # a count that is not an integer: nothing to trust
+        return None
+    return _counts(reported)
+
+
+def _counts(reported: _Reported | None) -> tuple[int, int] | None:
+    """(prompt, completion) of a usage object, 0 for a kind it does not give."""
+    if reported is None:
         return None
     if reported.input_tokens is not None:
         cached = reported.cache_read_input_tokens + reported.cache_creation_input_tokens
