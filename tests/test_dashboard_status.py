@@ -17,7 +17,7 @@ from config_builder import entry, make_config
 from net import free_port
 from on_demand_serving import Launcher, model, serving
 from slm_server import __version__
-from slm_server.admin.dashboard import Dashboard
+from slm_server.admin.dashboard import Dashboard, control
 from slm_server.auth import Grant
 from slm_server.router.access_log import ACCESS_LOGGER
 from slm_server.router.app import RouterApp
@@ -81,6 +81,52 @@ async def test_the_status_shows_each_model_with_its_state_and_its_recent_figures
     assert spare["requests_per_min"] == 0 and spare["latency_p50_s"] is None
 
 
+async def test_only_the_models_this_router_runs_are_controllable_and_have_a_log(
+    tmp_path: Path,
+) -> None:
+    models = {
+        "chat": model("chat"),
+        "remote": {
+            "id": "m-remote",
+            "backend": "openai",
+            "base_url": "http://gpu-1.invalid:8000/v1",
+            "default_timeout": 5,
+        },
+        "off": model("off", enabled=False),
+    }
+    async with serving(tmp_path, models) as served:
+        status = (await served.client.get("/admin/status")).json()
+        # What the page would offer is what the router does: the others are refused.
+        refused = await served.client.post("/v1/backends/remote/load")
+        assert refused.status_code == 400 and "runs elsewhere" in refused.text
+        refused = await served.client.post("/v1/backends/off/restart")
+        assert refused.status_code == 404, refused.text
+        refused = await served.client.get("/admin/logs/remote")
+        assert refused.status_code == 404, refused.text
+    chat, remote, off = (_by_role(status)[role] for role in ("chat", "remote", "off"))
+    assert (chat["controllable"], chat["control_note"], chat["has_log"]) == (True, None, True)
+    assert (remote["controllable"], remote["has_log"]) == (False, False)
+    assert remote["control_note"] == "runs elsewhere, at http://gpu-1.invalid:8000/v1"
+    assert (off["controllable"], off["has_log"]) == (False, False)
+    assert off["control_note"] == "disabled in the config"
+
+
+def test_a_router_that_runs_no_backends_controls_none() -> None:
+    report = {"model_id": "m-chat", "status": "healthy", "backend": "llamacpp"}
+    assert control("chat", report, {}, runs_backends=False) == {
+        "controllable": False,
+        "control_note": "started and stopped elsewhere: this router (`slm-server router`) "
+        "only routes",
+        "has_log": False,
+    }
+    # A role the router runs, whatever its report says.
+    assert control("chat", {"status": "error"}, {"chat": object()}, runs_backends=True) == {
+        "controllable": True,
+        "control_note": None,
+        "has_log": True,
+    }
+
+
 async def test_a_failed_backend_shows_why_and_the_end_of_its_log(tmp_path: Path) -> None:
     launcher = Launcher()
     launcher.broken.add("chat")
@@ -129,6 +175,7 @@ async def test_the_status_needs_an_admin_key(keyed: httpx.AsyncClient) -> None:
     assert ops.status_code == 200, ops.text
     assert sorted(m["model_id"] for m in ops.json()["models"]) == ["m-chat", "m-other"]
     assert ops.json()["runs_backends"] is False  # `slm-server router`: it starts no backend
+    assert not any(m["controllable"] or m["has_log"] for m in ops.json()["models"])
     # What the page offers such a key instead, the playground, takes it.
     models = await keyed.get("/v1/models", headers=_bearer(ALICE))
     assert [m["id"] for m in models.json()["data"]] == ["m-chat"]

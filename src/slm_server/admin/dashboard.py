@@ -37,7 +37,8 @@ class Dashboard:
 
     ``health``: the backends' health reports as ``/v1/backends/health`` gives them to a
     grant; ``tallies`` and ``budget_bytes`` are read on each use (a reload may replace
-    them); ``runs_backends``: this router starts and stops its backends (``serve``).
+    them); ``runs_backends``: this router starts and stops its backends (``serve``);
+    ``processes``: the backends it runs, by role (kept up to date by config reloads).
     """
 
     def __init__(
@@ -48,11 +49,13 @@ class Dashboard:
         *,
         runs_backends: bool,
         started_at: float,
+        processes: Mapping[str, object] | None = None,
         window: Window | None = None,
     ) -> None:
         self._health = health
         self._budget_bytes = budget_bytes
         self.runs_backends = runs_backends
+        self._processes: Mapping[str, object] = {} if processes is None else processes
         self.started_at = started_at
         self.sampler = Sampler(tallies, window or Window())
 
@@ -73,7 +76,10 @@ class Dashboard:
         by_model = window.figures(now, BOUNDS)
         base = window.baseline(now.at)
         models = [
-            _model(role, report, by_model.get(report.get("model_id", "")))
+            {
+                **_model(role, report, by_model.get(report.get("model_id", ""))),
+                **control(role, report, self._processes, runs_backends=self.runs_backends),
+            }
             for role, report in reports.items()
         ]
         budget = self._budget_bytes()
@@ -84,7 +90,8 @@ class Dashboard:
             "window_s": window.length_s,
             # Shorter than the window while the router is younger than it.
             "window_covered_s": 0.0 if base is None else round(now.at - base.at, 1),
-            # Load, unload and restart need a router that runs its backends.
+            # Load, unload and restart need a router that runs its backends (and each
+            # model says whether it runs it: see ``control``).
             "runs_backends": self.runs_backends,
             "memory": {
                 "budget_mb": None if budget is None else round(budget / _MB),
@@ -92,6 +99,26 @@ class Dashboard:
             },
             "models": models,
         }
+
+
+def control(
+    role: str, report: Mapping[str, Any], processes: Mapping[str, object], *, runs_backends: bool
+) -> dict[str, Any]:
+    """Whether the page offers load, unload and restart for ``role`` (``controllable``;
+    if not, ``control_note`` says why in a few words) and its log (``has_log``): both only
+    for a backend this router runs. The router would refuse the others anyway (a server
+    elsewhere, a router that runs none: 400; a disabled model: 404)."""
+    if role in processes:
+        return {"controllable": True, "control_note": None, "has_log": True}
+    if not runs_backends:
+        note = "started and stopped elsewhere: this router (`slm-server router`) only routes"
+    elif report.get("status") == "disabled":
+        note = "disabled in the config"
+    elif report.get("base_url"):
+        note = f"runs elsewhere, at {report['base_url']}"
+    else:
+        note = "not run by this router"
+    return {"controllable": False, "control_note": note, "has_log": False}
 
 
 def _memory(models: list[dict[str, Any]]) -> dict[str, int]:

@@ -136,6 +136,7 @@ class RouterApp:
             lambda: self.scheduler.budget_bytes if self.scheduler is not None else None,
             runs_backends=self.scheduler is not None,
             started_at=self.started_at,
+            processes=self.processes,
         )
         self.apply_settings(config)
         self.reloader = Reloader(self)

@@ -192,7 +192,7 @@ function renderModels(status) {
       rows.set(model.role, row);
     }
     tbody.append(row.tr, row.problem); // in the status's order
-    fillRow(row, model, status);
+    fillRow(row, model);
   }
   for (const [role, row] of rows) {
     if (!seen.has(role)) {
@@ -220,17 +220,22 @@ function newRow(role) {
     buttons[action] = button;
     cells.actions.append(button);
   }
+  // Why there are no buttons: a model this router does not run (see control_note).
+  const controlNote = element("span", "control-note muted");
+  cells.actions.append(controlNote);
   const problem = element("tr", "problem");
   problem.dataset.role = role;
   const problemCell = element("td");
   problemCell.colSpan = 13;
   problem.append(problemCell);
-  return { tr, cells, buttons, problem, problemCell, tail: "" };
+  return { tr, cells, buttons, controlNote, problem, problemCell, tail: "" };
 }
 
-function fillRow(row, m, status) {
+function fillRow(row, m) {
   const c = row.cells;
-  c.model.replaceChildren(element("span", "id", m.model_id), element("span", "role", m.role));
+  const role = element("span", "role", m.role);
+  if (m.pid) role.append(" · ", element("span", "pid", `pid ${m.pid}`));
+  c.model.replaceChildren(element("span", "id", m.model_id), role);
   c.backend.textContent = m.backend;
   const state = STATES.includes(m.state) ? m.state : "other";
   const badge = element("span", `state state-${state}`, m.state);
@@ -250,7 +255,10 @@ function fillRow(row, m, status) {
   c.mode.title = m.idle_ttl_s ? `unloaded after ${duration(m.idle_ttl_s)} without requests` : "";
   c.idle.textContent = duration(m.idle_s);
   const b = row.buttons;
-  for (const action of ["load", "unload", "restart"]) b[action].hidden = !status.runs_backends;
+  // Only for a backend this router runs: it refuses the others (and has no log of them).
+  for (const action of ["load", "unload", "restart"]) b[action].hidden = !m.controllable;
+  b.logs.hidden = !m.has_log;
+  row.controlNote.textContent = m.controllable ? "" : m.control_note || "";
   b.load.disabled = actions.isBusy(m.role, "load") || ["ready", "starting", "disabled"].includes(m.state);
   b.unload.disabled = actions.isBusy(m.role, "unload") || ["unloaded", "disabled"].includes(m.state);
   b.restart.disabled = actions.isBusy(m.role, "restart") || !["ready", "failed", "starting"].includes(m.state);
