@@ -3,11 +3,13 @@
 
 The stream comes from a scripted stand-in in front of the router (this file tests the
 page's side of that contract), so the test controls where the chunks split the lines.
+A real backend's log in the panel: test_dashboard_live_browser.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,7 +20,7 @@ from config_builder import entry, make_config
 from net import free_port
 from router_served import served
 from slm_server.router.app import RouterApp
-from slm_server.router.asgi import Receive, Scope, Send
+from slm_server.router.asgi import Message, Receive, Scope, Send
 
 OPS = "ops-key-0123456789"
 LINES = 600  # more than the panel keeps (500)
@@ -33,6 +35,9 @@ class LogStream:
         self.asked: list[tuple[str, bytes, bytes | None]] = []  # path, query, authorization
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/admin/status":
+            await self.app(scope, receive, _with_logs(send))
+            return
         if scope["type"] != "http" or not scope["path"].startswith("/admin/logs/"):
             await self.app(scope, receive, send)
             return
@@ -53,6 +58,25 @@ class LogStream:
         # Held open, as a follower's stream is, until the page leaves.
         while (await receive())["type"] != "http.disconnect":
             pass
+
+
+def _with_logs(send: Send) -> Send:
+    """``send`` for the router's status, each model said to have a log (the router here
+    runs no backend, so it has none: the stand-in serves them)."""
+
+    async def rewritten(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            # The body's length changes: sent without it (chunked).
+            headers = [(k, v) for k, v in message["headers"] if k != b"content-length"]
+            message = {**message, "headers": headers}
+        elif message["type"] == "http.response.body" and message.get("body"):
+            status = json.loads(message["body"])
+            for model in status.get("models", []):
+                model["has_log"] = True
+            message = {**message, "body": json.dumps(status).encode()}
+        await send(message)
+
+    return rewritten
 
 
 @pytest.fixture
