@@ -29,6 +29,7 @@ WAIT_MS = 20_000
 # A line a backend writes is on the page this soon (the dashboard's promise: under 2 s
 # behind), on a busy machine too: the log goes pipe -> router -> open fetch, no polling.
 LOG_LINE_MS = 2_000
+NOTHING = "\N{EN DASH}"  # what the page shows for a figure that does not apply
 
 
 def _model(directory: Path, role: str, **fields: Any) -> dict[str, Any]:
@@ -83,7 +84,7 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 def _row(page: Page, role: str) -> Any:
-    return page.locator(f'#models tr[data-role="{role}"]')
+    return page.locator(f'#models tr[data-role="{role}"]:not(.problem)')
 
 
 def _backend_port(router: RouterProcess, role: str) -> int:
@@ -167,6 +168,10 @@ def test_only_a_model_this_router_runs_gets_load_unload_restart_and_logs(
     )
     expect(off.locator(".control-note")).to_have_text("disabled in the config")
     expect(chat.locator(".control-note")).to_have_text("")
+    # When it starts is the router's to say only of a model it starts.
+    expect(chat.locator('td[data-cell="mode"]')).to_have_text("at start")
+    expect(remote.locator('td[data-cell="mode"]')).to_have_text(NOTHING)
+    expect(off.locator('td[data-cell="mode"]')).to_have_text(NOTHING)
     assert errors.errors == []
 
 

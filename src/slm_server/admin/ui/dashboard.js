@@ -209,6 +209,7 @@ function newRow(role) {
   const cells = {};
   for (const name of ["model", "backend", "state", "memory", "busy", "rpm", "latency", "ttfb", "tokens", "restarts", "mode", "idle", "actions"]) {
     cells[name] = element("td", ["model", "backend", "state", "mode", "actions"].includes(name) ? "" : "num");
+    cells[name].dataset.cell = name;
     tr.append(cells[name]);
   }
   cells.actions.classList.add("actions");
@@ -250,7 +251,8 @@ function fillRow(row, m) {
   c.ttfb.textContent = `${seconds(m.ttfb_p50_s)} / ${seconds(m.ttfb_p95_s)}`;
   c.tokens.textContent = rate(m.tokens_per_s, 1);
   c.restarts.textContent = m.restarts ?? "–";
-  const mode = m.pinned ? "pinned" : m.on_demand ? "on demand" : "at start";
+  // When it starts means something only for a model this router starts.
+  const mode = !m.controllable ? "–" : m.pinned ? "pinned" : m.on_demand ? "on demand" : "at start";
   c.mode.textContent = m.idle_ttl_s ? `${mode}, TTL ${duration(m.idle_ttl_s)}` : mode;
   c.mode.title = m.idle_ttl_s ? `unloaded after ${duration(m.idle_ttl_s)} without requests` : "";
   c.idle.textContent = duration(m.idle_s);
