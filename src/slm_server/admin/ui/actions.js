@@ -52,15 +52,39 @@ export async function reloadConfig(refresh) {
   }
 }
 
-function reloadSummary(answer) {
-  const parts = [];
-  if (answer && answer.roles && typeof answer.roles === "object") {
-    const roles = Object.entries(answer.roles).map(([role, what]) => `${role} ${typeof what === "string" ? what : JSON.stringify(what)}`);
-    if (roles.length) parts.push(roles.join(", "));
+// What a reload did, one line each: the roles by what happened to them, the router
+// settings changed now and those waiting for a restart, and check-config's warnings.
+const RELOAD_CHANGES = [
+  ["added", "added"],
+  ["removed", "removed (stopped once its requests are done)"],
+  ["replaced", "changed (restarted with its new settings)"],
+  ["updated", "updated in place, left running"],
+  ["unchanged", "unchanged"],
+];
+
+export function reloadSummary(answer) {
+  const lines = ["config reloaded"];
+  const roles = answer && typeof answer.roles === "object" && answer.roles ? answer.roles : {};
+  const said = new Map(RELOAD_CHANGES);
+  const byChange = new Map(RELOAD_CHANGES.map(([change]) => [change, []]));
+  for (const [role, change] of Object.entries(roles)) {
+    const key = String(change); // a change this page does not know is listed as it came
+    if (!byChange.has(key)) byChange.set(key, []);
+    byChange.get(key).push(role);
   }
-  const restart = answer && answer.router && answer.router.restart_needed;
-  if (Array.isArray(restart) && restart.length) parts.push(`needs a restart of the server: ${restart.join(", ")}`);
-  return parts.length ? `config reloaded: ${parts.join("; ")}` : "config reloaded";
+  for (const [change, listed] of byChange) {
+    if (listed.length) lines.push(`${said.get(change) ?? change}: ${listed.join(", ")}`);
+  }
+  const router = (answer && answer.router) || {};
+  if (Array.isArray(router.changed) && router.changed.length) {
+    lines.push(`router settings changed now: ${router.changed.join(", ")}`);
+  }
+  if (Array.isArray(router.restart_needed) && router.restart_needed.length) {
+    lines.push(`changed in the file, but only a restart of the server applies them (the old values stay until then): ${router.restart_needed.join(", ")}`);
+  }
+  const warnings = answer && Array.isArray(answer.warnings) ? answer.warnings : [];
+  if (warnings.length) lines.push("warnings:", ...warnings.map((w) => `- ${w}`));
+  return lines.join("\n");
 }
 
 // -- logs -------------------------------------------------------------------------

@@ -41,9 +41,9 @@ export async function refusal(response) {
   try {
     const error = JSON.parse(text).error;
     if (error && typeof error.message === "string") {
-      const problems = Array.isArray(error.problems) ? error.problems : [];
-      const listed = problems.map((p) => `- ${typeof p === "string" ? p : JSON.stringify(p)}`);
-      message = [error.message, ...listed].join("\n");
+      const problems = (Array.isArray(error.problems) ? error.problems : [])
+        .map((p) => (typeof p === "string" ? p : JSON.stringify(p)));
+      message = [withoutListing(error.message, problems), ...problems.map((p) => `- ${p}`)].join("\n");
       code = typeof error.code === "string" ? error.code : null;
     }
   } catch (_) {
@@ -51,6 +51,14 @@ export async function refusal(response) {
   }
   if (response.status === 401) document.dispatchEvent(new CustomEvent(KEY_REFUSED, { detail: message }));
   return new HttpError(response.status, code, message);
+}
+
+// A message that ends with its problems joined by "; " (a rejected config's), without
+// them: the page lists them below it, one a line.
+function withoutListing(message, problems) {
+  const listing = problems.join("; ");
+  if (!problems.length || !message.endsWith(listing)) return message;
+  return message.slice(0, message.length - listing.length).replace(/[:;\s]+$/, "");
 }
 
 // The router's answer as JSON; its refusal thrown as an HttpError.
