@@ -238,3 +238,31 @@ async def test_a_request_waiting_for_a_removed_model_is_404_without_retry_after(
         assert reply.status_code == 200, reply.text
         assert reply.json()["choices"][0]["message"]["content"] == "echo: renamed"
         assert served.process("d").state == "ready" and "c" not in served.supervisor.processes
+
+
+async def test_control_calls_for_a_model_a_reload_removes_while_it_drains(
+    tmp_path: Path,
+) -> None:
+    b, c = model(tmp_path, "b"), model(tmp_path, "c", on_demand=True)
+    path = write_config(tmp_path / "models.yaml", {"b": b, "c": c})
+    async with served_from(path) as served:
+        await served.ready("b")
+        async with held_busy(served, "b"):
+            write_config(path, {"c": c})
+            reloading = reload(served)
+            await eventually(lambda: "b" not in served.app.table.backends, 5, "table switched")
+            assert "b" in served.supervisor.processes  # still draining its stream
+            unloading = post(served, "/v1/backends/b/unload")  # answers once b has stopped
+            for action in ("load", "restart"):
+                refused = await asyncio.wait_for(served.client.post(f"/v1/backends/b/{action}"), 5)
+                assert refused.status_code == 404, refused.text
+                error = refused.json()["error"]
+                assert error["code"] == "role_not_found"
+                assert error["message"] == "'b' was removed from the config by a reload"
+            assert not unloading.done()
+        assert (await reloading).status_code == 200
+        unloaded = await asyncio.wait_for(unloading, 10)
+        assert unloaded.status_code == 200, unloaded.text
+        report = unloaded.json()
+        assert report["status"] == report["state"] == "unloaded" and report["pid"] is None
+        assert report["model_id"] == "m-b"

@@ -36,7 +36,14 @@ from slm_server.router.asgi import (
     send_response,
 )
 from slm_server.router.auth import grant_of, require_admin, require_model
-from slm_server.router.backend_control import as_unloaded, control_target, load, restart
+from slm_server.router.backend_control import (
+    as_unloaded,
+    control_target,
+    load,
+    removed,
+    removed_report,
+    restart,
+)
 from slm_server.router.body_budget import BodyBudget
 from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
@@ -384,7 +391,11 @@ class RouterApp:
                 )
             roles = ", ".join(sorted(self.processes)) or "none"
             raise RoleNotFound(f"no enabled backend role '{role}'; roles: {roles}")
-        backend = self.table.backends[role]
+        if backend is None:  # a reload removed it: it drains, then stops for good
+            if action != "unload":
+                raise removed(role)
+            await self.scheduler.unload(role)
+            return removed_report(process)
         if action == "load":
             await load(self.scheduler, self.processes, role, self.load_timeout_s)
         elif action == "restart":

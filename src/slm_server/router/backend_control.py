@@ -43,7 +43,7 @@ async def load(
                 # (the old one is stopped for good), or removed the role.
                 process = processes.get(role)
                 if process is None:
-                    raise _removed(role)
+                    raise removed(role)
                 label = _label(processes, role)
                 # Still a demand while it loads: the backend is not evicted for another
                 # model before this call has seen it ready.
@@ -52,7 +52,7 @@ async def load(
                 scheduler.leave(waiter)
     except Refused as refused:
         if refused.reason is RefuseReason.REMOVED:
-            raise _removed(role) from None
+            raise removed(role) from None
         raise refusal_error(label, refused) from None
     except BackendFailed as exc:
         raise start_failed(label, exc) from None
@@ -76,8 +76,23 @@ def _label(processes: Mapping[str, BackendProcess], role: str) -> str:
     return f"'{role}' ({process.entry.id})" if process is not None else f"'{role}'"
 
 
-def _removed(role: str) -> RoleNotFound:
+def removed(role: str) -> RoleNotFound:
     return RoleNotFound(f"'{role}' was removed from the config by a reload")
+
+
+def removed_report(process: BackendProcess) -> dict[str, Any]:
+    """The unload call's answer for a role a reload removed: it is stopped (and forgotten)
+    whatever the call does, so it answers as an unloaded backend of its last config."""
+    entry = process.entry
+    report = {
+        "status": "unloaded",
+        "model_id": entry.id,
+        "backend": entry.backend,
+        "port": entry.port,
+        "model_type": entry.model_type,
+        **process.snapshot(),
+    }
+    return as_unloaded(report)
 
 
 # What a running backend's health entry has that an unloaded one's does not.
