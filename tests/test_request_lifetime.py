@@ -119,3 +119,29 @@ async def test_a_cancel_that_is_not_the_deadlines_goes_on_as_a_cancel() -> None:
     task.cancel()  # a shutdown, say
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, BOUND_S)
+
+
+async def test_a_client_leaving_a_stream_relayed_past_a_short_deadline_ends_it() -> None:
+    # A deadline before the first watch: the deadline's own tick must start the watch.
+    async def leaves() -> Message:
+        return {"type": "http.disconnect"}
+
+    life = RequestLifetime(leaves, SentMessages(sends_nothing))
+
+    async def request() -> str:
+        life.begin(0.01, Chat())
+        loop = asyncio.get_running_loop()
+        try:
+            head = loop.create_future()
+            head.set_result(None)
+            await answer(life, head)  # the head is in at once
+            await loop.create_future()  # then a stream is relayed, past the deadline
+        except asyncio.CancelledError:
+            if life.client_left():
+                return "client left"
+            raise
+        finally:
+            life.end()
+        return "unreachable"
+
+    assert await asyncio.wait_for(request(), BOUND_S) == "client left"

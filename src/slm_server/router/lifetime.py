@@ -110,9 +110,11 @@ class RequestLifetime:
         self._timer = loop.call_at(first, self._tick)
 
     def _tick(self) -> None:
+        # Both ticks watch: a deadline before the first watch, or a first tick run late,
+        # must not leave a stream relayed past its deadline unwatched.
+        self.watch()
         loop = asyncio.get_running_loop()
         if loop.time() < self.deadline:
-            self.watch()
             self._timer = loop.call_at(self.deadline, self._tick)
             return
         self._timer = None
