@@ -17,9 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from config_builder import entry
+from fake_backend_proc import running_fake_backend
 from net import eventually
 from on_demand_serving import Served, chat
 from reload_serving import model, served_from, write_config
+from router_served import served
+from slm_server.config import load_config
+from slm_server.router.app import RouterApp
 
 
 @pytest.fixture(autouse=True)
@@ -266,3 +271,41 @@ async def test_control_calls_for_a_model_a_reload_removes_while_it_drains(
         report = unloaded.json()
         assert report["status"] == report["state"] == "unloaded" and report["pid"] is None
         assert report["model_id"] == "m-b"
+
+
+
+async def test_a_queued_request_a_reload_moves_to_an_unusable_server_is_503(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `slm-server router` reloads a file whose openai key is not set (a warning there):
+    # a request waiting for a slot of the model's old backend must not go on to it.
+    with running_fake_backend() as fake:
+        b = entry("m-b", fake.port, max_concurrency=1, default_timeout=30)
+        path = write_config(tmp_path / "models.yaml", {"b": b})
+        app = RouterApp(load_config(path))
+        async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            fake.control(chunk_delay=0.05, chunks=100_000)
+            request = {**chat("m-b"), "stream": True}
+            async with client.stream("POST", "/v1/chat/completions", json=request) as stream:
+                assert stream.status_code == 200
+                backend = app.table.backends["b"]
+                queued = asyncio.create_task(
+                    client.post("/v1/chat/completions", json=chat("m-b", "queued"))
+                )
+                await eventually(lambda: backend.queued == 1, 5, "a request queued for b")
+                elsewhere = {
+                    "id": "m-b",
+                    "backend": "openai",
+                    "base_url": f"{fake.url}/v1",
+                    "default_timeout": 30,
+                    "api_key_env": "SLM_TEST_KEY_NOT_SET",
+                }
+                write_config(path, {"d": elsewhere})
+                answer = await client.post("/admin/reload")
+                assert answer.json()["roles"] == {"d": "added", "b": "removed"}
+            refused = await asyncio.wait_for(queued, 5)
+    assert refused.status_code == 503, refused.text
+    message = refused.json()["error"]["message"]
+    assert message.startswith("'d' (m-b at ")
+    assert "cannot be used: the environment variable SLM_TEST_KEY_NOT_SET" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -49,7 +49,6 @@ from slm_server.router.body_deadlines import BodyDeadlines
 from slm_server.router.bridge import BRIDGED_PATHS, Bridge
 from slm_server.router.cors import Cors, is_preflight
 from slm_server.router.errors import (
-    BackendUnavailable,
     EndpointNotFound,
     InternalError,
     InvalidRequest,
@@ -78,7 +77,7 @@ from slm_server.router.routing import (
     may_change,
     router_changes,
 )
-from slm_server.router.turns import hold_slot, start_failed
+from slm_server.router.turns import cannot_be_used, hold_slot, start_failed
 from slm_server.scheduler.budget import budget_bytes
 from slm_server.scheduler.owner import Scheduler
 from slm_server.stores import make_store
@@ -484,7 +483,9 @@ class RouterApp:
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise
-            log.info("%s: client disconnected; its request was dropped", backend.label)
+            # The backend it went to: a reload may have moved it while it waited.
+            gone_from = lifetime.for_whom or backend
+            log.info("%s: client disconnected; its request was dropped", gone_from.label)
         finally:
             lifetime.end()
 
@@ -506,8 +507,8 @@ class RouterApp:
         The slot is taken before waiting for a loading backend, so the queue bounds those
         waits too, and it is held through a converted retry (which must not queue again).
         """
-        if backend.unusable is not None:  # an openai entry whose key is not set, say
-            raise BackendUnavailable(f"{backend.label} cannot be used: {backend.unusable}")
+        if backend.unusable is not None:
+            raise cannot_be_used(backend)
         # Not open (not running, being stopped, or held for another's turn), or no slot
         # free: wait for one. A full queue answers 429 at once, before any waiting starts.
         if not backend.open or not backend.gate.try_acquire():

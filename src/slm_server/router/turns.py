@@ -47,7 +47,7 @@ async def hold_slot(
             if refused.reason is RefuseReason.REMOVED and model in now.model_ids:
                 moved = now.lookup(model, path)  # another role serves it now
                 if moved is not backend:
-                    backend = moved
+                    backend = moved_to(moved, lifetime)
                     continue
             raise refusal_error(backend.label, refused) from None
         now = table()
@@ -56,7 +56,21 @@ async def hold_slot(
         backend.gate.release()
         if backend.watched and scheduler is not None:  # as the end of a request does
             scheduler.wake()
-        backend = now.lookup(model, path)
+        backend = moved_to(now.lookup(model, path), lifetime)
+
+
+def moved_to(backend: Backend, lifetime: RequestLifetime) -> Backend:
+    """``backend``, where a reload moved the request: checked as on arrival, and the one
+    its deadline and its log lines name from now on."""
+    if backend.unusable is not None:
+        raise cannot_be_used(backend)
+    lifetime.for_whom = backend
+    return backend
+
+
+def cannot_be_used(backend: Backend) -> BackendUnavailable:
+    """A backend its config leaves unusable (an openai entry whose key is not set, say)."""
+    return BackendUnavailable(f"{backend.label} cannot be used: {backend.unusable}")
 
 
 async def _slot_of(
