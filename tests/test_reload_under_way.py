@@ -20,7 +20,7 @@ import pytest
 from config_builder import entry
 from fake_backend_proc import running_fake_backend
 from net import eventually
-from on_demand_serving import Served, chat
+from on_demand_serving import Launcher, Served, chat
 from reload_serving import model, served_from, write_config
 from router_served import served
 from slm_server.config import load_config
@@ -309,3 +309,36 @@ async def test_a_queued_request_a_reload_moves_to_an_unusable_server_is_503(
     assert message.startswith("'d' (m-b at ")
     assert "cannot be used: the environment variable SLM_TEST_KEY_NOT_SET" in message
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_model_a_reload_moves_elsewhere_is_served_there_while_its_old_process_stops(
+    tmp_path: Path,
+) -> None:
+    b = model(tmp_path, "b")
+    path = write_config(tmp_path / "models.yaml", {"b": b})
+    # Its old server takes the whole stop grace to go.
+    launcher = Launcher({"b": ["--ignore-sigterm"]})
+    with running_fake_backend() as remote:
+        async with served_from(path, launcher) as served:
+            await served.ready("b")
+            old = served.process("b")
+            elsewhere = {
+                "id": "m-b",
+                "backend": "openai",
+                "base_url": f"{remote.url}/v1",
+                "default_timeout": 30,
+            }
+            write_config(path, {"b": elsewhere})
+            reloading = reload(served)
+            await eventually(lambda: old.state == "stopping", 5, "the old process stopping")
+            assert served.process("b") is old  # forgotten only once stopped
+            reply = await asyncio.wait_for(
+                served.client.post("/v1/chat/completions", json=chat("m-b", "moved")), 5
+            )
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["choices"][0]["message"]["content"] == "echo: moved"
+            assert remote.stats()["requests"] == 1
+            health = (await served.client.get("/v1/backends/health")).json()["b"]
+            assert health["status"] == "healthy" and "state" not in health, health
+            assert old.state == "stopping"  # all this while the old one still stops
+            assert (await asyncio.wait_for(reloading, 10)).status_code == 200

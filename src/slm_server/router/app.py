@@ -355,7 +355,12 @@ class RouterApp:
         processes: Mapping[str, BackendProcess] | None = None,
     ) -> dict[str, dict[str, Any]]:
         timeout = self.config.file.router.health_timeout
-        processes = self.processes if processes is None else processes
+        # A model a reload moved elsewhere: the process of its old config, stopping, is not its.
+        processes = {
+            role: process
+            for role, process in (self.processes if processes is None else processes).items()
+            if role in backends and backends[role].entry.started_here
+        }
         reports, figures = await asyncio.gather(
             health.probe_all(self.pool, backends, timeout, processes),
             self.load.figures(backends, processes, timeout),
@@ -428,7 +433,7 @@ class RouterApp:
         ]
         for model in data:  # only a router that runs the backends knows their state
             process = self.processes.get(model["role"])
-            if process is not None:
+            if process is not None and self.table.backends[model["role"]].entry.started_here:
                 model["status"] = _MODEL_STATUS.get(process.state, "unloaded")
         return {"object": "list", "data": data}
 
@@ -517,7 +522,9 @@ class RouterApp:
             )
         gate = backend.gate
         try:
-            process = self.processes.get(backend.role)
+            # A model a reload just moved to a server elsewhere has none: the process of
+            # its old config may still be stopping, and must not be waited for.
+            process = self.processes.get(backend.role) if backend.entry.started_here else None
             started_as = None
             if process is not None:
                 await _wait_until_ready(process, backend, lifetime)
