@@ -134,6 +134,30 @@ def test_native_endpoints_are_sent_as_they_are(serve: Serve, fake: FakeBackend) 
     assert fake.last_request()["path"] == "/openai/v1/responses"
 
 
+def test_native_answers_on_converted_paths_name_the_entry_id_not_the_upstream_model(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    entry = remote_entry(
+        "my-lm",
+        f"{fake.url}/v1",
+        upstream_model="served-upstream",
+        native_endpoints=["/v1/responses"],
+    )
+    router = serve({"lm": entry})
+    asked = {"model": "my-lm", "input": "x"}
+    reply = httpx.post(f"{router.url}/v1/responses", json=asked, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert fake.last_request()["path"] == "/v1/responses"
+    assert json.loads(fake.last_request()["body"])["model"] == "served-upstream"
+    assert reply.json()["model"] == "my-lm"
+    # Converted to chat completions (not native here), the answer names it too.
+    message = {"model": "my-lm", "max_tokens": 20, "messages": [{"role": "user", "content": "y"}]}
+    reply = httpx.post(f"{router.url}/v1/messages", json=message, timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert fake.last_request()["path"] == "/v1/chat/completions"
+    assert reply.json()["model"] == "my-lm"
+
+
 def test_health_probes_the_entry_health_path_under_the_base_path(
     serve: Serve, fake: FakeBackend
 ) -> None:

@@ -538,6 +538,8 @@ class RouterApp:
             headers.append((REQUEST_ID_HEADER, request_id))  # in place of the client's own
             query: bytes = scope["query_string"]
             target = f"{path}?{query.decode('latin-1')}" if query else path
+            if upstream_model is not None:  # a native answer on a bridged path, too
+                send = restoring_model_name(send, served=upstream_model, asked=model)
             # A form (a file upload) is forwarded exactly as sent; so is JSON the router
             # neither converts nor changes, without building its document.
             if not form and (path in BRIDGED_PATHS or may_change(backend, path, upstream_model)):
@@ -558,8 +560,6 @@ class RouterApp:
                         key_name,
                     )
                     return
-            if upstream_model is not None:
-                send = restoring_model_name(send, served=upstream_model, asked=model)
             await forward(self.pool, backend, target, headers, body, send, lifetime)
         finally:
             gate.release()
