@@ -21,6 +21,7 @@ from slm_server.log_format import JsonFormatter, TextFormatter
 from slm_server.router.access_log import ACCESS_LOGGER, AccessLog
 from slm_server.router.load_figures import LoadFigures
 from slm_server.router.metrics import RouterMetrics
+from slm_server.router.request_head import read_head
 from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
 from slm_server.router.stopwatch import Stopwatch
 
@@ -32,7 +33,7 @@ def with_access_log(metrics: RouterMetrics, access: AccessLog, send: Send) -> Ca
     ids = RequestIds()
 
     def request() -> None:
-        request_id = ids.of(HEADERS)
+        request_id = ids.given(read_head(HEADERS)[0])  # as the router reads it
         sent = metrics.record(send, PATH, request_id, [(REQUEST_ID_HEADER, request_id)])
         stopwatch = Stopwatch()
         sent.routed(metrics.slot("bench", PATH), stopwatch)

@@ -13,9 +13,17 @@ from slm_server.auth import Grant, KeyRing, KeyRingError, key_ring
 from slm_server.auth.client import key_at_hand
 from slm_server.auth.rules import key_problems
 from slm_server.config import ApiKey, RouterSettings
-from slm_server.router.auth import authenticate, require_admin, require_model
+from slm_server.router.asgi import Headers
+from slm_server.router.auth import grant_of, require_admin, require_model
 from slm_server.router.errors import AdminRequired, InvalidApiKey, ModelNotAllowed
 from slm_server.router.proxy import forwarded_request_headers
+from slm_server.router.request_head import read_head
+
+
+def authenticate(ring: KeyRing, headers: Headers) -> Grant:
+    """What the router does with a request's headers: its keys read, then granted."""
+    _, bearer, api_key, _ = read_head(headers)
+    return grant_of(ring, bearer, api_key)
 
 
 def sha(key: str) -> str:

@@ -273,7 +273,6 @@ async def test_control_calls_for_a_model_a_reload_removes_while_it_drains(
         assert report["model_id"] == "m-b"
 
 
-
 async def test_a_queued_request_a_reload_moves_to_an_unusable_server_is_503(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -13,6 +13,8 @@ from fake_backend_proc import FakeBackend
 from net import free_port
 from router_served import router_for
 from scripted_backend import scripted_backend
+from slm_server.router.asgi import Headers
+from slm_server.router.request_head import read_head
 from slm_server.router.request_id import RequestIds
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}]}
@@ -24,6 +26,11 @@ def fake() -> Iterator[FakeBackend]:
         yield backend
 
 
+def id_of(headers: Headers) -> bytes:
+    """What the router does with a request's headers: its id read, then kept or made."""
+    return RequestIds().given(read_head(headers)[0])
+
+
 async def forwarded_ids(fake: FakeBackend) -> list[str]:
     seen = await asyncio.to_thread(fake.last_request)
     return [value for name, value in seen["header_list"] if name == "x-request-id"]
@@ -33,14 +40,14 @@ async def forwarded_ids(fake: FakeBackend) -> list[str]:
     "sent", ["a", "trace-01.2:x_Y", "A" * 128, "4f3a9b2c-1d2e-4f5a-8b9c-0d1e2f3a4b5c"]
 )
 def test_a_sane_id_is_kept(sent: str) -> None:
-    assert RequestIds().of([(b"x-request-id", sent.encode())]) == sent.encode()
+    assert id_of([(b"x-request-id", sent.encode())]) == sent.encode()
 
 
 @pytest.mark.parametrize(
     "sent", [b"", b"has space", b"A" * 129, b'quote"d', b"semi;colon", b"\xc3\xa9"]
 )
 def test_an_insane_id_is_replaced_by_a_made_one(sent: bytes) -> None:
-    made = RequestIds().of([(b"x-request-id", sent)])
+    made = id_of([(b"x-request-id", sent)])
     assert made != sent
     assert re.fullmatch(rb"[0-9a-f]{16}", made)
 

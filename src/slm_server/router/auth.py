@@ -8,15 +8,7 @@ Messages name the key by its configured name, never by the key itself.
 from __future__ import annotations
 
 from slm_server.auth import Grant, KeyRing
-from slm_server.router.asgi import Headers
 from slm_server.router.errors import AdminRequired, InvalidApiKey, ModelNotAllowed
-from slm_server.router.request_head import read_head
-
-
-def authenticate(ring: KeyRing, headers: Headers) -> Grant:
-    """The grant of the key in ``headers``; InvalidApiKey (401) when none is valid."""
-    _, bearer, api_key, _ = read_head(headers)
-    return grant_of(ring, bearer, api_key)
 
 
 def grant_of(ring: KeyRing, bearer: bytes | None, api_key: bytes | None) -> Grant:

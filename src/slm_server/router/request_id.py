@@ -10,8 +10,6 @@ import itertools
 import os
 import re
 
-from slm_server.router.asgi import Headers
-
 REQUEST_ID_HEADER = b"x-request-id"
 
 # Safe to repeat in a header, a log line or a file name: no spaces, quotes or controls.
@@ -40,10 +38,3 @@ class RequestIds:
         if sent is not None and _SANE.fullmatch(sent):
             return sent
         return b"%016x" % (self._base + next(self._counter))  # new(), without its call
-
-    def of(self, headers: Headers) -> bytes:
-        """The id of a request with ``headers``: its first ``x-request-id`` if sane."""
-        for name, value in headers:
-            if name == REQUEST_ID_HEADER:
-                return self.given(value)
-        return self.new()
