@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slm_server.router.errors import InvalidRequest
-from slm_server.router.forms import form_model
+from slm_server.router.forms import form_model, with_form_model
 
 TYPE = "multipart/form-data; boundary=XyZ"
 
@@ -30,6 +30,14 @@ def test_model_after_a_file_that_holds_boundary_lookalikes() -> None:
         field("model", b"whisper"),
     )
     assert form_model(TYPE, body) == "whisper"
+
+
+def test_the_model_field_is_renamed_and_every_other_byte_kept() -> None:
+    upload = field("file", FILE_WITH_BOUNDARY_LOOKALIKES, '; filename="model.wav"')
+    body = form(upload, field("model", b"my-stt"), field("language", b"en"))
+    renamed = with_form_model(TYPE, body, "whisper-1")
+    assert renamed == form(upload, field("model", b"whisper-1"), field("language", b"en"))
+    assert form_model(TYPE, renamed) == "whisper-1"
 
 
 def test_preamble_quoted_boundary_and_padding() -> None:

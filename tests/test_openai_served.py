@@ -4,6 +4,7 @@ client and the health report see when that server fails."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from collections.abc import Callable, Iterator
@@ -132,6 +133,29 @@ def test_native_endpoints_are_sent_as_they_are(serve: Serve, fake: FakeBackend) 
     reply = httpx.post(f"{router.url}/v1/responses", json={"model": "m", "input": "x"}, timeout=30)
     assert reply.status_code == 200, reply.text
     assert fake.last_request()["path"] == "/openai/v1/responses"
+
+
+def test_an_upload_goes_out_with_the_upstream_model_and_the_file_as_sent(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    entry = remote_entry(
+        "my-stt", f"{fake.url}/v1", model_type="whisper", upstream_model="whisper-1"
+    )
+    router = serve({"stt": entry})
+    audio = b"RIFF0000WAVE" + bytes(range(256))
+    reply = httpx.post(
+        f"{router.url}/v1/audio/transcriptions",
+        data={"model": "my-stt", "language": "en"},
+        files={"file": ("a.wav", audio, "audio/wav")},
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    digest = hashlib.sha256(audio).hexdigest()  # the server parsed the form, file intact
+    assert reply.json()["text"] == f"whisper-1 heard {len(audio)} bytes, sha256 {digest}"
+    sent = fake.last_request()
+    assert sent["path"] == "/v1/audio/transcriptions"
+    assert 'name="model"\r\n\r\nwhisper-1\r\n' in sent["body"]
+    assert "my-stt" not in sent["body"]
 
 
 def test_native_answers_on_converted_paths_name_the_entry_id_not_the_upstream_model(

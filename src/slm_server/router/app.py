@@ -56,7 +56,13 @@ from slm_server.router.errors import (
     RoleNotFound,
     RouterError,
 )
-from slm_server.router.forms import FORM_DATA, FORM_PATHS, form_model, is_form
+from slm_server.router.forms import (
+    FORM_DATA,
+    FORM_PATHS,
+    form_model,
+    is_form,
+    with_form_model,
+)
 from slm_server.router.interrupted import end_cut_short, end_with_error
 from slm_server.router.lifetime import LOADING, RequestLifetime
 from slm_server.router.load_figures import LoadFigures, unix_time
@@ -540,9 +546,13 @@ class RouterApp:
             target = f"{path}?{query.decode('latin-1')}" if query else path
             if upstream_model is not None:  # a native answer on a bridged path, too
                 send = restoring_model_name(send, served=upstream_model, asked=model)
-            # A form (a file upload) is forwarded exactly as sent; so is JSON the router
-            # neither converts nor changes, without building its document.
-            if not form and (path in BRIDGED_PATHS or may_change(backend, path, upstream_model)):
+            # A form (a file upload) is forwarded as sent but for its model's name; so is
+            # JSON the router neither converts nor changes, without building its document.
+            if form:
+                if upstream_model is not None and upstream_model != model:
+                    content_type = header(scope, b"content-type") or ""
+                    body = with_form_model(content_type, body, upstream_model)
+            elif path in BRIDGED_PATHS or may_change(backend, path, upstream_model):
                 request = parse_object(body)
                 body = _with_injected_fields(backend, path, request, body, upstream_model)
                 if path in BRIDGED_PATHS:

@@ -31,10 +31,26 @@ def is_form(content_type: str) -> bool:
 
 def form_model(content_type: str, body: Body) -> str | None:
     """The form's ``model`` field; a clear 400 for a form where it cannot be one."""
-    return _field(content_type, body, "model")
+    found = _field(content_type, body, "model")
+    if found is None:
+        return None
+    headers, start, end = found
+    return _text(headers, body[start:end], "model")
 
 
-def _field(content_type: str, body: Body, name: str) -> str | None:
+def with_form_model(content_type: str, body: Body, model: str) -> Body:
+    """``body`` (a form form_model has read) with its ``model`` field's value set to
+    ``model``, every other byte as sent: the file parts are not parsed again."""
+    found = _field(content_type, body, "model")
+    if found is None:
+        return body
+    _, start, end = found
+    return b"".join((body[:start], model.encode(), body[end:]))
+
+
+def _field(content_type: str, body: Body, name: str) -> tuple[Message, int, int] | None:
+    """The part headers of the form's field ``name``, and where its value starts and ends
+    in ``body``; None if the form has no such field."""
     boundary = _param(content_type, "boundary")
     if not boundary:
         raise InvalidRequest(f"a {FORM_DATA} request needs a boundary in its Content-Type")
@@ -65,7 +81,7 @@ def _field(content_type: str, body: Body, name: str) -> str | None:
                 )
             headers = BytesHeaderParser().parsebytes(body[start:head_end].lstrip(_CRLF))
             if headers.get_param("name", header="content-disposition") == name:
-                return _text(headers, body[head_end + len(_HEAD_END) : end], name)
+                return headers, head_end + len(_HEAD_END), end
         start = end + len(line_delimiter)
     return None
 
