@@ -341,3 +341,36 @@ async def test_a_model_a_reload_moves_elsewhere_is_served_there_while_its_old_pr
             assert health["status"] == "healthy" and "state" not in health, health
             assert old.state == "stopping"  # all this while the old one still stops
             assert (await asyncio.wait_for(reloading, 10)).status_code == 200
+
+
+async def test_the_deadline_of_a_request_a_reload_moves_names_the_backend_it_went_to(
+    tmp_path: Path,
+) -> None:
+    with running_fake_backend() as fake, running_fake_backend() as silent:
+        silent.control(hang=True)  # its answer never comes: the deadline ends the request
+        b = entry("m-b", fake.port, max_concurrency=1, default_timeout=3)
+        path = write_config(tmp_path / "models.yaml", {"b": b})
+        app = RouterApp(load_config(path))
+        async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            fake.control(chunk_delay=0.05, chunks=100_000)
+            request = {**chat("m-b"), "stream": True}
+            async with client.stream("POST", "/v1/chat/completions", json=request) as stream:
+                assert stream.status_code == 200
+                backend = app.table.backends["b"]
+                queued = asyncio.create_task(
+                    client.post("/v1/chat/completions", json=chat("m-b", "queued"))
+                )
+                await eventually(lambda: backend.queued == 1, 5, "a request queued for b")
+                elsewhere = {
+                    "id": "m-b",
+                    "backend": "openai",
+                    "base_url": f"{silent.url}/v1",
+                    "default_timeout": 3,
+                }
+                write_config(path, {"d": elsewhere})
+                answer = await client.post("/admin/reload")
+                assert answer.json()["roles"] == {"d": "added", "b": "removed"}
+            timed_out = await asyncio.wait_for(queued, 10)
+    assert timed_out.status_code == 504, timed_out.text
+    message = timed_out.json()["error"]["message"]
+    assert message.startswith(f"'d' (m-b at {silent.url}/v1): its default_timeout of 3s"), message
