@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from slm_server.backends.openai import setup_problems
+from slm_server.backends.openai import KEY_NOT_CONFIGURED, setup_problems, tls_context
 from slm_server.config import ConfigError, LoadedConfig, load_config
 from slm_server.config.base_url import BaseUrlError, parse_base_url
+from slm_server.router.routing import RoutingTable
+from test_openai_served import self_signed
 
 
 def remote_entry(**fields: Any) -> dict[str, Any]:
@@ -138,3 +140,49 @@ def test_command_fields_on_openai_and_openai_fields_elsewhere_are_warned(tmp_pat
     assert ("remote", "health_path") not in warned  # read by both kinds
     assert warned[("remote", "stop_signal")] == "applies to command only; ignored for openai"
     assert warned[("cmd", "upstream_model")] == "applies to openai only; ignored for command"
+
+
+@pytest.mark.parametrize("value", ["sk-\u20ac", "sk-a\r\nx-injected: 1", "sk a"])
+def test_a_key_no_header_can_carry_is_refused_not_sent(tmp_path: Path, value: str) -> None:
+    config = load(tmp_path, r=remote_entry(api_key_env="RK"))
+    [problem] = setup_problems(config, {"RK": value})
+    assert (problem.severity, problem.field) == ("error", "api_key_env")
+    assert "spaces, line breaks or non-ASCII characters" in problem.message
+    backend = RoutingTable(config, environ={"RK": value}).backends["r"]
+    assert backend.remote is None
+    assert backend.unusable == KEY_NOT_CONFIGURED
+
+
+def test_a_key_pasted_as_the_variable_name_is_never_repeated(tmp_path: Path) -> None:
+    pasted = "gsk_8fJ2kQx0ExampleSecretKeyAbCdEf1234567890"
+    config = load(tmp_path, r=remote_entry(api_key_env=pasted))
+    [problem] = setup_problems(config, {})
+    assert problem.severity == "error" and "looks like a key itself" in problem.message
+    assert pasted not in problem.message
+    backend = RoutingTable(config, environ={}).backends["r"]
+    assert backend.unusable == KEY_NOT_CONFIGURED  # what clients and health are told
+    # Set after all (an odd name, not a key): it is used, and check-config warns.
+    [warned] = setup_problems(config, {pasted: "sk-1"})
+    assert warned.severity == "warning" and pasted not in warned.message
+    assert RoutingTable(config, environ={pasted: "sk-1"}).backends["r"].unusable is None
+
+
+def test_a_ca_file_fixed_since_is_read_again_by_the_next_table(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    config = load(tmp_path, r=remote_entry(base_url="https://h/v1", tls_verify=str(ca)))
+    first = RoutingTable(config, environ={}).backends["r"]
+    assert first.unusable is not None and "ca.pem" in first.unusable
+    cert, _ = self_signed(tmp_path)
+    cert.rename(ca)
+    kept = RoutingTable(config, {"r": first}, environ={}).backends["r"]
+    assert kept is first  # its slots and requests in flight carried over
+    assert kept.unusable is None and kept.remote is not None
+
+
+def test_one_tls_context_per_setting_so_reloads_reuse_pooled_connections(
+    tmp_path: Path,
+) -> None:
+    cert, _ = self_signed(tmp_path)
+    for verify in (True, False, str(cert)):
+        assert tls_context(verify, tmp_path) is tls_context(verify, tmp_path)
+    assert tls_context(True, tmp_path) is not tls_context(False, tmp_path)

@@ -135,10 +135,10 @@ class Reloader:
         kept: dict[str, Backend] = {}
         for role, change in plan.roles.items():
             if change in ("unchanged", "updated") and role in old and role in new.models:
-                backend = kept[role] = old[role]
-                backend.entry = new.models[role]
-                backend.gate.set_max_waiting(settings.max_queue)
-        table = RoutingTable(new, kept)
+                kept[role] = old[role]
+        table = RoutingTable(new, kept)  # sets the kept backends' entries once it is built
+        for backend in kept.values():
+            backend.gate.set_max_waiting(settings.max_queue)
 
         waits, to_launch, deferred = self._switch_backends(new, plan, table, needs)
 

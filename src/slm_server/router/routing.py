@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from slm_server.backends.openai import Remote, remote
+from slm_server.backends.openai import KEY_NOT_CONFIGURED, KeyNotUsable, Remote, remote
 from slm_server.backends.spec import BackendUnsupported
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.admission import AdmissionGate
 from slm_server.router.errors import AmbiguousModel, ModelNotFound, WrongModelType
+
+log = logging.getLogger(__name__)
 
 _TEXT = frozenset({"lm", "multimodal"})
 
@@ -82,11 +85,23 @@ def _backend(
     backend = Backend(role, entry, AdmissionGate(entry.max_concurrency, max_waiting))
     if entry.started_here or not entry.enabled:
         return backend
-    try:
-        backend.remote = remote(entry, config.base_dir, environ)
-    except BackendUnsupported as exc:
-        backend.unusable = str(exc)
+    backend.remote, backend.unusable = _reach(backend, config, environ)
     return backend
+
+
+def _reach(
+    backend: Backend, config: LoadedConfig, environ: Mapping[str, str]
+) -> tuple[Remote | None, str | None]:
+    """How to reach ``backend``'s server elsewhere, or why it cannot be (said in the log:
+    what a client and the health report are told names no variable)."""
+    try:
+        return remote(backend.entry, config.base_dir, environ), None
+    except KeyNotUsable as exc:
+        log.warning("%s cannot be used: %s", backend.label, exc)
+        return None, KEY_NOT_CONFIGURED
+    except BackendUnsupported as exc:
+        log.warning("%s cannot be used: %s", backend.label, exc)
+        return None, str(exc)
 
 
 class RoutingTable:
@@ -97,8 +112,12 @@ class RoutingTable:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         """``kept``: backends carried over from an earlier table (a config reload), with
-        their slots and requests in flight; the other roles get new ones. ``environ``
-        (default: this process's) holds the keys openai entries send their servers."""
+        their slots and requests in flight; they take their entries from ``config``, and
+        the other roles get new backends. ``environ`` (default: this process's) holds the
+        keys openai entries send their servers.
+
+        Everything that can fail is done before a kept backend is changed: a table that
+        cannot be built leaves the running one as it was."""
         max_waiting = config.file.router.max_queue
         kept = kept or {}
         environ = os.environ if environ is None else environ
@@ -106,6 +125,11 @@ class RoutingTable:
             role: kept.get(role) or _backend(role, entry, config, max_waiting, environ)
             for role, entry in config.models.items()
         }
+        for role, backend in kept.items():
+            if role in config.models:
+                backend.entry = config.models[role]
+                if backend.unusable is not None:  # a CA file fixed since, say: try again
+                    backend.remote, backend.unusable = _reach(backend, config, environ)
         self._by_id: dict[str, list[Backend]] = {}
         for backend in self.backends.values():
             if backend.entry.enabled:
