@@ -15,7 +15,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import cast
 
 import httptools
@@ -400,6 +400,13 @@ class UpstreamPool:
 
     def idle_connections(self) -> int:
         return sum(len(connections) for connections in self._idle.values())
+
+    def close_idle_except(self, keep: Collection[_Key]) -> None:
+        """Close the idle connections to any address not in ``keep`` (host, port, TLS
+        context): after a config reload, those no backend will ask for again."""
+        for key in [key for key in self._idle if key not in keep]:
+            for connection in self._idle.pop(key):
+                connection.abort()
 
     def close(self) -> None:
         """Close every idle connection (those in use close when their answers end)."""

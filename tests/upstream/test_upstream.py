@@ -364,6 +364,19 @@ async def test_a_closed_pool_keeps_nothing() -> None:
         assert pool.idle_connections() == 0
 
 
+async def test_idle_connections_to_addresses_left_are_closed_the_others_kept() -> None:
+    async with serving(answering(OK)) as left, serving(answering(OK, OK)) as kept:
+        pool = UpstreamPool(keepalive_s=4)
+        async with asyncio.timeout(5):
+            for server in (left, kept):
+                assert await pool.get("127.0.0.1", server.port, "/") == (200, b"{}")
+            pool.close_idle_except({("127.0.0.1", kept.port, None)})
+            assert pool.idle_connections() == 1
+            assert await pool.get("127.0.0.1", kept.port, "/") == (200, b"{}")  # reused
+        pool.close()
+    assert (left.connections, kept.connections) == (1, 1)
+
+
 def answering_head(head: bytes) -> Callable[[Server], Handler]:
     """Read a request, then write ``head`` (which need not end) and wait for the close."""
 

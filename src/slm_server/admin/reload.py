@@ -144,6 +144,8 @@ class Reloader:
 
         app.config = new
         app.table = table
+        # Idle connections to servers no backend is at any longer would stay open for good.
+        app.pool.close_idle_except(table.addresses())
         app.apply_settings(new)
         app.metrics.follow(table.model_ids, table.backends)
         return waits, to_launch, deferred

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +135,18 @@ class RoutingTable:
         for backend in self.backends.values():
             if backend.entry.enabled:
                 self._by_id.setdefault(backend.entry.id, []).append(backend)
+
+    def addresses(self) -> set[tuple[str, int, ssl.SSLContext | None]]:
+        """Where its backends are reached: host, port and TLS context (None: plain HTTP),
+        as the connection pool keys its idle connections."""
+        found: set[tuple[str, int, ssl.SSLContext | None]] = set()
+        for backend in self.backends.values():
+            entry, remote = backend.entry, backend.remote
+            if remote is not None:
+                found.add((remote.url.host, remote.url.port, remote.tls))
+            elif entry.started_here and entry.port is not None:
+                found.add((entry.connect_host, entry.port, None))
+        return found
 
     @property
     def model_ids(self) -> list[str]:
