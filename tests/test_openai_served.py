@@ -220,6 +220,59 @@ def test_a_server_error_passes_through_as_the_server_said_it(
     assert reply.json()["error"]["message"]
 
 
+def test_the_client_cookies_account_and_address_stay_with_the_router(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    router = serve({"remote": remote_entry("m", f"{fake.url}/openai/v1")})
+    own = {
+        "cookie": "session=dashboard-secret",
+        "openai-organization": "org-client",
+        "openai-project": "proj-client",
+        "forwarded": "for=10.0.0.7",
+        "x-forwarded-for": "10.0.0.7",
+        "x-trace": "kept",
+    }
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    reply = httpx.post(f"{router.url}/v1/chat/completions", json=body, headers=own, timeout=30)
+    assert reply.status_code == 200, reply.text
+    sent = fake.last_request()["headers"]
+    assert sent["x-trace"] == "kept"  # what is the request's own still goes
+    assert not {name for name in own if name != "x-trace"} & set(sent)
+
+
+def test_a_refused_upstream_key_is_the_routers_failure_not_the_clients(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    url = f"{fake.url}/openai/v1"
+    router = serve({"remote": remote_entry("m", url, api_key_env="UPSTREAM_KEY")})
+    fake.control(fail_status=401)
+    for path, body in [
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+        ("/v1/messages", {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+    ]:
+        reply = httpx.post(f"{router.url}{path}", json={"model": "m", **body}, timeout=30)
+        assert reply.status_code == 502, (path, reply.text)
+        assert "www-authenticate" not in reply.headers
+        message = reply.json()["error"]["message"]
+        assert message == f"the server at {url} refused the key in api_key_env", path
+
+
+def test_an_error_page_or_a_redirect_is_told_in_the_envelope(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    router = serve({"remote": remote_entry("m", f"{fake.url}/openai/v1")})
+    fake.control(fail_status=404, fail_text="<html><body>404 Not Found</body></html>")
+    reply = chat(router, "m")
+    assert reply.status_code == 404
+    error = reply.json()["error"]
+    assert error["code"] == "backend_error" and "<html>" not in error["message"]
+    assert f"{fake.url}/openai/v1/chat/completions answered HTTP 404" in error["message"]
+    fake.control(fail_status=302, fail_text="")
+    moved = chat(router, "m")
+    assert moved.status_code == 502 and "location" not in moved.headers
+    assert "a redirect the router does not follow" in moved.json()["error"]["message"]
+
+
 def test_a_server_whose_health_fails_is_said_unhealthy_with_where(serve: Serve) -> None:
     with FakeBackend().start(["--loading"]) as loading:
         router = serve({"remote": remote_entry("m", f"{loading.url}/v1")})

@@ -73,6 +73,7 @@ from slm_server.router.proxy import (
     forwarded_request_headers,
     new_upstream_pool,
 )
+from slm_server.router.remote_answers import to_remote
 from slm_server.router.request_head import read_head
 from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
 from slm_server.router.request_json import model_of, parse_object
@@ -540,6 +541,7 @@ class RouterApp:
             strip = self.strip_credentials or remote is not None
             headers = forwarded_request_headers(scope["headers"], strip)
             if remote is not None:
+                headers = to_remote(headers)
                 headers += remote.headers  # the server's own key, if it asks for one
             headers.append((REQUEST_ID_HEADER, request_id))  # in place of the client's own
             query: bytes = scope["query_string"]

@@ -48,6 +48,7 @@ from slm_server.router.proxy import (
     read_whole,
     stream_pieces,
 )
+from slm_server.router.remote_answers import refused
 from slm_server.router.responses_memory import (
     PendingTurn,
     RememberingStream,
@@ -328,6 +329,9 @@ async def _converted(
         if response.status != 200:
             payload = await read_whole(response, backend, lifetime)
             stopwatch.resume()
+            refusal = refused(backend, "/v1/chat/completions", response.status, payload)
+            if refusal is not None:
+                raise refusal
             error = conversion.upstream_error(response.status, payload)
             answer_headers = [*JSON_HEADERS, marker, *stopwatch.headers()]
             await send_response(send, response.status, error, answer_headers)

@@ -213,3 +213,14 @@ class InsufficientMemory(RouterError):
 class RoleNotFound(RouterError):
     status = 404
     code = "role_not_found"
+
+
+class RemoteAnswer(RouterError):
+    """A server elsewhere answered an error in no OpenAI form (or a redirect): told in the
+    envelope, with the status the router chose for it."""
+
+    code = "backend_error"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -19,6 +19,7 @@ from slm_server.router.errors import (
     error_body,
 )
 from slm_server.router.lifetime import ANSWERING, RequestLifetime
+from slm_server.router.remote_answers import from_remote, refused
 from slm_server.router.routing import Backend
 from slm_server.upstream import (
     ConnectFailed,
@@ -108,8 +109,9 @@ def forwarded_request_headers(raw: Headers, strip_credentials: bool = False) -> 
     return headers
 
 
-def _response_headers(response: UpstreamResponse) -> Headers:
-    return _end_to_end(response.headers, _NOT_RELAYED)
+def _response_headers(response: UpstreamResponse, backend: Backend) -> Headers:
+    relayed = _end_to_end(response.headers, _NOT_RELAYED)
+    return relayed if backend.remote is None else from_remote(relayed)
 
 
 def _end_to_end(raw: Headers, hop_by_hop: frozenset[bytes]) -> Headers:
@@ -163,7 +165,9 @@ async def forward(
     lifetime.answer_begins()
     try:
         response = await _post(pool, backend, target, headers, body)
-        streamed = response.content_type == "text/event-stream"
+        # A server elsewhere's error is read whole, to be told in the envelope if need be.
+        remote_error = backend.remote is not None and response.status >= 300
+        streamed = response.content_type == "text/event-stream" and not remote_error
         payload = b"" if streamed else await _read(response, backend)
     except asyncio.CancelledError:  # the deadline passed, or the client left: drop the connection
         if response is not None:
@@ -183,7 +187,10 @@ async def forward(
         raise EndpointMissing(target, response.status)
     if not streamed:
         response.release()
-        headers_out = _response_headers(response)
+        error = refused(backend, target, response.status, payload) if remote_error else None
+        if error is not None:
+            raise error
+        headers_out = _response_headers(response, backend)
         headers_out += stopwatch.headers()
         await send_response(send, response.status, payload, headers_out)
         return
@@ -262,7 +269,8 @@ async def _relay_stream(
     timing: Headers,
 ) -> None:
     own = {name for name, _ in SSE_HEADERS}  # ours replace the backend's, never doubled
-    passed = [header for header in _response_headers(response) if header[0] not in own]
+    relayed = _response_headers(response, backend)
+    passed = [header for header in relayed if header[0] not in own]
     headers = [*passed, *SSE_HEADERS, *timing]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
