@@ -246,10 +246,11 @@ def test_a_refused_upstream_key_is_the_routers_failure_not_the_clients(
     url = f"{fake.url}/openai/v1"
     router = serve({"remote": remote_entry("m", url, api_key_env="UPSTREAM_KEY")})
     fake.control(fail_status=401)
-    for path, body in [
+    requests: list[tuple[str, dict[str, Any]]] = [
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
         ("/v1/messages", {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
-    ]:
+    ]
+    for path, body in requests:
         reply = httpx.post(f"{router.url}{path}", json={"model": "m", **body}, timeout=30)
         assert reply.status_code == 502, (path, reply.text)
         assert "www-authenticate" not in reply.headers
