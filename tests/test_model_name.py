@@ -142,3 +142,16 @@ async def test_a_stream_line_longer_than_an_event_is_passed_on_not_held() -> Non
     assert client.body() == piece * (fed // len(piece)) + after.replace(
         SERVED.encode(), ASKED.encode()
     )
+
+
+async def test_any_name_is_restored_for_a_server_that_answers_a_dated_one() -> None:
+    """Hosted APIs are sent ``gpt-4o`` and answer ``gpt-4o-2024-08-06``."""
+    client = Client()
+    send = restoring_model_name(client.send, served=None, asked="gpt")
+    await send(start(b"text/event-stream"))
+    dated = {"model": "gpt-4o-2024-08-06", "choices": []}
+    await send(body(f"data: {json.dumps(dated)}\n\n".encode(), more=True))
+    await send(body(b'data: {"choices": []}\n\ndata: [DONE]\n\n'))
+    events = [line for line in client.body().split(b"\n") if line]
+    assert json.loads(events[0][6:])["model"] == "gpt"
+    assert events[1:] == [b'data: {"choices": []}', b"data: [DONE]"]  # no model: as sent

@@ -547,7 +547,9 @@ class RouterApp:
             query: bytes = scope["query_string"]
             target = f"{path}?{query.decode('latin-1')}" if query else path
             if upstream_model is not None:  # a native answer on a bridged path, too
-                send = restoring_model_name(send, served=upstream_model, asked=model)
+                # A server elsewhere may answer a longer name than it was sent: any goes.
+                served = None if remote is not None else upstream_model
+                send = restoring_model_name(send, served=served, asked=model)
             # A form (a file upload) is forwarded as sent but for its model's name; so is
             # JSON the router neither converts nor changes, without building its document.
             if form:

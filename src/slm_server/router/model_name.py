@@ -21,8 +21,11 @@ from slm_server.translate.sse import MAX_EVENT_BYTES
 _DATA = b"data:"
 
 
-def restoring_model_name(send: Send, served: str, asked: str) -> Send:
-    """``send``, with ``model`` equal to ``served`` in the response body turned into ``asked``."""
+def restoring_model_name(send: Send, served: str | None, asked: str) -> Send:
+    """``send``, with ``model`` equal to ``served`` in the response body turned into ``asked``.
+
+    ``served`` None: any name is, for servers that answer another than they were asked
+    (hosted APIs name a dated version: ``gpt-4o`` answers ``gpt-4o-2024-08-06``)."""
     held_start: Message | None = None  # a JSON answer's head: its content-length will change
     held_body: list[bytes] = []
     lines: _StreamLines | None = None  # for a stream
@@ -62,7 +65,7 @@ class _StreamLines:
 
     __slots__ = ("_asked", "_held", "_held_bytes", "_passing", "_served")
 
-    def __init__(self, served: str, asked: str) -> None:
+    def __init__(self, served: str | None, asked: str) -> None:
         self._served = served
         self._asked = asked
         self._held: list[bytes] = []  # the start of a line whose newline has not come
@@ -114,13 +117,17 @@ def _with_length(start: Message, length: int) -> Message:
     return {**start, "headers": [*headers, (b"content-length", str(length).encode())]}
 
 
-def _renamed_json(body: bytes, served: str, asked: str) -> bytes | None:
-    """``body`` re-encoded with ``asked`` as its model; None when it does not name ``served``."""
+def _renamed_json(body: bytes, served: str | None, asked: str) -> bytes | None:
+    """``body`` re-encoded with ``asked`` as its model; None when it does not name ``served``
+    (with ``served`` None: when it names no model, or ``asked`` already)."""
     try:
         payload = json.loads(body)
     except ValueError:
         return None  # not JSON (an error page, `[DONE]`): passed on as it is
-    if not (isinstance(payload, dict) and payload.get("model") == served):
+    if not isinstance(payload, dict):
+        return None
+    model = payload.get("model")
+    if not isinstance(model, str) or model == asked or (served is not None and model != served):
         return None
     payload["model"] = asked
     return _dumps(payload)
