@@ -379,3 +379,26 @@ def test_a_reload_moves_adds_and_takes_over_models_without_starting_anything(
     report = router.backends()["local"]
     assert report["backend"] == "openai" and "pid" not in report
     assert report["status"] == "unreachable"
+
+
+def test_a_404_for_a_native_endpoint_is_not_held_against_the_next_server(
+    serve: Serve, tmp_path: Path
+) -> None:
+    with FakeBackend().start() as first, FakeBackend().start() as second:
+
+        def entry(fake: FakeBackend) -> dict[str, Any]:
+            return remote_entry("m", f"{fake.url}/v1", native_endpoints=["/v1/responses"])
+
+        router = serve({"m": entry(first)})
+
+        def ask(fake: FakeBackend) -> str:
+            body = {"model": "m", "input": "hi"}
+            reply = httpx.post(f"{router.url}/v1/responses", json=body, timeout=30)
+            assert reply.status_code == 200, reply.text
+            return str(fake.last_request()["path"])
+
+        first.control(responses_status=404)
+        assert ask(first) == "/v1/chat/completions"  # converted
+        (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {"m": entry(second)}}))
+        assert httpx.post(f"{router.url}/admin/reload", timeout=30).status_code == 200
+        assert ask(second) == "/v1/responses"  # tried natively again

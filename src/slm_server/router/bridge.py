@@ -125,12 +125,18 @@ class Conversion(Protocol):
 Keep = Callable[[], Awaitable[None]]
 
 
+# How long a server elsewhere's 404 for a native endpoint is believed.
+REMOTE_LACKING_S = 300.0
+
+
 class Bridge:
     """Serves the bridged endpoints for every backend; holds the Responses store."""
 
     def __init__(self, store: ConversationStore | None = None) -> None:
         self.store = store if store is not None else MemoryStore(ResponseStore())
-        self._lacking: dict[tuple[str, str], int] = {}  # (role, path) -> process generation
+        # (role, path) -> the server that lacked it (a process generation, or a server
+        # elsewhere's Remote) and when: see _why_convert.
+        self._lacking: dict[tuple[str, str], tuple[object, float]] = {}
 
     async def handle(
         self,
@@ -152,8 +158,10 @@ class Bridge:
         the backend's slot, for the native try and the converted request alike. ``owner``:
         the API key's name, whose stored responses alone ``previous_response_id`` finds.
         """
-        generation = process.generation if process is not None else 0
-        reason = self._why_convert(backend, process, path, request, generation)
+        server: object = backend.remote
+        if server is None:
+            server = process.generation if process is not None else 0
+        reason = self._why_convert(backend, process, path, request, server)
         if reason is None:
             # A native answer is stored as it goes out, before its last bytes.
             recorder = (
@@ -174,7 +182,7 @@ class Bridge:
                 reason = _CONVERT_ON[missing.status]
                 if missing.status in _ROUTE_ABSENT:
                     log.info("%s has no %s; converting to chat completions", backend.label, path)
-                    self._lacking[(backend.role, path)] = generation
+                    self._lacking[(backend.role, path)] = (server, time.monotonic())
                 else:
                     log.info(
                         "%s answered %s with %d; converting this request",
@@ -198,7 +206,7 @@ class Bridge:
         process: BackendProcess | None,
         path: str,
         request: dict[str, Any],
-        generation: int,
+        server: object,
     ) -> str | None:
         """Why ``request`` is converted without trying natively; None: try natively first."""
         if path == RESPONSES and request.get("previous_response_id") is not None:
@@ -210,9 +218,14 @@ class Bridge:
         if declared is not None and path not in declared:
             return _NOT_SERVED
         # Declared or not, a 404 seen from this very process is believed over the declaration.
-        if self._lacking.get((backend.role, path)) == generation:
-            return _KNOWN_MISSING
-        return None
+        # A server elsewhere is no process the router sees restart (a proxy in front of it
+        # may answer 404 while it does): its 404 is believed for a while only.
+        lacking = self._lacking.get((backend.role, path))
+        if lacking is None or lacking[0] != server:
+            return None
+        if backend.remote is not None and time.monotonic() - lacking[1] > REMOTE_LACKING_S:
+            return None
+        return _KNOWN_MISSING
 
     async def _conversion(
         self, path: str, request: dict[str, Any], owner: str | None
