@@ -402,3 +402,22 @@ def test_a_404_for_a_native_endpoint_is_not_held_against_the_next_server(
         (tmp_path / "models.yaml").write_text(yaml.safe_dump({"models": {"m": entry(second)}}))
         assert httpx.post(f"{router.url}/admin/reload", timeout=30).status_code == 200
         assert ask(second) == "/v1/responses"  # tried natively again
+
+
+def test_metrics_say_a_server_elsewhere_is_up_as_its_last_probe_found_it(
+    serve: Serve, fake: FakeBackend
+) -> None:
+    keyless = remote_entry("keyless", f"{fake.url}/openai/v1", api_key_env="NOT_SET_ANYWHERE")
+    up = remote_entry("up", f"{fake.url}/openai/v1", health_path="/v1/models")
+    router = serve({"keyless": keyless, "up": up})
+
+    def up_lines() -> list[str]:
+        text = httpx.get(f"{router.url}/metrics", timeout=10).text
+        return sorted(line for line in text.splitlines() if line.startswith("slm_backend_up{"))
+
+    assert up_lines() == ['slm_backend_up{model="keyless",role="keyless"} 0.0']
+    assert router.backends()["up"]["status"] == "healthy"
+    assert up_lines() == [
+        'slm_backend_up{model="keyless",role="keyless"} 0.0',
+        'slm_backend_up{model="up",role="up"} 1.0',
+    ]

@@ -62,6 +62,8 @@ async def probe(
         why = f": {process.reason}" if process.reason else ""
         status, error = "unhealthy", f"answers on {path} but is {process.state}{why}"
     report["status"] = status
+    if backend.remote is not None:
+        backend.probed_up = status == "healthy"
     if error is not None:
         report["error"] = error
     return report

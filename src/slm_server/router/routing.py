@@ -53,6 +53,9 @@ class Backend:
     remote: Remote | None = None
     # Why requests for it cannot be sent (an openai entry's key not set, say); None: they can.
     unusable: str | None = None
+    # A server elsewhere: whether it was healthy at its last health probe (None: not yet
+    # probed). The router sees no process of it, so probing is all it knows.
+    probed_up: bool | None = None
 
     @property
     def in_flight(self) -> int:

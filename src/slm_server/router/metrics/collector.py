@@ -132,7 +132,8 @@ class RouterCollector(Collector):
         yield from (in_flight, queued)
 
     def _backend_processes(self) -> Iterator[Metric]:
-        """Only for backends this router runs (``serve``)."""
+        """Only for backends this router runs (``serve``), but for ``slm_backend_up`` of
+        servers elsewhere, as their last health probe found them."""
         up = GaugeMetricFamily(
             "slm_backend_up",
             "1 when the backend is ready to serve, else 0.",
@@ -159,7 +160,14 @@ class RouterCollector(Collector):
             "Time the backend's last successful start took, from its spawn to ready.",
             labels=["role"],
         )
+        elsewhere = {r for r, b in self._backends.items() if not b.entry.started_here}
+        for role in elsewhere:
+            backend = self._backends[role]
+            if backend.unusable is not None or backend.probed_up is not None:
+                up.add_metric([role, backend.entry.id], 1 if backend.probed_up else 0)
         for role, process in self._processes.items():
+            if role in elsewhere:  # its old process, stopping after a reload moved it
+                continue
             current = "unloaded" if process.state == "stopped" else process.state
             up.add_metric([role, process.entry.id], 1 if current == "ready" else 0)
             for name in BACKEND_STATES:
