@@ -319,6 +319,27 @@ async def test_a_router_without_backends_reloads_a_file_whose_models_live_elsewh
         assert {m["id"] for m in models} == {"m-far", "m-near"}
 
 
+async def test_a_router_without_backends_warns_of_a_server_elsewhere_it_cannot_reach(
+    tmp_path: Path,
+) -> None:
+    path = write_config(tmp_path / "models.yaml", {})
+    app = RouterApp(load_config(path))
+    async with router_served(app) as url, httpx.AsyncClient(base_url=url) as client:
+        keyless = {
+            "id": "far",
+            "backend": "openai",
+            "base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "default_timeout": 30,
+            "api_key_env": "NOT_SET_ANYWHERE",
+        }
+        write_config(path, {"far": keyless})
+        answer = await client.post("/admin/reload")
+        assert answer.status_code == 200, answer.text
+        [warning] = answer.json()["warnings"]
+        assert "NOT_SET_ANYWHERE (api_key_env) is not set" in warning
+        assert "restart the server" in warning  # a reload reads no variable anew
+
+
 async def test_a_model_no_longer_on_demand_starts_without_a_request(tmp_path: Path) -> None:
     a = model(tmp_path, "a", on_demand=True)
     path = write_config(tmp_path / "models.yaml", {"a": a})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from slm_server.auth.rules import key_problems
-from slm_server.backends import installation_problems
+from slm_server.backends import installation_problems, openai
 from slm_server.config import LoadedConfig, Problem
 from slm_server.scheduler.fit_rules import memory_problems
 from slm_server.stores.rules import store_problems
@@ -28,6 +28,8 @@ def config_problems(
     if runs_backends:
         problems += installation_problems(loaded)
         problems += memory_problems(loaded)
+    else:  # servers elsewhere are reached from here all the same: their keys and CA files
+        problems += openai.setup_problems(loaded, environ)
     return [*problems, *key_problems(loaded, environ), *store_problems(loaded, environ)]
 
 
