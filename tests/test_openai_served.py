@@ -292,6 +292,10 @@ def test_load_unload_and_restart_say_the_model_runs_elsewhere(
         reply = httpx.post(f"{router.url}/v1/backends/remote/{action}", timeout=10)
         assert reply.status_code == 400, reply.text
         assert "runs elsewhere" in reply.json()["error"]["message"]
+    log = httpx.get(f"{router.url}/admin/logs/remote", timeout=10)
+    assert log.status_code == 404
+    said = log.json()["error"]["message"]
+    assert said.startswith(f"'remote' runs elsewhere ({fake.url}/openai/v1): no log of it here")
     assert chat(router, "m").status_code == 200  # untouched
 
 
@@ -367,6 +371,8 @@ def test_a_reload_moves_adds_and_takes_over_models_without_starting_anything(
     moved = remote_entry("a", f"{fake.url}/v1")  # off the prefix
     roles = reload({"a": moved, "b": remote_entry("b", f"{fake.url}/v1"), "local": local})
     assert (roles["a"], roles["b"], roles["local"]) == ("replaced", "added", "unchanged")
+    assert f"reload: a: now points at {fake.url}/v1\n" in router.log()
+    assert f"reload: b: now points at {fake.url}/v1\n" in router.log()
     assert chat(router, "a").status_code == 200
     assert fake.last_request()["path"] == "/v1/chat/completions"
     assert chat(router, "b").status_code == 200
@@ -376,6 +382,8 @@ def test_a_reload_moves_adds_and_takes_over_models_without_starting_anything(
     taken_over = remote_entry("local-model", f"http://127.0.0.1:{local['port']}/v1")
     reload({"a": moved, "local": taken_over})
     wait_until(lambda: not psutil.pid_exists(local_pid), 15, "the local server to stop")
+    assert "reload: local: now points at http://127.0.0.1:" in router.log()
+    assert "the server run here for it stops once its requests are done" in router.log()
     report = router.backends()["local"]
     assert report["backend"] == "openai" and "pid" not in report
     assert report["status"] == "unreachable"

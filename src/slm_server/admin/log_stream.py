@@ -86,12 +86,20 @@ def feed_of(
     router_log: RouterLog | None,
     *,
     runs_backends: bool,
+    elsewhere: Mapping[str, str] | None = None,
 ) -> LogFeed:
-    """The log ``name`` names: the router's own, or a backend's by its role."""
+    """The log ``name`` names: the router's own, or a backend's by its role.
+
+    ``elsewhere``: the enabled roles whose servers run elsewhere, and where."""
     if name == ROUTER:
         if router_log is None:
             raise EndpointNotFound("this router keeps no log of its own in memory")
         return router_log.feed
+    if elsewhere and name in elsewhere:
+        raise RoleNotFound(
+            f"'{name}' runs elsewhere ({elsewhere[name]}): no log of it here; the router's "
+            f"own log is at {PREFIX}{ROUTER}"
+        )
     process = processes.get(name)
     if process is not None:
         return process.log.feed

@@ -83,6 +83,7 @@ class Reloader:
                 checked_config, path, os.environ, lenient=app.supervisor is None
             )
             plan = plan_reload(app.config.file, new.file)
+            old_models = app.config.models
             needs = await asyncio.to_thread(_needs, new, plan)
             waits, to_launch, deferred = self._switch(new, plan, needs)
             if "api_keys" in plan.router_changed:
@@ -91,9 +92,7 @@ class Reloader:
                 app.log_streams.end_following(KEYS_CHANGED_NOTE)
             for role, change in plan.roles.items():
                 if change != "unchanged" or role in app.table.backends:
-                    said = _SAID[change]
-                    if change == "added" and new.models[role].on_demand:
-                        said = "added: on demand, started by its first request"
+                    said = _said(change, old_models.get(role), new.models.get(role))
                     log.info("reload: %s: %s", role, said)
             if plan.router_changed:
                 log.info("reload: router settings changed: %s", ", ".join(plan.router_changed))
@@ -238,6 +237,21 @@ def launch_outcomes(
         else:
             outcomes[role] = "on demand" if process.entry.on_demand else "stopped"
     return outcomes
+
+
+def _said(change: RoleChange, old: ModelEntry | None, new: ModelEntry | None) -> str:
+    """What became of a role, as its reload log line says it: a server elsewhere is not
+    started nor stopped, only pointed at."""
+    if new is not None and not new.started_here and change in ("added", "replaced"):
+        said = f"now points at {new.server_url}"
+        if old is not None and old.started_here:
+            said += "; the server run here for it stops once its requests are done"
+        return said
+    if change == "removed" and old is not None and not old.started_here:
+        return "removed: takes no new requests"
+    if change == "added" and new is not None and new.on_demand:
+        return "added: on demand, started by its first request"
+    return _SAID[change]
 
 
 def _run_here(entry: ModelEntry | None) -> ModelEntry | None:

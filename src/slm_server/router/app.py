@@ -327,7 +327,14 @@ class RouterApp:
             if grant is not None:
                 require_admin(grant, "reading logs")
             runs = self.supervisor is not None
-            feed = log_stream.feed_of(log, self.processes, self.router_log, runs_backends=runs)
+            elsewhere = {
+                role: backend.entry.server_url
+                for role, backend in self.table.backends.items()
+                if backend.entry.enabled and backend.entry.remote_url is not None
+            }
+            feed = log_stream.feed_of(
+                log, self.processes, self.router_log, runs_backends=runs, elsewhere=elsewhere
+            )
             query = log_stream.parse_query(scope["query_string"])
             await self.log_streams.answer(feed, query, receive, sent.send)
         elif path in DASHBOARD_PATHS:
