@@ -68,7 +68,8 @@ def remote(model_id: str, url: str, **fields: Any) -> dict[str, Any]:
         "base_url": f"{url}/v1",
         "api_key_env": "GPU_BOX_KEY",
         "upstream_model": "gemma-upstream",
-        "health_path": "/health",
+        # llama-server answers /health without its key: /v1/models asks for it.
+        "health_path": "/v1/models",
         "default_timeout": 120,
         **fields,
     }
