@@ -11,9 +11,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+from config_builder import entry
+from net import free_port
 
 REQUIRE_ENV = "SLM_REQUIRE_BROWSER"
 CHROMIUM_ENV = "SLM_CHROMIUM"  # a Chromium binary to use instead of the one on PATH
@@ -55,6 +60,25 @@ def chromium() -> Iterator[Browser]:
             yield browser
         finally:
             browser.close()
+
+
+def placeholder_model(directory: Path, role: str, **fields: Any) -> dict[str, Any]:
+    """An entry ``m-<role>`` on a free port whose GGUF is a placeholder: ``memory_gb``
+    replaces the estimate, and the fake llama-server never reads the file."""
+    gguf = directory / f"{role}.gguf"
+    gguf.write_bytes(b"GGUF")
+    fields = {"memory_gb": 1, "default_timeout": 30, **fields}
+    return entry(f"m-{role}", free_port(), model_path=str(gguf), **fields)
+
+
+@contextmanager
+def new_page(browser: Browser) -> Iterator[Page]:
+    """A page in a context of its own (its own session storage), closed afterwards."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 class PageErrors:

@@ -17,9 +17,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 import fake_llama_server
-from browser import PageErrors, chromium, require_chromium
-from config_builder import entry
-from net import free_port, wait_until
+from browser import PageErrors, chromium, new_page, placeholder_model, require_chromium
+from net import wait_until
 from router_proc import RouterProcess
 
 ALICE = "alice-key-0123456789"
@@ -31,13 +30,6 @@ ANSWER = "".join(f"tok{i} " for i in range(CHUNKS))
 WAIT_MS = 20_000
 
 
-def _model(directory: Path, role: str, **fields: Any) -> dict[str, Any]:
-    gguf = directory / f"{role}.gguf"
-    gguf.write_bytes(b"GGUF")  # never read: memory_gb replaces the estimate
-    fields = {"memory_gb": 1, "default_timeout": 30, **fields}
-    return entry(f"m-{role}", free_port(), model_path=str(gguf), **fields)
-
-
 def _serve(directory: Path, router: dict[str, Any]) -> RouterProcess:
     bin_dir = fake_llama_server.install(directory / "bin")
     env = {
@@ -46,10 +38,10 @@ def _serve(directory: Path, router: dict[str, Any]) -> RouterProcess:
         fake_llama_server.ARGS_ENV: BACKEND_ARGS,
     }
     models = {
-        "chat": _model(directory, "chat"),
-        "spare": _model(directory, "spare", on_demand=True),
+        "chat": placeholder_model(directory, "chat"),
+        "spare": placeholder_model(directory, "spare", on_demand=True),
         # More than any budget below: its load is refused, whatever else runs.
-        "huge": _model(directory, "huge", on_demand=True, memory_gb=64),
+        "huge": placeholder_model(directory, "huge", on_demand=True, memory_gb=64),
     }
     config = {"models": models, "router": router}
     return RouterProcess(config, directory, command="serve", env=env, api_key=OPS)
@@ -75,11 +67,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    with new_page(browser) as opened:
+        yield opened
 
 
 def _state(page: Page, role: str) -> Any:

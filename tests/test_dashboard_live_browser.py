@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 import fake_llama_server
-from browser import PageErrors, chromium, require_chromium
+from browser import PageErrors, chromium, new_page, placeholder_model, require_chromium
 from config_builder import entry
 from net import free_port, wait_until
 from router_proc import RouterProcess
@@ -30,13 +30,6 @@ WAIT_MS = 20_000
 # behind), on a busy machine too: the log goes pipe -> router -> open fetch, no polling.
 LOG_LINE_MS = 2_000
 NOTHING = "\N{EN DASH}"  # what the page shows for a figure that does not apply
-
-
-def _model(directory: Path, role: str, **fields: Any) -> dict[str, Any]:
-    gguf = directory / f"{role}.gguf"
-    gguf.write_bytes(b"GGUF")  # never read: memory_gb replaces the estimate
-    fields = {"memory_gb": 1, "default_timeout": 30, **fields}
-    return entry(f"m-{role}", free_port(), model_path=str(gguf), **fields)
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +50,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
         "SLM_SERVER_CACHE": str(directory / "cache"),
         fake_llama_server.ARGS_ENV: "--log-requests",
     }
-    chat = _model(directory, "chat")
+    chat = placeholder_model(directory, "chat")
     remote = {
         "id": "m-remote",
         "backend": "openai",
         "base_url": f"http://127.0.0.1:{chat['port']}/v1",
         "default_timeout": 30,
     }
-    models = {"chat": chat, "remote": remote, "off": _model(directory, "off", enabled=False)}
+    models = {
+        "chat": chat,
+        "remote": remote,
+        "off": placeholder_model(directory, "off", enabled=False),
+    }
     router = RouterProcess({"models": models}, directory, command="serve", env=env)
     router.start()
     try:
@@ -76,11 +73,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProcess]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    with new_page(browser) as opened:
+        yield opened
 
 
 def _row(page: Page, role: str) -> Any:

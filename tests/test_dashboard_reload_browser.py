@@ -17,20 +17,12 @@ import yaml
 from playwright.sync_api import Browser, Page, expect
 
 import fake_llama_server
-from browser import PageErrors, chromium, require_chromium
-from config_builder import entry
+from browser import PageErrors, chromium, new_page, placeholder_model, require_chromium
 from net import free_port
 from router_proc import RouterProcess
 
 WAIT_MS = 20_000
 Serve = Callable[[dict[str, Any]], RouterProcess]
-
-
-def _model(directory: Path, role: str, **fields: Any) -> dict[str, Any]:
-    gguf = directory / f"{role}.gguf"
-    gguf.write_bytes(b"GGUF")  # never read: memory_gb replaces the estimate
-    fields = {"memory_gb": 1, "default_timeout": 30, **fields}
-    return entry(f"m-{role}", free_port(), model_path=str(gguf), **fields)
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +33,8 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    with new_page(browser) as opened:
+        yield opened
 
 
 @pytest.fixture
@@ -87,13 +76,13 @@ def _open(page: Page, router: RouterProcess, roles: list[str]) -> None:
 def test_a_reload_shows_the_new_models_and_what_it_did_to_each_role(
     tmp_path: Path, serve: Serve, page: Page
 ) -> None:
-    a, b = _model(tmp_path, "a"), _model(tmp_path, "b")
+    a, b = placeholder_model(tmp_path, "a"), placeholder_model(tmp_path, "b")
     router = serve({"models": {"a": a, "b": b}})
     pid_a = router.wait_backends_ready(30)["a"]["pid"]
     errors = PageErrors(page)
     _open(page, router, ["a", "b"])
     expect(_row(page, "b").locator(".state")).to_have_text("ready", timeout=WAIT_MS)
-    _rewrite(router, {"models": {"a": a, "c": _model(tmp_path, "c", on_demand=True)}})
+    _rewrite(router, {"models": {"a": a, "c": placeholder_model(tmp_path, "c", on_demand=True)}})
     page.click("#reload-config")
     notice = page.locator("#notice")
     expect(notice).to_contain_text("config reloaded", timeout=WAIT_MS)
@@ -117,11 +106,11 @@ def test_a_reload_shows_the_new_models_and_what_it_did_to_each_role(
 def test_a_config_with_errors_is_refused_and_the_page_lists_them(
     tmp_path: Path, serve: Serve, page: Page
 ) -> None:
-    config = {"models": {"a": _model(tmp_path, "a", on_demand=True)}}
+    config = {"models": {"a": placeholder_model(tmp_path, "a", on_demand=True)}}
     router = serve(config)
     _open(page, router, ["a"])
     # Two errors: a model file that is not there, and a port out of range.
-    broken = _model(tmp_path, "broken", on_demand=True)
+    broken = placeholder_model(tmp_path, "broken", on_demand=True)
     broken.update(model_path=str(tmp_path / "missing.gguf"), port=70000)
     _rewrite(router, {"models": {**config["models"], "broken": broken}})
     page.click("#reload-config")
@@ -149,11 +138,11 @@ def test_a_config_with_errors_is_refused_and_the_page_lists_them(
 def test_the_reload_notice_says_which_router_settings_changed_or_wait_and_the_warnings(
     tmp_path: Path, serve: Serve, page: Page
 ) -> None:
-    models = {"a": _model(tmp_path, "a", on_demand=True)}
+    models = {"a": placeholder_model(tmp_path, "a", on_demand=True)}
     router = serve({"models": models})
     _open(page, router, ["a"])
     # A disabled model whose file is missing: a warning, not an error (it is not started).
-    off = _model(tmp_path, "off", enabled=False)
+    off = placeholder_model(tmp_path, "off", enabled=False)
     off["model_path"] = str(tmp_path / "not-there.gguf")
     # max_queue applies at once; another port needs the server restarted.
     new_router = {"max_queue": 7, "port": free_port()}
