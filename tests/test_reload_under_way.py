@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from config_builder import entry
-from fake_backend_proc import running_fake_backend
+from fake_backend_proc import FakeBackend, running_fake_backend
 from net import eventually
 from on_demand_serving import Launcher, Served, chat
 from reload_serving import model, served_from, write_config
@@ -279,30 +279,8 @@ async def test_a_queued_request_a_reload_moves_to_an_unusable_server_is_503(
     # `slm-server router` reloads a file whose openai key is not set (a warning there):
     # a request waiting for a slot of the model's old backend must not go on to it.
     with running_fake_backend() as fake:
-        b = entry("m-b", fake.port, max_concurrency=1, default_timeout=30)
-        path = write_config(tmp_path / "models.yaml", {"b": b})
-        app = RouterApp(load_config(path))
-        async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-            fake.control(chunk_delay=0.05, chunks=100_000)
-            request = {**chat("m-b"), "stream": True}
-            async with client.stream("POST", "/v1/chat/completions", json=request) as stream:
-                assert stream.status_code == 200
-                backend = app.table.backends["b"]
-                queued = asyncio.create_task(
-                    client.post("/v1/chat/completions", json=chat("m-b", "queued"))
-                )
-                await eventually(lambda: backend.queued == 1, 5, "a request queued for b")
-                elsewhere = {
-                    "id": "m-b",
-                    "backend": "openai",
-                    "base_url": f"{fake.url}/v1",
-                    "default_timeout": 30,
-                    "api_key_env": "SLM_TEST_KEY_NOT_SET",
-                }
-                write_config(path, {"d": elsewhere})
-                answer = await client.post("/admin/reload")
-                assert answer.json()["roles"] == {"d": "added", "b": "removed"}
-            refused = await asyncio.wait_for(queued, 5)
+        elsewhere = {"base_url": f"{fake.url}/v1", "api_key_env": "SLM_TEST_KEY_NOT_SET"}
+        refused = await queued_then_moved(tmp_path, fake, elsewhere, default_timeout=30)
     assert refused.status_code == 503, refused.text
     message = refused.json()["error"]["message"]
     assert message.startswith("'d' (m-b at ")
@@ -350,29 +328,34 @@ async def test_the_deadline_of_a_request_a_reload_moves_names_the_backend_it_wen
 ) -> None:
     with running_fake_backend() as fake, running_fake_backend() as silent:
         silent.control(hang=True)  # its answer never comes: the deadline ends the request
-        b = entry("m-b", fake.port, max_concurrency=1, default_timeout=3)
-        path = write_config(tmp_path / "models.yaml", {"b": b})
-        app = RouterApp(load_config(path))
-        async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-            fake.control(chunk_delay=0.05, chunks=100_000)
-            request = {**chat("m-b"), "stream": True}
-            async with client.stream("POST", "/v1/chat/completions", json=request) as stream:
-                assert stream.status_code == 200
-                backend = app.table.backends["b"]
-                queued = asyncio.create_task(
-                    client.post("/v1/chat/completions", json=chat("m-b", "queued"))
-                )
-                await eventually(lambda: backend.queued == 1, 5, "a request queued for b")
-                elsewhere = {
-                    "id": "m-b",
-                    "backend": "openai",
-                    "base_url": f"{silent.url}/v1",
-                    "default_timeout": 3,
-                }
-                write_config(path, {"d": elsewhere})
-                answer = await client.post("/admin/reload")
-                assert answer.json()["roles"] == {"d": "added", "b": "removed"}
-            timed_out = await asyncio.wait_for(queued, 10)
+        elsewhere = {"base_url": f"{silent.url}/v1"}
+        timed_out = await queued_then_moved(tmp_path, fake, elsewhere, default_timeout=3)
     assert timed_out.status_code == 504, timed_out.text
     message = timed_out.json()["error"]["message"]
     assert message.startswith(f"'d' (m-b at {silent.url}/v1): its default_timeout of 3s"), message
+
+
+async def queued_then_moved(
+    tmp_path: Path, fake: FakeBackend, elsewhere: dict[str, Any], default_timeout: float
+) -> httpx.Response:
+    """The answer to a request queued behind a stream on ``b`` (served by ``fake``, one
+    slot), once a reload has moved ``m-b`` to an openai entry ``d`` with ``elsewhere``'s
+    fields; `slm-server router` style: the router runs no backend."""
+    b = entry("m-b", fake.port, max_concurrency=1, default_timeout=default_timeout)
+    path = write_config(tmp_path / "models.yaml", {"b": b})
+    app = RouterApp(load_config(path))
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        fake.control(chunk_delay=0.05, chunks=100_000)
+        request = {**chat("m-b"), "stream": True}
+        async with client.stream("POST", "/v1/chat/completions", json=request) as stream:
+            assert stream.status_code == 200
+            backend = app.table.backends["b"]
+            queued = asyncio.create_task(
+                client.post("/v1/chat/completions", json=chat("m-b", "queued"))
+            )
+            await eventually(lambda: backend.queued == 1, 5, "a request queued for b")
+            d = {"id": "m-b", "backend": "openai", "default_timeout": default_timeout}
+            write_config(path, {"d": {**d, **elsewhere}})
+            answer = await client.post("/admin/reload")
+            assert answer.json()["roles"] == {"d": "added", "b": "removed"}
+        return await asyncio.wait_for(queued, 10)
