@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slm_server.config import ConfigFile, LoadedConfig
+import pytest
+import yaml
+
+from slm_server.config import ConfigError, ConfigFile, LoadedConfig, load_config
 
 
 def entry(model_id: str, port: int, **fields: Any) -> dict[str, Any]:
@@ -25,3 +28,18 @@ def entry(model_id: str, port: int, **fields: Any) -> dict[str, Any]:
 def make_config(models: dict[str, dict[str, Any]], **router: Any) -> LoadedConfig:
     file = ConfigFile.model_validate({"models": models, "router": router})
     return LoadedConfig(path=Path("test-models.yaml"), base_dir=Path("."), file=file)
+
+
+def load_models(tmp_path: Path, **entries: dict[str, Any]) -> LoadedConfig:
+    """``entries`` (role -> entry) written as ``tmp_path/models.yaml`` and loaded from it,
+    as a user's file is: every check of the loader runs."""
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": entries}))
+    return load_config(path)
+
+
+def load_errors(tmp_path: Path, **entries: dict[str, Any]) -> list[str]:
+    """The problems that keep ``entries`` from loading, as the user reads them."""
+    with pytest.raises(ConfigError) as caught:
+        load_models(tmp_path, **entries)
+    return [str(problem) for problem in caught.value.problems]

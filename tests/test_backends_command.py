@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import yaml
 
+from config_builder import load_errors, load_models
 from slm_server.backends import installation_problems, launch_spec
 from slm_server.backends.command import find_program
 from slm_server.backends.spec import BackendUnsupported
-from slm_server.config import ConfigError, LoadedConfig, ModelEntry, load_config
+from slm_server.config import ModelEntry
 from slm_server.config.report import check_entry
 from slm_server.config.validation import validate_entries
 
@@ -32,20 +33,8 @@ def command_entry(**fields: Any) -> dict[str, Any]:
     }
 
 
-def load(tmp_path: Path, **entries: dict[str, Any]) -> LoadedConfig:
-    path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": entries}))
-    return load_config(path)
-
-
-def errors_of(tmp_path: Path, **entries: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load(tmp_path, **entries)
-    return [str(problem) for problem in caught.value.problems]
-
-
 def model(tmp_path: Path, **fields: Any) -> ModelEntry:
-    return load(tmp_path, m=command_entry(**fields)).models["m"]
+    return load_models(tmp_path, m=command_entry(**fields)).models["m"]
 
 
 def test_a_command_needs_no_model_path_nor_quantization(tmp_path: Path) -> None:
@@ -60,7 +49,9 @@ def test_a_command_needs_no_model_path_nor_quantization(tmp_path: Path) -> None:
 
 def test_the_built_in_kinds_still_require_model_path_and_quantization(tmp_path: Path) -> None:
     bare = {"id": "x", "port": 8602, "default_timeout": 5}
-    problems = errors_of(tmp_path, a={**bare, "backend": "llamacpp"}, b={**bare, "backend": "mlx"})
+    problems = load_errors(
+        tmp_path, a={**bare, "backend": "llamacpp"}, b={**bare, "backend": "mlx"}
+    )
     for role in ("a", "b"):
         for field in ("model_path", "quantization"):
             assert any(
@@ -87,7 +78,7 @@ def test_a_command_that_could_never_run_is_an_error_naming_its_field(
     tmp_path: Path, fields: dict[str, Any], says: str
 ) -> None:
     entry = {key: value for key, value in command_entry(**fields).items() if value is not None}
-    problems = errors_of(tmp_path, m=entry)
+    problems = load_errors(tmp_path, m=entry)
     assert any(says in problem for problem in problems), problems
 
 
@@ -167,7 +158,7 @@ def test_a_program_path_resolves_against_the_config_directory(tmp_path: Path) ->
 
 
 def test_check_config_warns_of_a_program_not_on_path(tmp_path: Path) -> None:
-    config = load(
+    config = load_models(
         tmp_path,
         gone=command_entry(command=["vllm-not-installed-here", "serve"]),
         off=command_entry(command=["also-not-here"], port=8603, enabled=False),
@@ -182,7 +173,7 @@ def test_check_config_warns_of_a_program_not_on_path(tmp_path: Path) -> None:
 
 
 def test_fields_of_other_kinds_are_warned_about_both_ways(tmp_path: Path) -> None:
-    config = load(
+    config = load_models(
         tmp_path,
         cmd=command_entry(temp=0.7, tool_call_parser="qwen3"),
         llama={
@@ -207,7 +198,7 @@ def test_fields_of_other_kinds_are_warned_about_both_ways(tmp_path: Path) -> Non
 
 
 def test_check_config_checks_a_command_model_path_only_when_given(tmp_path: Path) -> None:
-    config = load(
+    config = load_models(
         tmp_path,
         none=command_entry(),
         missing=command_entry(port=8606, model_path="./gone.bin"),
@@ -220,7 +211,7 @@ def test_check_config_checks_a_command_model_path_only_when_given(tmp_path: Path
 
 
 def test_any_model_type_may_be_served_by_a_command(tmp_path: Path) -> None:
-    config = load(tmp_path, w=command_entry(model_type="whisper"))
+    config = load_models(tmp_path, w=command_entry(model_type="whisper"))
     assert check_entry("w", config.models["w"], config.path, tmp_path) == []
 
 
@@ -243,12 +234,12 @@ def test_a_path_in_env_is_where_the_program_is_looked_up(tmp_path: Path) -> None
     program.write_text("#!/bin/sh\n")
     program.chmod(program.stat().st_mode | stat.S_IXUSR)
     fields = {"command": ["my-engine", "{port}"], "env": {"PATH": str(bin_dir)}}
-    config = load(tmp_path, m=command_entry(**fields))
+    config = load_models(tmp_path, m=command_entry(**fields))
     assert launch_spec(config.models["m"], tmp_path).argv == [str(program), "8601"]
     assert installation_problems(config) == []
 
 
 @pytest.mark.parametrize("name", ["", "A=B"])
 def test_an_env_name_no_process_could_have_is_an_error(tmp_path: Path, name: str) -> None:
-    problems = errors_of(tmp_path, m=command_entry(env={name: "1"}))
+    problems = load_errors(tmp_path, m=command_entry(env={name: "1"}))
     assert any("cannot be the name of an environment variable" in p for p in problems), problems

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from config_builder import load_errors, load_models
 from slm_server.backends.openai import KEY_NOT_CONFIGURED, setup_problems, tls_context
-from slm_server.config import ConfigError, LoadedConfig, load_config
 from slm_server.config.base_url import BaseUrlError, parse_base_url
 from slm_server.router.routing import RoutingTable
 from test_openai_served import self_signed
@@ -24,18 +23,6 @@ def remote_entry(**fields: Any) -> dict[str, Any]:
         "default_timeout": 60,
         **fields,
     }
-
-
-def load(tmp_path: Path, **entries: dict[str, Any]) -> LoadedConfig:
-    path = tmp_path / "models.yaml"
-    path.write_text(yaml.safe_dump({"models": entries}))
-    return load_config(path)
-
-
-def errors_of(tmp_path: Path, **entries: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load(tmp_path, **entries)
-    return [str(problem) for problem in caught.value.problems]
 
 
 @pytest.mark.parametrize(
@@ -82,9 +69,9 @@ def test_urls_a_server_cannot_be_reached_at_are_refused(text: str, says: str) ->
 
 
 def test_an_entry_needs_a_good_base_url_and_not_a_port(tmp_path: Path) -> None:
-    config = load(tmp_path, remote=remote_entry())
+    config = load_models(tmp_path, remote=remote_entry())
     assert config.models["remote"].port is None
-    errors = errors_of(
+    errors = load_errors(
         tmp_path,
         bad=remote_entry(base_url="gpu-1:8000"),
         none={k: v for k, v in remote_entry().items() if k != "base_url"},
@@ -95,12 +82,12 @@ def test_an_entry_needs_a_good_base_url_and_not_a_port(tmp_path: Path) -> None:
 
 def test_replicas_are_said_to_be_not_supported_yet(tmp_path: Path) -> None:
     urls = ["http://gpu-1:8000/v1", "http://gpu-2:8000/v1"]
-    [error] = errors_of(tmp_path, remote=remote_entry(base_url=None, base_urls=urls))
+    [error] = load_errors(tmp_path, remote=remote_entry(base_url=None, base_urls=urls))
     assert "base_urls (several replicas) is not supported yet: give one server as base_url" in error
 
 
 def test_a_key_variable_unset_and_a_missing_ca_file_are_errors(tmp_path: Path) -> None:
-    config = load(
+    config = load_models(
         tmp_path,
         keyed=remote_entry(api_key_env="GPU1_KEY"),
         ca=remote_entry(id="ca", base_url="https://h/v1", tls_verify="./no-such-ca.pem"),
@@ -110,12 +97,14 @@ def test_a_key_variable_unset_and_a_missing_ca_file_are_errors(tmp_path: Path) -
     assert "GPU1_KEY (api_key_env) is not set" in found[("keyed", "api_key_env", "error")]
     assert "no-such-ca.pem" in found[("ca", "tls_verify", "error")]
     assert "https URLs only" in found[("plain", "tls_verify", "warning")]
-    assert not setup_problems(load(tmp_path, keyed=remote_entry(api_key_env="K")), {"K": "s"})
+    assert not setup_problems(
+        load_models(tmp_path, keyed=remote_entry(api_key_env="K")), {"K": "s"}
+    )
 
 
 def test_what_only_a_started_server_uses_is_warned_as_ignored(tmp_path: Path) -> None:
     entry = remote_entry(on_demand=True, idle_ttl_s=60, memory_gb=8, port=8000, temp=0.5)
-    config = load(tmp_path, remote=entry)
+    config = load_models(tmp_path, remote=entry)
     warned = {p.field: p.message for p in config.problems if p.severity == "warning"}
     for field in ("on_demand", "idle_ttl_s", "memory_gb", "port"):
         assert warned[field] == "ignored for openai: slm_server does not start its server"
@@ -124,7 +113,7 @@ def test_what_only_a_started_server_uses_is_warned_as_ignored(tmp_path: Path) ->
 
 
 def test_command_fields_on_openai_and_openai_fields_elsewhere_are_warned(tmp_path: Path) -> None:
-    config = load(
+    config = load_models(
         tmp_path,
         remote=remote_entry(health_path="/v1/models", stop_signal="SIGINT"),
         cmd={
@@ -144,7 +133,7 @@ def test_command_fields_on_openai_and_openai_fields_elsewhere_are_warned(tmp_pat
 
 @pytest.mark.parametrize("value", ["sk-\u20ac", "sk-a\r\nx-injected: 1", "sk a"])
 def test_a_key_no_header_can_carry_is_refused_not_sent(tmp_path: Path, value: str) -> None:
-    config = load(tmp_path, r=remote_entry(api_key_env="RK"))
+    config = load_models(tmp_path, r=remote_entry(api_key_env="RK"))
     [problem] = setup_problems(config, {"RK": value})
     assert (problem.severity, problem.field) == ("error", "api_key_env")
     assert "spaces, line breaks or non-ASCII characters" in problem.message
@@ -155,7 +144,7 @@ def test_a_key_no_header_can_carry_is_refused_not_sent(tmp_path: Path, value: st
 
 def test_a_key_pasted_as_the_variable_name_is_never_repeated(tmp_path: Path) -> None:
     pasted = "gsk_8fJ2kQx0ExampleSecretKeyAbCdEf1234567890"
-    config = load(tmp_path, r=remote_entry(api_key_env=pasted))
+    config = load_models(tmp_path, r=remote_entry(api_key_env=pasted))
     [problem] = setup_problems(config, {})
     assert problem.severity == "error" and "looks like a key itself" in problem.message
     assert pasted not in problem.message
@@ -169,7 +158,7 @@ def test_a_key_pasted_as_the_variable_name_is_never_repeated(tmp_path: Path) -> 
 
 def test_a_ca_file_fixed_since_is_read_again_by_the_next_table(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    config = load(tmp_path, r=remote_entry(base_url="https://h/v1", tls_verify=str(ca)))
+    config = load_models(tmp_path, r=remote_entry(base_url="https://h/v1", tls_verify=str(ca)))
     first = RoutingTable(config, environ={}).backends["r"]
     assert first.unusable is not None and "ca.pem" in first.unusable
     cert, _ = self_signed(tmp_path)
