@@ -80,12 +80,6 @@ def test_an_entry_needs_a_good_base_url_and_not_a_port(tmp_path: Path) -> None:
     assert any("models.none" in e and "needs base_url" in e for e in errors), errors
 
 
-def test_replicas_are_said_to_be_not_supported_yet(tmp_path: Path) -> None:
-    urls = ["http://gpu-1:8000/v1", "http://gpu-2:8000/v1"]
-    [error] = load_errors(tmp_path, remote=remote_entry(base_url=None, base_urls=urls))
-    assert "base_urls (several replicas) is not supported yet: give one server as base_url" in error
-
-
 def test_a_key_variable_unset_and_a_missing_ca_file_are_errors(tmp_path: Path) -> None:
     config = load_models(
         tmp_path,

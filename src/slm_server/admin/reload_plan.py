@@ -131,10 +131,7 @@ def held_by_stopping(
             other
             for other in stopping
             if other != role
-            and (
-                old[other].port == entry.port
-                or log_file_name(old[other].id) == log_file_name(entry.id)
-            )
+            and (old[other].port == entry.port or log_file_name(old[other]) == log_file_name(entry))
         )
         if blockers:
             held[role] = blockers

@@ -7,6 +7,7 @@ Unusable files (missing, unreadable, not YAML, schema errors) raise
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import yaml
 
 from slm_server.config.paths import base_dir_for
 from slm_server.config.problems import ConfigError, Problem
+from slm_server.config.replicas import expand_replicas, replica_groups
 from slm_server.config.report import check_config
 from slm_server.config.schema import ConfigFile, ModelEntry
 from slm_server.config.validation import validate_entries, validate_top_level
@@ -45,7 +47,14 @@ class LoadedConfig:
 
     @property
     def models(self) -> dict[str, ModelEntry]:
+        """Role -> entry, one per server: a replicated entry's replicas each have a role
+        of their own (see replicas.py)."""
         return self.file.models
+
+    @functools.cached_property
+    def replica_groups(self) -> dict[str, tuple[str, ...]]:
+        """Role as written -> its replicas' roles, for entries with several upstreams."""
+        return replica_groups(self.file.models)
 
     @property
     def errors(self) -> list[Problem]:
@@ -84,7 +93,7 @@ def load_config(path: Path) -> LoadedConfig:
     problems.extend(entry_problems)
     if problems:
         raise ConfigError(problems)
-    config = config.model_copy(update={"models": entries})
+    config = config.model_copy(update={"models": expand_replicas(entries)})
     base_dir = base_dir_for(path)
     return LoadedConfig(path, base_dir, config, check_config(config, path, base_dir))
 

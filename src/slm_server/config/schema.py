@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    PrivateAttr,
     SecretStr,
     ValidationInfo,
     field_validator,
@@ -74,6 +75,10 @@ LLAMACPP_ONLY_FIELDS = (
 )
 COMMAND_ONLY_FIELDS = ("command", "env", "ready_timeout_s", "stop_signal")
 OPENAI_ONLY_FIELDS = ("base_url", "base_urls", "api_key_env", "upstream_model", "tls_verify")
+# How requests spread over several upstreams (replicas or base_urls); retries and
+# fallbacks apply to one upstream too.
+SPREAD_FIELDS = ("balance", "affinity", "cooldown_after", "cooldown_s")
+MAX_REPLICAS = 64
 # Read by both kinds whose server the router knows only from its entry.
 COMMAND_AND_OPENAI_FIELDS = ("health_path", "native_endpoints")
 # What only a server slm_server starts can use; an openai entry's are ignored.
@@ -329,7 +334,11 @@ class ModelEntry(BaseModel):
     )
     base_urls: list[str] | None = Field(
         default=None,
-        description="openai: several replicas of one server (not supported yet; use base_url).",
+        min_length=1,
+        description=(
+            "openai: several servers of the same model (replicas), each written as base_url "
+            "is; requests are spread over them. Instead of base_url."
+        ),
     )
     api_key_env: str | None = Field(
         default=None,
@@ -354,6 +363,69 @@ class ModelEntry(BaseModel):
             "against a CA file (its path), or not at all (false)."
         ),
     )
+
+    # Several upstreams of one model: replicas started here, or base_urls elsewhere.
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_REPLICAS,
+        description=(
+            "llamacpp, mlx, command: how many servers of this model to run, on ports "
+            "port..port+replicas-1; requests are spread over them. Each counts as a loaded "
+            "model and needs its memory."
+        ),
+    )
+    balance: Literal["least_busy", "round_robin"] = Field(
+        default="least_busy",
+        description=(
+            "Several upstreams: send each request to the one with the fewest requests in "
+            "flight (ties take turns), or to each in turn."
+        ),
+    )
+    affinity: Literal["session"] | None = Field(
+        default=None,
+        description=(
+            "Several upstreams: `session` keeps requests with the same x-session-id header, "
+            "previous_response_id or user on one upstream while it is up (its prompt cache)."
+        ),
+    )
+    retries: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description=(
+            "More attempts of a request on another upstream (or a fallback) when one fails "
+            "before any of its answer was sent: refused or reset, or it answered 502, 503 "
+            "or 429. Always within the request's default_timeout."
+        ),
+    )
+    cooldown_after: int = Field(
+        default=3,
+        ge=1,
+        description=(
+            "Several upstreams: consecutive failures that take an upstream out of rotation."
+        ),
+    )
+    cooldown_s: float = Field(
+        default=30,
+        ge=0,
+        allow_inf_nan=False,
+        description=(
+            "Several upstreams: seconds an upstream stays out; then one request probes it, "
+            "and it is back if that one is answered."
+        ),
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Other models' ids, tried in order when no upstream of this one can take a "
+            "request (all down or cooling, queue full, no memory) or its retries ran out."
+        ),
+    )
+
+    # Set on the entries a replicated one becomes (see replicas.py), never from the file.
+    _replica_group: str | None = PrivateAttr(default=None)
+    _replica: int | None = PrivateAttr(default=None)
 
     @field_validator("base_url")
     @classmethod
@@ -386,13 +458,51 @@ class ModelEntry(BaseModel):
     def _one_upstream(self) -> ModelEntry:
         if self.backend != "openai":
             return self
-        if self.base_urls is not None:
-            raise ValueError(
-                "base_urls (several replicas) is not supported yet: give one server as base_url"
-            )
-        if self.base_url is None:
+        if self.base_url is not None and self.base_urls is not None:
+            raise ValueError("give base_url (one server) or base_urls (several), not both")
+        if self.base_url is None and self.base_urls is None:
             raise ValueError("an openai entry needs base_url, e.g. http://gpu-1:8000/v1")
+        if self.replicas != 1:
+            raise ValueError(
+                "replicas starts servers here; an openai entry's servers run elsewhere: "
+                "list each one in base_urls"
+            )
         return self
+
+    @field_validator("base_urls")
+    @classmethod
+    def _reachable_urls(cls, urls: list[str] | None) -> list[str] | None:
+        if urls is None:
+            return None
+        seen: dict[BaseUrl, int] = {}
+        for index, value in enumerate(urls):
+            try:
+                url = parse_base_url(value)
+            except BaseUrlError as exc:
+                raise ValueError(f"item {index}: {exc}") from None
+            if url in seen:
+                raise ValueError(
+                    f"item {index} is the same server as item {seen[url]}: "
+                    "each replica is listed once"
+                )
+            seen[url] = index
+        return urls
+
+    @model_validator(mode="after")
+    def _replica_ports_exist(self) -> ModelEntry:
+        if self.replicas > 1 and self.port is not None and self.port + self.replicas - 1 > 65535:
+            raise ValueError(
+                f"replicas {self.replicas} from port {self.port} would need ports past 65535"
+            )
+        return self
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _each_fallback_once(cls, ids: list[str]) -> list[str]:
+        repeated = sorted({model for model in ids if ids.count(model) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} listed more than once")
+        return ids
 
     @field_validator("command")
     @classmethod
@@ -434,6 +544,21 @@ class ModelEntry(BaseModel):
                 "stopped; drop one of them"
             )
         return self
+
+    @property
+    def replica_group(self) -> str | None:
+        """The role this entry is a replica of (None: an entry with one upstream)."""
+        return self._replica_group
+
+    @property
+    def replica(self) -> int | None:
+        """Which replica of its group this entry is, from 0 (None: not a replica)."""
+        return self._replica
+
+    @property
+    def upstream_count(self) -> int:
+        """How many servers the entry as written stands for."""
+        return len(self.base_urls) if self.base_urls is not None else self.replicas
 
     @property
     def started_here(self) -> bool:
@@ -768,3 +893,11 @@ class ConfigFile(BaseModel):
     router: RouterSettings = Field(
         default_factory=RouterSettings, description="Routing service settings."
     )
+
+    @field_validator("models")
+    @classmethod
+    def _one_role_per_server(cls, models: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        # Imported here: the expansion builds on this module's ModelEntry.
+        from slm_server.config.replicas import expand_replicas
+
+        return expand_replicas(models)

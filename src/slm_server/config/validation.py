@@ -13,6 +13,7 @@ from pydantic_core import ErrorDetails
 
 from slm_server.config.backend_flags import flag_clashes
 from slm_server.config.problems import Problem
+from slm_server.config.replicas import REPLICA_MARK
 from slm_server.config.schema import ApiKey, ConfigFile, ModelEntry, RouterSettings
 
 _MAX_SHOWN = 60  # characters of a bad value quoted back in a message
@@ -21,6 +22,11 @@ RESERVED_ROLE = "router"
 _RESERVED_ROLE_MESSAGE = (
     "the role name 'router' is taken by the router's own log (/admin/logs/router); "
     "give this model another role name"
+)
+# A replicated entry's servers are the roles <role>@0, <role>@1, ... (see replicas.py).
+_REPLICA_MARK_MESSAGE = (
+    f"'{REPLICA_MARK}' in a role name is kept for replicas (<role>{REPLICA_MARK}0, "
+    f"<role>{REPLICA_MARK}1, ...); give this model a role name without it"
 )
 
 
@@ -37,6 +43,8 @@ def validate_entries(
             problems.append(_error(file, role, None, _role_name_message(key)))
         elif key == RESERVED_ROLE:
             problems.append(_error(file, role, None, _RESERVED_ROLE_MESSAGE))
+        elif REPLICA_MARK in key:
+            problems.append(_error(file, role, None, _REPLICA_MARK_MESSAGE))
         if not isinstance(value, Mapping):
             problems.append(
                 _error(file, role, None, f"entry must be a mapping of fields, got {_shown(value)}")

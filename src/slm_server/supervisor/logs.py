@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from slm_server.config import ModelEntry
 from slm_server.log_feed import NOTE_PREFIX, LogFeed, dropped_note
 from slm_server.supervisor.log_writer import LogWriter
 
@@ -19,9 +20,11 @@ _TAIL_LINES = 1000
 _TAIL_CHARS = 1024 * 1024
 
 
-def log_file_name(model_id: str) -> str:
-    """``logs/<id>.log``, with the ``/`` of Hugging Face style ids made safe."""
-    return model_id.replace("/", "--").replace("\\", "--") + ".log"
+def log_file_name(entry: ModelEntry) -> str:
+    """``logs/<id>.log`` (a replica's: ``<id>@<i>.log``), with the ``/`` of Hugging Face
+    style ids made safe."""
+    name = entry.id.replace("/", "--").replace("\\", "--")
+    return f"{name}@{entry.replica}.log" if entry.replica is not None else f"{name}.log"
 
 
 class BackendLog:

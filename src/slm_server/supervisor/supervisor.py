@@ -40,7 +40,7 @@ class Supervisor:
         Its log is the one of the process already writing the same file, if any (a model
         changed by a config reload, its id kept): one writer per file, and those who
         follow it see the new process's lines after the old one's."""
-        path = self._log_dir / log_file_name(entry.id)
+        path = self._log_dir / log_file_name(entry)
         kept = (p.log for p in self.processes.values() if p.log.path == path)
         log = next(kept, None) or BackendLog(path)
 
