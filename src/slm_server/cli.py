@@ -216,9 +216,10 @@ def _check_config(args: argparse.Namespace) -> int:
         print(problem)
     errors = sum(1 for problem in problems if problem.severity == "error")
     warnings = len(problems) - errors
-    enabled = sum(1 for entry in loaded.models.values() if entry.enabled)
+    written = [entry for entry in loaded.models.values() if not entry.replica]
+    enabled = sum(1 for entry in written if entry.enabled)
     print(
-        f"{loaded.path}: {len(loaded.models)} model(s), {enabled} enabled; "
+        f"{loaded.path}: {len(written)} model(s), {enabled} enabled; "
         f"{errors} error(s), {warnings} warning(s)"
     )
     return 1 if errors else 0

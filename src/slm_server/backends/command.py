@@ -19,6 +19,7 @@ from slm_server.backends.spec import BackendUnsupported, LaunchSpec
 from slm_server.config import LoadedConfig, ModelEntry, Problem
 from slm_server.config.command_line import fill_in, stop_signal, used_placeholders
 from slm_server.config.paths import resolve_local, resolve_model_path
+from slm_server.config.replicas import as_written
 
 # Always sent as they are: the target of every conversion, and never converted itself.
 _ALWAYS_NATIVE = frozenset({"/v1/chat/completions"})
@@ -77,7 +78,7 @@ def installation_problems(config: LoadedConfig) -> list[Problem]:
     the PATH the server will run with, which need not be this shell's.
     """
     problems: list[Problem] = []
-    for role, entry in config.models.items():
+    for role, entry in as_written(config.models):
         if not entry.enabled or entry.backend != "command" or entry.command is None:
             continue
         program = entry.command[0]

@@ -21,6 +21,7 @@ from slm_server.config import LoadedConfig, ModelEntry, Problem
 from slm_server.config.base_url import BaseUrl
 from slm_server.config.paths import resolve_local
 from slm_server.config.problems import Severity
+from slm_server.config.replicas import as_written
 
 # Always sent as they are: the target of every conversion, and never converted itself.
 _ALWAYS_NATIVE = frozenset({"/v1/chat/completions"})
@@ -139,7 +140,7 @@ def setup_problems(config: LoadedConfig, environ: Mapping[str, str]) -> list[Pro
     """What keeps an enabled openai entry from being reached: its key's variable unset, a
     CA file that cannot be read (errors), tls_verify on a plain-HTTP URL (a warning)."""
     problems: list[Problem] = []
-    for role, entry in config.models.items():
+    for role, entry in as_written(config.models):
         url = entry.remote_url
         if not entry.enabled or url is None:
             continue

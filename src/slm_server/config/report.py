@@ -16,6 +16,7 @@ from slm_server.config.paths import (
     resolve_model_path,
 )
 from slm_server.config.problems import Problem, Severity
+from slm_server.config.replicas import REPLICA_MARK, as_written
 from slm_server.config.schema import (
     COMMAND_AND_OPENAI_FIELDS,
     COMMAND_ONLY_FIELDS,
@@ -28,6 +29,7 @@ from slm_server.config.schema import (
     ConfigFile,
     ModelEntry,
 )
+from slm_server.config.upstream_checks import fallback_problems, spread_problems
 
 _MAX_PORT = 65535
 # The fields only one backend kind reads; written on another kind's entry they do nothing.
@@ -46,9 +48,11 @@ _NOT_FOR_REMOTE = (*LIFECYCLE_FIELDS, *LISTEN_FIELDS, "extra_args", "model_path"
 def check_config(config: ConfigFile, file: Path, base_dir: Path) -> list[Problem]:
     """Every non-fatal problem of ``config``, entry by entry, then across entries."""
     problems: list[Problem] = []
-    for role, entry in config.models.items():
+    for role, entry in as_written(config.models):
         problems.extend(check_entry(role, entry, file, base_dir))
+        problems.extend(spread_problems(role, entry, file))
     problems.extend(_check_ports(config, file))
+    problems.extend(fallback_problems(config, file))
     problems.extend(_check_ids(config, file))
     if not any(entry.enabled for entry in config.models.values()):
         problems.append(Problem("warning", file, None, None, "models", "no model is enabled"))
@@ -158,7 +162,7 @@ def _check_ports(config: ConfigFile, file: Path) -> list[Problem]:
                     role,
                     entry.id,
                     "port",
-                    f"port {entry.port} is also used by models.{owner[entry.port]}; "
+                    f"port {entry.port} is also used by models.{_named(owner[entry.port])}; "
                     "every enabled model needs its own port",
                 )
             )
@@ -167,10 +171,16 @@ def _check_ports(config: ConfigFile, file: Path) -> list[Problem]:
     return problems
 
 
+def _named(role: str) -> str:
+    """A role as the user wrote it: a replica's says which entry it comes from."""
+    group, mark, index = role.rpartition(REPLICA_MARK)
+    return f"{role} (replica {index} of {group})" if mark else role
+
+
 def _check_ids(config: ConfigFile, file: Path) -> list[Problem]:
     problems: list[Problem] = []
     first_role: dict[str, str] = {}
-    for role, entry in config.models.items():
+    for role, entry in as_written(config.models):  # a group's replicas serve one id
         if not entry.enabled:
             continue
         if entry.id in first_role:
