@@ -30,3 +30,23 @@ async def eventually(condition: Callable[[], bool], within_s: float, what: str) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within_s}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def free_port_run(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive loopback ports free right now (replicas take
+    ``port``, ``port + 1``, ...)."""
+    for _ in range(attempts):
+        first = free_port()
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return first
+    raise AssertionError(f"found no {count} consecutive free ports in {attempts} tries")

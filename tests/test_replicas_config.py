@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from config_builder import entry, load_errors, load_models, make_config
 from slm_server.admin.reload_plan import plan_reload
 from slm_server.backends.openai import setup_problems
+from slm_server.config import load_config
 from slm_server.config.report import check_config
 from slm_server.supervisor.logs import log_file_name
 
@@ -162,3 +164,15 @@ def test_the_expansion_of_a_file_built_in_memory_matches_a_loaded_one(tmp_path: 
     built = make_config(written)
     assert loaded.models == built.models
     assert check_config(built.file, built.path, Path(".")) is not None
+
+
+def test_each_replica_needs_its_memory_under_the_budget(tmp_path: Path) -> None:
+    from slm_server.scheduler.fit_rules import memory_problems
+
+    command = ["sh", "-c", "exit 0", "{port}"]
+    twin = {**entry("twin", 8301, replicas=3, memory_gb=1), "backend": "command"}
+    twin.update(command=command, model_path=None, quantization=None)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump({"models": {"twin": twin}, "router": {"memory_budget_gb": 2.5}}))
+    [problem] = memory_problems(load_config(path))
+    assert "the 3 entries started at launch (twin@0, twin@1, twin@2) need 3.0 GB" in str(problem)
