@@ -135,7 +135,9 @@ class Reloader:
         for role, change in plan.roles.items():
             if change in ("unchanged", "updated") and role in old and role in new.models:
                 kept[role] = old[role]
-        table = RoutingTable(new, kept)  # sets the kept backends' entries once it is built
+        # The kept backends take their entries once it is built; the groups that stay keep
+        # their balancers (cooldowns, sessions).
+        table = RoutingTable(new, kept, kept_groups=app.table.groups)
         for backend in kept.values():
             backend.gate.set_max_waiting(settings.max_queue)
 

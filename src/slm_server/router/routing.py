@@ -6,16 +6,29 @@ import logging
 import os
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from slm_server.backends.openai import KEY_NOT_CONFIGURED, KeyNotUsable, Remote, remote
 from slm_server.backends.spec import BackendUnsupported
+from slm_server.balance import Balancer
 from slm_server.config import LoadedConfig, ModelEntry
 from slm_server.router.admission import AdmissionGate
-from slm_server.router.errors import AmbiguousModel, ModelNotFound, WrongModelType
+from slm_server.router.backend import UPSTREAM_HEADER, Backend
+from slm_server.router.errors import (
+    AmbiguousModel,
+    ModelNotFound,
+    Unreachable,
+    WrongModelType,
+)
+from slm_server.router.replicas import ReplicaGroup, settings_of
 
 log = logging.getLogger(__name__)
+
+__all__ = ["UPSTREAM_HEADER", "Backend", "ReplicaGroup", "RoutingTable"]
+
+# What a model id routes to: its one backend, or a group behind a balancer (several
+# upstreams, or fallbacks).
+Route = Backend | ReplicaGroup
 
 _TEXT = frozenset({"lm", "multimodal"})
 
@@ -35,48 +48,6 @@ ENDPOINT_MODEL_TYPES: dict[str, frozenset[str]] = {
     "/v1/images/edits": frozenset({"image-edit"}),  # multipart/form-data
     "/v1/audio/transcriptions": frozenset({"whisper"}),  # multipart/form-data
 }
-
-
-@dataclass
-class Backend:
-    """A configured backend as the router sees it: where it is and its admission gate."""
-
-    role: str
-    entry: ModelEntry
-    gate: AdmissionGate = field(repr=False)
-    last_used: float | None = None  # monotonic time the last request for it ended
-    # False: requests ask the scheduler first (not running, being stopped, or held).
-    open: bool = True
-    # True: a request's end wakes the scheduler (someone waits for this backend to drain).
-    watched: bool = False
-    # A server slm_server does not start (backend: openai): how to reach it.
-    remote: Remote | None = None
-    # Why requests for it cannot be sent (an openai entry's key not set, say); None: they can.
-    unusable: str | None = None
-    # A server elsewhere: whether it was healthy at its last health probe (None: not yet
-    # probed). The router sees no process of it, so probing is all it knows.
-    probed_up: bool | None = None
-
-    @property
-    def in_flight(self) -> int:
-        return self.gate.active
-
-    @property
-    def queued(self) -> int:
-        return self.gate.waiting
-
-    @property
-    def label(self) -> str:
-        if self.remote is not None:  # its URL, parsed once (a label is made per request)
-            return f"'{self.role}' ({self.entry.id} at {self.remote.url})"
-        if not self.entry.started_here:
-            return f"'{self.role}' ({self.entry.id} at {self.entry.server_url})"
-        return f"'{self.role}' ({self.entry.id} on port {self.entry.port})"
-
-    def upstream_model(self, started: str | None) -> str | None:
-        """The ``model`` its server is sent: ``started``, what the running process accepts
-        (a server slm_server starts), or the entry's upstream_model (one it does not)."""
-        return started if self.entry.started_here else self.entry.upstream_model
 
 
 def _backend(
@@ -114,11 +85,13 @@ class RoutingTable:
         config: LoadedConfig,
         kept: Mapping[str, Backend] | None = None,
         environ: Mapping[str, str] | None = None,
+        kept_groups: Mapping[str, ReplicaGroup] | None = None,
     ) -> None:
         """``kept``: backends carried over from an earlier table (a config reload), with
         their slots and requests in flight; they take their entries from ``config``, and
-        the other roles get new backends. ``environ`` (default: this process's) holds the
-        keys openai entries send their servers.
+        the other roles get new backends. ``kept_groups``: that table's groups, whose
+        balancers (cooldowns, sessions) go on for the groups that stay. ``environ``
+        (default: this process's) holds the keys openai entries send their servers.
 
         Everything that can fail is done before a kept backend is changed: a table that
         cannot be built leaves the running one as it was."""
@@ -132,12 +105,32 @@ class RoutingTable:
         for role, backend in kept.items():
             if role in config.models:
                 backend.entry = config.models[role]
+                backend.balancer = None  # set again below if it is still balanced
                 if backend.unusable is not None:  # a CA file fixed since, say: try again
                     backend.remote, backend.unusable = _reach(backend, config, environ)
-        self._by_id: dict[str, list[Backend]] = {}
+        self.groups: dict[str, ReplicaGroup] = {}
+        for group, roles in config.replica_groups.items():
+            replicas = [self.backends[role] for role in roles]
+            self.groups[group] = _group(group, replicas, (kept_groups or {}).get(group))
+        self._routes: dict[str, list[Route]] = {}
         for backend in self.backends.values():
-            if backend.entry.enabled:
-                self._by_id.setdefault(backend.entry.id, []).append(backend)
+            if not backend.entry.enabled:
+                continue
+            group_role = backend.entry.replica_group
+            route: Route = backend if group_role is None else self.groups[group_role]
+            routes = self._routes.setdefault(backend.entry.id, [])
+            if route not in routes:
+                routes.append(route)
+        # Every model a request may fall back to, and those with fallbacks of their own.
+        self.fallbacks_of: dict[str, tuple[str, ...]] = {
+            model: tuple(routes[0].entry.fallbacks) for model, routes in self._routes.items()
+        }
+        for routes in self._routes.values():
+            if len(routes) == 1 and isinstance(routes[0], Backend) and routes[0].entry.fallbacks:
+                single = routes[0]
+                routes[0] = self.groups[single.role] = _group(
+                    single.role, [single], (kept_groups or {}).get(single.role)
+                )
 
     def addresses(self) -> set[tuple[str, int, ssl.SSLContext | None]]:
         """Where its backends are reached: host, port and TLS context (None: plain HTTP),
@@ -153,32 +146,72 @@ class RoutingTable:
 
     @property
     def model_ids(self) -> list[str]:
-        return sorted(self._by_id)
+        return sorted(self._routes)
 
-    def lookup(self, model_id: str, endpoint: str) -> Backend:
-        """The one enabled backend for ``model_id`` that can serve ``endpoint``."""
-        candidates = self._by_id.get(model_id)
+    def lookup(self, model_id: str, endpoint: str) -> Route:
+        """What serves ``model_id`` on ``endpoint``: its one enabled backend, or the group
+        that balances its upstreams (several, or one with fallbacks)."""
+        candidates = self._routes.get(model_id)
         if not candidates:
             known = ", ".join(self.model_ids) or "none (no model is enabled)"
             raise ModelNotFound(
                 f"model '{model_id}' not found; known models: {known}", param="model"
             )
         if len(candidates) > 1:
-            roles = ", ".join(b.role for b in candidates)
+            roles = ", ".join(route.role for route in candidates)
             raise AmbiguousModel(
                 f"model '{model_id}' is configured by several enabled entries ({roles}); "
                 "give each a unique id or disable all but one",
                 param="model",
             )
-        backend = candidates[0]
+        route = candidates[0]
         accepted = ENDPOINT_MODEL_TYPES[endpoint]
-        if backend.entry.model_type not in accepted:
+        if route.entry.model_type not in accepted:
             raise WrongModelType(
-                f"model '{model_id}' has model_type '{backend.entry.model_type}', "
+                f"model '{model_id}' has model_type '{route.entry.model_type}', "
                 f"which {endpoint} does not serve (it needs {' or '.join(sorted(accepted))})",
                 param="model",
             )
-        return backend
+        return route
+
+    def balanced(self, model_id: str, endpoint: str) -> ReplicaGroup:
+        """``model_id``'s upstreams behind a balancer, as a request falling back to it
+        picks from them (a model of one upstream gets a group of one, kept for next time)."""
+        route = self.lookup(model_id, endpoint)
+        if isinstance(route, ReplicaGroup):
+            return route
+        group = self.groups.get(route.role)
+        if group is None or group.replicas[0] is not route:
+            group = self.groups[route.role] = _group(route.role, [route], None)
+        return group
+
+    def serving(self, model_id: str, endpoint: str, role: str) -> Backend:
+        """The backend that serves ``model_id`` now, for a request that went to ``role``
+        before a reload: that model's backend, or, for a group, ``role`` if it is still one
+        of its replicas. Unreachable when it is not: the request goes to another replica."""
+        route = self.lookup(model_id, endpoint)
+        if isinstance(route, Backend):
+            return route
+        if role in route.replicas_by_role:
+            return route.replica(role)
+        raise Unreachable(
+            f"{route.label} was reconfigured while the request waited; try again",
+            retry_after=1,
+        )
+
+
+def _group(role: str, replicas: list[Backend], kept: ReplicaGroup | None) -> ReplicaGroup:
+    """The group of ``replicas``, with the balancer of the group it replaces (``kept``) if
+    any, so cooldowns and sessions go on across a reload."""
+    settings = settings_of(replicas[0].entry)
+    if kept is None:
+        return ReplicaGroup(role, replicas, Balancer(role, settings))
+    balancer = kept.balancer
+    balancer.settings = settings
+    balancer.cooldowns.cooldown_after = settings.cooldown_after
+    balancer.cooldowns.cooldown_s = settings.cooldown_s
+    balancer.cooldowns.keep_only([backend.role for backend in replicas])
+    return ReplicaGroup(role, replicas, balancer)
 
 
 def may_change(backend: Backend, path: str, upstream_model: str | None) -> bool:

@@ -1,0 +1,139 @@
+"""A model served through a balancer: several upstreams (replicas), or one with fallbacks.
+
+The balancer (balance/) decides; this module tells it what the router sees of each
+upstream when a request arrives: its requests in flight (running and queued) and whether
+it may take one at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from slm_server.balance import Affinity, Balancer, BalanceSettings, Standing, Strategy, Upstream
+from slm_server.config import ModelEntry
+from slm_server.router.backend import Backend
+from slm_server.supervisor import BackendProcess
+
+# A process in these states is loaded (or being loaded): it takes requests first.
+_LOADED = "ready"
+# In these it can be made to take one: a request for it starts it (on demand).
+_LOADABLE = frozenset({"stopped", "starting"})
+
+
+def settings_of(entry: ModelEntry) -> BalanceSettings:
+    return BalanceSettings(
+        strategy=Strategy(entry.balance),
+        affinity=None if entry.affinity is None else Affinity(entry.affinity),
+        retries=entry.retries,
+        cooldown_after=entry.cooldown_after,
+        cooldown_s=entry.cooldown_s,
+        fallbacks=tuple(entry.fallbacks),
+    )
+
+
+@dataclass
+class ReplicaGroup:
+    """The upstreams of one model id, in their configured order, and their balancer.
+
+    ``role``: the group's role as written (a replica's role is ``<role>@<index>``), or the
+    one role of an entry with one upstream that has fallbacks.
+    """
+
+    role: str
+    replicas: list[Backend]
+    balancer: Balancer
+    replicas_by_role: dict[str, Backend] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.replicas_by_role = {backend.role: backend for backend in self.replicas}
+        for backend in self.replicas:
+            backend.balancer = self.balancer
+
+    @property
+    def entry(self) -> ModelEntry:
+        """What all its upstreams share: id, model type, default_timeout, balancing."""
+        return self.replicas[0].entry
+
+    @property
+    def label(self) -> str:
+        count = len(self.replicas)
+        if count == 1:
+            return self.replicas[0].label
+        return f"'{self.role}' ({self.entry.id}, {count} upstreams)"
+
+    @property
+    def settings(self) -> BalanceSettings:
+        return self.balancer.settings
+
+    def replica(self, role: str) -> Backend:
+        return self.replicas_by_role[role]
+
+    def upstreams(self, processes: Mapping[str, BackendProcess]) -> list[Upstream]:
+        """Each upstream as the balancer sees it now (see ``up_replicas``)."""
+        up = up_replicas(self.replicas, processes)
+        return [
+            Upstream(backend.role, backend.gate.active + backend.gate.waiting, healthy)
+            for backend, healthy in zip(self.replicas, up, strict=True)
+        ]
+
+    def can_take(self, processes: Mapping[str, BackendProcess], now: float) -> bool:
+        """Whether a request sent to this model now would find an upstream to pick (the
+        test a fallback passes before a request moves to it)."""
+        standing = self.balancer.standing
+        usable = (Standing.IN_ROTATION, Standing.PROBE_DUE)
+        return any(
+            healthy and standing(backend.role, now) in usable
+            for backend, healthy in zip(
+                self.replicas, up_replicas(self.replicas, processes), strict=True
+            )
+        )
+
+
+# How /v1/backends/health tells a replica's standing: one whose probe is due is still out.
+_STANDING_SHOWN = {
+    Standing.IN_ROTATION: "in_rotation",
+    Standing.COOLING: "cooling",
+    Standing.PROBE_DUE: "cooling",
+    Standing.PROBING: "probing",
+}
+
+
+def replica_standing(backend: Backend, report: dict[str, object], now: float) -> None:
+    """Add to ``backend``'s health report the group it is a replica of and its standing
+    with the balancer (in_rotation, cooling, probing)."""
+    group = backend.entry.replica_group
+    if group is not None:
+        report["replica_of"] = group
+    if backend.balancer is not None:
+        report["balancer"] = _STANDING_SHOWN[backend.balancer.standing(backend.role, now)]
+
+
+def up_replicas(replicas: Sequence[Backend], processes: Mapping[str, BackendProcess]) -> list[bool]:
+    """Whether each replica may take a request now.
+
+    A server elsewhere: unless its last health probe failed (the balancer learns the rest
+    from the requests' outcomes). One started here: when it is loaded; one that is not
+    (stopped, or starting) only when no loaded replica has a free slot, so that a request
+    never waits for a load while another replica could answer it at once, and a replica
+    is loaded on demand only when those loaded are all busy. A failed or stopping process
+    takes none.
+    """
+    states: list[str | None] = []
+    spare = True  # no loaded replica has a free slot
+    for backend in replicas:
+        if backend.unusable is not None:
+            states.append("unusable")  # neither loaded nor loadable
+            continue
+        process = processes.get(backend.role) if backend.entry.started_here else None
+        state: str | None = None if process is None else process.state
+        states.append(state)
+        if state == _LOADED and backend.gate.active < backend.entry.max_concurrency:
+            spare = False
+    up: list[bool] = []
+    for backend, state in zip(replicas, states, strict=True):
+        if state is None:
+            up.append(backend.probed_up is not False)
+        else:
+            up.append(state == _LOADED or (spare and state in _LOADABLE))
+    return up
