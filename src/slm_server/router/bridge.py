@@ -46,6 +46,7 @@ from slm_server.router.proxy import (
     forward,
     open_upstream,
     read_whole,
+    refusal_of,
     stream_pieces,
 )
 from slm_server.router.remote_answers import refused
@@ -151,12 +152,14 @@ class Bridge:
         send: Send,
         lifetime: RequestLifetime,
         owner: str | None = None,
+        refusals: frozenset[int] = frozenset(),
     ) -> None:
         """Answer ``request`` (whose raw, possibly adjusted, bytes are ``body``) on ``path``.
 
         ``target``: ``path`` with the client's query, for a native try. The caller holds
         the backend's slot, for the native try and the converted request alike. ``owner``:
         the API key's name, whose stored responses alone ``previous_response_id`` finds.
+        ``refusals``: answer statuses raised as UpstreamRefusal (see proxy.forward).
         """
         server: object = backend.remote
         if server is None:
@@ -177,6 +180,7 @@ class Bridge:
                     recorder.send if recorder is not None else send,
                     lifetime,
                     missing_statuses=_CONVERT_STATUSES,
+                    refusals=refusals,
                 )
             except EndpointMissing as missing:
                 reason = _CONVERT_ON[missing.status]
@@ -198,7 +202,7 @@ class Bridge:
         chat = conversion.chat
         chat.update(router_changes(backend, "/v1/chat/completions", chat, upstream_model))
         marker = converted_header(reason)
-        await _converted(pool, backend, conversion, headers, send, lifetime, marker)
+        await _converted(pool, backend, conversion, headers, send, lifetime, marker, refusals)
 
     def _why_convert(
         self,
@@ -332,6 +336,7 @@ async def _converted(
     send: Send,
     lifetime: RequestLifetime,
     marker: tuple[bytes, bytes],
+    refusals: frozenset[int],
 ) -> None:
     body = json.dumps(conversion.chat).encode()
     stopwatch = lifetime.stopwatch
@@ -342,6 +347,8 @@ async def _converted(
         if response.status != 200:
             payload = await read_whole(response, backend, lifetime)
             stopwatch.resume()
+            if response.status in refusals:
+                raise refusal_of(response, payload)
             refusal = refused(backend, "/v1/chat/completions", response.status, payload)
             if refusal is not None:
                 raise refusal

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from slm_server.balance import Failure, failure_of_status
+
 _TYPE_BY_STATUS = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -43,6 +45,9 @@ class RouterError(Exception):
     # A 5xx is logged with each request that gets it, unless its cause is logged once
     # for all of them (an outage).
     log_each: bool = True
+    # Set when an upstream failed before any of its answer: the request may be sent to
+    # another (see balance.retry); None for every other error.
+    failure: Failure | None = None
 
     def __init__(
         self,
@@ -224,3 +229,29 @@ class RemoteAnswer(RouterError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Unreachable(BackendUnavailable):
+    """The connection to an upstream could not be made."""
+
+    failure = Failure.REFUSED
+
+
+class ClosedBeforeAnswer(BadGateway):
+    """The upstream reset or closed the connection before its response head."""
+
+    failure = Failure.RESET
+
+
+class UpstreamRefusal(RouterError):
+    """An upstream answered 502, 503 or 429: another may answer instead. Its status and
+    message are the client's answer when no other can."""
+
+    code = "backend_error"
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.status = status
+        self.failure = failure_of_status(status) or Failure.UNAVAILABLE
+        if status == 429:
+            self.code = "rate_limited"

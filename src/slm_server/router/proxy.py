@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncGenerator
 
 from slm_server.router.asgi import ENDED_IN_ERROR, Body, Headers, Message, Send, send_response
+from slm_server.router.backend import Backend
 from slm_server.router.errors import (
-    BackendUnavailable,
     BadGateway,
+    ClosedBeforeAnswer,
+    Unreachable,
+    UpstreamRefusal,
     error_body,
 )
 from slm_server.router.lifetime import ANSWERING, RequestLifetime
 from slm_server.router.remote_answers import from_remote, refused
-from slm_server.router.routing import Backend
 from slm_server.upstream import (
     ConnectFailed,
     UpstreamError,
@@ -150,13 +153,15 @@ async def forward(
     lifetime: RequestLifetime,
     *,
     missing_statuses: frozenset[int] = frozenset(),
+    refusals: frozenset[int] = frozenset(),
 ) -> None:
     """POST ``body`` to ``target`` (path and query) on ``backend``; relay the answer.
 
     The caller holds the backend's slot. The request's deadline bounds the answer (for
     a stream: until its response headers; then each gap between reads has the entry's
     ``default_timeout``). An answer with a status in ``missing_statuses`` is not
-    relayed: EndpointMissing.
+    relayed: EndpointMissing; nor one in ``refusals`` (statuses another upstream may do
+    better than): UpstreamRefusal.
     """
     stopwatch = lifetime.stopwatch
     stopwatch.pause()
@@ -167,7 +172,8 @@ async def forward(
         response = await _post(pool, backend, target, headers, body)
         # A server elsewhere's error is read whole, to be told in the envelope if need be.
         remote_error = backend.remote is not None and response.status >= 300
-        streamed = response.content_type == "text/event-stream" and not remote_error
+        refusal = response.status in refusals
+        streamed = response.content_type == "text/event-stream" and not remote_error and not refusal
         payload = b"" if streamed else await _read(response, backend)
     except asyncio.CancelledError:  # the deadline passed, or the client left: drop the connection
         if response is not None:
@@ -185,6 +191,9 @@ async def forward(
     if response.status in missing_statuses:
         response.release()
         raise EndpointMissing(target, response.status)
+    if refusal:
+        response.release()
+        raise refusal_of(response, payload)
     if not streamed:
         response.release()
         error = refused(backend, target, response.status, payload) if remote_error else None
@@ -237,12 +246,31 @@ async def _post(
             "POST", url.host, url.port, url.target(target), headers, body, tls=remote.tls
         )
     except ConnectFailed as exc:
-        raise BackendUnavailable(
+        raise Unreachable(
             f"{backend.label} is not reachable: {connect_failure(exc, remote is not None)}",
             retry_after=UNAVAILABLE_RETRY_AFTER_S,
         ) from None
     except UpstreamError as exc:
-        raise BadGateway(f"{backend.label} failed: {exc}") from None
+        raise ClosedBeforeAnswer(f"{backend.label} failed: {exc}") from None
+
+
+def refusal_of(response: UpstreamResponse, payload: bytes) -> UpstreamRefusal:
+    """An upstream's 502, 503 or 429, with its own message and Retry-After."""
+    status = response.status
+    message = f"the upstream answered HTTP {status}"
+    try:
+        error = json.loads(payload).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        message = error["message"]
+    elif isinstance(error, str) and error:
+        message = error
+    retry_after = None
+    for name, value in response.headers:
+        if name == b"retry-after" and value.isdigit():
+            retry_after = int(value)
+    return UpstreamRefusal(status, message, retry_after=retry_after)
 
 
 async def read_whole(

@@ -14,6 +14,7 @@ from slm_server.router.errors import (
     QueueFull,
     RouterError,
     ShuttingDown,
+    Unreachable,
 )
 from slm_server.router.lifetime import QUEUED, ROOM, RequestLifetime
 from slm_server.router.proxy import UNAVAILABLE_RETRY_AFTER_S
@@ -45,7 +46,7 @@ async def hold_slot(
         except Refused as refused:
             now = table()
             if refused.reason is RefuseReason.REMOVED and model in now.model_ids:
-                moved = now.lookup(model, path)  # another role serves it now
+                moved = now.serving(model, path, backend.role)  # another role serves it now
                 if moved is not backend:
                     backend = moved_to(moved, lifetime)
                     continue
@@ -56,7 +57,7 @@ async def hold_slot(
         backend.gate.release()
         if backend.watched and scheduler is not None:  # as the end of a request does
             scheduler.wake()
-        backend = moved_to(now.lookup(model, path), lifetime)
+        backend = moved_to(now.serving(model, path, backend.role), lifetime)
 
 
 def moved_to(backend: Backend, lifetime: RequestLifetime) -> Backend:
@@ -120,9 +121,10 @@ def refusal_error(label: str, refused: Refused) -> RouterError:
     return BackendUnavailable(message, retry_after=retry_after)
 
 
-def start_failed(label: str, exc: BackendFailed) -> BackendUnavailable:
-    """A backend that could not be started: 503, retry when its cooldown ends."""
+def start_failed(label: str, exc: BackendFailed) -> Unreachable:
+    """A backend that could not be started: 503, retry when its cooldown ends (or another
+    replica of its model takes the request)."""
     retry_after = UNAVAILABLE_RETRY_AFTER_S
     if exc.retry_in_s is not None:  # failed: the first request after its cooldown retries
         retry_after = max(1, math.ceil(exc.retry_in_s))
-    return BackendUnavailable(f"{label} could not be started: {exc}", retry_after=retry_after)
+    return Unreachable(f"{label} could not be started: {exc}", retry_after=retry_after)
