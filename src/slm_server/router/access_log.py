@@ -11,6 +11,8 @@ The text reads, fields always in this order::
 left before the answer began, no body byte, no usage reported). The last field says who
 answered: ``native`` (the backend, in the client's dialect), ``converted`` (the backend's
 chat completion, converted by the router) or ``-`` (the router itself, e.g. an error).
+Then, when a backend was tried, ``upstream=<role>/<replica>`` (the last one tried), and
+``attempts=N`` when the request was sent to more than one.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import json
 import logging
 from typing import Any
 
+from slm_server.router.backend import UPSTREAM_HEADER
 from slm_server.router.bridge import CONVERTED_HEADER
+from slm_server.router.failover import ATTEMPTS_HEADER
 from slm_server.router.metrics import RequestRecord
 from slm_server.router.metrics.tallies import NO_MODEL
 
@@ -73,6 +77,7 @@ class AccessLine:
             f"{'-' if start is None else start['status']} {record.bytes_out}B "
             f"{record.duration_s * 1000:.1f}ms ttfb={first_byte} queue={queue} "
             f"tokens={'-' if tokens is None else f'{tokens[0]}/{tokens[1]}'} {_served(record)}"
+            f"{_upstream_text(record)}"
         )
 
     def log_fields(self) -> dict[str, Any]:
@@ -97,6 +102,7 @@ class AccessLine:
             "prompt_tokens": None if tokens is None else tokens[0],
             "completion_tokens": None if tokens is None else tokens[1],
             "served": _served(record),
+            **_upstream_fields(record),
         }
 
 
@@ -108,6 +114,27 @@ def _printable(path: str) -> str:
     """The client's own path (decoded): quoted and escaped if a space or a control in it
     could break the line, or forge another."""
     return path if path.isprintable() and " " not in path else json.dumps(path)
+
+
+def _upstream_fields(record: RequestRecord) -> dict[str, str | int]:
+    """The upstream that answered and, when there were several, the attempts made: read
+    from the answer's headers, so nothing is noted per request for it."""
+    start = record.start
+    if start is None:
+        return {}
+    fields: dict[str, str | int] = {}
+    for name, value in start.get("headers", ()):
+        if name == UPSTREAM_HEADER:
+            fields["upstream"] = value.decode("latin-1")
+        elif name == ATTEMPTS_HEADER:
+            fields["attempts"] = int(value)
+    return fields
+
+
+def _upstream_text(record: RequestRecord) -> str:
+    fields = _upstream_fields(record)
+    text = f" upstream={fields['upstream']}" if "upstream" in fields else ""
+    return text + (f" attempts={fields['attempts']}" if "attempts" in fields else "")
 
 
 def _served(record: RequestRecord) -> str:

@@ -56,6 +56,7 @@ from slm_server.router.errors import (
     RoleNotFound,
     RouterError,
 )
+from slm_server.router.failover import NO_REFUSALS, BalancedRequest, serve_balanced
 from slm_server.router.forms import (
     FORM_DATA,
     FORM_PATHS,
@@ -74,6 +75,7 @@ from slm_server.router.proxy import (
     new_upstream_pool,
 )
 from slm_server.router.remote_answers import to_remote
+from slm_server.router.replicas import replica_standing
 from slm_server.router.request_head import read_head
 from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
 from slm_server.router.request_json import model_of, parse_object
@@ -97,6 +99,7 @@ RELOAD_PATH = "/admin/reload"
 
 # A backend's state as GET /v1/models tells it (stopping counts as unloaded already).
 _MODEL_STATUS = {"ready": "loaded", "starting": "loading", "failed": "failed"}
+_STATUS_ORDER = ["loaded", "loading", "failed", "unloaded"]
 
 # Net allocations between young-generation collections (CPython's default: 700).
 _GC_YOUNG_THRESHOLD = 50_000
@@ -320,7 +323,7 @@ class RouterApp:
                 raise MethodNotAllowed(f"{path} takes POST, not {method}", allow="POST")
             if grant is not None:
                 require_admin(grant, "loading, unloading and restarting models")
-            await send_json(sent.send, 200, await self._control(*target))
+            await send_json(sent.send, 200, await self._control_any(*target))
         elif (log := log_stream.log_name(path)) is not None:
             if method != "GET":
                 raise MethodNotAllowed(f"{path} takes GET, not {method}", allow="GET")
@@ -379,6 +382,7 @@ class RouterApp:
             health.probe_all(self.pool, backends, timeout, processes),
             self.load.figures(backends, processes, timeout),
         )
+        now = asyncio.get_running_loop().time()
         for role, report in reports.items():
             process = processes.get(role)
             if process is not None:
@@ -390,7 +394,17 @@ class RouterApp:
                 report["on_demand"] = entry.on_demand
             if self.scheduler is not None and process is not None:
                 report["idle_since"] = unix_time(self.scheduler.idle_since(role))
+            replica_standing(backends[role], report, now)
         return reports
+
+    async def _control_any(self, role: str, action: str) -> dict[str, Any]:
+        """``_control`` of ``role``, or of each replica of the group ``role`` names: one
+        after another, so that a restarted group keeps serving from the others meanwhile."""
+        replicas = self.config.replica_groups.get(role)
+        if replicas is None:
+            return await self._control(role, action)
+        reports = {replica: await self._control(replica, action) for replica in replicas}
+        return {"role": role, "replicas": reports}
 
     async def _control(self, role: str, action: str) -> dict[str, Any]:
         """Load, unload or restart ``role``; its health entry once done."""
@@ -434,21 +448,31 @@ class RouterApp:
                 "object": "model",
                 "created": self.started_at,
                 "owned_by": "slm_server",
-                "role": backend.role,
+                "role": backend.entry.replica_group or backend.role,
                 "backend": backend.entry.backend,
                 "port": backend.entry.port,
                 "model_type": backend.entry.model_type,
                 "context_length": backend.entry.context_length,
                 "quantization": backend.entry.quantization,
                 "supports_function_calling": backend.entry.supports_function_calling,
+                **_replicas_of(backend, self.config.replica_groups),
             }
             for backend in self.table.backends.values()
-            if backend.entry.enabled and (grant is None or grant.allows(backend.entry.id))
+            if backend.entry.enabled
+            and (grant is None or grant.allows(backend.entry.id))
+            and not backend.entry.replica  # a group is listed once, by its first replica
         ]
+        groups = self.config.replica_groups
         for model in data:  # only a router that runs the backends knows their state
-            process = self.processes.get(model["role"])
-            if process is not None and self.table.backends[model["role"]].entry.started_here:
-                model["status"] = _MODEL_STATUS.get(process.state, "unloaded")
+            roles = groups.get(model["role"], (model["role"],))
+            states = [
+                _MODEL_STATUS.get(process.state, "unloaded")
+                for role in roles
+                if (process := self.processes.get(role)) is not None
+                and self.table.backends[role].entry.started_here
+            ]
+            if states:  # a group is as loaded as its most loaded replica
+                model["status"] = min(states, key=_STATUS_ORDER.index)
         return {"object": "list", "data": data}
 
     async def _model_request(
@@ -483,27 +507,37 @@ class RouterApp:
         if grant is not None:  # before the lookup: a key learns nothing of models outside it
             sent.slot = slot  # a refusal counts under a served id
             require_model(grant, model)
-        backend = self.table.lookup(model, path)
-        lifetime.begin(backend.entry.default_timeout, backend)
+        route = self.table.lookup(model, path)
+        lifetime.begin(route.entry.default_timeout, route)
         sent.routed(slot, lifetime.stopwatch)
         try:
-            await self._admitted(
-                scope,
-                sent.send,
-                path,
-                model,
-                body,
-                form,
-                backend,
-                lifetime,
-                sent.request_id,
-                sent.key,
-            )
+            if isinstance(route, Backend):  # one upstream, no fallbacks: nothing to balance
+                await self._admitted(scope, sent, path, model, body, form, route, lifetime)
+            else:
+                request = BalancedRequest(
+                    model,
+                    path,
+                    body,
+                    scope["headers"],
+                    (header(scope, b"content-type") or "") if form else None,
+                )
+
+                async def attempt(
+                    backend: Backend, served_as: str, body: Body, refusals: frozenset[int]
+                ) -> None:
+                    await self._admitted(
+                        scope, sent, path, served_as, body, form, backend, lifetime, refusals
+                    )
+
+                processes = self.processes
+                await serve_balanced(
+                    route, request, sent, lifetime, lambda: self.table, processes, attempt
+                )
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise
             # The backend it went to: a reload may have moved it while it waited.
-            gone_from = lifetime.for_whom or backend
+            gone_from = lifetime.for_whom or route
             log.info("%s: client disconnected; its request was dropped", gone_from.label)
         finally:
             lifetime.end()
@@ -511,20 +545,21 @@ class RouterApp:
     async def _admitted(
         self,
         scope: Scope,
-        send: Send,
+        sent: RequestRecord,
         path: str,
         model: str,
         body: Body,
         form: bool,
         backend: Backend,
         lifetime: RequestLifetime,
-        request_id: bytes,
-        key_name: str | None,
+        refusals: frozenset[int] = NO_REFUSALS,
     ) -> None:
         """Serve the request for ``model`` with one of ``backend``'s slots, waiting if need be.
 
         The slot is taken before waiting for a loading backend, so the queue bounds those
         waits too, and it is held through a converted retry (which must not queue again).
+        ``refusals``: answer statuses raised as UpstreamRefusal instead of relayed (another
+        upstream may take the request).
         """
         if backend.unusable is not None:
             raise cannot_be_used(backend)
@@ -535,6 +570,10 @@ class RouterApp:
                 self.scheduler, backend, lifetime, lambda: self.table, model, path
             )
         gate = backend.gate
+        send: Send = sent.send
+        answer_headers = sent.answer_headers
+        if answer_headers is not None:
+            answer_headers.append(backend.upstream_header)
         try:
             # A model a reload just moved to a server elsewhere has none: the process of
             # its old config may still be stopping, and must not be waited for.
@@ -550,7 +589,7 @@ class RouterApp:
             if remote is not None:
                 headers = to_remote(headers)
                 headers += remote.headers  # the server's own key, if it asks for one
-            headers.append((REQUEST_ID_HEADER, request_id))  # in place of the client's own
+            headers.append((REQUEST_ID_HEADER, sent.request_id))  # in place of the client's own
             query: bytes = scope["query_string"]
             target = f"{path}?{query.decode('latin-1')}" if query else path
             if upstream_model is not None:  # a native answer on a bridged path, too
@@ -578,16 +617,24 @@ class RouterApp:
                         headers,
                         send,
                         lifetime,
-                        key_name,
+                        sent.key,
+                        refusals,
                     )
                     return
-            await forward(self.pool, backend, target, headers, body, send, lifetime)
+            await forward(
+                self.pool, backend, target, headers, body, send, lifetime, refusals=refusals
+            )
         finally:
             gate.release()
             backend.last_used = time.monotonic()
             if backend.watched:  # a model waiting for memory may now have its turn
                 assert self.scheduler is not None
                 self.scheduler.wake()
+
+
+def _replicas_of(backend: Backend, groups: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
+    group = backend.entry.replica_group
+    return {} if group is None else {"replicas": len(groups[group])}
 
 
 def _methods_of(path: str) -> str | None:

@@ -7,6 +7,7 @@ memory), so nothing here runs per request. prometheus_client writes the format.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 
 from prometheus_client.core import (
@@ -17,6 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from slm_server.balance import Standing
 from slm_server.router.load_figures import LoadFigures, enabled_backends
 from slm_server.router.metrics.tallies import NO_MODEL, STATUS_CLASSES, RequestTallies
 from slm_server.router.routing import Backend
@@ -54,6 +56,35 @@ class RouterCollector(Collector):
         yield from self._requests()
         yield from self._waiting()
         yield from self._backend_processes()
+        yield from self._upstreams()
+
+    def _upstreams(self) -> Iterator[Metric]:
+        """Per upstream of a balanced model: its attempts by outcome, and whether it is out
+        of rotation now. Only configured upstreams, so the labels stay few."""
+        attempts = CounterMetricFamily(
+            "slm_upstream_attempts",
+            "Attempts sent to the upstream by requests of a balanced model, by result: "
+            "answered, or the failure (refused, reset, head_timeout, 502, 503, 429, broken).",
+            labels=["model", "upstream", "result"],
+        )
+        cooling = GaugeMetricFamily(
+            "slm_upstream_cooling",
+            "1 while the upstream is out of rotation after failures (cooling or probed).",
+            labels=["model", "upstream"],
+        )
+        now: float | None = None
+        for backend in self._backends.values():
+            balancer = backend.balancer
+            if balancer is None:
+                continue
+            if now is None:  # the balancers' clock: the event loop's
+                now = asyncio.get_running_loop().time()
+            labels = [backend.entry.id, backend.upstream_name]
+            for result, count in backend.attempts.items():
+                attempts.add_metric([*labels, result], count)
+            out = balancer.standing(backend.role, now) is not Standing.IN_ROTATION
+            cooling.add_metric(labels, 1 if out else 0)
+        yield from (attempts, cooling)
 
     def _requests(self) -> Iterator[Metric]:
         tallies = self._tallies

@@ -1,0 +1,210 @@
+"""One request for a model behind a balancer: pick an upstream, send, and on a failure
+before any byte of the answer went out, send again elsewhere or to a fallback model.
+
+The decisions are balance/'s (which upstream, whether to retry, which fallback); this
+module acts on them and reports each pick's outcome back. An attempt is the app's own
+way of serving a request on one backend (slot, load, forward or bridge), given the
+statuses it must not relay while another upstream may still answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from slm_server.balance import (
+    Attempts,
+    Failure,
+    Pick,
+    Unavailable,
+    Why,
+    affinity_key,
+    failure_of_status,
+)
+from slm_server.router.asgi import Body, Headers
+from slm_server.router.backend import UPSTREAM_HEADER, Backend
+from slm_server.router.errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    InsufficientMemory,
+    QueueFull,
+    RouterError,
+)
+from slm_server.router.forms import with_form_model
+from slm_server.router.lifetime import RequestLifetime
+from slm_server.router.metrics import RequestRecord
+from slm_server.router.proxy import UNAVAILABLE_RETRY_AFTER_S
+from slm_server.router.replicas import ReplicaGroup
+from slm_server.router.request_json import parse_object
+from slm_server.router.routing import RoutingTable
+from slm_server.supervisor import BackendProcess
+
+# Statuses of an upstream's answer that another upstream may do better than.
+RETRY_STATUSES = frozenset({502, 503, 429})
+NO_REFUSALS: frozenset[int] = frozenset()
+
+ATTEMPTS_HEADER = b"x-slm-attempts"
+ANSWERED = "answered"  # the attempts counter's result for an answer (else a Failure's value)
+
+# backend, the model id it serves the request as, the body, statuses not to relay.
+Attempt = Callable[[Backend, str, Body, frozenset[int]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BalancedRequest:
+    model: str  # as the client named it
+    path: str
+    body: Body
+    headers: Headers  # the client's, as ASGI gives them
+    form_type: str | None  # the content type of a form upload; None for JSON
+
+
+async def serve_balanced(
+    group: ReplicaGroup,
+    request: BalancedRequest,
+    sent: RequestRecord,
+    lifetime: RequestLifetime,
+    table: Callable[[], RoutingTable],
+    processes: Mapping[str, BackendProcess],
+    attempt: Attempt,
+) -> None:
+    """Serve ``request`` on one of ``group``'s upstreams, or a fallback model's, within
+    the request's one deadline. Raises the last failure when none could answer."""
+    loop = asyncio.get_running_loop()
+    key = None
+    if group.settings.affinity is not None:
+        document = None if request.form_type is not None else parse_object(request.body)
+        key = affinity_key(document, request.headers)
+    attempts = Attempts(
+        request.model,
+        retries=group.settings.retries,
+        deadline=lifetime.deadline,
+        fallbacks_of=table().fallbacks_of,
+    )
+    body = request.body
+    last: RouterError | None = None
+    count = 0
+    while True:
+        now = loop.time()
+        choice = group.balancer.pick(
+            group.upstreams(processes), now, key=key, tried=attempts.tried()
+        )
+        if isinstance(choice, Unavailable):
+            fallback = _fall_back(attempts, table(), request.path, processes, now)
+            if fallback is None:
+                raise last if last is not None else unavailable(choice)
+            group = fallback
+            body = _for_model(request, body, attempts.model)
+            lifetime.for_whom = group
+            continue
+        backend = group.replica(choice.upstream)
+        attempts.sent(choice.upstream)
+        count += 1
+        _set_headers(sent.answer_headers, count)
+        refusals = RETRY_STATUSES if attempts.retries_left > 0 else NO_REFUSALS
+        try:
+            await attempt(backend, attempts.model, body, refusals)
+        except (QueueFull, InsufficientMemory) as error:
+            # This upstream cannot take it (its queue is full, or no memory to load it):
+            # nothing was sent, so nothing is learnt of it and no retry is spent.
+            group.balancer.abandoned(choice)
+            last = error
+            continue
+        except RouterError as error:
+            if error.failure is None or sent.start is not None:
+                _outcome(group, choice, backend, error, loop.time())
+                raise
+            group.balancer.failed(choice, loop.time())
+            _count(backend, error.failure.value)
+            last = error
+            now = loop.time()
+            if attempts.retry(error.failure, answer_started=False, now=now):
+                continue
+            fallback = _fall_back(attempts, table(), request.path, processes, now)
+            if fallback is None:
+                raise
+            group = fallback
+            body = _for_model(request, body, attempts.model)
+            lifetime.for_whom = group
+            continue
+        except BaseException:  # the client left, a shutdown, or a bug: no word on the upstream
+            group.balancer.abandoned(choice)
+            raise
+        refused = failure_of_status(sent.start["status"]) if sent.start is not None else None
+        if refused is not None:  # the upstream's own 502, 503 or 429, relayed: no retry left
+            group.balancer.failed(choice, loop.time())
+            _count(backend, refused.value)
+        elif sent.ended_in_error:  # a stream that broke after its start
+            group.balancer.failed(choice, loop.time())
+            _count(backend, Failure.BROKEN.value)
+        else:
+            group.balancer.succeeded(choice)
+            _count(backend, ANSWERED)
+        return
+
+
+def _outcome(
+    group: ReplicaGroup, choice: Pick, backend: Backend, error: RouterError, now: float
+) -> None:
+    """Report an attempt that ended in an error no retry can mend."""
+    if isinstance(error, BackendTimeout) or error.status in (502, 503):
+        group.balancer.failed(choice, now)  # it hung, or broke: others should be tried first
+        failure = Failure.HEAD_TIMEOUT if isinstance(error, BackendTimeout) else Failure.BROKEN
+        _count(backend, failure.value)
+    else:  # the request's own fault (a 400), or the router's
+        group.balancer.succeeded(choice)
+        _count(backend, ANSWERED)
+
+
+def _fall_back(
+    attempts: Attempts,
+    table: RoutingTable,
+    path: str,
+    processes: Mapping[str, BackendProcess],
+    now: float,
+) -> ReplicaGroup | None:
+    """The next fallback model's group that can take the request now, if any."""
+
+    def can_take(model: str) -> bool:
+        try:
+            return table.balanced(model, path).can_take(processes, now)
+        except RouterError:  # a fallback of another model type, say
+            return False
+
+    model = attempts.fall_back(can_take, now)
+    return None if model is None else table.balanced(model, path)
+
+
+def _for_model(request: BalancedRequest, body: Body, model: str) -> Body:
+    """The request's body, naming ``model`` (a fallback) so that its answer names it too."""
+    if request.form_type is not None:
+        return with_form_model(request.form_type, body, model)
+    return json.dumps({**parse_object(body), "model": model}).encode()
+
+
+def _set_headers(answer_headers: Headers | None, count: int) -> None:
+    """Drop the upstream header of an earlier attempt (the next one adds its own); from the
+    second attempt on, say how many were made."""
+    if answer_headers is None:
+        return
+    answer_headers[:] = [
+        (name, value)
+        for name, value in answer_headers
+        if name != UPSTREAM_HEADER and name != ATTEMPTS_HEADER
+    ]
+    if count > 1:
+        answer_headers.append((ATTEMPTS_HEADER, str(count).encode()))
+
+
+def _count(backend: Backend, result: str) -> None:
+    backend.attempts[result] = backend.attempts.get(result, 0) + 1
+
+
+def unavailable(choice: Unavailable) -> BackendUnavailable:
+    retry_after = UNAVAILABLE_RETRY_AFTER_S
+    if choice.why is Why.ALL_COOLING and choice.retry_after_s is not None:
+        retry_after = max(1, math.ceil(choice.retry_after_s))
+    return BackendUnavailable(choice.message, retry_after=retry_after)

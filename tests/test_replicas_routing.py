@@ -1,0 +1,201 @@
+"""Requests for a model with several upstreams: spread, retried, kept by session, fallen
+back, every answer saying where it went (fake servers behind ``backend: openai``)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from fake_backend_proc import FakeBackend
+from replicas_serving import (
+    UPSTREAM,
+    chat,
+    fakes,
+    group_entry,
+    kill,
+    replica_router,
+    single_entry,
+)
+
+
+async def test_least_busy_spreads_slow_requests_evenly_over_four_replicas(
+    tmp_path: Path,
+) -> None:
+    with fakes(4, "--response-delay", "0.3") as replicas:
+        entry = group_entry("gemma", replicas, max_concurrency=32)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            answers = await asyncio.gather(*(chat(client, "gemma") for _ in range(64)))
+        spread = Counter(upstream for upstream, _ in answers)
+        assert set(spread) == {"gemma/0", "gemma/1", "gemma/2", "gemma/3"}
+        assert all(14 <= count <= 18 for count in spread.values()), spread
+        served = [fake.stats()["completed"] for fake in replicas]
+        assert served == [spread[f"gemma/{i}"] for i in range(4)]
+
+
+async def test_round_robin_takes_the_replicas_in_turn(tmp_path: Path) -> None:
+    with fakes(3) as replicas:
+        entry = group_entry("gemma", replicas, balance="round_robin")
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            upstreams = [(await chat(client, "gemma"))[0] for _ in range(6)]
+    assert upstreams == ["gemma/0", "gemma/1", "gemma/2"] * 2
+
+
+@pytest.mark.parametrize("status", [503, 429, 502])
+async def test_a_refusing_replica_is_retried_on_another(tmp_path: Path, status: int) -> None:
+    with fakes(2) as replicas:
+        replicas[0].control(fail_status=status)
+        entry = group_entry("gemma", replicas, balance="round_robin", cooldown_after=10)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            for _ in range(4):
+                assert await chat(client, "gemma") == ("gemma/1", "gemma")
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"{url}/metrics")).text
+        # Requests went to the refusing one first, and were answered by the other.
+        refused = replicas[0].stats()["requests"]
+        assert refused >= 2
+        assert replicas[1].stats()["completed"] == 4
+        line = f'slm_upstream_attempts_total{{model="gemma",result="{status}",upstream="gemma/0"}}'
+        assert f"{line} {refused}.0" in metrics
+        assert (
+            'slm_upstream_attempts_total{model="gemma",result="answered",upstream="gemma/1"} 4.0'
+            in metrics
+        )
+
+
+async def test_a_bad_request_is_not_retried(tmp_path: Path) -> None:
+    with fakes(2) as replicas:
+        for fake in replicas:
+            fake.control(fail_status=400)
+        entry = group_entry("gemma", replicas)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            with pytest.raises(openai.BadRequestError) as caught:
+                await chat(client, "gemma")
+        assert caught.value.response.headers[UPSTREAM] in ("gemma/0", "gemma/1")
+        assert sum(fake.stats()["requests"] for fake in replicas) == 1
+
+
+async def test_when_retries_run_out_the_client_gets_the_upstreams_own_refusal(
+    tmp_path: Path,
+) -> None:
+    with fakes(3) as replicas:
+        for fake in replicas:
+            fake.control(fail_status=429)
+        entry = group_entry("gemma", replicas, retries=1)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            with pytest.raises(openai.RateLimitError) as caught:
+                await chat(client, "gemma")
+        assert caught.value.body == {  # passed on as the upstream said it
+            "message": "fake failure",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "fake_error",
+        }
+        assert caught.value.response.headers["x-slm-attempts"] == "2"
+        assert sum(fake.stats()["requests"] for fake in replicas) == 2  # one retry only
+
+
+async def test_a_replica_that_is_down_is_cooled_down_and_the_others_answer(
+    tmp_path: Path,
+) -> None:
+    with fakes(2) as replicas, FakeBackend().start() as dead:
+        kill(dead)  # nothing listens on its port any more
+        group = [replicas[0], dead, replicas[1]]
+        entry = group_entry("gemma", group, balance="round_robin", cooldown_after=2)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            upstreams = [(await chat(client, "gemma"))[0] for _ in range(8)]
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"{url}/v1/backends/health")).json()
+                metrics = (await http.get(f"{url}/metrics")).text
+        assert "gemma/1" not in upstreams
+        assert health["gemma@1"]["replica_of"] == "gemma"
+        assert health["gemma@1"]["balancer"] == "cooling"
+        assert health["gemma@0"]["balancer"] == "in_rotation"
+        assert 'slm_upstream_cooling{model="gemma",upstream="gemma/1"} 1.0' in metrics
+        assert 'slm_upstream_cooling{model="gemma",upstream="gemma/0"} 0.0' in metrics
+        # Two refused connections took it out; none was sent to it after.
+        assert 'result="refused",upstream="gemma/1"} 2.0' in metrics
+
+
+async def test_a_session_stays_on_one_replica_and_moves_when_it_dies(tmp_path: Path) -> None:
+    with fakes(3) as replicas:
+        entry = group_entry("gemma", replicas, affinity="session", cooldown_after=1)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            session = {"extra_headers": {"x-session-id": "conversation-7"}}
+            first = {(await chat(client, "gemma", **session))[0] for _ in range(5)}
+            assert len(first) == 1
+            by_user = {(await chat(client, "gemma", user="alice"))[0] for _ in range(5)}
+            assert len(by_user) == 1
+            # Other requests meanwhile spread as usual.
+            others = {(await chat(client, "gemma"))[0] for _ in range(6)}
+            assert len(others) == 3
+
+            (home,) = first
+            kill(replicas[int(home.rpartition("/")[2])])
+            moved = {(await chat(client, "gemma", **session))[0] for _ in range(5)}
+            assert len(moved) == 1 and moved != first
+
+
+async def test_the_fallback_model_answers_when_every_replica_is_down(tmp_path: Path) -> None:
+    with fakes(2) as replicas, FakeBackend().start() as backup:
+        for fake in replicas:
+            kill(fake)
+        models = {
+            "gemma": group_entry("gemma", replicas, fallbacks=["backup"]),
+            "backup": single_entry("backup", backup),
+        }
+        async with replica_router(tmp_path, models) as (_, client, _):
+            for _ in range(4):  # refused at first, then straight to it while they cool
+                assert await chat(client, "gemma") == ("backup/0", "backup")
+        assert backup.last_request()["body"].count('"model": "backup"') == 1
+
+
+async def test_an_entry_with_one_upstream_falls_back_too(tmp_path: Path) -> None:
+    with FakeBackend().start() as main, FakeBackend().start() as backup:
+        main.control(fail_status=503)
+        models = {
+            "main": single_entry("main", main, fallbacks=["backup"]),
+            "backup": single_entry("backup", backup),
+        }
+        async with replica_router(tmp_path, models) as (_, client, _):
+            assert await chat(client, "main") == ("backup/0", "backup")
+            assert await chat(client, "backup") == ("backup/0", "backup")
+
+
+async def test_retries_stay_inside_the_requests_deadline(tmp_path: Path) -> None:
+    with fakes(2, "--hang") as replicas:
+        entry = group_entry("gemma", replicas, default_timeout=1.5, retries=3)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            began = time.monotonic()
+            with pytest.raises(openai.APIStatusError) as caught:
+                await chat(client, "gemma")
+            took = time.monotonic() - began
+        assert caught.value.status_code == 504
+        assert took < 2.5, took
+
+
+async def test_an_entry_with_one_upstream_says_where_it_went(tmp_path: Path) -> None:
+    with FakeBackend().start() as fake:
+        async with replica_router(tmp_path, {"solo": single_entry("m", fake)}) as (app, c, _):
+            assert await chat(c, "m") == ("solo/0", "m")
+            assert "m" not in app.table.groups and app.table.backends["solo"].balancer is None
+
+
+async def test_a_group_is_listed_once_and_its_replicas_each_in_health(tmp_path: Path) -> None:
+    with fakes(3) as replicas:
+        entry = group_entry("gemma", replicas)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            listed = [model async for model in client.models.list()]
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"{url}/v1/backends/health")).json()
+    assert [model.id for model in listed] == ["gemma"]
+    extra = listed[0].model_extra or {}
+    assert extra["role"] == "gemma" and extra["replicas"] == 3
+    assert sorted(health) == ["gemma@0", "gemma@1", "gemma@2"]
+    assert {report["replica_of"] for report in health.values()} == {"gemma"}
+    assert {report["balancer"] for report in health.values()} == {"in_rotation"}
