@@ -31,6 +31,7 @@ class Backend:
     # A server elsewhere: whether it was healthy at its last health probe (None: not yet
     # probed). The router sees no process of it, so probing is all it knows.
     probed_up: bool | None = None
+    probed_at: float = 0.0  # when, on the event loop's clock
     # Its group's balancer (None: not balanced); the table sets it. Read for health, metrics.
     balancer: Balancer | None = field(default=None, repr=False)
     # Attempts sent to it by a balanced request, by outcome (see replicas.py).

@@ -90,7 +90,7 @@ async def serve_balanced(
     while True:
         now = loop.time()
         choice = group.balancer.pick(
-            group.upstreams(processes), now, key=key, tried=attempts.tried()
+            group.upstreams(processes, now), now, key=key, tried=attempts.tried()
         )
         if isinstance(choice, Unavailable):
             fallback = _fall_back(attempts, table(), request.path, processes, now)

@@ -64,6 +64,7 @@ async def probe(
     report["status"] = status
     if backend.remote is not None:
         backend.probed_up = status == "healthy"
+        backend.probed_at = asyncio.get_running_loop().time()
     if error is not None:
         report["error"] = error
     return report

@@ -69,9 +69,9 @@ class ReplicaGroup:
     def replica(self, role: str) -> Backend:
         return self.replicas_by_role[role]
 
-    def upstreams(self, processes: Mapping[str, BackendProcess]) -> list[Upstream]:
-        """Each upstream as the balancer sees it now (see ``up_replicas``)."""
-        up = up_replicas(self.replicas, processes)
+    def upstreams(self, processes: Mapping[str, BackendProcess], now: float) -> list[Upstream]:
+        """Each upstream as the balancer sees it ``now`` (see ``up_replicas``)."""
+        up = up_replicas(self.replicas, processes, now)
         return [
             Upstream(backend.role, backend.gate.active + backend.gate.waiting, healthy)
             for backend, healthy in zip(self.replicas, up, strict=True)
@@ -85,7 +85,7 @@ class ReplicaGroup:
         return any(
             healthy and standing(backend.role, now) in usable
             for backend, healthy in zip(
-                self.replicas, up_replicas(self.replicas, processes), strict=True
+                self.replicas, up_replicas(self.replicas, processes, now), strict=True
             )
         )
 
@@ -109,11 +109,15 @@ def replica_standing(backend: Backend, report: dict[str, object], now: float) ->
         report["balancer"] = _STANDING_SHOWN[backend.balancer.standing(backend.role, now)]
 
 
-def up_replicas(replicas: Sequence[Backend], processes: Mapping[str, BackendProcess]) -> list[bool]:
-    """Whether each replica may take a request now.
+def up_replicas(
+    replicas: Sequence[Backend], processes: Mapping[str, BackendProcess], now: float
+) -> list[bool]:
+    """Whether each replica may take a request ``now``.
 
-    A server elsewhere: unless its last health probe failed (the balancer learns the rest
-    from the requests' outcomes). One started here: when it is loaded; one that is not
+    A server elsewhere: unless its last health probe, less than its cooldown_s ago, failed
+    (the balancer learns the rest from the requests' outcomes; nothing probes its health
+    again until someone asks, so an older probe is not believed: a server back up would
+    stay out for good). One started here: when it is loaded; one that is not
     (stopped, or starting) only when no loaded replica has a free slot, so that a request
     never waits for a load while another replica could answer it at once, and a replica
     is loaded on demand only when those loaded are all busy. A failed or stopping process
@@ -133,7 +137,8 @@ def up_replicas(replicas: Sequence[Backend], processes: Mapping[str, BackendProc
     up: list[bool] = []
     for backend, state in zip(replicas, states, strict=True):
         if state is None:
-            up.append(backend.probed_up is not False)
+            stale = now - backend.probed_at >= backend.entry.cooldown_s
+            up.append(backend.probed_up is not False or stale)
         else:
             up.append(state == _LOADED or (spare and state in _LOADABLE))
     return up
