@@ -30,6 +30,7 @@ LINE = re.compile(
     r"(?P<status>\d{3}|-) (?P<bytes>\d+)B (?P<duration>\d+\.\d)ms "
     r"ttfb=(?P<ttfb>\d+\.\dms|-) queue=(?P<queue>\d+\.\dms|-) "
     r"tokens=(?P<tokens>\d+/\d+|-) (?P<served>native|converted|-)"
+    r"(?: upstream=(?P<upstream>\S+))?(?: attempts=(?P<attempts>\d+))?"
 )
 
 
@@ -86,6 +87,7 @@ async def test_a_chat_completion_is_one_line_with_its_figures(
     assert line["id"] == "trace-1"
     assert (line["key"], line["method"], line["path"]) == ("-", "POST", "/v1/chat/completions")
     assert (line["model"], line["status"], line["served"]) == ("m-chat", "200", "native")
+    assert (line["upstream"], line["attempts"]) == ("chat/0", None)  # one upstream, one try
     assert int(line["bytes"]) == len(response.content)
     assert line["tokens"] == f"{usage['prompt_tokens']}/{usage['completion_tokens']}"
     assert line["queue"] == "0.0ms"
@@ -189,6 +191,7 @@ async def test_json_lines_give_the_fields_as_numbers(fake: FakeBackend, lines: A
         "prompt_tokens": usage["prompt_tokens"],
         "completion_tokens": usage["completion_tokens"],
         "served": "native",
+        "upstream": "chat/0",
         "queue_ms": 0.0,
     }
     assert {name: fields[name] for name in expected} == expected
