@@ -4,11 +4,9 @@ only when they are all busy, and the control endpoints act on the whole group.""
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,35 +14,17 @@ import httpx
 import pytest
 
 from fake_backend_proc import SCRIPT
+from net import free_port_run
 from router_proc import RouterProcess
 
 UPSTREAM = "x-slm-upstream"
-
-
-def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive loopback ports that are free now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        if first + count > 65535:
-            continue
-        with ExitStack() as stack:
-            try:
-                for port in range(first, first + count):
-                    sock = stack.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return first
-    raise AssertionError(f"no {count} consecutive free ports")
 
 
 def replicated(count: int, *args: str, **fields: Any) -> dict[str, Any]:
     return {
         "id": "gemma",
         "backend": "command",
-        "port": free_ports(count),
+        "port": free_port_run(count),
         "host": "127.0.0.1",
         "replicas": count,
         "default_timeout": 30,
