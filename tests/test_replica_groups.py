@@ -12,6 +12,7 @@ import pytest
 from config_builder import entry, load_models
 from slm_server.balance import Standing, Strategy
 from slm_server.router.errors import AmbiguousModel
+from slm_server.router.failover import response_id_of
 from slm_server.router.replicas import ReplicaGroup, up_replicas
 from slm_server.router.routing import Backend, RoutingTable
 from slm_server.supervisor import BackendProcess
@@ -108,3 +109,20 @@ def test_a_failed_health_probe_keeps_a_server_elsewhere_out_for_its_cooldown(
     replicas[1].probed_up, replicas[1].probed_at = False, 100.0
     assert up_replicas(replicas, {}, 105.0) == [True, False]
     assert up_replicas(replicas, {}, 111.0) == [True, True]  # stale: requests find out
+
+
+@pytest.mark.parametrize(
+    ("piece", "expected"),
+    [
+        (b'{"id": "resp_1", "object": "response"}', "resp_1"),
+        (b'event: response.created\ndata: {"response": {"id": "resp_2"}}\n\n', "resp_2"),
+        (b'data: {"type": "response.created", "response": {"id": "resp_3"}}\n\n', "resp_3"),
+        (b'{"error": {"message": "no"}}', None),
+        (b'event: response.created\ndata: {"respo', None),  # cut across pieces
+        (b"", None),
+    ],
+)
+def test_a_responses_answers_id_is_read_from_its_first_piece(
+    piece: bytes, expected: str | None
+) -> None:
+    assert response_id_of(piece) == expected

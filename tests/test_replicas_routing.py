@@ -199,3 +199,27 @@ async def test_a_group_is_listed_once_and_its_replicas_each_in_health(tmp_path: 
     assert sorted(health) == ["gemma@0", "gemma@1", "gemma@2"]
     assert {report["replica_of"] for report in health.values()} == {"gemma"}
     assert {report["balancer"] for report in health.values()} == {"in_rotation"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_responses_conversation_goes_back_where_it_was_answered(
+    tmp_path: Path, stream: bool
+) -> None:
+    with fakes(3) as replicas:
+        entry = group_entry("gemma", replicas, balance="round_robin", affinity="session")
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            for _ in range(3):  # each conversation starts wherever the turn is
+                first = await client.responses.with_raw_response.create(
+                    model="gemma", input="hi", stream=stream
+                )
+                answer = first.parse()
+                if isinstance(answer, openai.AsyncStream):
+                    events = [event async for event in answer]
+                    assert events[-1].type == "response.completed"
+                    answer_id = events[-1].response.id
+                else:
+                    answer_id = answer.id
+                later = await client.responses.with_raw_response.create(
+                    model="gemma", input="and then?", previous_response_id=answer_id
+                )
+                assert later.headers[UPSTREAM] == first.headers[UPSTREAM]

@@ -23,6 +23,7 @@ from slm_server.balance import (
     Why,
     affinity_key,
     failure_of_status,
+    response_key,
 )
 from slm_server.router.asgi import Body, Headers
 from slm_server.router.backend import UPSTREAM_HEADER, Backend
@@ -46,6 +47,7 @@ from slm_server.supervisor import BackendProcess
 RETRY_STATUSES = frozenset({502, 503, 429})
 NO_REFUSALS: frozenset[int] = frozenset()
 
+RESPONSES = "/v1/responses"
 ATTEMPTS_HEADER = b"x-slm-attempts"
 ANSWERED = "answered"  # the attempts counter's result for an answer (else a Failure's value)
 
@@ -143,6 +145,11 @@ async def serve_balanced(
         else:
             group.balancer.succeeded(choice)
             _count(backend, ANSWERED)
+            if group.settings.affinity is not None and request.path == RESPONSES:
+                # The conversation's next turn names this answer: send it to the same place.
+                answer_id = response_id_of(sent.first_piece)
+                if answer_id is not None:
+                    group.balancer.bind(response_key(answer_id), choice.upstream)
         return
 
 
@@ -208,3 +215,24 @@ def unavailable(choice: Unavailable) -> BackendUnavailable:
     if choice.why is Why.ALL_COOLING and choice.retry_after_s is not None:
         retry_after = max(1, math.ceil(choice.retry_after_s))
     return BackendUnavailable(choice.message, retry_after=retry_after)
+
+
+def response_id_of(first_piece: bytes) -> str | None:
+    """The id of a Responses answer from its first body piece: the whole JSON answer, or a
+    stream's first event (``response.created``, holding the response). None when the
+    piece says none (an error, or an event cut across pieces)."""
+    text = first_piece.strip()
+    if text.startswith(b"event:") or text.startswith(b"data:"):
+        for line in text.splitlines():
+            if line.startswith(b"data:"):
+                text = line[5:].strip()
+                break
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    response = document.get("response", document)  # an event holds it, a whole answer is it
+    answer_id = response.get("id") if isinstance(response, dict) else None
+    return answer_id if isinstance(answer_id, str) and answer_id.startswith("resp") else None

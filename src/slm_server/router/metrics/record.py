@@ -102,6 +102,11 @@ class RequestRecord(SentMessages):
         return self._stopwatch
 
     @property
+    def first_piece(self) -> bytes:
+        """The answer's first body piece (b"" until one went out)."""
+        return self._first_piece
+
+    @property
     def first_byte_s(self) -> float | None:
         """From arrival to the answer's first body byte; None if none went out."""
         return self._first_byte_s or None
