@@ -75,7 +75,7 @@ from slm_server.router.proxy import (
     new_upstream_pool,
 )
 from slm_server.router.remote_answers import to_remote
-from slm_server.router.replicas import replica_standing
+from slm_server.router.replicas import ReplicaGroup, replica_standing
 from slm_server.router.request_head import read_head
 from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
 from slm_server.router.request_json import model_of, parse_object
@@ -513,26 +513,10 @@ class RouterApp:
         try:
             if isinstance(route, Backend):  # one upstream, no fallbacks: nothing to balance
                 await self._admitted(scope, sent, path, model, body, form, route, lifetime)
-            else:
-                request = BalancedRequest(
-                    model,
-                    path,
-                    body,
-                    scope["headers"],
-                    (header(scope, b"content-type") or "") if form else None,
-                )
-
-                async def attempt(
-                    backend: Backend, served_as: str, body: Body, refusals: frozenset[int]
-                ) -> None:
-                    await self._admitted(
-                        scope, sent, path, served_as, body, form, backend, lifetime, refusals
-                    )
-
-                processes = self.processes
-                await serve_balanced(
-                    route, request, sent, lifetime, lambda: self.table, processes, attempt
-                )
+            else:  # several upstreams, or fallbacks: the balancer picks, failures move on
+                form_type = content_type if form else None
+                request = BalancedRequest(model, path, body, scope["headers"], form_type)
+                await self._balanced(scope, sent, request, route, lifetime)
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise
@@ -541,6 +525,30 @@ class RouterApp:
             log.info("%s: client disconnected; its request was dropped", gone_from.label)
         finally:
             lifetime.end()
+
+    async def _balanced(
+        self,
+        scope: Scope,
+        sent: RequestRecord,
+        request: BalancedRequest,
+        group: ReplicaGroup,
+        lifetime: RequestLifetime,
+    ) -> None:
+        """Serve ``request`` on one of ``group``'s upstreams (see failover.serve_balanced):
+        each attempt is served as a request for one backend is."""
+        form = request.form_type is not None
+
+        async def attempt(
+            backend: Backend, served_as: str, body: Body, refusals: frozenset[int]
+        ) -> None:
+            await self._admitted(
+                scope, sent, request.path, served_as, body, form, backend, lifetime, refusals
+            )
+
+        def table() -> RoutingTable:  # the table of the day: a reload replaces it
+            return self.table
+
+        await serve_balanced(group, request, sent, lifetime, table, self.processes, attempt)
 
     async def _admitted(
         self,
