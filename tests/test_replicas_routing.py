@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from fake_backend_proc import FakeBackend
 from replicas_serving import (
@@ -223,3 +224,33 @@ async def test_a_responses_conversation_goes_back_where_it_was_answered(
                     model="gemma", input="and then?", previous_response_id=answer_id
                 )
                 assert later.headers[UPSTREAM] == first.headers[UPSTREAM]
+
+
+async def test_a_reload_that_drops_a_replica_keeps_the_others_and_their_standing(
+    tmp_path: Path,
+) -> None:
+    with fakes(3) as replicas, FakeBackend().start() as dead:
+        kill(dead)
+        group = [replicas[0], dead, replicas[1], replicas[2]]
+        entry = group_entry("gemma", group, cooldown_after=1, cooldown_s=60)
+        async with replica_router(tmp_path, {"gemma": entry}) as (app, client, url):
+            while "gemma@1" not in {
+                role
+                for role, backend in app.table.backends.items()
+                if backend.attempts.get("refused")
+            }:
+                await chat(client, "gemma")
+            balancer = app.table.groups["gemma"].balancer
+            fewer = group_entry("gemma", group[:3], cooldown_after=1, cooldown_s=60)
+            (tmp_path / "models.yaml").write_text(
+                yaml.safe_dump({"models": {"gemma": fewer}, "router": {}})
+            )
+            async with httpx.AsyncClient() as http:
+                reloaded = await http.post(f"{url}/admin/reload", timeout=30)
+                assert reloaded.status_code == 200, reloaded.text
+                health = (await http.get(f"{url}/v1/backends/health")).json()
+            assert app.table.groups["gemma"].balancer is balancer
+            assert sorted(health) == ["gemma@0", "gemma@1", "gemma@2"]
+            assert health["gemma@1"]["balancer"] == "cooling"  # still the dead one, still out
+            upstreams = {(await chat(client, "gemma"))[0] for _ in range(6)}
+            assert upstreams == {"gemma/0", "gemma/2"}
