@@ -254,3 +254,29 @@ async def test_a_reload_that_drops_a_replica_keeps_the_others_and_their_standing
             assert health["gemma@1"]["balancer"] == "cooling"  # still the dead one, still out
             upstreams = {(await chat(client, "gemma"))[0] for _ in range(6)}
             assert upstreams == {"gemma/0", "gemma/2"}
+
+
+async def test_an_answer_broken_off_before_any_of_it_went_out_is_retried(
+    tmp_path: Path,
+) -> None:
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")  # the head; the body is never read
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        writer.write(b'content-length: 500\r\n\r\n{"id": "chatcmpl-cut')
+        await writer.drain()
+        writer.close()
+
+    broken = await asyncio.start_server(half_answer, "127.0.0.1", 0)
+    port = broken.sockets[0].getsockname()[1]
+    try:
+        with fakes(1) as [whole]:
+            entry = group_entry("gemma", [whole], balance="round_robin", cooldown_after=10)
+            entry["base_urls"].insert(0, f"http://127.0.0.1:{port}/v1")
+            async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+                # Round robin sends every other request to the broken one first.
+                answers = [await chat(client, "gemma") for _ in range(4)]
+            assert whole.stats()["completed"] == 4
+        assert answers == [("gemma/1", "gemma")] * 4
+    finally:
+        broken.close()
+        await broken.wait_closed()

@@ -13,7 +13,7 @@ from enum import Enum
 
 class Failure(Enum):
     REFUSED = "refused"  # the connection was refused
-    RESET = "reset"  # the connection was reset or closed before the response head
+    RESET = "reset"  # the connection was reset or closed before any of the answer went out
     HEAD_TIMEOUT = "head_timeout"  # no response head in time
     BAD_GATEWAY = "502"
     UNAVAILABLE = "503"

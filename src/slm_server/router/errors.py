@@ -238,7 +238,8 @@ class Unreachable(BackendUnavailable):
 
 
 class ClosedBeforeAnswer(BadGateway):
-    """The upstream reset or closed the connection before its response head."""
+    """The upstream reset or closed the connection before the router relayed any of its
+    answer: before the response head, or while a body read whole was coming in."""
 
     failure = Failure.RESET
 

@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator
 from slm_server.router.asgi import ENDED_IN_ERROR, Body, Headers, Message, Send, send_response
 from slm_server.router.backend import Backend
 from slm_server.router.errors import (
-    BadGateway,
     ClosedBeforeAnswer,
     Unreachable,
     UpstreamRefusal,
@@ -284,10 +283,12 @@ async def read_whole(
 
 
 async def _read(response: UpstreamResponse, backend: Backend) -> bytes:
+    """The whole body of an answer read before any of it is relayed: broken off, it is a
+    failure another upstream may mend (ClosedBeforeAnswer), since the client saw none."""
     try:
         return await response.read()
     except UpstreamError as exc:
-        raise BadGateway(f"{backend.label} broke off its answer: {exc}") from None
+        raise ClosedBeforeAnswer(f"{backend.label} broke off its answer: {exc}") from None
 
 
 async def _relay_stream(
