@@ -280,3 +280,34 @@ async def test_an_answer_broken_off_before_any_of_it_went_out_is_retried(
     finally:
         broken.close()
         await broken.wait_closed()
+
+
+async def test_a_replica_that_accepts_no_connection_is_left_for_another_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from slm_server.router import proxy
+
+    monkeypatch.setattr(proxy, "CONNECT_TIMEOUT_S", 0.5)
+    # A listener that never accepts, its queue filled: further connects hang unanswered,
+    # as to a machine that is off.
+    with socket.socket() as silent, socket.socket() as filler:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler.connect(silent.getsockname())
+        with fakes(1) as [whole]:
+            entry = group_entry("gemma", [whole], balance="round_robin", cooldown_after=10)
+            entry["base_urls"].insert(0, f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
+            async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+                started = time.monotonic()
+                answers = [await chat(client, "gemma") for _ in range(2)]
+                took = time.monotonic() - started
+                async with httpx.AsyncClient() as http:
+                    metrics = (await http.get(f"{url}/metrics")).text
+    assert answers == [("gemma/1", "gemma")] * 2
+    # Each request tried the silent one first (the cursor moves past the retry's pick too),
+    # for one connect timeout each, far from the request's default_timeout (10 s).
+    assert took < 5
+    waited = 'result="head_timeout",upstream="gemma/0"} 2.0'
+    assert waited in metrics, metrics

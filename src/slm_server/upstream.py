@@ -310,13 +310,17 @@ _Key = tuple[str, int, ssl.SSLContext | None]
 class UpstreamPool:
     """Keep-alive connections per backend address, reused most-recent first."""
 
-    def __init__(self, keepalive_s: float) -> None:
+    def __init__(self, keepalive_s: float, connect_timeout_s: float | None = None) -> None:
         """``keepalive_s``: an idle connection older than this is closed, not reused.
 
         Keep it below the backends' own idle timeout (llama-server's is 5 s), so that the
         pool never hands out a connection the backend is about to close.
+
+        ``connect_timeout_s``: a connection (and its TLS handshake) not made by then fails
+        as ConnectFailed; None: only the caller's own deadline bounds it.
         """
         self._keepalive_s = keepalive_s
+        self._connect_timeout_s = connect_timeout_s
         self._idle: dict[_Key, list[_Connection]] = {}
         self._closed = False
 
@@ -429,9 +433,13 @@ class UpstreamPool:
     async def _connect(self, host: str, port: int, tls: ssl.SSLContext | None) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            transport, connection = await loop.create_connection(
-                lambda: _Connection(loop), host, port, ssl=tls
-            )
+            async with asyncio.timeout(self._connect_timeout_s):
+                transport, connection = await loop.create_connection(
+                    lambda: _Connection(loop), host, port, ssl=tls
+                )
+        except TimeoutError:
+            waited = f"no connection within {self._connect_timeout_s:g} s"
+            raise ConnectFailed(f"{host}:{port}", TimeoutError(waited)) from None
         except OSError as exc:  # a failed TLS handshake too (ssl.SSLError is an OSError)
             raise ConnectFailed(f"{host}:{port}", exc) from None
         # Seen with uvloop: connection_made had not yet run when create_connection returned.

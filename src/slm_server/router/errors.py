@@ -237,6 +237,12 @@ class Unreachable(BackendUnavailable):
     failure = Failure.REFUSED
 
 
+class ConnectTimedOut(Unreachable):
+    """The connection to an upstream was not made in time (a machine off, packets dropped)."""
+
+    failure = Failure.HEAD_TIMEOUT
+
+
 class ClosedBeforeAnswer(BadGateway):
     """The upstream reset or closed the connection before the router relayed any of its
     answer: before the response head, or while a body read whole was coming in."""

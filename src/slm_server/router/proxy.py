@@ -17,6 +17,7 @@ from slm_server.router.asgi import ENDED_IN_ERROR, Body, Headers, Message, Send,
 from slm_server.router.backend import Backend
 from slm_server.router.errors import (
     ClosedBeforeAnswer,
+    ConnectTimedOut,
     Unreachable,
     UpstreamRefusal,
     error_body,
@@ -77,9 +78,15 @@ _JSON_CONTENT = (b"content-type", b"application/json")
 SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
 
 
+# A machine that is off (or a firewall that drops packets) lets a connect hang for
+# minutes: past this, the upstream counts as unreachable, and another may take the
+# request. Loopback and LAN connections, TLS handshake included, take milliseconds.
+CONNECT_TIMEOUT_S = 10.0
+
+
 def new_upstream_pool() -> UpstreamPool:
     """The HTTP client for backends: pooled keep-alive, bodies left exactly as sent."""
-    return UpstreamPool(keepalive_s=_KEEPALIVE_TIMEOUT_S)
+    return UpstreamPool(keepalive_s=_KEEPALIVE_TIMEOUT_S, connect_timeout_s=CONNECT_TIMEOUT_S)
 
 
 def connect_failure(exc: ConnectFailed, elsewhere: bool = False) -> str:
@@ -245,6 +252,11 @@ async def _post(
             "POST", url.host, url.port, url.target(target), headers, body, tls=remote.tls
         )
     except ConnectFailed as exc:
+        if isinstance(exc.os_error, TimeoutError):
+            raise ConnectTimedOut(
+                f"{backend.label} is not reachable: {exc.os_error}",
+                retry_after=UNAVAILABLE_RETRY_AFTER_S,
+            ) from None
         raise Unreachable(
             f"{backend.label} is not reachable: {connect_failure(exc, remote is not None)}",
             retry_after=UNAVAILABLE_RETRY_AFTER_S,
