@@ -1,0 +1,145 @@
+"""The table's rows for replicated backends: load spread over replicas, and one killed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bench.replica_kill import KillRun
+from bench.replicas import ReplicaRun
+from bench.results import ROUTER, Results
+from bench.stats import Figure, number, with_spread
+
+# A replica's share may stray this far from an even one (a fraction of it), in every run.
+MAX_OFF_EVEN = 0.10
+# Many upstreams may cost the router this much of one upstream's rate, at most.
+MIN_RATE_OF_ONE = 0.9
+# After its cooldown, one probe brings a restarted replica back; allowed on top of it.
+PROBE_SLACK_S = 0.5
+
+
+@dataclass(frozen=True)
+class Line:
+    """One row: its figure goes in the router's column."""
+
+    measure: str
+    cell: str
+    target: str = ""
+    ok: bool | None = None
+
+
+def _figure(runs: Sequence[ReplicaRun], value: Callable[[ReplicaRun], float]) -> Figure:
+    return Figure.of(value(run) for run in runs)
+
+
+def _percent(figure: Figure) -> str:
+    if figure.missing:
+        return "-"
+    scaled = Figure(figure.median * 100, figure.low * 100, figure.high * 100, figure.runs)
+    return with_spread(scaled, 1) + " %"
+
+
+def replica_lines(results: Results) -> list[Line]:
+    settings, by_size = results.settings, results.replicas
+    if not by_size:
+        return []
+    lines: list[Line] = []
+    connections = settings.replica_connections
+    one = by_size.get(1, [])
+    many_size = max(by_size)
+    rate_one = _figure(one, lambda run: run.wrk.rps)
+    plain = results.plain.get((ROUTER, connections), [])
+    rate_plain = Figure.of(run.rps for run in plain)
+    for size, runs in sorted(by_size.items()):
+        label = f"replicas: {size} base_url{'s' if size > 1 else ''} c={connections}"
+        rate = _figure(runs, lambda run: run.wrk.rps)
+        cell = with_spread(rate, 0)
+        compared = []
+        if size > 1 and not rate_one.missing:
+            compared.append(f"{rate.median / rate_one.median:.2f}x 1 base_url")
+        if not rate_plain.missing:
+            compared.append(f"{rate.median / rate_plain.median:.2f}x plain c={connections}")
+        if compared:
+            cell += f" ({', '.join(compared)})"
+        if size > 1 and not rate_one.missing:
+            lines.append(
+                Line(
+                    f"{label} req/s",
+                    cell,
+                    f">= {MIN_RATE_OF_ONE:g}x 1 base_url",
+                    rate.median >= MIN_RATE_OF_ONE * rate_one.median,
+                )
+            )
+        else:
+            lines.append(Line(f"{label} req/s", cell))
+        lines.append(Line(f"{label} p50 ms", with_spread(_figure(runs, lambda r: r.wrk.p50_ms), 3)))
+        lines.append(Line(f"{label} p99 ms", with_spread(_figure(runs, lambda r: r.wrk.p99_ms), 3)))
+        cpu = with_spread(_figure(runs, lambda run: run.cpu_us), 0)
+        lines.append(Line(f"{label} CPU us/request", cpu))
+        if size == many_size and size > 1:
+            lines.extend(_spread_lines(label, runs))
+    errors = sum(run.wrk.errors for runs in by_size.values() for run in runs)
+    lines.append(
+        Line("replicas: non-2xx + socket errors (all runs)", str(errors), "0", errors == 0)
+    )
+    return lines
+
+
+def _spread_lines(label: str, runs: Sequence[ReplicaRun]) -> list[Line]:
+    totals = [sum(column) for column in zip(*(run.counts for run in runs), strict=True)]
+    overall = sum(totals)
+    shares = " / ".join(f"{count / overall:.1%}" if overall else "-" for count in totals)
+    spread = _figure(runs, lambda run: run.off_even)
+    return [
+        Line(f"{label} share per replica", f"{shares} (of {number(overall, 0)})"),
+        Line(
+            f"{label} farthest replica off even",
+            _percent(spread),
+            f"<= {MAX_OFF_EVEN:.0%} every run",
+            None if spread.missing else spread.high <= MAX_OFF_EVEN,
+        ),
+    ]
+
+
+def kill_lines(results: Results) -> list[Line]:
+    runs = results.replica_kills
+    if not runs:
+        return []
+    first = runs[0]
+    label = f"replica-kill c={first.connections}, {first.replicas} replica(s)"
+    after = sum(run.failed_after_kill for run in runs)
+    recovery = Figure.of(run.recovery_s for run in runs)
+    never = sum(1 for run in runs if math.isnan(run.recovery_s))
+    recovery_cell = with_spread(recovery, 3)
+    if never:
+        recovery_cell = f"{recovery_cell}; never back in {never} run(s)"
+    limit = first.cooldown_s + PROBE_SLACK_S
+
+    def median(value: Callable[[KillRun], float], digits: int) -> str:
+        return with_spread(Figure.of(value(run) for run in runs), digits)
+
+    return [
+        Line(f"{label}: requests", median(lambda run: run.requests, 0)),
+        Line(f"{label}: failed, sent after the kill (all runs)", f"{after:,}", "0", after == 0),
+        Line(
+            f"{label}: failed, in flight at the kill / before it",
+            f"{sum(run.failed_in_flight for run in runs):,} / "
+            f"{sum(run.failed_before_kill for run in runs):,}",
+        ),
+        Line(
+            f"{label}: killed replica's requests before kill / after restart",
+            f"{median(lambda run: run.killed_before, 0)} / "
+            f"{median(lambda run: run.killed_after, 0)}",
+        ),
+        Line(
+            f"{label}: restart to listening ms",
+            median(lambda run: run.restart_to_listening_s * 1000, 0),
+        ),
+        Line(
+            f"{label}: listening to its first request s (cooldown_s {first.cooldown_s:g})",
+            recovery_cell,
+            f"<= {limit:g} s",
+            not never and recovery.high <= limit,
+        ),
+    ]

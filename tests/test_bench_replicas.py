@@ -1,0 +1,174 @@
+"""The benchmark's replica rows: the spread, the kill run's tally, their verdicts, a real run."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bench.cli import _parser as bench_parser
+from bench.cli import settings_from
+from bench.replica_kill import KillPlan, KillRun, Sent, tally
+from bench.replicas import ReplicaRun, off_even
+from bench.report import render
+from bench.results import ROUTER, Results, Settings
+from bench.router import write_openai_config
+from bench.wrk import WrkRun
+
+from slm_server.config.loader import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_off_even_is_the_farthest_replica_from_an_even_share() -> None:
+    assert off_even([250, 250, 250, 250]) == 0
+    assert off_even([300, 200, 250, 250]) == pytest.approx(0.2)
+    assert off_even([1000, 0, 0, 0]) == pytest.approx(3.0)
+    assert math.isnan(off_even([0, 0, 0, 0]))
+
+
+def test_failures_are_told_apart_by_when_they_were_sent_against_the_kill() -> None:
+    killed_at = 10.0
+    records = [
+        Sent(9.0, 9.5, ok=False),  # answered before the kill
+        Sent(9.8, 10.2, ok=False),  # in flight at the kill
+        Sent(9.9, 10.0, ok=False),  # ended at the very moment: in flight
+        Sent(10.0, 10.1, ok=False),  # sent once it was dead
+        Sent(11.0, 11.1, ok=False),
+        Sent(9.9, 10.3, ok=True),
+        Sent(10.5, 10.6, ok=True),
+    ]
+    counts = tally(records, killed_at)
+    assert (counts.sent, counts.failed_after_kill, counts.failed_in_flight) == (7, 2, 2)
+    assert counts.failed_before_kill == 1
+
+
+def test_the_kill_run_outlasts_a_probe_that_finds_the_replica_still_down() -> None:
+    plan = KillPlan(connections=32, kill_at_s=2, restart_at_s=4, cooldown_s=2)
+    # Down at 2 s, cooled until 4 s; a probe at 4 s may fail (not listening yet) and cool
+    # it until 6 s: the next probe, at 6 s, must fall inside the run.
+    assert plan.duration_s > plan.restart_at_s + 2 * plan.cooldown_s
+
+
+def test_one_port_is_a_base_url_the_router_loads(tmp_path: Path) -> None:
+    config = load_config(write_openai_config(tmp_path / "one.yaml", [8001]))
+    [entry] = config.file.models.values()
+    assert (entry.backend, entry.base_url, entry.base_urls) == (
+        "openai",
+        "http://127.0.0.1:8001/v1",
+        None,
+    )
+
+
+def _wrk(rps: float, errors: int = 0) -> WrkRun:
+    return WrkRun(int(rps * 2), 2.0, errors, 1.0, 5.0, errors)
+
+
+def _replica_table(
+    many: list[tuple[float, tuple[int, ...]]], one_rps: float = 10_000, errors: int = 0
+) -> str:
+    results = Results(Settings(only=("replicas",), repeats=len(many)))
+    results.replicas = {
+        1: [ReplicaRun(_wrk(one_rps), 60.0, (int(one_rps * 2),)) for _ in many],
+        4: [ReplicaRun(_wrk(rps, errors), 65.0, counts) for rps, counts in many],
+    }
+    return render(results)
+
+
+def verdict(table: str, row: str) -> str:
+    [line] = [line for line in table.splitlines() if row in line]
+    return line.rstrip(" |").rsplit("|", 1)[-1].strip()
+
+
+def cell(table: str, row: str) -> str:
+    [line] = [line for line in table.splitlines() if row in line]
+    columns = [part.strip() for part in line.strip(" |").split("|")]
+    return columns[3]  # measure, direct, nginx, slm_server
+
+
+def test_an_even_spread_at_the_rate_of_one_upstream_passes() -> None:
+    table = _replica_table([(9_800, (5_000, 4_800, 4_900, 4_900)), (9_600, (4_800,) * 4)])
+    assert "targets: 3/3 PASS" in table
+    assert cell(table, "4 base_urls c=256 req/s") == "9,700 [9,600-9,800] (0.97x 1 base_url)"
+    shares = "25.3% / 24.7% / 25.0% / 25.0% (of 38,800)"
+    assert cell(table, "share per replica") == shares
+    assert cell(table, "off even") == "1.0 [0.0-2.0] %"
+
+
+def test_one_run_far_off_even_or_a_slow_rate_or_an_error_misses() -> None:
+    lopsided = _replica_table([(9_800, (4_900,) * 4), (9_800, (6_000, 4_000, 4_900, 4_700))])
+    assert verdict(lopsided, "off even") == "MISS"
+    assert verdict(_replica_table([(8_500, (4_250,) * 4)]), "4 base_urls c=256 req/s") == "MISS"
+    assert verdict(_replica_table([(9_800, (4_900,) * 4)], errors=1), "socket errors") == "MISS"
+
+
+def test_the_replica_rows_compare_with_the_plain_router_row_when_it_ran() -> None:
+    results = Results(Settings())
+    results.plain[(ROUTER, 256)] = [_wrk(12_000)]
+    results.replicas = {1: [ReplicaRun(_wrk(9_000), 60.0, (1,))]}
+    assert "(0.75x plain c=256)" in cell(render(results), "1 base_url c=256 req/s")
+
+
+def _kill_table(*runs: KillRun) -> str:
+    results = Results(Settings(only=("replica-kill",), repeats=len(runs)))
+    results.replica_kills = list(runs)
+    return render(results)
+
+
+def _kill(**figures: object) -> KillRun:
+    run = KillRun(connections=32, replicas=4, cooldown_s=2.0, requests=20_000)
+    run.killed_before, run.killed_after = 2_500, 3_000
+    run.restart_to_listening_s, run.recovery_s = 0.2, 1.8
+    for name, value in figures.items():
+        setattr(run, name, value)
+    return run
+
+
+def test_a_kill_nobody_noticed_and_a_replica_back_after_its_cooldown_pass() -> None:
+    table = _kill_table(_kill(), _kill(recovery_s=1.9, failed_in_flight=1, killed_before=2_400))
+    assert "targets: 2/2 PASS" in table
+    assert cell(table, "in flight at the kill / before it") == "1 / 0"
+    both = "2,450 [2,400-2,500] / 3,000 [3,000-3,000]"
+    assert cell(table, "before kill / after restart") == both
+    assert cell(table, "its first request") == "1.850 [1.800-1.900]"
+
+
+def test_a_failure_after_the_kill_or_a_replica_never_back_misses() -> None:
+    assert verdict(_kill_table(_kill(), _kill(failed_after_kill=1)), "sent after") == "MISS"
+    never = _kill_table(_kill(), _kill(recovery_s=math.nan))
+    assert verdict(never, "its first request") == "MISS"
+    assert "never back in 1 run(s)" in cell(never, "its first request")
+    assert verdict(_kill_table(_kill(recovery_s=2.6)), "its first request") == "MISS"
+
+
+def test_only_takes_several_parts_and_refuses_unknown_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = bench_parser().parse_args(["--only", "replicas,replica-kill", "--replicas", "3"])
+    settings = settings_from(args)
+    assert settings.only == ("replicas", "replica-kill")
+    assert settings.runs("replica-kill") and not settings.runs("soak")
+    assert settings.replicas == 3
+    with pytest.raises(SystemExit):
+        bench_parser().parse_args(["--only", "replicas,nginx"])
+    assert "unknown part nginx" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("taskset") is None, reason="bench/run pins with taskset (Linux)")
+def test_a_kill_with_nowhere_else_to_go_is_seen_by_the_client() -> None:
+    """One replica: the run must count the failures a kill causes, and see it come back."""
+    ran = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "replica-kill", "--quick", "--replicas", "1",
+         "--replica-cooldown", "0.5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert verdict(ran.stdout, "sent after the kill") == "MISS", ran.stdout
+    assert verdict(ran.stdout, "its first request") == "PASS", ran.stdout
