@@ -81,7 +81,7 @@ def replica_lines(results: Results) -> list[Line]:
             lines.extend(_spread_lines(label, runs))
     errors = sum(run.wrk.errors for runs in by_size.values() for run in runs)
     lines.append(
-        Line("replicas: non-2xx + socket errors (all runs)", str(errors), "0", errors == 0)
+        Line("replicas: non-2xx + socket errors (all runs)", f"{errors:,}", "0", errors == 0)
     )
     return lines
 

@@ -63,6 +63,15 @@ def test_one_port_is_a_base_url_the_router_loads(tmp_path: Path) -> None:
     )
 
 
+def test_several_ports_are_replicas_with_the_bench_cooldown(tmp_path: Path) -> None:
+    ports = [8001, 8002, 8003, 8004]
+    config = load_config(write_openai_config(tmp_path / "four.yaml", ports, cooldown_s=2))
+    assert config.replica_groups == {"bench": ("bench@0", "bench@1", "bench@2", "bench@3")}
+    replicas = [config.models[role] for role in config.replica_groups["bench"]]
+    assert [entry.base_url for entry in replicas] == [f"http://127.0.0.1:{p}/v1" for p in ports]
+    assert {(entry.id, entry.cooldown_s) for entry in replicas} == {("bench", 2)}
+
+
 def _wrk(rps: float, errors: int = 0) -> WrkRun:
     return WrkRun(int(rps * 2), 2.0, errors, 1.0, 5.0, errors)
 
