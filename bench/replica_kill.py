@@ -110,8 +110,10 @@ class KillRun:
     upstreams: dict[str, int] = field(default_factory=dict)  # x-slm-upstream values seen
 
     @property
-    def failed(self) -> int:
-        return self.failed_after_kill + self.failed_in_flight + self.failed_before_kill
+    def named_killed(self) -> int:
+        """Answers whose x-slm-upstream (``<role>/<replica>``) names the killed replica."""
+        suffix = f"/{self.replicas - 1}"
+        return sum(n for upstream, n in self.upstreams.items() if upstream.endswith(suffix))
 
 
 @dataclass
@@ -203,8 +205,9 @@ def measure_kill(
 ) -> KillRun:
     """Fresh fakes and router, one kill-and-restart run under load, everything stopped after.
 
-    The last replica is the one killed. With one replica there is nowhere to retry: the
-    run then shows what the client sees without replicas.
+    The last replica is the one killed (`KillRun.named_killed` relies on it). With one
+    replica there is nowhere to retry: the run then shows what the client sees without
+    replicas.
     """
     ports = [free_port() for _ in range(replicas)]
     victim_index = replicas - 1

@@ -102,6 +102,14 @@ def _spread_lines(label: str, runs: Sequence[ReplicaRun]) -> list[Line]:
     ]
 
 
+def _named(runs: Sequence[KillRun]) -> str:
+    """How often the router's x-slm-upstream header named the killed replica, per run."""
+    if not any(upstream for run in runs for upstream in run.upstreams):
+        return " (no x-slm-upstream header)"
+    named = Figure.of(float(run.named_killed) for run in runs)
+    return f" (x-slm-upstream named it {with_spread(named, 0)})"
+
+
 def kill_lines(results: Results) -> list[Line]:
     runs = results.replica_kills
     if not runs:
@@ -130,11 +138,12 @@ def kill_lines(results: Results) -> list[Line]:
         Line(
             f"{label}: killed replica's requests before kill / after restart",
             f"{median(lambda run: run.killed_before, 0)} / "
-            f"{median(lambda run: run.killed_after, 0)}",
+            f"{median(lambda run: run.killed_after, 0)}{_named(runs)}",
         ),
         Line(
-            f"{label}: restart to listening ms",
-            median(lambda run: run.restart_to_listening_s * 1000, 0),
+            f"{label}: restart to listening ms / to its first request s",
+            f"{median(lambda run: run.restart_to_listening_s * 1000, 0)} / "
+            f"{median(lambda run: run.restart_to_listening_s + run.recovery_s, 3)}",
         ),
         Line(
             f"{label}: listening to its first request s (cooldown_s {first.cooldown_s:g})",

@@ -140,17 +140,25 @@ def test_a_kill_nobody_noticed_and_a_replica_back_after_its_cooldown_pass() -> N
     table = _kill_table(_kill(), _kill(recovery_s=1.9, failed_in_flight=1, killed_before=2_400))
     assert "targets: 2/2 PASS" in table
     assert cell(table, "in flight at the kill / before it") == "1 / 0"
-    both = "2,450 [2,400-2,500] / 3,000 [3,000-3,000]"
+    both = "2,450 [2,400-2,500] / 3,000 [3,000-3,000] (no x-slm-upstream header)"
     assert cell(table, "before kill / after restart") == both
-    assert cell(table, "its first request") == "1.850 [1.800-1.900]"
+    restart = "200 [200-200] / 2.050 [2.000-2.100]"
+    assert cell(table, "listening ms / to its first request s") == restart
+    assert cell(table, "listening to its first request") == "1.850 [1.800-1.900]"
+
+
+def test_the_killed_replica_is_counted_in_the_router_header_too() -> None:
+    seen = {"bench/0": 9_000, "bench/1": 9_100, "bench/2": 8_900, "bench/3": 5_500}
+    table = _kill_table(_kill(upstreams=seen))
+    assert cell(table, "before kill / after restart").endswith("(x-slm-upstream named it 5,500)")
 
 
 def test_a_failure_after_the_kill_or_a_replica_never_back_misses() -> None:
     assert verdict(_kill_table(_kill(), _kill(failed_after_kill=1)), "sent after") == "MISS"
     never = _kill_table(_kill(), _kill(recovery_s=math.nan))
-    assert verdict(never, "its first request") == "MISS"
-    assert "never back in 1 run(s)" in cell(never, "its first request")
-    assert verdict(_kill_table(_kill(recovery_s=2.6)), "its first request") == "MISS"
+    assert verdict(never, "listening to its first request") == "MISS"
+    assert "never back in 1 run(s)" in cell(never, "listening to its first request")
+    assert verdict(_kill_table(_kill(recovery_s=2.6)), "listening to its first request") == "MISS"
 
 
 def test_only_takes_several_parts_and_refuses_unknown_ones(
@@ -180,4 +188,28 @@ def test_a_kill_with_nowhere_else_to_go_is_seen_by_the_client() -> None:
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert verdict(ran.stdout, "sent after the kill") == "MISS", ran.stdout
-    assert verdict(ran.stdout, "its first request") == "PASS", ran.stdout
+    assert verdict(ran.stdout, "listening to its first request") == "PASS", ran.stdout
+
+
+@pytest.mark.skipif(
+    shutil.which("taskset") is None or shutil.which("wrk") is None,
+    reason="bench/run pins with taskset (Linux) and loads with wrk",
+)
+def test_four_replicas_share_the_load_and_lose_no_request_to_a_kill() -> None:
+    ran = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "replicas,replica-kill", "--quick",
+         "--duration", "1", "--replica-cooldown", "0.5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    table = ran.stdout
+    assert verdict(table, "replicas: non-2xx + socket errors") == "PASS", table
+    assert cell(table, "4 base_urls c=256 share per replica").count("%") == 4, table
+    assert verdict(table, "sent after the kill") == "PASS", table + ran.stderr[-3000:]
+    # Back after its restart, and the router's header named it as the fake counted it.
+    assert "never back" not in cell(table, "listening to its first request"), table
+    assert "x-slm-upstream named it" in cell(table, "before kill / after restart"), table
