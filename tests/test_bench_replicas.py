@@ -77,12 +77,12 @@ def _wrk(rps: float, errors: int = 0) -> WrkRun:
 
 
 def _replica_table(
-    many: list[tuple[float, tuple[int, ...]]], one_rps: float = 10_000, errors: int = 0
+    many: list[tuple[float, tuple[int, ...]]], cpu_us: float = 65.0, errors: int = 0
 ) -> str:
     results = Results(Settings(only=("replicas",), repeats=len(many)))
     results.replicas = {
-        1: [ReplicaRun(_wrk(one_rps), 60.0, (int(one_rps * 2),)) for _ in many],
-        4: [ReplicaRun(_wrk(rps, errors), 65.0, counts) for rps, counts in many],
+        1: [ReplicaRun(_wrk(10_000), 60.0, (20_000,)) for _ in many],
+        4: [ReplicaRun(_wrk(rps, errors), cpu_us, counts) for rps, counts in many],
     }
     return render(results)
 
@@ -98,27 +98,32 @@ def cell(table: str, row: str) -> str:
     return columns[3]  # measure, direct, nginx, slm_server
 
 
-def test_an_even_spread_at_the_rate_of_one_upstream_passes() -> None:
+def test_an_even_spread_at_the_cost_of_one_upstream_passes() -> None:
     table = _replica_table([(9_800, (5_000, 4_800, 4_900, 4_900)), (9_600, (4_800,) * 4)])
     assert "targets: 3/3 PASS" in table
     assert cell(table, "4 base_urls c=256 req/s") == "9,700 [9,600-9,800] (0.97x 1 base_url)"
+    assert cell(table, "4 base_urls c=256 CPU") == "65 [65-65] (1.08x 1 base_url)"
     shares = "25.3% / 24.7% / 25.0% / 25.0% (of 38,800)"
     assert cell(table, "share per replica") == shares
     assert cell(table, "off even") == "1.0 [0.0-2.0] %"
 
 
-def test_one_run_far_off_even_or_a_slow_rate_or_an_error_misses() -> None:
+def test_one_run_far_off_even_or_a_costlier_request_or_an_error_misses() -> None:
     lopsided = _replica_table([(9_800, (4_900,) * 4), (9_800, (6_000, 4_000, 4_900, 4_700))])
     assert verdict(lopsided, "off even") == "MISS"
-    assert verdict(_replica_table([(8_500, (4_250,) * 4)]), "4 base_urls c=256 req/s") == "MISS"
+    costly = _replica_table([(9_800, (4_900,) * 4)], cpu_us=67)
+    assert verdict(costly, "4 base_urls c=256 CPU us/request") == "MISS"
     assert verdict(_replica_table([(9_800, (4_900,) * 4)], errors=1), "socket errors") == "MISS"
 
 
 def test_the_replica_rows_compare_with_the_plain_router_row_when_it_ran() -> None:
     results = Results(Settings())
     results.plain[(ROUTER, 256)] = [_wrk(12_000)]
+    results.plain_cpu_us[(ROUTER, 256)] = [50.0]
     results.replicas = {1: [ReplicaRun(_wrk(9_000), 60.0, (1,))]}
-    assert "(0.75x plain c=256)" in cell(render(results), "1 base_url c=256 req/s")
+    table = render(results)
+    assert cell(table, "1 base_url c=256 req/s") == "9,000 (0.75x plain c=256)"
+    assert cell(table, "1 base_url c=256 CPU us/request") == "60 (1.20x plain c=256)"
 
 
 def _kill_table(*runs: KillRun) -> str:
