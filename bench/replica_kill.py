@@ -102,6 +102,9 @@ class KillRun:
     failed_in_flight: int = 0
     failed_before_kill: int = 0
     first_error: str = ""
+    # When the replica was killed and started again, from the first request sent.
+    killed_at_s: float = float("nan")
+    restarted_at_s: float = float("nan")
     killed_before: int = 0  # chat requests the killed replica received before it died
     killed_after: int = 0  # ... and once started again
     restart_to_listening_s: float = float("nan")
@@ -192,6 +195,8 @@ async def _kill_run(
     run.failed_in_flight = counts.failed_in_flight
     run.failed_before_kill = counts.failed_before_kill
     run.upstreams = dict(upstreams)
+    run.killed_at_s = times.killed_at - begin
+    run.restarted_at_s = times.restarted_at - begin
     run.killed_before = times.killed_before
     run.restart_to_listening_s = times.listening_at - times.restarted_at
     back = served(victim_port)

@@ -316,7 +316,8 @@ def _replica_kills(tmp: Path, settings: Settings, results: Results) -> None:
         progress(
             f"replica-kill {repeat + 1}/{settings.repeats}: {run.requests:,} requests, failed "
             f"{run.failed_after_kill} sent after the kill, {run.failed_in_flight} in flight, "
-            f"{run.failed_before_kill} before; killed replica got {run.killed_before:,} before, "
+            f"{run.failed_before_kill} before; killed at {run.killed_at_s:.3f} s, started again "
+            f"at {run.restarted_at_s:.3f} s; it got {run.killed_before:,} before, "
             f"{run.killed_after:,} after its restart; listening "
             f"{run.restart_to_listening_s * 1000:.0f} ms after it, its first request "
             f"{run.recovery_s:.3f} s after that; x-slm-upstream seen: {run.upstreams}"
