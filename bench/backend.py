@@ -11,6 +11,10 @@ built once at start-up.
   ``bench_chunks`` (events) and ``bench_gap_ms`` (pause between them); proxies
   forward unknown fields untouched, so the client steers the backend through them.
 - ``GET /health``: 200.
+- ``GET /bench/served``: how many chat requests this process has received (each one
+  answered at once, as above), and the
+  CLOCK_MONOTONIC time the first of them arrived (``null`` before any): the replica
+  benchmarks count each replica's share and see when a restarted one is back.
 
 Run: ``python -m bench.backend --port 9000``.
 """
@@ -99,6 +103,24 @@ class Defaults:
     gap_ms = 0.0
 
 
+class Served:
+    """Chat requests this process has received; one counter, so cheap on the hot path."""
+
+    requests = 0
+    first_at: float | None = None  # time.monotonic() of the first one's arrival
+
+    @classmethod
+    def one(cls) -> None:
+        if cls.first_at is None:
+            cls.first_at = time.monotonic()
+        cls.requests += 1
+
+    @classmethod
+    def response(cls) -> bytes:
+        body = json.dumps({"requests": cls.requests, "first_at": cls.first_at}).encode()
+        return _response(b"200 OK", b"application/json", body)
+
+
 class BenchProtocol(asyncio.Protocol):
     """One client connection: keep-alive, requests answered in order."""
 
@@ -153,6 +175,7 @@ class BenchProtocol(asyncio.Protocol):
             del self._buffer[:total]
             keep_alive = _CONNECTION_CLOSE not in head
             if head.startswith(b"post /v1/chat/completions "):
+                Served.one()
                 stream = _stream_shape(body)
                 if stream is not None:
                     self._streaming = asyncio.ensure_future(self._stream(*stream, keep_alive))
@@ -160,6 +183,8 @@ class BenchProtocol(asyncio.Protocol):
                 transport.write(COMPLETION_RESPONSE)
             elif head.startswith(b"get /health "):
                 transport.write(HEALTH_RESPONSE)
+            elif head.startswith(b"get /bench/served "):
+                transport.write(Served.response())
             elif head.startswith(b"post /completion "):
                 transport.write(ONE_TOKEN_RESPONSE)
             else:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bench.procs import choose_cpus, require_tools
 from bench.report import render
-from bench.results import Settings
+from bench.results import PARTS, Settings
 from bench.suite import progress, run_suite
 
 _QUICK_SOAK_REQUESTS = 5_000
@@ -22,6 +22,23 @@ def _numbers(text: str) -> tuple[int, ...]:
 
 def _gaps(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in text.split(","))
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    parts = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown part {', '.join(unknown)}; choose from {', '.join(PARTS)}"
+        )
+    return parts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,9 +114,38 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--only",
-        choices=("soak", "cold-start"),
-        help="run only this part: `soak` starts just the fake backend and the router; "
-        "`cold-start` just serve with an on-demand fake llama-server",
+        type=_parts,
+        default=(),
+        metavar="PART[,PART]",
+        help="run only these parts: `soak` starts just the fake backend and the router; "
+        "`cold-start` just serve with an on-demand fake llama-server; `replicas` and "
+        "`replica-kill` just the fake replicas and their routers",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=_at_least_one,
+        default=defaults.replicas,
+        help="fake backends behind the replicated entry; 1 gives it one base_url "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replica-connections",
+        type=int,
+        default=defaults.replica_connections,
+        help="wrk connections in the replicas runs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--kill-connections",
+        type=int,
+        default=defaults.kill_connections,
+        help="requests kept in flight in the replica-kill run (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replica-cooldown",
+        type=float,
+        default=defaults.replica_cooldown_s,
+        metavar="S",
+        help="the router's cooldown_s in the replica-kill run (default: %(default)s)",
     )
     parser.add_argument(
         "--cold-starts",
@@ -159,15 +205,23 @@ def settings_from(args: argparse.Namespace) -> Settings:
         soak_requests=soak_requests,
         soak_connections=args.soak_connections,
         soak_deadline_s=args.soak_deadline,
-        only_soak=args.only == "soak",
         cold_starts=cold_starts,
-        only_cold_start=args.only == "cold-start",
+        only=args.only,
+        replicas=args.replicas,
+        replica_connections=args.replica_connections,
+        kill_connections=args.kill_connections,
+        replica_cooldown_s=args.replica_cooldown,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    require_tools(*(("taskset",) if args.only else ("wrk", "nginx", "taskset")))
+    tools = ["taskset"]
+    if not args.only or "replicas" in args.only:
+        tools.append("wrk")
+    if not args.only:
+        tools.append("nginx")
+    require_tools(*tools)
     settings = settings_from(args)
     if settings.proxy_cpu is None:
         progress("fewer than 2 usable CPUs: nothing pinned, figures are only comparative")

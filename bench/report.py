@@ -10,7 +10,9 @@ from typing import Literal
 
 from bench.cold_start import ColdStart
 from bench.environment import load_average
-from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results
+from bench.replica_kill import KillPlan
+from bench.replica_report import kill_lines, replica_lines
+from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results, Settings
 from bench.stats import Figure, with_spread
 from bench.streams import StreamRun
 from bench.wrk import WrkRun
@@ -349,15 +351,33 @@ def _overhead_cell(values: list[float], responses: int) -> str:
     return f"{statistics.median(values):.3f} (n={len(values)})"
 
 
+def _replicas_header(settings: Settings) -> str:
+    plan = KillPlan(settings.kill_connections, cooldown_s=settings.replica_cooldown_s)
+    return (
+        f"replicas: {settings.replicas} fake backend(s) behind one `backend: openai` entry "
+        f"(base_urls; base_url for one), the router pinned apart from them and the load; "
+        f"median [min-max] of "
+        f"{settings.repeats} run(s) of {settings.duration_s:g} s at "
+        f"c={settings.replica_connections}; replica-kill: c={plan.connections} for "
+        f"{plan.duration_s:g} s, one replica killed (SIGKILL) at {plan.kill_at_s:g} s and "
+        f"started again at {plan.restart_at_s:g} s, router cooldown_s {plan.cooldown_s:g}"
+    )
+
+
 def render(results: Results) -> str:
     rows = _Rows()
-    if results.settings.only_cold_start:
-        _cold_start_rows(results, rows)
-    elif not results.settings.only_soak:
+    settings = results.settings
+    if not settings.only:
         _plain_rows(results, rows)
         _stream_rows(results, rows)
         _process_rows(results, rows)
+    elif "cold-start" in settings.only:
+        _cold_start_rows(results, rows)
     _soak_rows(results, rows)
+    for replica_line in [*replica_lines(results), *kill_lines(results)]:
+        rows.add_plain(
+            replica_line.measure, {ROUTER: replica_line.cell}, replica_line.target, replica_line.ok
+        )
     table = [list(_COLUMNS)]
     for row in rows.rows:
         table.append(
@@ -374,17 +394,18 @@ def render(results: Results) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
-    settings = results.settings
     header = [f"{key}: {value}" for key, value in results.environment.items()]
     header.append(f"load average at end: {load_average()}")
-    if settings.only_soak:
+    if "soak" in settings.only:
         header.append("soak run only: the fake backend and the router, nothing else")
-    elif settings.only_cold_start:
+    if "cold-start" in settings.only:
         header.append(
             f"cold starts only: {len(results.cold_starts)} requests for an unloaded model "
             "through serve, each figure the median [min-max] over them"
         )
-    else:
+    if settings.runs("replicas") or settings.runs("replica-kill"):
+        header.append(_replicas_header(settings))
+    if not settings.only:
         header.append(
             f"each figure: median of {settings.repeats} run(s) of {settings.duration_s:g} s "
             f"(streams {settings.stream_duration_s:g} s, {settings.chunks} chunks each), "

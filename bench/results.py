@@ -7,6 +7,8 @@ from typing import Any
 
 from bench.cold_start import ColdStart
 from bench.metrics_check import MetricsCheck
+from bench.replica_kill import KillRun
+from bench.replicas import ReplicaRun
 from bench.soak import SoakRun
 from bench.streams import PlainSample, StreamRun
 from bench.uploads import UploadRun
@@ -16,6 +18,8 @@ DIRECT = "direct"
 NGINX = "nginx"
 ROUTER = "slm_server"
 TARGETS = (DIRECT, NGINX, ROUTER)
+# What `--only` can run alone; a run without it runs everything.
+PARTS = ("soak", "cold-start", "replicas", "replica-kill")
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,16 @@ class Settings:
     soak_requests: int = 100_000  # 0: no soak run
     soak_connections: int = 64
     soak_deadline_s: float = 900.0  # the soak stops here, finished or not
-    only_soak: bool = False
     cold_starts: int = 5  # cold requests timed through one serve; 0: none
-    only_cold_start: bool = False
+    only: tuple[str, ...] = ()  # parts run alone (of PARTS); empty: everything
+    # Fake backends behind one `backend: openai` entry with base_urls.
+    replicas: int = 4
+    replica_connections: int = 256
+    kill_connections: int = 32
+    replica_cooldown_s: float = 2.0  # the router's cooldown_s in the replica-kill run
+
+    def runs(self, part: str) -> bool:
+        return not self.only or part in self.only
 
 
 @dataclass
@@ -63,6 +74,8 @@ class Results:
     uploads: UploadRun | None = None
     metrics: MetricsCheck | None = None
     soak: SoakRun | None = None
+    replicas: dict[int, list[ReplicaRun]] = field(default_factory=dict)  # by upstream count
+    replica_kills: list[KillRun] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """Every raw figure, for comparing sessions later (tuple keys become strings)."""
@@ -106,4 +119,9 @@ class Results:
             | {"peak_rss_mb": self.uploads.peak_rss_mb},
             "metrics": None if self.metrics is None else asdict(self.metrics),
             "soak": None if self.soak is None else asdict(self.soak),
+            "replicas": {
+                f"{size} upstreams": [asdict(run) | {"off_even": run.off_even} for run in runs]
+                for size, runs in self.replicas.items()
+            },
+            "replica_kills": [asdict(run) for run in self.replica_kills],
         }

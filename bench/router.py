@@ -31,21 +31,44 @@ def write_config(tmp: Path, backend_port: int) -> Path:
     # The router never opens the model; the file only keeps the config valid.
     model = tmp / "bench.gguf"
     model.write_bytes(b"GGUF")
+    entry = {
+        "id": MODEL_ID,
+        "backend": "llamacpp",
+        "host": HOST,
+        "port": backend_port,
+        "model_path": str(model),
+        "default_timeout": 60,
+        "quantization": "Q4_K_M",
+        # Admission control stays in the path but never queues: the load
+        # generators' concurrency is what is measured, not the gate's.
+        "max_concurrency": 1024,
+    }
+    return _write(tmp / "models.yaml", entry)
+
+
+def write_openai_config(
+    path: Path, backend_ports: list[int], cooldown_s: float | None = None
+) -> Path:
+    """A models.yaml serving ``bench`` from fake backends as servers elsewhere.
+
+    One port gives ``base_url``; several give ``base_urls``, one replica each, with
+    ``cooldown_s`` (the pause before a failed replica is probed again) when given.
+    """
+    urls = [f"http://{HOST}:{port}/v1" for port in backend_ports]
+    entry: dict[str, object] = {"id": MODEL_ID, "backend": "openai"}
+    if len(urls) == 1:
+        entry["base_url"] = urls[0]
+    else:
+        entry["base_urls"] = urls
+    if cooldown_s is not None:
+        entry["cooldown_s"] = cooldown_s
+    entry |= {"default_timeout": 60, "max_concurrency": 1024}
+    return _write(path, entry)
+
+
+def _write(path: Path, entry: dict[str, object]) -> Path:
     config = {
-        "models": {
-            "bench": {
-                "id": MODEL_ID,
-                "backend": "llamacpp",
-                "host": HOST,
-                "port": backend_port,
-                "model_path": str(model),
-                "default_timeout": 60,
-                "quantization": "Q4_K_M",
-                # Admission control stays in the path but never queues: the load
-                # generators' concurrency is what is measured, not the gate's.
-                "max_concurrency": 1024,
-            }
-        },
+        "models": {"bench": entry},
         "router": {
             "max_queue": 100000,
             "api_keys": [
@@ -54,7 +77,6 @@ def write_config(tmp: Path, backend_port: int) -> Path:
             ],
         },
     }
-    path = tmp / "models.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

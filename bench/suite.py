@@ -17,6 +17,8 @@ from bench.metrics_check import check_metrics, counted_now
 from bench.nginx import start_nginx
 from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn, wait_healthy
 from bench.readiness import measure_lag
+from bench.replica_kill import KillPlan, measure_kill
+from bench.replicas import measure_replicas
 from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results, Settings
 from bench.router import start_router, write_config
 from bench.soak import soak
@@ -40,15 +42,19 @@ def run_suite(settings: Settings) -> Results:
     with tempfile.TemporaryDirectory(prefix="slm-bench-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            if settings.only_soak:
-                with _router_only(tmp, settings) as (ports, processes):
-                    _soak(settings, results, ports, processes)
-            elif settings.only_cold_start:
-                results.cold_starts = _cold_starts(tmp, settings)
-            else:
+            if not settings.only:
                 with _targets(tmp, settings, results) as (ports, processes):
                     _measure(settings, results, ports, processes)
                     _soak(settings, results, ports, processes)
+            if "cold-start" in settings.only:
+                results.cold_starts = _cold_starts(tmp, settings)
+            if "soak" in settings.only:
+                with _router_only(tmp, settings) as (ports, processes):
+                    _soak(settings, results, ports, processes)
+            if settings.runs("replicas"):
+                _replicas(tmp, settings, results)
+            if settings.runs("replica-kill"):
+                _replica_kills(tmp, settings, results)
         except Exception:
             _print_logs(tmp)
             raise
@@ -278,6 +284,46 @@ def _soak(
     )
     if run.first_error:
         progress(f"soak: first error: {run.first_error}")
+
+
+def _replicas(tmp: Path, settings: Settings, results: Results) -> None:
+    progress(
+        f"replicas: {settings.replicas} fake backend(s) behind one base_urls entry, and "
+        f"one behind base_url, c={settings.replica_connections}"
+    )
+    results.replicas = measure_replicas(
+        tmp,
+        settings.replicas,
+        settings.replica_connections,
+        settings.repeats,
+        settings.duration_s,
+        settings.proxy_cpu,
+        settings.load_cpu,
+        progress,
+    )
+
+
+def _replica_kills(tmp: Path, settings: Settings, results: Results) -> None:
+    plan = KillPlan(settings.kill_connections, cooldown_s=settings.replica_cooldown_s)
+    for repeat in range(settings.repeats):
+        progress(
+            f"replica-kill {repeat + 1}/{settings.repeats}: c={plan.connections} for "
+            f"{plan.duration_s:g} s, replica {settings.replicas - 1} killed at "
+            f"{plan.kill_at_s:g} s and started again at {plan.restart_at_s:g} s"
+        )
+        run = measure_kill(tmp, plan, settings.replicas, settings.proxy_cpu, settings.load_cpu)
+        results.replica_kills.append(run)
+        progress(
+            f"replica-kill {repeat + 1}/{settings.repeats}: {run.requests:,} requests, failed "
+            f"{run.failed_after_kill} sent after the kill, {run.failed_in_flight} in flight, "
+            f"{run.failed_before_kill} before; killed at {run.killed_at_s:.3f} s, started again "
+            f"at {run.restarted_at_s:.3f} s; it got {run.killed_before:,} before, "
+            f"{run.killed_after:,} after its restart; listening "
+            f"{run.restart_to_listening_s * 1000:.0f} ms after it, its first request "
+            f"{run.recovery_s:.3f} s after that; x-slm-upstream seen: {run.upstreams}"
+        )
+        if run.first_error:
+            progress(f"replica-kill: first failure at {run.first_error}")
 
 
 def _print_logs(tmp: Path) -> None:

@@ -22,7 +22,7 @@ def verdict(table: str, row: str) -> str:
 
 
 def cold_table(*router_parts_ms: float) -> str:
-    results = Results(Settings(only_cold_start=True))
+    results = Results(Settings(only=("cold-start",)))
     results.cold_starts = [
         # The router's part is the two spans it owns; the backend's loading is not in it.
         ColdStart(total_s=0.5, to_spawn_s=ms / 2000, to_first_byte_s=ms / 2000, poll_wait_s=0.03)

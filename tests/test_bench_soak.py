@@ -29,7 +29,7 @@ def soak_table(**figures: object) -> str:
     )
     for name, value in figures.items():
         setattr(run, name, value)
-    results = Results(Settings(only_soak=True))
+    results = Results(Settings(only=("soak",)))
     results.soak = run
     return render(results)
 
