@@ -15,7 +15,8 @@ from slm_server.config.paths import (
     base_dir_for,
     resolve_model_path,
 )
-from slm_server.config.schema import ApiKey, ConfigFile, ModelEntry, RouterSettings
+from slm_server.config.router_settings import ApiKey, RouterSettings
+from slm_server.config.schema import ConfigFile, ModelEntry
 
 __all__ = [
     "CONFIG_ENV_VAR",

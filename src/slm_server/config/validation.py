@@ -14,7 +14,8 @@ from pydantic_core import ErrorDetails
 from slm_server.config.backend_flags import flag_clashes
 from slm_server.config.problems import Problem
 from slm_server.config.replicas import REPLICA_MARK
-from slm_server.config.schema import ApiKey, ConfigFile, ModelEntry, RouterSettings
+from slm_server.config.router_settings import ApiKey, RouterSettings
+from slm_server.config.schema import ConfigFile, ModelEntry
 
 _MAX_SHOWN = 60  # characters of a bad value quoted back in a message
 # /admin/logs/{role} streams a backend's log, and /admin/logs/router the router's own.
