@@ -480,7 +480,7 @@ class RouterApp:
     ) -> None:
         lifetime = RequestLifetime(receive, sent)  # the deadline runs from arrival, upload too
         body = await read_body(
-            scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines
+            scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines, lifetime.task
         )
         lifetime.stopwatch.resume()  # the router's own time starts once the client has sent
         try:
