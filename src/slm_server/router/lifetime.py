@@ -24,7 +24,7 @@ wait (for a slot or a load), and otherwise only once the request has run for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Protocol, TypeVar
 
 from slm_server.router.asgi import Receive
@@ -150,6 +150,24 @@ class RequestLifetime:
 
     def answer_ends(self) -> None:
         self._answering = False
+
+    async def answer(self, waiting: Coroutine[object, None, T]) -> T:
+        """Await ``waiting`` (the backend's answer, or part of it) within the deadline:
+        BackendTimeout if it passes first. The request's timer bounds it, as it does
+        forward's, instead of an ``asyncio.timeout`` of its own (see the module's doc)."""
+        try:
+            self.answer_begins()
+        except BaseException:
+            waiting.close()  # never started: closed here, not left to warn when collected
+            raise
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            if self.answer_cut():
+                raise self.ran_out(ANSWERING) from None
+            raise
+        finally:
+            self.answer_ends()
 
     async def wait_for(self, waiting: Awaitable[T], phase: str) -> T:
         """Await a wait for a slot or a load: bounded by the deadline, ended by the client
