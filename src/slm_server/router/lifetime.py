@@ -78,11 +78,18 @@ class RequestLifetime:
         "timeout",
     )
 
-    def __init__(self, receive: Receive, sent: SentMessages) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        sent: SentMessages,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """``loop``: the running one, when the caller knows it (else it is asked for)."""
         self.stopwatch = Stopwatch()
-        # The loop found once per request: on Python 3.11 each get_running_loop() makes a
-        # getpid() system call.
-        self._loop = loop = asyncio.get_running_loop()
+        # Asked for once per request at most: on Python 3.11 each get_running_loop() makes
+        # a getpid() system call, which profiles under load showed among the costliest
+        # lines of a request.
+        self._loop = loop = loop or asyncio.get_running_loop()
         # The task the request arrives in (read_body watches it); ``begin`` takes the one
         # it goes on in, the same one in the app.
         self.task: asyncio.Task[object] | None = asyncio.current_task(loop)
