@@ -73,6 +73,31 @@ def test_a_key_is_found_by_its_digest_alone_whatever_the_number_of_keys(
     assert hashed == [b"key-999", b"key-1000"]
 
 
+def test_a_key_that_matched_is_not_hashed_again_and_an_unknown_one_is_never_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = ring({"name": "alice", "key": "alice-key"}, {"name": "ops", "key": "ops-key"})
+    hashed: list[bytes] = []
+    digest = hashlib.sha256
+
+    def counting(data: bytes) -> Any:
+        hashed.append(data)
+        return digest(data)
+
+    monkeypatch.setattr("slm_server.auth.ring.hashlib.sha256", counting)
+    alice = Grant("alice", None, admin=False)
+    assert [made.grant(b"alice-key") for _ in range(3)] == [alice] * 3
+    # Unknown keys, one a byte off a remembered one, are hashed each time: none is kept,
+    # so no number of them grows the memo.
+    for _ in range(2):
+        for unknown in (b"alice-kez", b"alice-key ", b"alice-ke", b"other"):
+            assert made.grant(unknown) is None
+    assert made.grant(b"ops-key") == Grant("ops", None, admin=False)
+    assert made.grant(b"alice-key") == alice
+    unknowns = [b"alice-kez", b"alice-key ", b"alice-ke", b"other"]
+    assert hashed == [b"alice-key", *unknowns, *unknowns, b"ops-key"]
+
+
 def test_an_empty_presented_key_never_matches_even_the_digest_of_an_empty_key() -> None:
     # The schema refuses this digest; a ring made around it must still let nobody in.
     grants = [(hashlib.sha256(b"").digest(), Grant("empty", None, admin=True))]

@@ -252,6 +252,20 @@ async def test_backend_slower_than_default_timeout_is_504(fake: FakeBackend) -> 
     await app.aclose()
 
 
+async def test_converted_request_to_a_backend_slower_than_default_timeout_is_504(
+    fake: FakeBackend,
+) -> None:
+    # No /v1/responses (a 404 at once): the request is converted, and its chat hangs.
+    fake.control(no_responses=True, hang=True)
+    app = RouterApp(make_config(models_for(fake, default_timeout=0.3)))
+    async with await client_for(app) as client:
+        response = await client.post("/v1/responses", json={"model": "m-chat", "input": "hi"})
+    error = assert_envelope(response, 504, "server_error")
+    assert "0.3s ran out while waiting for the backend's answer" in error["message"]
+    assert fake.last_request()["path"] == "/v1/chat/completions"
+    await app.aclose()
+
+
 async def test_concurrency_limit_queues_then_rejects_with_429(fake: FakeBackend) -> None:
     fake.control(response_delay=0.3)
     app = RouterApp(make_config(models_for(fake, max_concurrency=1), max_queue=1))

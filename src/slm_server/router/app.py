@@ -140,6 +140,9 @@ class RouterApp:
         self.load = LoadFigures(config.base_dir)
         self.request_ids = RequestIds()
         self.access_log = AccessLog(config.file.router.access_log)
+        # The loop serving between lifespan start-up and shutdown, so that a request need
+        # not ask for it (see RequestLifetime); None outside them, as in tests without.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.scheduler = self._scheduler(supervisor) if supervisor is not None else None
         if self.scheduler is not None:
             self.load.waiting_to_start = self.scheduler.waiting
@@ -220,6 +223,7 @@ class RouterApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self.loop = asyncio.get_running_loop()
                 if self.router_log is not None:
                     self.router_log.attach(asyncio.get_running_loop())
                 if self.settle_gc:  # before the supervisor's tasks exist: they are not frozen
@@ -237,6 +241,7 @@ class RouterApp:
                 await self.aclose()
                 if self.router_log is not None:
                     self.router_log.detach()
+                self.loop = None
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -478,9 +483,10 @@ class RouterApp:
     async def _model_request(
         self, scope: Scope, receive: Receive, sent: RequestRecord, path: str, grant: Grant | None
     ) -> None:
-        lifetime = RequestLifetime(receive, sent)  # the deadline runs from arrival, upload too
+        # The deadline runs from arrival, upload too.
+        lifetime = RequestLifetime(receive, sent, self.loop)
         body = await read_body(
-            scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines
+            scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines, lifetime.task
         )
         lifetime.stopwatch.resume()  # the router's own time starts once the client has sent
         try:

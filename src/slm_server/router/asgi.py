@@ -45,6 +45,7 @@ async def read_body(
     limit: int,
     budget: BodyBudget,
     deadlines: BodyDeadlines,
+    task: asyncio.Task[object] | None = None,
 ) -> Body:
     """The whole request body; BodyTooLarge as soon as it exceeds ``limit`` bytes.
 
@@ -61,7 +62,8 @@ async def read_body(
     (BodyStalled, 408): nothing may come for ``deadlines.idle_timeout_s``, and after
     that long it must have arrived at ``deadlines.min_rate`` bytes/s on average.
     Otherwise its bytes, declared ones included, would stay taken for as long as the
-    client lingers.
+    client lingers. ``task`` is the one reading (default: the current one), as the
+    deadlines cancel it.
     """
     declared = header(scope, b"content-length")
     taken = 0
@@ -75,7 +77,7 @@ async def read_body(
             filled = bytearray(taken)
     chunks: list[bytes] = []
     size = 0
-    task = deadlines.start()
+    task = deadlines.start(task)
     cancelling = task.cancelling()
     grace_ends = -1.0  # the first deadline: read only for a body in several parts
     try:

@@ -45,11 +45,13 @@ class BodyDeadlines:
         self._expired: set[asyncio.Task[object]] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
-    def start(self) -> asyncio.Task[object]:
-        """Watch the current task, which starts reading a body: it is cancelled unless
-        ``stop`` comes within the idle timeout (or the deadline ``move`` sets)."""
-        task = asyncio.current_task()
-        assert task is not None  # called from a request's task
+    def start(self, task: asyncio.Task[object] | None = None) -> asyncio.Task[object]:
+        """Watch ``task`` (default: the current one), which starts reading a body: it is
+        cancelled unless ``stop`` comes within the idle timeout (or the deadline ``move``
+        sets). The caller that knows its task already saves looking it up again."""
+        if task is None:
+            task = asyncio.current_task()
+            assert task is not None  # called from a request's task
         self._deadlines[task] = time.monotonic() + self.idle_timeout_s
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep())

@@ -24,7 +24,7 @@ wait (for a slot or a load), and otherwise only once the request has run for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import Protocol, TypeVar
 
 from slm_server.router.asgi import Receive
@@ -66,26 +66,39 @@ class RequestLifetime:
         "_cancelling",
         "_cut",
         "_left",
+        "_loop",
         "_receive",
         "_sent",
-        "_task",
         "_timer",
         "_watcher",
         "deadline",
         "for_whom",
         "stopwatch",
+        "task",
         "timeout",
     )
 
-    def __init__(self, receive: Receive, sent: SentMessages) -> None:
+    def __init__(
+        self,
+        receive: Receive,
+        sent: SentMessages,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """``loop``: the running one, when the caller knows it (else it is asked for)."""
         self.stopwatch = Stopwatch()
-        self._arrived = asyncio.get_running_loop().time()
+        # Asked for once per request at most: on Python 3.11 each get_running_loop() makes
+        # a getpid() system call, which profiles under load showed among the costliest
+        # lines of a request.
+        self._loop = loop = loop or asyncio.get_running_loop()
+        # The task the request arrives in (read_body watches it); ``begin`` takes the one
+        # it goes on in, the same one in the app.
+        self.task: asyncio.Task[object] | None = asyncio.current_task(loop)
+        self._arrived = loop.time()
         self._receive = receive
         self._sent = sent
         self.deadline = self._arrived
         self.timeout = 0.0
         self.for_whom: Labelled | None = None
-        self._task: asyncio.Task[object] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._left = False
@@ -98,38 +111,37 @@ class RequestLifetime:
 
         Its label is read only if the deadline runs out (Backend.label is made on each read).
         """
-        loop = asyncio.get_running_loop()
         self.timeout = timeout
         self.for_whom = for_whom
         self.deadline = deadline = self._arrived + timeout
-        self._task = asyncio.current_task(loop)
+        self.task = asyncio.current_task(self._loop)
         # One timer: first to watch the client (see _WATCH_AFTER_S), then for the deadline.
         first = self._arrived + _WATCH_AFTER_S
         if deadline < first:  # min(), without its call
             first = deadline
-        self._timer = loop.call_at(first, self._tick)
+        self._timer = self._loop.call_at(first, self._tick)
 
     def _tick(self) -> None:
         # Both ticks watch: a deadline before the first watch, or a first tick run late,
         # must not leave a stream relayed past its deadline unwatched.
         self.watch()
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < self.deadline:
             self._timer = loop.call_at(self.deadline, self._tick)
             return
         self._timer = None
         if self._answering:  # the other waits have their own timeouts (see wait_for)
             self._cut = True
-            assert self._task is not None
-            self._task.cancel()
+            assert self.task is not None
+            self.task.cancel()
 
     def answer_begins(self) -> None:
         """The backend is asked now: should the deadline pass before answer_ends, the task
         is cancelled, and ``answer_cut`` says so. BackendTimeout if it has passed already."""
         if self._timer is None:  # only once the deadline has passed
             raise self.ran_out(ANSWERING)
-        assert self._task is not None
-        self._cancelling = self._task.cancelling()
+        assert self.task is not None
+        self._cancelling = self.task.cancelling()
         self._answering = True
 
     def answer_cut(self) -> bool:
@@ -140,11 +152,29 @@ class RequestLifetime:
         if not self._cut:
             return False
         self._cut = False
-        assert self._task is not None
-        return self._task.uncancel() <= self._cancelling
+        assert self.task is not None
+        return self.task.uncancel() <= self._cancelling
 
     def answer_ends(self) -> None:
         self._answering = False
+
+    async def answer(self, waiting: Coroutine[object, None, T]) -> T:
+        """Await ``waiting`` (the backend's answer, or part of it) within the deadline:
+        BackendTimeout if it passes first. The request's timer bounds it, as it does
+        forward's, instead of an ``asyncio.timeout`` of its own (see the module's doc)."""
+        try:
+            self.answer_begins()
+        except BaseException:
+            waiting.close()  # never started: closed here, not left to warn when collected
+            raise
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            if self.answer_cut():
+                raise self.ran_out(ANSWERING) from None
+            raise
+        finally:
+            self.answer_ends()
 
     async def wait_for(self, waiting: Awaitable[T], phase: str) -> T:
         """Await a wait for a slot or a load: bounded by the deadline, ended by the client
@@ -169,7 +199,7 @@ class RequestLifetime:
         """Start watching for the client leaving now, if not yet."""
         if self._watcher is not None:
             return
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        self._watcher = self._loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
@@ -177,14 +207,14 @@ class RequestLifetime:
         if self._sent.complete:  # the answer is whole: the client did not leave early
             return
         self._left = True
-        assert self._task is not None
-        self._task.cancel()
+        assert self.task is not None
+        self.task.cancel()
 
     def client_left(self) -> bool:
         """For a CancelledError in the request's task: True if the watcher alone sent it
         (then it is consumed); False if something else, e.g. a shutdown, cancelled too."""
-        assert self._task is not None
-        return self._left and self._task.uncancel() == 0
+        assert self.task is not None
+        return self._left and self.task.uncancel() == 0
 
     def end(self) -> None:
         if self._timer is not None:

@@ -230,11 +230,7 @@ async def open_upstream(
     lifetime: RequestLifetime,
 ) -> UpstreamResponse:
     """POST to the backend within the request's deadline; failures become router errors."""
-    try:
-        async with asyncio.timeout_at(lifetime.deadline):
-            return await _post(pool, backend, target, headers, body)
-    except TimeoutError:
-        raise lifetime.ran_out(ANSWERING) from None
+    return await lifetime.answer(_post(pool, backend, target, headers, body))
 
 
 async def _post(
@@ -287,11 +283,7 @@ def refusal_of(response: UpstreamResponse, payload: bytes) -> UpstreamRefusal:
 async def read_whole(
     response: UpstreamResponse, backend: Backend, lifetime: RequestLifetime
 ) -> bytes:
-    try:
-        async with asyncio.timeout_at(lifetime.deadline):
-            return await _read(response, backend)
-    except TimeoutError:
-        raise lifetime.ran_out(ANSWERING) from None
+    return await lifetime.answer(_read(response, backend))
 
 
 async def _read(response: UpstreamResponse, backend: Backend) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -34,6 +34,9 @@ class RouterMetrics:
         load: LoadFigures,
     ) -> None:
         self.tallies = RequestTallies(model_ids)
+        # The slot of a model id and endpoint (RequestTallies.slot), without a call of
+        # this class's own on every request.
+        self.slot: Callable[[str, str], EndpointTally] = self.tallies.slot
         self.registry = CollectorRegistry(auto_describe=False)
         self._collector = collector = RouterCollector(self.tallies, backends, processes, load)
         self.registry.register(collector)
@@ -57,9 +60,6 @@ class RouterMetrics:
     ) -> RequestRecord:
         """The record of a request to ``path`` that has just arrived (see RequestRecord)."""
         return RequestRecord(send, self.tallies, path, request_id, answer_headers)
-
-    def slot(self, model: str, endpoint: str) -> EndpointTally:
-        return self.tallies.slot(model, endpoint)
 
     def exposition(self) -> bytes:
         """The metrics in the text format, at once: the backends' memory as last measured
