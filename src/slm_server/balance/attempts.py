@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 from slm_server.balance.fallbacks import fallback_order, next_fallback
 from slm_server.balance.retry import Failure, may_retry
 
+_NONE: frozenset[str] = frozenset()
+
 
 class Attempts:
     """What a request has tried so far, and whether it may try again.
@@ -16,6 +18,9 @@ class Attempts:
     request never outlives its deadline however many upstreams and fallbacks it passes
     through. Moving to a fallback because no upstream could take the request spends no
     retry: nothing was sent.
+
+    Made for every balanced request, most of which are answered by their first attempt:
+    what only a second attempt or a fallback needs is worked out when one is made.
     """
 
     def __init__(
@@ -26,19 +31,38 @@ class Attempts:
         deadline: float,
         fallbacks_of: Mapping[str, Sequence[str]],
     ) -> None:
+        self.asked = model  # the model the client asked for
         self.model = model  # the model the current attempt is for
         self.retries_left = retries
         self.deadline = deadline
-        self.fallbacks = fallback_order(model, fallbacks_of)
-        self.models_tried: list[str] = [model]
-        self._upstreams_tried: dict[str, set[str]] = {model: set()}
+        self._fallbacks_of = fallbacks_of
+        self._fallbacks: tuple[str, ...] | None = None
+        self._models_tried: list[str] | None = None
+        self._tried: set[str] | None = None  # the current model's upstreams sent to
+
+    @property
+    def fallbacks(self) -> tuple[str, ...]:
+        """Every model this request may fall back to, in order (see `fallback_order`)."""
+        if self._fallbacks is None:
+            self._fallbacks = fallback_order(self.asked, self._fallbacks_of)
+        return self._fallbacks
+
+    @property
+    def models_tried(self) -> list[str]:
+        """The model asked for, then each fallback moved to, in order."""
+        if self._models_tried is None:
+            self._models_tried = [self.asked]
+        return self._models_tried
 
     def tried(self) -> frozenset[str]:
         """The upstreams of the current model this request has been sent to."""
-        return frozenset(self._upstreams_tried[self.model])
+        return _NONE if not self._tried else frozenset(self._tried)
 
     def sent(self, upstream: str) -> None:
-        self._upstreams_tried[self.model].add(upstream)
+        if self._tried is None:
+            self._tried = {upstream}
+        else:
+            self._tried.add(upstream)
 
     def retry(self, failure: Failure, *, answer_started: bool, now: float) -> bool:
         """Whether to make another attempt after `failure`; if so, one retry is spent."""
@@ -59,7 +83,7 @@ class Attempts:
             return None
         model = next_fallback(self.fallbacks, self.models_tried, can_take)
         if model is not None:
-            self.model = model
             self.models_tried.append(model)
-            self._upstreams_tried[model] = set()
+            self.model = model
+            self._tried = None
         return model
