@@ -6,7 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slm_server.balance import Balancer, BalanceSettings, Pick, Strategy, Upstream, choose
+from slm_server.balance import (
+    Affinity,
+    Balancer,
+    BalanceSettings,
+    Pick,
+    Strategy,
+    Unavailable,
+    Upstream,
+    choose,
+)
+from slm_server.balance.choice import choose_untried
 
 IDS = ("r0", "r1", "r2", "r3")
 
@@ -130,3 +140,71 @@ def test_least_busy_shares_short_requests_in_turn() -> None:
     idle = [Upstream(i) for i in IDS]
     order = [getattr(balancer.pick(idle, 0.0), "upstream", None) for _ in range(8)]
     assert order == [*IDS, *IDS]
+
+
+# The one-pass choice made while no upstream is out must be the general one's.
+
+upstream_states = st.lists(
+    st.tuples(st.integers(0, 4), st.booleans(), st.booleans()),  # in flight, healthy, tried
+    max_size=6,
+)
+
+
+@settings(derandomize=True, max_examples=500, deadline=None)
+@given(states=upstream_states, cursor=st.integers(0, 12), strategy=st.sampled_from(Strategy))
+def test_the_one_pass_choice_is_the_general_one(
+    states: list[tuple[int, bool, bool]], cursor: int, strategy: Strategy
+) -> None:
+    upstreams = [Upstream(f"r{i}", n, healthy) for i, (n, healthy, _) in enumerate(states)]
+    tried = {f"r{i}" for i, (_, _, was_tried) in enumerate(states) if was_tried}
+    eligible = [i for i, u in enumerate(upstreams) if u.healthy and u.id not in tried]
+    expected = choose(upstreams, eligible, strategy, cursor) if eligible else None
+    assert choose_untried(upstreams, tried, strategy, cursor) == expected
+
+
+Step = tuple[list[tuple[int, bool]], int, str | None, str]  # state, tried, key, outcome
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(
+    count=st.integers(1, 5),
+    strategy=st.sampled_from(Strategy),
+    affinity=st.sampled_from([None, Affinity.SESSION]),
+    steps=st.lists(
+        st.tuples(
+            st.lists(st.tuples(st.integers(0, 3), st.booleans()), min_size=5, max_size=5),
+            st.integers(0, 31),  # which upstreams the request has tried, as bits
+            st.sampled_from([None, "session:a", "session:b"]),
+            st.sampled_from(["succeeded", "failed", "abandoned"]),
+        ),
+        max_size=40,
+    ),
+)
+def test_a_balancer_picks_as_it_would_without_its_shortcut(
+    count: int, strategy: Strategy, affinity: Affinity | None, steps: list[Step]
+) -> None:
+    """Two balancers see the same requests and outcomes over time, failures and cooldowns
+    included; one never takes the path for a fleet with no upstream out. Every pick and
+    every refusal must be the same."""
+    settings_ = BalanceSettings(
+        strategy=strategy, affinity=affinity, cooldown_after=2, cooldown_s=3
+    )
+    fast, general = Balancer("m", settings_), Balancer("m", settings_)
+    general.cooldowns.none_out = lambda: False  # type: ignore[method-assign]
+    for step, (states, tried_bits, key, outcome) in enumerate(steps):
+        now = float(step)
+        upstreams = [Upstream(f"r{i}", n, healthy) for i, (n, healthy) in enumerate(states)]
+        upstreams = upstreams[:count]
+        tried = {u.id for i, u in enumerate(upstreams) if tried_bits >> i & 1}
+        picks = [b.pick(upstreams, now, key=key, tried=tried) for b in (fast, general)]
+        assert picks[0] == picks[1]
+        if isinstance(picks[0], Unavailable):
+            continue
+        for balancer, pick in zip((fast, general), picks, strict=True):
+            assert isinstance(pick, Pick)
+            if outcome == "succeeded":
+                balancer.succeeded(pick)
+            elif outcome == "failed":
+                balancer.failed(pick, now)
+            else:
+                balancer.abandoned(pick)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from slm_server.balance.affinity import Sessions
-from slm_server.balance.choice import Upstream, choose
+from slm_server.balance.choice import Upstream, choose, choose_untried
 from slm_server.balance.cooldown import Cooldowns, Standing
 from slm_server.balance.settings import BalanceSettings
 
@@ -76,12 +76,18 @@ class Balancer:
         choice among those in rotation. The key is then bound to the chosen upstream,
         so a session moves only when its upstream is out.
         """
+        if self.settings.affinity is None:
+            key = None
+        if key is None and self.cooldowns.none_out():
+            # Nothing to probe and no session to keep: the strategy alone decides.
+            index = choose_untried(upstreams, tried, self.settings.strategy, self._cursor)
+            if index is not None:
+                self._cursor = index + 1
+                return Pick(upstreams[index].id)
         untried = [i for i, upstream in enumerate(upstreams) if upstream.id not in tried]
         up = [i for i in untried if upstreams[i].healthy]
         standing = {i: self.cooldowns.standing(upstreams[i].id, now) for i in up}
         in_rotation = [i for i in up if standing[i] is Standing.IN_ROTATION]
-        if self.settings.affinity is None:
-            key = None
         if key is not None:
             bound = self.sessions.get(key)
             if bound is not None and any(upstreams[i].id == bound for i in in_rotation):

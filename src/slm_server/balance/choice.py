@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from slm_server.balance.settings import Strategy
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Upstream:
     """What the router knows of one upstream when a request arrives.
 
     `healthy` is whether it is up at all (its process runs, its health check answers);
-    failures seen by requests are the balancer's own business (see cooldown.py).
+    failures seen by requests are the balancer's own business (see cooldown.py). The
+    router may keep one per upstream and bring it up to date for each request.
     """
 
     id: str
@@ -42,3 +43,25 @@ def choose(
     if strategy is Strategy.ROUND_ROBIN:
         return order[0]
     return min(order, key=lambda index: upstreams[index].in_flight)  # first of the least
+
+
+def choose_untried(
+    upstreams: Sequence[Upstream], tried: Collection[str], strategy: Strategy, cursor: int
+) -> int | None:
+    """`choose` among the healthy upstreams not in `tried`, all taken to be in rotation;
+    None when there is none. The same answer in one pass from the cursor, with no list
+    made: this runs for every request while no upstream is out."""
+    count = len(upstreams)
+    round_robin = strategy is Strategy.ROUND_ROBIN
+    best: int | None = None
+    fewest = 0
+    index = cursor % count if count else 0
+    for _ in range(count):
+        upstream = upstreams[index]
+        if upstream.healthy and upstream.id not in tried:
+            if round_robin:
+                return index
+            if best is None or upstream.in_flight < fewest:
+                best, fewest = index, upstream.in_flight
+        index = index + 1 if index + 1 < count else 0
+    return best

@@ -51,6 +51,12 @@ class Cooldowns:
             return Standing.PROBING
         return Standing.PROBE_DUE if now >= record.cooling_until else Standing.COOLING
 
+    def none_out(self) -> bool:
+        """Whether every upstream is in rotation (none cooling, due a probe or probed)."""
+        if not self._records:
+            return True
+        return all(record.cooling_until is None for record in self._records.values())
+
     def cooling_until(self, upstream: str) -> float | None:
         record = self._records.get(upstream)
         return None if record is None else record.cooling_until
