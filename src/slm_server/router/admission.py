@@ -37,6 +37,11 @@ class AdmissionGate:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def in_flight(self) -> int:
+        """Running and waiting: what a balancer weighs."""
+        return self._active + len(self._waiters)
+
     def set_max_waiting(self, max_waiting: int) -> None:
         """A new bound for the queue (router.max_queue reloaded); those waiting stay."""
         self._max_waiting = max_waiting

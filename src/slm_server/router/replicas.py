@@ -44,9 +44,15 @@ class ReplicaGroup:
     replicas: list[Backend]
     balancer: Balancer
     replicas_by_role: dict[str, Backend] = field(init=False, repr=False)
+    # One view per replica, brought up to date for each pick (see ``upstreams``).
+    _views: list[Upstream] = field(init=False, repr=False)
+    # Whether any replica is started here: only then does one's state depend on the others'.
+    _any_local: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.replicas_by_role = {backend.role: backend for backend in self.replicas}
+        self._views = [Upstream(backend.role) for backend in self.replicas]
+        self._any_local = any(backend.entry.started_here for backend in self.replicas)
         for backend in self.replicas:
             backend.balancer = self.balancer
 
@@ -70,12 +76,22 @@ class ReplicaGroup:
         return self.replicas_by_role[role]
 
     def upstreams(self, processes: Mapping[str, BackendProcess], now: float) -> list[Upstream]:
-        """Each upstream as the balancer sees it ``now`` (see ``up_replicas``)."""
-        up = up_replicas(self.replicas, processes, now)
-        return [
-            Upstream(backend.role, backend.gate.active + backend.gate.waiting, healthy)
-            for backend, healthy in zip(self.replicas, up, strict=True)
-        ]
+        """Each upstream as the balancer sees it ``now`` (see ``up_replicas``).
+
+        The same views each time, updated in place: valid until the next call, which is
+        all a pick needs (it runs before the request next awaits anything)."""
+        views = self._views
+        if self._any_local:
+            for view, backend, healthy in zip(
+                views, self.replicas, up_replicas(self.replicas, processes, now), strict=True
+            ):
+                view.in_flight = backend.gate.in_flight
+                view.healthy = healthy
+        else:  # servers elsewhere only: each is up or not by itself
+            for view, backend in zip(views, self.replicas, strict=True):
+                view.in_flight = backend.gate.in_flight
+                view.healthy = backend.unusable is None and remote_up(backend, now)
+        return views
 
     def can_take(self, processes: Mapping[str, BackendProcess], now: float) -> bool:
         """Whether a request sent to this model now would find an upstream to pick (the
@@ -137,8 +153,12 @@ def up_replicas(
     up: list[bool] = []
     for backend, state in zip(replicas, states, strict=True):
         if state is None:
-            stale = now - backend.probed_at >= backend.entry.cooldown_s
-            up.append(backend.probed_up is not False or stale)
+            up.append(remote_up(backend, now))
         else:
             up.append(state == _LOADED or (spare and state in _LOADABLE))
     return up
+
+
+def remote_up(backend: Backend, now: float) -> bool:
+    """Whether a server elsewhere may take a request ``now`` (see ``up_replicas``)."""
+    return backend.probed_up is not False or now - backend.probed_at >= backend.entry.cooldown_s
