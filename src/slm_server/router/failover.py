@@ -55,7 +55,7 @@ ANSWERED = "answered"  # the attempts counter's result for an answer (else a Fai
 Attempt = Callable[[Backend, str, Body, frozenset[int]], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and a frozen one is slower to make
 class BalancedRequest:
     model: str  # as the client named it
     path: str
@@ -105,7 +105,8 @@ async def serve_balanced(
         backend = group.replica(choice.upstream)
         attempts.sent(choice.upstream)
         count += 1
-        _set_headers(sent.answer_headers, count)
+        if count > 1:  # the first attempt's headers have nothing of an earlier one
+            _set_headers(sent.answer_headers, count)
         refusals = RETRY_STATUSES if attempts.retries_left > 0 else NO_REFUSALS
         try:
             await attempt(backend, attempts.model, body, refusals)
@@ -193,8 +194,8 @@ def _for_model(request: BalancedRequest, body: Body, model: str) -> Body:
 
 
 def _set_headers(answer_headers: Headers | None, count: int) -> None:
-    """Drop the upstream header of an earlier attempt (the next one adds its own); from the
-    second attempt on, say how many were made."""
+    """Before attempt ``count`` (2 or more): drop the upstream header of an earlier attempt
+    (the next one adds its own) and say how many were made."""
     if answer_headers is None:
         return
     answer_headers[:] = [
@@ -202,8 +203,7 @@ def _set_headers(answer_headers: Headers | None, count: int) -> None:
         for name, value in answer_headers
         if name != UPSTREAM_HEADER and name != ATTEMPTS_HEADER
     ]
-    if count > 1:
-        answer_headers.append((ATTEMPTS_HEADER, str(count).encode()))
+    answer_headers.append((ATTEMPTS_HEADER, str(count).encode()))
 
 
 def _count(backend: Backend, result: str) -> None:
