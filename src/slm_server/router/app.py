@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 # The module, not its names: it imports from this package, and may be imported first.
@@ -532,29 +532,33 @@ class RouterApp:
         finally:
             lifetime.end()
 
-    async def _balanced(
+    def _balanced(
         self,
         scope: Scope,
         sent: RequestRecord,
         request: BalancedRequest,
         group: ReplicaGroup,
         lifetime: RequestLifetime,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Serve ``request`` on one of ``group``'s upstreams (see failover.serve_balanced):
-        each attempt is served as a request for one backend is."""
+        each attempt is served as a request for one backend is.
+
+        It and ``attempt`` hand back the coroutine to await rather than await it: every
+        resumption of the request runs through each coroutine frame it is nested in, and
+        these two would add their frames for nothing."""
         form = request.form_type is not None
 
-        async def attempt(
+        def attempt(
             backend: Backend, served_as: str, body: Body, refusals: frozenset[int]
-        ) -> None:
-            await self._admitted(
+        ) -> Awaitable[None]:
+            return self._admitted(
                 scope, sent, request.path, served_as, body, form, backend, lifetime, refusals
             )
 
         def table() -> RoutingTable:  # the table of the day: a reload replaces it
             return self.table
 
-        await serve_balanced(group, request, sent, lifetime, table, self.processes, attempt)
+        return serve_balanced(group, request, sent, lifetime, table, self.processes, attempt)
 
     async def _admitted(
         self,
