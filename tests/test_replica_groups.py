@@ -111,6 +111,33 @@ def test_a_failed_health_probe_keeps_a_server_elsewhere_out_for_its_cooldown(
     assert up_replicas(replicas, {}, 111.0) == [True, True]  # stale: requests find out
 
 
+def test_the_balancer_sees_each_upstream_as_its_gate_and_up_replicas_say(
+    tmp_path: Path,
+) -> None:
+    """Servers elsewhere are judged one by one, without up_replicas: the same answer, for
+    a failed probe, a stale one and an unusable server; and the view of local replicas."""
+    config = load_models(
+        tmp_path,
+        far=remote("far", "http://a:1", "http://b:1", "http://c:1", cooldown_s=10),
+        near=entry("near", 9100, replicas=2, max_concurrency=1),
+    )
+    table = RoutingTable(config)
+    far, near = table.groups["far"], table.groups["near"]
+    far.replicas[1].probed_up, far.replicas[1].probed_at = False, 100.0
+    far.replicas[2].unusable = "no key"
+    assert far.replicas[0].gate.try_acquire() and far.replicas[0].gate.try_acquire()
+    for now in (105.0, 111.0):
+        views = far.upstreams({}, now)
+        assert [(v.id, v.in_flight) for v in views] == [("far@0", 2), ("far@1", 0), ("far@2", 0)]
+        assert [v.healthy for v in views] == up_replicas(far.replicas, {}, now)
+    assert [v.healthy for v in far.upstreams({}, 105.0)] == [True, False, False]
+    states = processes(**{"near@0": "ready", "near@1": "stopped"})
+    assert [v.healthy for v in near.upstreams(states, 0.0)] == [True, False]
+    assert near.replicas[0].gate.try_acquire()  # busy: the stopped one may be loaded
+    views = near.upstreams(states, 0.0)
+    assert [(v.in_flight, v.healthy) for v in views] == [(1, True), (0, True)]
+
+
 @pytest.mark.parametrize(
     ("piece", "expected"),
     [
