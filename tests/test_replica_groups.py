@@ -118,7 +118,9 @@ def test_the_balancer_sees_each_upstream_as_its_gate_and_up_replicas_say(
     a failed probe, a stale one and an unusable server; and the view of local replicas."""
     config = load_models(
         tmp_path,
-        far=remote("far", "http://a:1", "http://b:1", "http://c:1", cooldown_s=10),
+        far=remote(
+            "far", "http://a:1", "http://b:1", "http://c:1", cooldown_s=10, max_concurrency=2
+        ),
         near=entry("near", 9100, replicas=2, max_concurrency=1),
     )
     table = RoutingTable(config)
