@@ -106,6 +106,11 @@ class RequestLifetime:
         self._cut = False  # the deadline cancelled the task while it was answering
         self._cancelling = 0  # the task's pending cancels when the answer began
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop the request runs on: for code that would otherwise ask asyncio."""
+        return self._loop
+
     def begin(self, timeout: float, for_whom: Labelled) -> None:
         """The request goes to the backend ``for_whom``, within ``timeout`` s of its arrival.
 
