@@ -157,7 +157,11 @@ def _outcome(
     group: ReplicaGroup, choice: Pick, backend: Backend, error: RouterError, now: float
 ) -> None:
     """Report an attempt that ended in an error no retry can mend."""
-    if isinstance(error, BackendTimeout) or error.status in (502, 503):
+    if isinstance(error, BackendTimeout) and not error.upstream_answering:
+        # The time ran out while the request waited for a slot or a load: nothing of the
+        # upstream was seen. Counting it would cool down healthy replicas under overload.
+        group.balancer.abandoned(choice)
+    elif isinstance(error, BackendTimeout) or error.status in (502, 503):
         group.balancer.failed(choice, now)  # it hung, or broke: others should be tried first
         failure = Failure.HEAD_TIMEOUT if isinstance(error, BackendTimeout) else Failure.BROKEN
         _count(backend, failure.value)

@@ -138,8 +138,8 @@ class RequestLifetime:
     def answer_begins(self) -> None:
         """The backend is asked now: should the deadline pass before answer_ends, the task
         is cancelled, and ``answer_cut`` says so. BackendTimeout if it has passed already."""
-        if self._timer is None:  # only once the deadline has passed
-            raise self.ran_out(ANSWERING)
+        if self._timer is None:  # only once the deadline has passed: nothing was asked yet
+            raise self.ran_out(ANSWERING, upstream_answering=False)
         assert self.task is not None
         self._cancelling = self.task.cancelling()
         self._answering = True
@@ -189,10 +189,15 @@ class RequestLifetime:
         finally:
             self.stopwatch.resume_after_queue()
 
-    def ran_out(self, phase: str) -> BackendTimeout:
+    def ran_out(self, phase: str, *, upstream_answering: bool | None = None) -> BackendTimeout:
+        """The 504 for the deadline passing in ``phase``; ``upstream_answering`` (default:
+        whether the phase is ANSWERING) says the upstream was asked and had not answered."""
         return BackendTimeout(
             f"{self.for_whom.label if self.for_whom else 'the backend'}: "
-            f"its default_timeout of {self.timeout:g}s ran out while {phase}"
+            f"its default_timeout of {self.timeout:g}s ran out while {phase}",
+            upstream_answering=phase == ANSWERING
+            if upstream_answering is None
+            else upstream_answering,
         )
 
     def watch(self) -> None:

@@ -1,0 +1,48 @@
+"""What the balancer learns from each attempt: only the upstream's own doing counts against
+it (fake servers behind ``backend: openai`` with ``base_urls``)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import openai
+
+from net import eventually
+from replicas_serving import chat, fakes, group_entry, replica_router
+
+
+async def test_requests_that_time_out_in_the_routers_queue_cool_no_replica(
+    tmp_path: Path,
+) -> None:
+    with fakes(2, "--chunks", "20", "--chunk-delay", "0.1") as replicas:
+        entry = group_entry(
+            "gemma", replicas, max_concurrency=1, default_timeout=1, cooldown_after=2
+        )
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+
+            async def stream() -> None:
+                answer = await client.chat.completions.create(
+                    model="gemma", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                async for _ in answer:
+                    pass
+
+            streams = [asyncio.create_task(stream()) for _ in range(2)]  # one slot each
+            await eventually(
+                lambda: sum(fake.stats()["requests"] for fake in replicas) == 2, 5, "both busy"
+            )
+            queued = await asyncio.gather(
+                *(chat(client, "gemma") for _ in range(4)), return_exceptions=True
+            )
+            assert all(
+                isinstance(error, openai.APIStatusError) and error.status_code == 504
+                for error in queued
+            ), queued
+            await asyncio.gather(*streams)
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"{url}/v1/backends/health")).json()
+            assert {report["balancer"] for report in health.values()} == {"in_rotation"}
+            assert [fake.stats()["requests"] for fake in replicas] == [1, 1]  # none reached
+            assert (await chat(client, "gemma"))[1] == "gemma"
