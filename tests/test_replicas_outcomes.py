@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from net import eventually
-from replicas_serving import chat, fakes, group_entry, replica_router
+from replicas_serving import chat, fakes, group_entry, kill, replica_router, single_entry
 
 
 async def test_requests_that_time_out_in_the_routers_queue_cool_no_replica(
@@ -46,3 +47,23 @@ async def test_requests_that_time_out_in_the_routers_queue_cool_no_replica(
             assert {report["balancer"] for report in health.values()} == {"in_rotation"}
             assert [fake.stats()["requests"] for fake in replicas] == [1, 1]  # none reached
             assert (await chat(client, "gemma"))[1] == "gemma"
+
+
+async def test_a_fallback_the_key_may_not_use_is_skipped(tmp_path: Path) -> None:
+    with fakes(3) as [gemma, premium, open_]:
+        kill(gemma)
+        models = {
+            "gemma": single_entry("gemma", gemma, fallbacks=["premium", "open"]),
+            "premium": single_entry("premium", premium),
+            "open": single_entry("open", open_),
+        }
+        keys = [{"name": "alice", "key": "sk-alice-000000000000", "models": ["gemma", "open"]}]
+        async with replica_router(tmp_path, models, api_keys=keys) as (_, _c, url):
+            alice = openai.AsyncOpenAI(
+                base_url=f"{url}/v1", api_key="sk-alice-000000000000", max_retries=0
+            )
+            async with alice:
+                with pytest.raises(openai.PermissionDeniedError):
+                    await chat(alice, "premium")
+                assert await chat(alice, "gemma") == ("open/0", "open")
+        assert premium.stats()["requests"] == 0

@@ -15,6 +15,7 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from slm_server.auth import Grant
 from slm_server.balance import (
     Attempts,
     Failure,
@@ -62,6 +63,7 @@ class BalancedRequest:
     body: Body
     headers: Headers  # the client's, as ASGI gives them
     form_type: str | None  # the content type of a form upload; None for JSON
+    grant: Grant | None = None  # the client's API key's (None: no keys are configured)
 
 
 async def serve_balanced(
@@ -95,7 +97,7 @@ async def serve_balanced(
             group.upstreams(processes, now), now, key=key, tried=attempts.tried()
         )
         if isinstance(choice, Unavailable):
-            fallback = _fall_back(attempts, table(), request.path, processes, now)
+            fallback = _fall_back(attempts, table(), request, processes, now)
             if fallback is None:
                 raise last if last is not None else unavailable(choice)
             group = fallback
@@ -125,7 +127,7 @@ async def serve_balanced(
             now = loop.time()
             if attempts.retry(error.failure, answer_started=False, now=now):
                 continue
-            fallback = _fall_back(attempts, table(), request.path, processes, now)
+            fallback = _fall_back(attempts, table(), request, processes, now)
             if fallback is None:
                 raise
             group = fallback
@@ -173,13 +175,17 @@ def _outcome(
 def _fall_back(
     attempts: Attempts,
     table: RoutingTable,
-    path: str,
+    request: BalancedRequest,
     processes: Mapping[str, BackendProcess],
     now: float,
 ) -> ReplicaGroup | None:
-    """The next fallback model's group that can take the request now, if any."""
+    """The next fallback model's group that can take the request now, if any: one the
+    client's key may use (a fallback is no way around a key's models)."""
+    path, grant = request.path, request.grant
 
     def can_take(model: str) -> bool:
+        if grant is not None and not grant.allows(model):
+            return False
         try:
             return table.balanced(model, path).can_take(processes, now)
         except RouterError:  # a fallback of another model type, say
