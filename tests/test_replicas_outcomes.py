@@ -11,7 +11,15 @@ import openai
 import pytest
 
 from net import eventually
-from replicas_serving import chat, fakes, group_entry, kill, replica_router, single_entry
+from replicas_serving import (
+    UPSTREAM,
+    chat,
+    fakes,
+    group_entry,
+    kill,
+    replica_router,
+    single_entry,
+)
 
 
 async def test_requests_that_time_out_in_the_routers_queue_cool_no_replica(
@@ -67,3 +75,25 @@ async def test_a_fallback_the_key_may_not_use_is_skipped(tmp_path: Path) -> None
                     await chat(alice, "premium")
                 assert await chat(alice, "gemma") == ("open/0", "open")
         assert premium.stats()["requests"] == 0
+
+
+@pytest.mark.parametrize("retries", [1, 3])
+async def test_the_last_refusal_reaches_the_client_as_the_upstream_sent_it(
+    tmp_path: Path, retries: int
+) -> None:
+    with fakes(2) as replicas:
+        for fake in replicas:
+            fake.control(fail_status=503)
+        entry = group_entry("gemma", replicas, retries=retries, cooldown_after=10)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            with pytest.raises(openai.InternalServerError) as caught:
+                await chat(client, "gemma")
+    assert caught.value.status_code == 503
+    assert caught.value.body == {  # the upstream's own, whatever the retries
+        "message": "fake failure",
+        "type": "server_error",
+        "param": None,
+        "code": "fake_error",
+    }
+    assert caught.value.response.headers["x-slm-attempts"] == "2"
+    assert caught.value.response.headers[UPSTREAM] in ("gemma/0", "gemma/1")

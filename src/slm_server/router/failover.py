@@ -26,7 +26,7 @@ from slm_server.balance import (
     failure_of_status,
     response_key,
 )
-from slm_server.router.asgi import Body, Headers
+from slm_server.router.asgi import Body, Headers, send_response
 from slm_server.router.backend import UPSTREAM_HEADER, Backend
 from slm_server.router.errors import (
     BackendTimeout,
@@ -34,6 +34,7 @@ from slm_server.router.errors import (
     InsufficientMemory,
     QueueFull,
     RouterError,
+    UpstreamRefusal,
 )
 from slm_server.router.forms import with_form_model
 from slm_server.router.lifetime import RequestLifetime
@@ -99,7 +100,8 @@ async def serve_balanced(
         if isinstance(choice, Unavailable):
             fallback = _fall_back(attempts, table(), request, processes, now)
             if fallback is None:
-                raise last if last is not None else unavailable(choice)
+                await _give_up(last if last is not None else unavailable(choice), sent, lifetime)
+                return
             group = fallback
             body = _for_model(request, body, attempts.model)
             lifetime.for_whom = group
@@ -129,7 +131,8 @@ async def serve_balanced(
                 continue
             fallback = _fall_back(attempts, table(), request, processes, now)
             if fallback is None:
-                raise
+                await _give_up(error, sent, lifetime)
+                return
             group = fallback
             body = _for_model(request, body, attempts.model)
             lifetime.for_whom = group
@@ -170,6 +173,15 @@ def _outcome(
     else:  # the request's own fault (a 400), or the router's
         group.balancer.succeeded(choice)
         _count(backend, ANSWERED)
+
+
+async def _give_up(error: RouterError, sent: RequestRecord, lifetime: RequestLifetime) -> None:
+    """End the request with ``error``, the last attempt's: an upstream's own refusal goes
+    out as the upstream gave it, as it would have with no retry or fallback configured."""
+    if not isinstance(error, UpstreamRefusal) or error.answer is None:
+        raise error
+    headers, body = error.answer
+    await send_response(sent.send, error.status, body, [*headers, *lifetime.stopwatch.headers()])
 
 
 def _fall_back(
