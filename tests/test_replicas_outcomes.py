@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from fake_backend_proc import FakeBackend
 from net import eventually
 from replicas_serving import (
     UPSTREAM,
@@ -97,3 +98,24 @@ async def test_the_last_refusal_reaches_the_client_as_the_upstream_sent_it(
     }
     assert caught.value.response.headers["x-slm-attempts"] == "2"
     assert caught.value.response.headers[UPSTREAM] in ("gemma/0", "gemma/1")
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_a_refusal_on_the_last_retry_goes_on_to_the_fallback(
+    tmp_path: Path, status: int
+) -> None:
+    with fakes(2) as replicas, FakeBackend().start() as backup:
+        for fake in replicas:
+            fake.control(fail_status=status)
+        models = {
+            "gemma": group_entry("gemma", replicas, fallbacks=["backup"], cooldown_after=10),
+            "backup": single_entry("backup", backup),
+        }
+        async with replica_router(tmp_path, models) as (_, client, _):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gemma", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert [fake.stats()["requests"] for fake in replicas] == [1, 1]
+    assert raw.parse().model == "backup"
+    assert raw.headers[UPSTREAM] == "backup/0"
+    assert raw.headers["x-slm-attempts"] == "3"  # both replicas (one retry), then backup

@@ -110,7 +110,7 @@ async def serve_balanced(
         attempts.sent(choice.upstream)
         count += 1
         _set_headers(sent.answer_headers, count)
-        refusals = RETRY_STATUSES if attempts.retries_left > 0 else NO_REFUSALS
+        refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
         try:
             await attempt(backend, attempts.model, body, refusals)
         except (QueueFull, InsufficientMemory) as error:
