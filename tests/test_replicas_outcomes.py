@@ -119,3 +119,28 @@ async def test_a_refusal_on_the_last_retry_goes_on_to_the_fallback(
     assert raw.parse().model == "backup"
     assert raw.headers[UPSTREAM] == "backup/0"
     assert raw.headers["x-slm-attempts"] == "3"  # both replicas (one retry), then backup
+
+
+async def test_the_routers_overhead_leaves_out_a_failed_attempts_wait(tmp_path: Path) -> None:
+    async def reset_after_a_second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)
+        writer.transport.abort()
+
+    slow = await asyncio.start_server(reset_after_a_second, "127.0.0.1", 0)
+    port = slow.sockets[0].getsockname()[1]
+    try:
+        with fakes(1) as [whole]:
+            entry = group_entry("gemma", [whole], balance="round_robin")
+            entry["base_urls"].insert(0, f"http://127.0.0.1:{port}/v1")
+            async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="gemma", messages=[{"role": "user", "content": "hi"}]
+                )
+        assert raw.headers["x-slm-attempts"] == "2"  # the slow one first, then the other
+        assert float(raw.headers["x-slm-overhead-ms"]) < 500
+    finally:
+        slow.close()
+        await slow.wait_closed()

@@ -341,7 +341,13 @@ async def _converted(
     body = json.dumps(conversion.chat).encode()
     stopwatch = lifetime.stopwatch
     stopwatch.pause()
-    response = await open_upstream(pool, backend, "/v1/chat/completions", headers, body, lifetime)
+    try:
+        response = await open_upstream(
+            pool, backend, "/v1/chat/completions", headers, body, lifetime
+        )
+    except BaseException:  # the upstream's wait is not the router's time, though it failed
+        stopwatch.resume()
+        raise
     completed = False
     try:
         if response.status != 200:

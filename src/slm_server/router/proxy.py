@@ -193,7 +193,8 @@ async def forward(
         raise
     finally:
         lifetime.answer_ends()
-    stopwatch.resume()
+        # Failed too: the upstream's wait is not the router's time, though another may follow.
+        stopwatch.resume()
     if response.status in missing_statuses:
         response.release()
         raise EndpointMissing(target, response.status)
