@@ -144,3 +144,51 @@ async def test_the_routers_overhead_leaves_out_a_failed_attempts_wait(tmp_path: 
     finally:
         slow.close()
         await slow.wait_closed()
+
+
+async def standing(url: str) -> dict[str, str]:
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"{url}/v1/backends/health")).json()
+    return {role: report["balancer"] for role, report in health.items()}
+
+
+async def test_a_probe_the_router_refuses_itself_brings_no_replica_back(
+    tmp_path: Path,
+) -> None:
+    with fakes(2) as replicas:
+        replicas[0].control(fail_status=503)
+        entry = group_entry(
+            "gemma", replicas, balance="round_robin", cooldown_after=1, cooldown_s=0.3
+        )
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            assert await chat(client, "gemma") == ("gemma/1", "gemma")  # after gemma/0's 503
+            await asyncio.sleep(0.4)  # gemma/0's probe is due
+            # The probe goes to gemma/0, and the router answers it without asking it.
+            with pytest.raises(openai.NotFoundError):
+                await client.responses.create(
+                    model="gemma", input="and then?", previous_response_id="resp_unknown"
+                )
+            assert (await standing(url))["gemma@0"] == "cooling"  # still out, probe still due
+            assert replicas[0].stats()["requests"] == 1
+            assert await chat(client, "gemma") == ("gemma/1", "gemma")  # probed: 503 again
+            assert replicas[0].stats()["requests"] == 2
+
+
+async def test_a_probe_that_streams_brings_its_replica_back_at_its_head(tmp_path: Path) -> None:
+    with fakes(2, "--chunks", "20", "--chunk-delay", "0.1") as replicas:
+        replicas[0].control(fail_status=503)
+        entry = group_entry(
+            "gemma", replicas, balance="round_robin", cooldown_after=1, cooldown_s=0.3
+        )
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            assert await chat(client, "gemma") == ("gemma/1", "gemma")
+            replicas[0].control(fail_status=None)  # it recovers
+            await asyncio.sleep(0.4)
+            probe = await client.chat.completions.with_raw_response.create(
+                model="gemma", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            assert probe.headers[UPSTREAM] == "gemma/0"
+            stream = probe.parse()
+            assert (await standing(url))["gemma@0"] == "in_rotation"  # not when the stream ends
+            async for _ in stream:
+                pass

@@ -187,12 +187,6 @@ class BackendTimeout(RouterError):
     status = 504
     code = "backend_timeout"
 
-    def __init__(self, message: str, *, upstream_answering: bool = False) -> None:
-        super().__init__(message)
-        # True: the time ran out while the upstream was asked and answering, its failure;
-        # False: while the request waited (a slot, a load), which says nothing of it.
-        self.upstream_answering = upstream_answering
-
 
 class TooManyBodies(RouterError):
     """The request bodies already held fill ``router.max_inflight_body_mb``."""

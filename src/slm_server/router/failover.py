@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from slm_server.auth import Grant
 from slm_server.balance import (
     Attempts,
+    Balancer,
     Failure,
     Pick,
     Unavailable,
@@ -111,15 +112,23 @@ async def serve_balanced(
         count += 1
         _set_headers(sent.answer_headers, count)
         refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
+        lifetime.upstream_asked = False
+        sent.on_start = _on_head(group.balancer, choice)
         try:
             await attempt(backend, attempts.model, body, refusals)
-        except (QueueFull, InsufficientMemory) as error:
-            # This upstream cannot take it (its queue is full, or no memory to load it):
-            # nothing was sent, so nothing is learnt of it and no retry is spent.
-            group.balancer.abandoned(choice)
-            last = error
-            continue
         except RouterError as error:
+            if not lifetime.upstream_asked:
+                # Nothing went upstream: a full queue, no memory to load it, a wait for a
+                # slot or a load that ran out, the router's own refusal, or a replica a
+                # reload removed. Nothing is learnt of the upstream, and no retry is spent.
+                group.balancer.abandoned(choice)
+                moves_on = isinstance(error, (QueueFull, InsufficientMemory)) or (
+                    error.failure is not None
+                )
+                if not moves_on or sent.start is not None:
+                    raise
+                last = error
+                continue
             if error.failure is None or sent.start is not None:
                 _outcome(group, choice, backend, error, loop.time())
                 raise
@@ -140,6 +149,8 @@ async def serve_balanced(
         except BaseException:  # the client left, a shutdown, or a bug: no word on the upstream
             group.balancer.abandoned(choice)
             raise
+        finally:
+            sent.on_start = None
         refused = failure_of_status(sent.start["status"]) if sent.start is not None else None
         if refused is not None:  # the upstream's own 502, 503 or 429, relayed: no retry left
             group.balancer.failed(choice, loop.time())
@@ -147,8 +158,7 @@ async def serve_balanced(
         elif sent.ended_in_error:  # a stream that broke after its start
             group.balancer.failed(choice, loop.time())
             _count(backend, Failure.BROKEN.value)
-        else:
-            group.balancer.succeeded(choice)
+        else:  # its success was reported as its head went out
             _count(backend, ANSWERED)
             if group.settings.affinity is not None and request.path == RESPONSES:
                 # The conversation's next turn names this answer: send it to the same place.
@@ -158,15 +168,23 @@ async def serve_balanced(
         return
 
 
+def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
+    """What to do as the attempt's answer head goes out with a status: an answer of the
+    upstream's own (a refusal is reported once the attempt ends) is its success then, so
+    a probe that is a long stream brings its upstream back at once."""
+
+    def head(status: int) -> None:
+        if failure_of_status(status) is None:
+            balancer.succeeded(choice)
+
+    return head
+
+
 def _outcome(
     group: ReplicaGroup, choice: Pick, backend: Backend, error: RouterError, now: float
 ) -> None:
-    """Report an attempt that ended in an error no retry can mend."""
-    if isinstance(error, BackendTimeout) and not error.upstream_answering:
-        # The time ran out while the request waited for a slot or a load: nothing of the
-        # upstream was seen. Counting it would cool down healthy replicas under overload.
-        group.balancer.abandoned(choice)
-    elif isinstance(error, BackendTimeout) or error.status in (502, 503):
+    """Report an attempt, sent upstream, that ended in an error no retry can mend."""
+    if isinstance(error, BackendTimeout) or error.status in (502, 503):
         group.balancer.failed(choice, now)  # it hung, or broke: others should be tried first
         failure = Failure.HEAD_TIMEOUT if isinstance(error, BackendTimeout) else Failure.BROKEN
         _count(backend, failure.value)

@@ -76,6 +76,7 @@ class RequestLifetime:
         "stopwatch",
         "task",
         "timeout",
+        "upstream_asked",
     )
 
     def __init__(
@@ -105,6 +106,9 @@ class RequestLifetime:
         self._answering = False  # between answer_begins and answer_ends
         self._cut = False  # the deadline cancelled the task while it was answering
         self._cancelling = 0  # the task's pending cancels when the answer began
+        # Set once a request went out to an upstream (cleared by whoever sends it on to
+        # another): what failed before that was no upstream's doing.
+        self.upstream_asked = False
 
     def begin(self, timeout: float, for_whom: Labelled) -> None:
         """The request goes to the backend ``for_whom``, within ``timeout`` s of its arrival.
@@ -138,8 +142,9 @@ class RequestLifetime:
     def answer_begins(self) -> None:
         """The backend is asked now: should the deadline pass before answer_ends, the task
         is cancelled, and ``answer_cut`` says so. BackendTimeout if it has passed already."""
-        if self._timer is None:  # only once the deadline has passed: nothing was asked yet
-            raise self.ran_out(ANSWERING, upstream_answering=False)
+        if self._timer is None:  # only once the deadline has passed
+            raise self.ran_out(ANSWERING)
+        self.upstream_asked = True
         assert self.task is not None
         self._cancelling = self.task.cancelling()
         self._answering = True
@@ -189,15 +194,10 @@ class RequestLifetime:
         finally:
             self.stopwatch.resume_after_queue()
 
-    def ran_out(self, phase: str, *, upstream_answering: bool | None = None) -> BackendTimeout:
-        """The 504 for the deadline passing in ``phase``; ``upstream_answering`` (default:
-        whether the phase is ANSWERING) says the upstream was asked and had not answered."""
+    def ran_out(self, phase: str) -> BackendTimeout:
         return BackendTimeout(
             f"{self.for_whom.label if self.for_whom else 'the backend'}: "
-            f"its default_timeout of {self.timeout:g}s ran out while {phase}",
-            upstream_answering=phase == ANSWERING
-            if upstream_answering is None
-            else upstream_answering,
+            f"its default_timeout of {self.timeout:g}s ran out while {phase}"
         )
 
     def watch(self) -> None:
