@@ -192,3 +192,26 @@ async def test_a_probe_that_streams_brings_its_replica_back_at_its_head(tmp_path
             assert (await standing(url))["gemma@0"] == "in_rotation"  # not when the stream ends
             async for _ in stream:
                 pass
+
+
+@pytest.mark.parametrize("fail_text", [None, "Internal Server Error"])
+async def test_a_replica_answering_500_is_passed_on_and_cooled_down(
+    tmp_path: Path, fail_text: str | None
+) -> None:
+    with fakes(2) as replicas:
+        replicas[0].control(fail_status=500, fail_text=fail_text)
+        entry = group_entry("gemma", replicas, balance="round_robin", cooldown_after=2)
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            got = []
+            for _ in range(6):
+                try:
+                    got.append((await chat(client, "gemma"))[0])
+                except openai.InternalServerError as error:  # not retried: its answer
+                    got.append(f"500 from {error.response.headers[UPSTREAM]}")
+            async with httpx.AsyncClient() as http:
+                metrics = (await http.get(f"{url}/metrics")).text
+            assert (await standing(url))["gemma@0"] == "cooling"
+        assert got == ["500 from gemma/0", "gemma/1", "500 from gemma/0"] + ["gemma/1"] * 3
+        assert replicas[0].stats()["requests"] == 2
+        assert 'result="server_error",upstream="gemma/0"} 2.0' in metrics
+        assert 'result="answered",upstream="gemma/0"' not in metrics

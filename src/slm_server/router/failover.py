@@ -24,7 +24,7 @@ from slm_server.balance import (
     Unavailable,
     Why,
     affinity_key,
-    failure_of_status,
+    failure_of_answer,
     response_key,
 )
 from slm_server.router.asgi import Body, Headers, send_response
@@ -151,10 +151,10 @@ async def serve_balanced(
             raise
         finally:
             sent.on_start = None
-        refused = failure_of_status(sent.start["status"]) if sent.start is not None else None
-        if refused is not None:  # the upstream's own 502, 503 or 429, relayed: no retry left
+        failure = failure_of_answer(sent.start["status"]) if sent.start is not None else None
+        if failure is not None:  # its own 502, 503 or 429 with no retry left, or another 5xx
             group.balancer.failed(choice, loop.time())
-            _count(backend, refused.value)
+            _count(backend, failure.value)
         elif sent.ended_in_error:  # a stream that broke after its start
             group.balancer.failed(choice, loop.time())
             _count(backend, Failure.BROKEN.value)
@@ -169,12 +169,12 @@ async def serve_balanced(
 
 
 def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
-    """What to do as the attempt's answer head goes out with a status: an answer of the
-    upstream's own (a refusal is reported once the attempt ends) is its success then, so
-    a probe that is a long stream brings its upstream back at once."""
+    """What to do as the attempt's answer head goes out with a status: a good answer (a
+    failure is reported once the attempt ends) is its upstream's success then, so a probe
+    that is a long stream brings its upstream back at once."""
 
     def head(status: int) -> None:
-        if failure_of_status(status) is None:
+        if failure_of_answer(status) is None:
             balancer.succeeded(choice)
 
     return head
@@ -184,9 +184,14 @@ def _outcome(
     group: ReplicaGroup, choice: Pick, backend: Backend, error: RouterError, now: float
 ) -> None:
     """Report an attempt, sent upstream, that ended in an error no retry can mend."""
-    if isinstance(error, BackendTimeout) or error.status in (502, 503):
-        group.balancer.failed(choice, now)  # it hung, or broke: others should be tried first
-        failure = Failure.HEAD_TIMEOUT if isinstance(error, BackendTimeout) else Failure.BROKEN
+    if isinstance(error, BackendTimeout):
+        failure: Failure | None = Failure.HEAD_TIMEOUT  # it hung
+    elif error.status in (502, 503):
+        failure = Failure.BROKEN  # it broke: an answer no client can use
+    else:
+        failure = failure_of_answer(error.status)  # another 5xx, not in OpenAI's form
+    if failure is not None:
+        group.balancer.failed(choice, now)  # others should be tried first
         _count(backend, failure.value)
     else:  # the request's own fault (a 400), or the router's
         group.balancer.succeeded(choice)
