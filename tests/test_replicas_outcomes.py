@@ -215,3 +215,26 @@ async def test_a_replica_answering_500_is_passed_on_and_cooled_down(
         assert replicas[0].stats()["requests"] == 2
         assert 'result="server_error",upstream="gemma/0"} 2.0' in metrics
         assert 'result="answered",upstream="gemma/0"' not in metrics
+
+
+async def test_an_attempt_that_found_a_full_queue_is_not_counted_as_sent(
+    tmp_path: Path,
+) -> None:
+    with FakeBackend().start() as main, FakeBackend().start() as backup:
+        main.control(fail_status=503)
+        backup.control(response_delay=2)
+        models = {
+            "main": single_entry("main", main, fallbacks=["backup"]),
+            "backup": single_entry("backup", backup, max_concurrency=1),
+        }
+        async with replica_router(tmp_path, models, max_queue=0) as (_, client, _):
+            busy = asyncio.create_task(chat(client, "backup"))  # backup's one slot
+            await eventually(lambda: backup.stats()["in_flight"] == 1, 5, "backup busy")
+            # main's 503, then backup's full queue: nothing more went upstream.
+            with pytest.raises(openai.RateLimitError) as caught:
+                await chat(client, "main")
+            await busy
+    headers = caught.value.response.headers
+    assert caught.value.code == "queue_full"
+    assert headers[UPSTREAM] == "main/0"
+    assert "x-slm-attempts" not in headers

@@ -92,7 +92,8 @@ async def serve_balanced(
     )
     body = request.body
     last: RouterError | None = None
-    count = 0
+    count = 0  # attempts sent upstream
+    went_to: tuple[bytes, bytes] | None = None  # the upstream header of the last of them
     while True:
         now = loop.time()
         choice = group.balancer.pick(
@@ -109,8 +110,7 @@ async def serve_balanced(
             continue
         backend = group.replica(choice.upstream)
         attempts.sent(choice.upstream)
-        count += 1
-        _set_headers(sent.answer_headers, count)
+        _set_headers(sent.answer_headers, count + 1, None)  # the attempt adds its upstream
         refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
         lifetime.upstream_asked = False
         sent.on_start = _on_head(group.balancer, choice)
@@ -122,6 +122,7 @@ async def serve_balanced(
                 # slot or a load that ran out, the router's own refusal, or a replica a
                 # reload removed. Nothing is learnt of the upstream, and no retry is spent.
                 group.balancer.abandoned(choice)
+                _set_headers(sent.answer_headers, count, went_to)
                 moves_on = isinstance(error, (QueueFull, InsufficientMemory)) or (
                     error.failure is not None
                 )
@@ -129,6 +130,8 @@ async def serve_balanced(
                     raise
                 last = error
                 continue
+            count += 1
+            went_to = _upstream_of(sent.answer_headers)
             if error.failure is None or sent.start is not None:
                 _outcome(group, choice, backend, error, loop.time())
                 raise
@@ -237,9 +240,11 @@ def _for_model(request: BalancedRequest, body: Body, model: str) -> Body:
     return json.dumps({**parse_object(body), "model": model}).encode()
 
 
-def _set_headers(answer_headers: Headers | None, count: int) -> None:
-    """Drop the upstream header of an earlier attempt (the next one adds its own); from the
-    second attempt on, say how many were made."""
+def _set_headers(
+    answer_headers: Headers | None, count: int, upstream: tuple[bytes, bytes] | None
+) -> None:
+    """Say which ``upstream`` (None: the next attempt adds its own) and, past one, how many
+    attempts went upstream: an attempt that sent nothing (a full queue) is none of them."""
     if answer_headers is None:
         return
     answer_headers[:] = [
@@ -247,8 +252,17 @@ def _set_headers(answer_headers: Headers | None, count: int) -> None:
         for name, value in answer_headers
         if name != UPSTREAM_HEADER and name != ATTEMPTS_HEADER
     ]
+    if upstream is not None:
+        answer_headers.append(upstream)
     if count > 1:
         answer_headers.append((ATTEMPTS_HEADER, str(count).encode()))
+
+
+def _upstream_of(answer_headers: Headers | None) -> tuple[bytes, bytes] | None:
+    for header in answer_headers or ():
+        if header[0] == UPSTREAM_HEADER:
+            return header
+    return None
 
 
 def _count(backend: Backend, result: str) -> None:
