@@ -256,6 +256,33 @@ async def test_a_reload_that_drops_a_replica_keeps_the_others_and_their_standing
             assert upstreams == {"gemma/0", "gemma/2"}
 
 
+async def test_a_reload_that_drops_a_middle_replica_leaves_its_cooldown_behind(
+    tmp_path: Path,
+) -> None:
+    with fakes(3) as replicas, FakeBackend().start() as dead:
+        kill(dead)
+        group = [replicas[0], dead, replicas[1], replicas[2]]
+        entry = group_entry("gemma", group, cooldown_after=1, cooldown_s=60)
+        async with replica_router(tmp_path, {"gemma": entry}) as (app, client, url):
+            while not app.table.backends["gemma@1"].attempts.get("refused"):
+                await chat(client, "gemma")
+            fewer = group_entry("gemma", replicas, cooldown_after=1, cooldown_s=60)
+            (tmp_path / "models.yaml").write_text(
+                yaml.safe_dump({"models": {"gemma": fewer}, "router": {}})
+            )
+            async with httpx.AsyncClient() as http:
+                reloaded = await http.post(f"{url}/admin/reload", timeout=30)
+                assert reloaded.status_code == 200, reloaded.text
+                health = (await http.get(f"{url}/v1/backends/health")).json()
+            # gemma@1 is now replicas[1], which never failed: the dead one's cooldown is gone.
+            assert {report["balancer"] for report in health.values()} == {"in_rotation"}
+            before = [fake.stats()["completed"] for fake in replicas]
+            upstreams = {(await chat(client, "gemma"))[0] for _ in range(6)}
+            after = [fake.stats()["completed"] for fake in replicas]
+        assert upstreams == {"gemma/0", "gemma/1", "gemma/2"}
+        assert all(later > earlier for earlier, later in zip(before, after, strict=True))
+
+
 async def test_an_answer_broken_off_before_any_of_it_went_out_is_retried(
     tmp_path: Path,
 ) -> None:

@@ -44,9 +44,14 @@ class ReplicaGroup:
     replicas: list[Backend]
     balancer: Balancer
     replicas_by_role: dict[str, Backend] = field(init=False, repr=False)
+    # Where each replica's server is, as the group was made: a reload compares them.
+    places: dict[str, tuple[str | None, int | None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.replicas_by_role = {backend.role: backend for backend in self.replicas}
+        self.places = {
+            backend.role: (backend.entry.base_url, backend.entry.port) for backend in self.replicas
+        }
         for backend in self.replicas:
             backend.balancer = self.balancer
 
