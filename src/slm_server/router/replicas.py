@@ -15,10 +15,11 @@ from slm_server.config import ModelEntry
 from slm_server.router.backend import Backend
 from slm_server.supervisor import BackendProcess
 
-# A process in these states is loaded (or being loaded): it takes requests first.
+# A loaded process takes requests first; one being loaded next; a stopped one is started
+# by a request for it (on demand).
 _LOADED = "ready"
-# In these it can be made to take one: a request for it starts it (on demand).
-_LOADABLE = frozenset({"stopped", "starting"})
+_STARTING = "starting"
+_STOPPED = "stopped"
 
 
 def settings_of(entry: ModelEntry) -> BalanceSettings:
@@ -122,28 +123,39 @@ def up_replicas(
     A server elsewhere: unless its last health probe, less than its cooldown_s ago, failed
     (the balancer learns the rest from the requests' outcomes; nothing probes its health
     again until someone asks, so an older probe is not believed: a server back up would
-    stay out for good). One started here: when it is loaded; one that is not
-    (stopped, or starting) only when no loaded replica has a free slot, so that a request
-    never waits for a load while another replica could answer it at once, and a replica
-    is loaded on demand only when those loaded are all busy. A failed or stopping process
-    takes none.
+    stay out for good). One started here: when it is loaded; one being loaded only when no
+    loaded replica has a free slot, so that a request never waits for a load while another
+    replica could answer it at once; one stopped only when no replica loaded or being
+    loaded has a free slot (the requests a load will serve wait for it), so that replicas
+    are loaded on demand one by one, when those loaded are all busy, never all at once
+    for a burst. A failed or stopping process takes none.
     """
     states: list[str | None] = []
-    spare = True  # no loaded replica has a free slot
+    loaded_free = starting_free = False  # a replica in that state has a free slot
     for backend in replicas:
         if backend.unusable is not None:
             states.append("unusable")  # neither loaded nor loadable
             continue
         process = processes.get(backend.role) if backend.entry.started_here else None
         state: str | None = None if process is None else process.state
+        in_flight = backend.gate.active + backend.gate.waiting  # those waiting get the slots
+        if state == _STOPPED and in_flight > 0:
+            state = _STARTING  # a request for it is in the way of starting it
         states.append(state)
-        if state == _LOADED and backend.gate.active < backend.entry.max_concurrency:
-            spare = False
+        if in_flight < backend.entry.max_concurrency:
+            if state == _LOADED:
+                loaded_free = True
+            elif state == _STARTING:
+                starting_free = True
     up: list[bool] = []
     for backend, state in zip(replicas, states, strict=True):
         if state is None:
             stale = now - backend.probed_at >= backend.entry.cooldown_s
             up.append(backend.probed_up is not False or stale)
+        elif state == _STARTING:
+            up.append(not loaded_free)
         else:
-            up.append(state == _LOADED or (spare and state in _LOADABLE))
+            up.append(
+                state == _LOADED or (state == _STOPPED and not (loaded_free or starting_free))
+            )
     return up
