@@ -238,3 +238,25 @@ async def test_an_attempt_that_found_a_full_queue_is_not_counted_as_sent(
     assert caught.value.code == "queue_full"
     assert headers[UPSTREAM] == "main/0"
     assert "x-slm-attempts" not in headers
+
+
+async def test_a_responses_conversation_continues_on_any_replica_without_affinity(
+    tmp_path: Path,
+) -> None:
+    with fakes(2) as replicas:
+        entry = group_entry(
+            "gemma", replicas, balance="round_robin", native_endpoints=["/v1/responses"]
+        )
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+            first = await client.responses.with_raw_response.create(model="gemma", input="hi")
+            # The router keeps the conversation itself, native answers too: the next turn
+            # is converted from its store, so the replica that never saw the id answers it.
+            later = await client.responses.with_raw_response.create(
+                model="gemma", input="and then?", previous_response_id=first.parse().id
+            )
+        assert {first.headers[UPSTREAM], later.headers[UPSTREAM]} == {"gemma/0", "gemma/1"}
+        assert later.parse().output_text
+        assert [fake.last_request()["path"] for fake in replicas] == [
+            "/v1/responses",
+            "/v1/chat/completions",
+        ]
