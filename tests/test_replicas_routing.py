@@ -168,23 +168,48 @@ async def test_an_entry_with_one_upstream_falls_back_too(tmp_path: Path) -> None
             assert await chat(client, "backup") == ("backup/0", "backup")
 
 
+HI = {"model": "gemma", "messages": [{"role": "user", "content": "hi"}]}
+
+
 async def test_retries_stay_inside_the_requests_deadline(tmp_path: Path) -> None:
-    with fakes(2, "--hang") as replicas:
-        entry = group_entry("gemma", replicas, default_timeout=1.5, retries=3)
-        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+    asked: list[asyncio.StreamWriter] = []
+
+    async def reset_after_a_second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        asked.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)
+        writer.transport.abort()
+
+    peers = [await asyncio.start_server(reset_after_a_second, "127.0.0.1", 0) for _ in range(3)]
+    try:
+        urls = [f"http://127.0.0.1:{peer.sockets[0].getsockname()[1]}/v1" for peer in peers]
+        entry = {"id": "gemma", "backend": "openai", "base_urls": urls, "retries": 3}
+        entry["default_timeout"] = 1.5
+        router = replica_router(tmp_path, {"gemma": entry})
+        async with router as (_, _c, url), httpx.AsyncClient() as http:
             began = time.monotonic()
-            with pytest.raises(openai.APIStatusError) as caught:
-                await chat(client, "gemma")
+            answer = await http.post(f"{url}/v1/chat/completions", json=HI, timeout=10)
             took = time.monotonic() - began
-        assert caught.value.status_code == 504
-        assert took < 2.5, took
+        # The first reset after 1 s, a retry cut at the deadline; no third one after it.
+        assert answer.status_code == 504
+        assert answer.headers["x-slm-attempts"] == "2"
+        assert len(asked) == 2
+        assert 1.4 < took < 2.0, took
+    finally:
+        for writer in asked:  # the one the deadline cut is still waiting to reset
+            writer.transport.abort()
+        for peer in peers:
+            peer.close()
+            await peer.wait_closed()
 
 
 async def test_an_entry_with_one_upstream_says_where_it_went(tmp_path: Path) -> None:
     with FakeBackend().start() as fake:
         async with replica_router(tmp_path, {"solo": single_entry("m", fake)}) as (app, c, _):
             assert await chat(c, "m") == ("solo/0", "m")
-            assert "m" not in app.table.groups and app.table.backends["solo"].balancer is None
+            assert "solo" not in app.table.groups and app.table.backends["solo"].balancer is None
 
 
 async def test_a_group_is_listed_once_and_its_replicas_each_in_health(tmp_path: Path) -> None:
