@@ -149,3 +149,14 @@ def test_a_burst_on_a_cold_group_loads_one_replica_until_its_slots_are_taken(
     # The first two wait for the one being loaded; the third finds it full and starts another.
     assert went[0] == went[1] != went[2]
     assert sorted(states.values()) == ["starting", "starting", "stopped"]
+
+
+def test_a_request_waiting_for_the_scheduler_to_load_a_replica_holds_its_slot(
+    tmp_path: Path,
+) -> None:
+    config = load_models(tmp_path, gemma=entry("gemma", 9100, replicas=2, max_concurrency=1))
+    replicas = RoutingTable(config).groups["gemma"].replicas
+    starting = processes(**{"gemma@0": "starting", "gemma@1": "stopped"})
+    assert up_replicas(replicas, starting, 0.0) == [True, False]  # its slot is free: wait
+    replicas[0].awaiting_turn += 1  # a request for it waits to be let in, not in its gate
+    assert up_replicas(replicas, starting, 0.0) == [True, True]  # full: the next may start

@@ -79,7 +79,11 @@ class ReplicaGroup:
         """Each upstream as the balancer sees it ``now`` (see ``up_replicas``)."""
         up = up_replicas(self.replicas, processes, now)
         return [
-            Upstream(backend.role, backend.gate.active + backend.gate.waiting, healthy)
+            Upstream(
+                backend.role,
+                backend.gate.active + backend.gate.waiting + backend.awaiting_turn,
+                healthy,
+            )
             for backend, healthy in zip(self.replicas, up, strict=True)
         ]
 
@@ -138,7 +142,8 @@ def up_replicas(
             continue
         process = processes.get(backend.role) if backend.entry.started_here else None
         state: str | None = None if process is None else process.state
-        in_flight = backend.gate.active + backend.gate.waiting  # those waiting get the slots
+        # Those waiting (for a slot, or for the scheduler to load it) take the free slots.
+        in_flight = backend.gate.active + backend.gate.waiting + backend.awaiting_turn
         if state == _STOPPED and in_flight > 0:
             state = _STARTING  # a request for it is in the way of starting it
         states.append(state)
