@@ -279,3 +279,16 @@ def test_a_replica_killed_under_load_costs_no_request_and_comes_back_after_its_p
     assert all(served[i] > 0 for i in IDS)
     # once back, r1 takes its turn as before: in the last 10 s each served a quarter
     assert min(len(open_until[i]) for i in IDS) >= 2
+
+
+def test_a_forgotten_upstream_starts_afresh_and_loses_its_sessions() -> None:
+    balancer = Balancer("gemma", SESSION)
+    assert picked(balancer.pick(up(), 0.0, key="session:a")).upstream == "r0"
+    assert picked(balancer.pick(up(), 0.0, key="session:b")).upstream == "r1"
+    cool(balancer, "r0", 0.0)
+    balancer.forget("r0")  # the name now stands for another server
+    assert balancer.standing("r0", 0.0) is Standing.IN_ROTATION
+    assert balancer.sessions.get("session:a") is None
+    assert balancer.sessions.get("session:b") == "r1"  # the others keep theirs
+    balancer.forget("r3")  # nothing known of it: nothing to do
+    assert len(balancer.sessions) == 1

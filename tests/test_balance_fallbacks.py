@@ -95,3 +95,14 @@ def test_falling_back_spends_no_retry_and_a_loop_ends() -> None:
 def test_retries_zero_means_one_attempt_only() -> None:
     attempts = Attempts("a", retries=0, deadline=60.0, fallbacks_of={"a": ()})
     assert not attempts.retry(Failure.REFUSED, answer_started=False, now=0.0)
+
+
+def test_a_request_may_move_on_while_a_retry_or_an_untried_fallback_remains() -> None:
+    attempts = Attempts("a", retries=1, deadline=60.0, fallbacks_of={"a": ("b",), "b": ()})
+    assert attempts.may_move_on()
+    assert attempts.retry(Failure.UNAVAILABLE, answer_started=False, now=1.0)
+    assert attempts.may_move_on()  # no retry left, but b is still to try
+    assert attempts.fall_back(lambda m: True, now=1.0) == "b"
+    assert not attempts.may_move_on()
+    alone = Attempts("a", retries=0, deadline=60.0, fallbacks_of={"a": ()})
+    assert not alone.may_move_on()

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from slm_server.balance import Failure, failure_of_status, may_retry
+from slm_server.balance import Failure, failure_of_answer, failure_of_status, may_retry
 
 BEFORE_ANSWER = [
     Failure.REFUSED,
@@ -35,7 +35,7 @@ def test_the_whole_table(
 
 
 def test_every_failure_is_in_the_table() -> None:
-    assert set(Failure) == {*BEFORE_ANSWER, Failure.BROKEN}
+    assert set(Failure) == {*BEFORE_ANSWER, Failure.BROKEN, Failure.SERVER_ERROR}
 
 
 def test_a_broken_stream_is_never_retried_even_if_nothing_was_relayed() -> None:
@@ -61,3 +61,24 @@ def test_a_refused_connection_is_retried_while_retries_and_time_remain() -> None
 )
 def test_which_response_heads_are_failures(status: int, failure: Failure | None) -> None:
     assert failure_of_status(status) is failure
+
+
+@pytest.mark.parametrize(
+    ("status", "failure"),
+    [
+        (502, Failure.BAD_GATEWAY),
+        (503, Failure.UNAVAILABLE),
+        (429, Failure.TOO_MANY_REQUESTS),
+        (500, Failure.SERVER_ERROR),  # passed on as the answer, but counted against it
+        (504, Failure.SERVER_ERROR),
+        (200, None),
+        (400, None),
+        (404, None),
+    ],
+)
+def test_which_answers_count_against_their_upstream(status: int, failure: Failure | None) -> None:
+    assert failure_of_answer(status) is failure
+
+
+def test_a_server_error_is_never_retried() -> None:
+    assert not may_retry(Failure.SERVER_ERROR, answer_started=False, retries_left=5, time_left_s=60)

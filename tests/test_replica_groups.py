@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from config_builder import entry, load_models
-from slm_server.balance import Standing, Strategy
+from slm_server.balance import Standing, Strategy, Unavailable
 from slm_server.router.errors import AmbiguousModel
 from slm_server.router.failover import response_id_of
 from slm_server.router.replicas import ReplicaGroup, up_replicas
@@ -155,3 +155,37 @@ def test_a_responses_answers_id_is_read_from_its_first_piece(
     piece: bytes, expected: str | None
 ) -> None:
     assert response_id_of(piece) == expected
+
+
+def test_a_burst_on_a_cold_group_loads_one_replica_until_its_slots_are_taken(
+    tmp_path: Path,
+) -> None:
+    config = load_models(tmp_path, gemma=entry("gemma", 9100, replicas=3, max_concurrency=2))
+    group = RoutingTable(config).groups["gemma"]
+    states = {"gemma@0": "stopped", "gemma@1": "stopped", "gemma@2": "stopped"}
+    went = []
+    for _ in range(3):  # each request holds a slot of the replica it went to, then starts it
+        pick = group.balancer.pick(group.upstreams(processes(**states), 0.0), 0.0)
+        assert not isinstance(pick, Unavailable)
+        went.append(pick.upstream)
+        assert group.replica(pick.upstream).gate.try_acquire()
+        if states[pick.upstream] == "stopped":
+            # Still stopped a moment, its slot taken: no other stopped one is started for now.
+            up = up_replicas(group.replicas, processes(**states), 0.0)
+            others = [role for role, state in states.items() if state == "stopped"]
+            assert not any(up[int(role[-1])] for role in others if role != pick.upstream)
+            states[pick.upstream] = "starting"
+    # The first two wait for the one being loaded; the third finds it full and starts another.
+    assert went[0] == went[1] != went[2]
+    assert sorted(states.values()) == ["starting", "starting", "stopped"]
+
+
+def test_a_request_waiting_for_the_scheduler_to_load_a_replica_holds_its_slot(
+    tmp_path: Path,
+) -> None:
+    config = load_models(tmp_path, gemma=entry("gemma", 9100, replicas=2, max_concurrency=1))
+    replicas = RoutingTable(config).groups["gemma"].replicas
+    starting = processes(**{"gemma@0": "starting", "gemma@1": "stopped"})
+    assert up_replicas(replicas, starting, 0.0) == [True, False]  # its slot is free: wait
+    replicas[0].awaiting_turn += 1  # a request for it waits to be let in, not in its gate
+    assert up_replicas(replicas, starting, 0.0) == [True, True]  # full: the next may start

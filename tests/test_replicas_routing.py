@@ -168,23 +168,48 @@ async def test_an_entry_with_one_upstream_falls_back_too(tmp_path: Path) -> None
             assert await chat(client, "backup") == ("backup/0", "backup")
 
 
+HI = {"model": "gemma", "messages": [{"role": "user", "content": "hi"}]}
+
+
 async def test_retries_stay_inside_the_requests_deadline(tmp_path: Path) -> None:
-    with fakes(2, "--hang") as replicas:
-        entry = group_entry("gemma", replicas, default_timeout=1.5, retries=3)
-        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, _):
+    asked: list[asyncio.StreamWriter] = []
+
+    async def reset_after_a_second(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        asked.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)
+        writer.transport.abort()
+
+    peers = [await asyncio.start_server(reset_after_a_second, "127.0.0.1", 0) for _ in range(3)]
+    try:
+        urls = [f"http://127.0.0.1:{peer.sockets[0].getsockname()[1]}/v1" for peer in peers]
+        entry = {"id": "gemma", "backend": "openai", "base_urls": urls, "retries": 3}
+        entry["default_timeout"] = 1.5
+        router = replica_router(tmp_path, {"gemma": entry})
+        async with router as (_, _c, url), httpx.AsyncClient() as http:
             began = time.monotonic()
-            with pytest.raises(openai.APIStatusError) as caught:
-                await chat(client, "gemma")
+            answer = await http.post(f"{url}/v1/chat/completions", json=HI, timeout=10)
             took = time.monotonic() - began
-        assert caught.value.status_code == 504
-        assert took < 2.5, took
+        # The first reset after 1 s, a retry cut at the deadline; no third one after it.
+        assert answer.status_code == 504
+        assert answer.headers["x-slm-attempts"] == "2"
+        assert len(asked) == 2
+        assert 1.4 < took < 2.0, took
+    finally:
+        for writer in asked:  # the one the deadline cut is still waiting to reset
+            writer.transport.abort()
+        for peer in peers:
+            peer.close()
+            await peer.wait_closed()
 
 
 async def test_an_entry_with_one_upstream_says_where_it_went(tmp_path: Path) -> None:
     with FakeBackend().start() as fake:
         async with replica_router(tmp_path, {"solo": single_entry("m", fake)}) as (app, c, _):
             assert await chat(c, "m") == ("solo/0", "m")
-            assert "m" not in app.table.groups and app.table.backends["solo"].balancer is None
+            assert "solo" not in app.table.groups and app.table.backends["solo"].balancer is None
 
 
 async def test_a_group_is_listed_once_and_its_replicas_each_in_health(tmp_path: Path) -> None:
@@ -254,6 +279,33 @@ async def test_a_reload_that_drops_a_replica_keeps_the_others_and_their_standing
             assert health["gemma@1"]["balancer"] == "cooling"  # still the dead one, still out
             upstreams = {(await chat(client, "gemma"))[0] for _ in range(6)}
             assert upstreams == {"gemma/0", "gemma/2"}
+
+
+async def test_a_reload_that_drops_a_middle_replica_leaves_its_cooldown_behind(
+    tmp_path: Path,
+) -> None:
+    with fakes(3) as replicas, FakeBackend().start() as dead:
+        kill(dead)
+        group = [replicas[0], dead, replicas[1], replicas[2]]
+        entry = group_entry("gemma", group, cooldown_after=1, cooldown_s=60)
+        async with replica_router(tmp_path, {"gemma": entry}) as (app, client, url):
+            while not app.table.backends["gemma@1"].attempts.get("refused"):
+                await chat(client, "gemma")
+            fewer = group_entry("gemma", replicas, cooldown_after=1, cooldown_s=60)
+            (tmp_path / "models.yaml").write_text(
+                yaml.safe_dump({"models": {"gemma": fewer}, "router": {}})
+            )
+            async with httpx.AsyncClient() as http:
+                reloaded = await http.post(f"{url}/admin/reload", timeout=30)
+                assert reloaded.status_code == 200, reloaded.text
+                health = (await http.get(f"{url}/v1/backends/health")).json()
+            # gemma@1 is now replicas[1], which never failed: the dead one's cooldown is gone.
+            assert {report["balancer"] for report in health.values()} == {"in_rotation"}
+            before = [fake.stats()["completed"] for fake in replicas]
+            upstreams = {(await chat(client, "gemma"))[0] for _ in range(6)}
+            after = [fake.stats()["completed"] for fake in replicas]
+        assert upstreams == {"gemma/0", "gemma/1", "gemma/2"}
+        assert all(later > earlier for earlier, later in zip(before, after, strict=True))
 
 
 async def test_an_answer_broken_off_before_any_of_it_went_out_is_retried(

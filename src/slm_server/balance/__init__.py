@@ -26,7 +26,7 @@ from slm_server.balance.balancer import Balancer, Pick, Unavailable, Why
 from slm_server.balance.choice import Upstream, choose
 from slm_server.balance.cooldown import Cooldowns, Standing
 from slm_server.balance.fallbacks import fallback_order, next_fallback
-from slm_server.balance.retry import Failure, failure_of_status, may_retry
+from slm_server.balance.retry import Failure, failure_of_answer, failure_of_status, may_retry
 from slm_server.balance.settings import Affinity, BalanceSettings, Strategy
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "Why",
     "affinity_key",
     "choose",
+    "failure_of_answer",
     "failure_of_status",
     "fallback_order",
     "may_retry",

@@ -71,3 +71,8 @@ class Sessions:
         self._upstreams.move_to_end(key)
         while len(self._upstreams) > self.limit:
             self._upstreams.popitem(last=False)
+
+    def unbind(self, upstream: str) -> None:
+        """Forget every key bound to `upstream` (at most `limit` to look through)."""
+        for key in [key for key, bound in self._upstreams.items() if bound == upstream]:
+            del self._upstreams[key]

@@ -76,6 +76,12 @@ class Attempts:
         self.retries_left -= 1
         return True
 
+    def may_move_on(self) -> bool:
+        """Whether a refusal of the next attempt could still be made good: a retry is left,
+        or a fallback model not tried yet (the upstream's refusal then goes to the client
+        only when none of them can take the request)."""
+        return self.retries_left > 0 or any(m not in self.models_tried for m in self.fallbacks)
+
     def fall_back(self, can_take: Callable[[str], bool], now: float) -> str | None:
         """Move on to the next fallback model that can take the request (None: there is
         none, or no time is left). The current model's upstreams are then its."""

@@ -121,6 +121,13 @@ class Balancer:
         if self.settings.affinity is not None:
             self.sessions.bind(key, upstream)
 
+    def forget(self, upstream: str) -> None:
+        """Drop all that was learnt of `upstream` (failures, cooldown, probe, the sessions
+        bound to it): its name now stands for another server, as after a reload that moved
+        the replicas after a removed one up by one."""
+        self.cooldowns.forget(upstream)
+        self.sessions.unbind(upstream)
+
     def standing(self, upstream: str, now: float) -> Standing:
         return self.cooldowns.standing(upstream, now)
 

@@ -92,6 +92,9 @@ class Cooldowns:
         if probe and record is not None and record.probing:
             record.probing = False  # still due: the next request probes it
 
+    def forget(self, upstream: str) -> None:
+        self._records.pop(upstream, None)
+
     def keep_only(self, upstreams: Collection[str]) -> None:
         """Forget upstreams no longer configured (after a reload)."""
         for gone in self._records.keys() - set(upstreams):

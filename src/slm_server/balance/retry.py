@@ -19,11 +19,12 @@ class Failure(Enum):
     UNAVAILABLE = "503"
     TOO_MANY_REQUESTS = "429"
     BROKEN = "broken"  # the answer had started and ended early
+    SERVER_ERROR = "server_error"  # an answer of its own, a 5xx other than 502 and 503
 
     @property
     def before_answer(self) -> bool:
         """Whether the upstream gave no answer of its own: one elsewhere may replace it."""
-        return self is not Failure.BROKEN
+        return self is not Failure.BROKEN and self is not Failure.SERVER_ERROR
 
 
 _BY_STATUS = {
@@ -37,6 +38,17 @@ def failure_of_status(status: int) -> Failure | None:
     """The failure a response head with `status` is, or None when it is the upstream's
     answer to pass on (2xx, and errors that another upstream would repeat, such as 400)."""
     return _BY_STATUS.get(status)
+
+
+def failure_of_answer(status: int) -> Failure | None:
+    """Whether an answer relayed with `status` counts against its upstream: a refusal (as
+    `failure_of_status`), or any other 5xx, which the client gets as the upstream's answer
+    (another upstream might do better, but a server error is no sign that nothing was done:
+    the request is not sent again) yet says the upstream is failing. None: it answered."""
+    failure = _BY_STATUS.get(status)
+    if failure is None and status >= 500:
+        return Failure.SERVER_ERROR
+    return failure
 
 
 def may_retry(

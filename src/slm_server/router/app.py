@@ -521,7 +521,8 @@ class RouterApp:
                 await self._admitted(scope, sent, path, model, body, form, route, lifetime)
             else:  # several upstreams, or fallbacks: the balancer picks, failures move on
                 form_type = content_type if form else None
-                request = BalancedRequest(model, path, body, scope["headers"], form_type)
+                headers = scope["headers"]
+                request = BalancedRequest(model, path, body, headers, form_type, grant)
                 await self._balanced(scope, sent, request, route, lifetime)
         except asyncio.CancelledError:
             if not lifetime.client_left():

@@ -24,6 +24,9 @@ class Backend:
     open: bool = True
     # True: a request's end wakes the scheduler (someone waits for this backend to drain).
     watched: bool = False
+    # Requests for it waiting for the scheduler's leave to run (a load, memory): its next
+    # requests in flight, not yet in its gate.
+    awaiting_turn: int = 0
     # A server slm_server does not start (backend: openai): how to reach it.
     remote: Remote | None = None
     # Why requests for it cannot be sent (an openai entry's key not set, say); None: they can.

@@ -341,18 +341,27 @@ async def _converted(
     body = json.dumps(conversion.chat).encode()
     stopwatch = lifetime.stopwatch
     stopwatch.pause()
-    response = await open_upstream(pool, backend, "/v1/chat/completions", headers, body, lifetime)
+    try:
+        response = await open_upstream(
+            pool, backend, "/v1/chat/completions", headers, body, lifetime
+        )
+    except BaseException:  # the upstream's wait is not the router's time, though it failed
+        stopwatch.resume()
+        raise
     completed = False
     try:
         if response.status != 200:
             payload = await read_whole(response, backend, lifetime)
             stopwatch.resume()
-            if response.status in refusals:
-                raise refusal_of(response, payload)
             refusal = refused(backend, "/v1/chat/completions", response.status, payload)
+            error = (
+                b"" if refusal is not None else conversion.upstream_error(response.status, payload)
+            )
+            if response.status in refusals:
+                relayed = None if refusal is not None else ([*JSON_HEADERS, marker], error)
+                raise refusal_of(response, payload, relayed)
             if refusal is not None:
                 raise refusal
-            error = conversion.upstream_error(response.status, payload)
             answer_headers = [*JSON_HEADERS, marker, *stopwatch.headers()]
             await send_response(send, response.status, error, answer_headers)
         elif conversion.chat.get("stream"):

@@ -251,14 +251,23 @@ class ClosedBeforeAnswer(BadGateway):
 
 
 class UpstreamRefusal(RouterError):
-    """An upstream answered 502, 503 or 429: another may answer instead. Its status and
-    message are the client's answer when no other can."""
+    """An upstream answered 502, 503 or 429: another may answer instead. When no other
+    can, the client gets ``answer`` (the headers and body it would have got had the
+    status been relayed), or, when there is none, this error's envelope."""
 
     code = "backend_error"
 
-    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        answer: tuple[list[tuple[bytes, bytes]], bytes] | None = None,
+    ) -> None:
         super().__init__(message, retry_after=retry_after)
         self.status = status
+        self.answer = answer
         self.failure = failure_of_status(status) or Failure.UNAVAILABLE
         if status == 429:
             self.code = "rate_limited"

@@ -14,17 +14,19 @@ import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from slm_server.auth import Grant
 from slm_server.balance import (
     Attempts,
+    Balancer,
     Failure,
     Pick,
     Unavailable,
     Why,
     affinity_key,
-    failure_of_status,
+    failure_of_answer,
     response_key,
 )
-from slm_server.router.asgi import Body, Headers
+from slm_server.router.asgi import Body, Headers, send_response
 from slm_server.router.backend import UPSTREAM_HEADER, Backend
 from slm_server.router.errors import (
     BackendTimeout,
@@ -32,6 +34,7 @@ from slm_server.router.errors import (
     InsufficientMemory,
     QueueFull,
     RouterError,
+    UpstreamRefusal,
 )
 from slm_server.router.forms import with_form_model
 from slm_server.router.lifetime import RequestLifetime
@@ -61,6 +64,7 @@ class BalancedRequest:
     body: Body
     headers: Headers  # the client's, as ASGI gives them
     form_type: str | None  # the content type of a form upload; None for JSON
+    grant: Grant | None = None  # the client's API key's (None: no keys are configured)
 
 
 async def serve_balanced(
@@ -87,35 +91,47 @@ async def serve_balanced(
     )
     body = request.body
     last: RouterError | None = None
-    count = 0
+    count = 0  # attempts sent upstream
+    went_to: tuple[bytes, bytes] | None = None  # the upstream header of the last of them
     while True:
         now = loop.time()
         choice = group.balancer.pick(
             group.upstreams(processes, now), now, key=key, tried=attempts.tried()
         )
         if isinstance(choice, Unavailable):
-            fallback = _fall_back(attempts, table(), request.path, processes, now)
+            fallback = _fall_back(attempts, table(), request, processes, now)
             if fallback is None:
-                raise last if last is not None else unavailable(choice)
+                await _give_up(last if last is not None else unavailable(choice), sent, lifetime)
+                return
             group = fallback
             body = _for_model(request, body, attempts.model)
             lifetime.for_whom = group
             continue
         backend = group.replica(choice.upstream)
         attempts.sent(choice.upstream)
-        count += 1
-        if count > 1:  # the first attempt's headers have nothing of an earlier one
-            _set_headers(sent.answer_headers, count)
-        refusals = RETRY_STATUSES if attempts.retries_left > 0 else NO_REFUSALS
+        if count:  # an earlier attempt went upstream: drop its header, say how many now
+            _set_headers(sent.answer_headers, count + 1, None)
+        refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
+        lifetime.upstream_asked = False
+        sent.on_start = _on_head(group.balancer, choice)
         try:
             await attempt(backend, attempts.model, body, refusals)
-        except (QueueFull, InsufficientMemory) as error:
-            # This upstream cannot take it (its queue is full, or no memory to load it):
-            # nothing was sent, so nothing is learnt of it and no retry is spent.
-            group.balancer.abandoned(choice)
-            last = error
-            continue
         except RouterError as error:
+            if not lifetime.upstream_asked:
+                # Nothing went upstream: a full queue, no memory to load it, a wait for a
+                # slot or a load that ran out, the router's own refusal, or a replica a
+                # reload removed. Nothing is learnt of the upstream, and no retry is spent.
+                group.balancer.abandoned(choice)
+                _set_headers(sent.answer_headers, count, went_to)
+                moves_on = isinstance(error, (QueueFull, InsufficientMemory)) or (
+                    error.failure is not None
+                )
+                if not moves_on or sent.start is not None:
+                    raise
+                last = error
+                continue
+            count += 1
+            went_to = _upstream_of(sent.answer_headers)
             if error.failure is None or sent.start is not None:
                 _outcome(group, choice, backend, error, loop.time())
                 raise
@@ -125,9 +141,10 @@ async def serve_balanced(
             now = loop.time()
             if attempts.retry(error.failure, answer_started=False, now=now):
                 continue
-            fallback = _fall_back(attempts, table(), request.path, processes, now)
+            fallback = _fall_back(attempts, table(), request, processes, now)
             if fallback is None:
-                raise
+                await _give_up(error, sent, lifetime)
+                return
             group = fallback
             body = _for_model(request, body, attempts.model)
             lifetime.for_whom = group
@@ -135,15 +152,16 @@ async def serve_balanced(
         except BaseException:  # the client left, a shutdown, or a bug: no word on the upstream
             group.balancer.abandoned(choice)
             raise
-        refused = failure_of_status(sent.start["status"]) if sent.start is not None else None
-        if refused is not None:  # the upstream's own 502, 503 or 429, relayed: no retry left
+        finally:
+            sent.on_start = None
+        failure = failure_of_answer(sent.start["status"]) if sent.start is not None else None
+        if failure is not None:  # its own 502, 503 or 429 with no retry left, or another 5xx
             group.balancer.failed(choice, loop.time())
-            _count(backend, refused.value)
+            _count(backend, failure.value)
         elif sent.ended_in_error:  # a stream that broke after its start
             group.balancer.failed(choice, loop.time())
             _count(backend, Failure.BROKEN.value)
-        else:
-            group.balancer.succeeded(choice)
+        else:  # its success was reported as its head went out
             _count(backend, ANSWERED)
             if group.settings.affinity is not None and request.path == RESPONSES:
                 # The conversation's next turn names this answer: send it to the same place.
@@ -153,29 +171,59 @@ async def serve_balanced(
         return
 
 
+def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
+    """What to do as the attempt's answer head goes out with a status: a good answer (a
+    failure is reported once the attempt ends) is its upstream's success then, so a probe
+    that is a long stream brings its upstream back at once."""
+
+    def head(status: int) -> None:
+        if failure_of_answer(status) is None:
+            balancer.succeeded(choice)
+
+    return head
+
+
 def _outcome(
     group: ReplicaGroup, choice: Pick, backend: Backend, error: RouterError, now: float
 ) -> None:
-    """Report an attempt that ended in an error no retry can mend."""
-    if isinstance(error, BackendTimeout) or error.status in (502, 503):
-        group.balancer.failed(choice, now)  # it hung, or broke: others should be tried first
-        failure = Failure.HEAD_TIMEOUT if isinstance(error, BackendTimeout) else Failure.BROKEN
+    """Report an attempt, sent upstream, that ended in an error no retry can mend."""
+    if isinstance(error, BackendTimeout):
+        failure: Failure | None = Failure.HEAD_TIMEOUT  # it hung
+    elif error.status in (502, 503):
+        failure = Failure.BROKEN  # it broke: an answer no client can use
+    else:
+        failure = failure_of_answer(error.status)  # another 5xx, not in OpenAI's form
+    if failure is not None:
+        group.balancer.failed(choice, now)  # others should be tried first
         _count(backend, failure.value)
     else:  # the request's own fault (a 400), or the router's
         group.balancer.succeeded(choice)
         _count(backend, ANSWERED)
 
 
+async def _give_up(error: RouterError, sent: RequestRecord, lifetime: RequestLifetime) -> None:
+    """End the request with ``error``, the last attempt's: an upstream's own refusal goes
+    out as the upstream gave it, as it would have with no retry or fallback configured."""
+    if not isinstance(error, UpstreamRefusal) or error.answer is None:
+        raise error
+    headers, body = error.answer
+    await send_response(sent.send, error.status, body, [*headers, *lifetime.stopwatch.headers()])
+
+
 def _fall_back(
     attempts: Attempts,
     table: RoutingTable,
-    path: str,
+    request: BalancedRequest,
     processes: Mapping[str, BackendProcess],
     now: float,
 ) -> ReplicaGroup | None:
-    """The next fallback model's group that can take the request now, if any."""
+    """The next fallback model's group that can take the request now, if any: one the
+    client's key may use (a fallback is no way around a key's models)."""
+    path, grant = request.path, request.grant
 
     def can_take(model: str) -> bool:
+        if grant is not None and not grant.allows(model):
+            return False
         try:
             return table.balanced(model, path).can_take(processes, now)
         except RouterError:  # a fallback of another model type, say
@@ -192,9 +240,11 @@ def _for_model(request: BalancedRequest, body: Body, model: str) -> Body:
     return json.dumps({**parse_object(body), "model": model}).encode()
 
 
-def _set_headers(answer_headers: Headers | None, count: int) -> None:
-    """Before attempt ``count`` (2 or more): drop the upstream header of an earlier attempt
-    (the next one adds its own) and say how many were made."""
+def _set_headers(
+    answer_headers: Headers | None, count: int, upstream: tuple[bytes, bytes] | None
+) -> None:
+    """Say which ``upstream`` (None: the next attempt adds its own) and, past one, how many
+    attempts went upstream: an attempt that sent nothing (a full queue) is none of them."""
     if answer_headers is None:
         return
     answer_headers[:] = [
@@ -202,7 +252,17 @@ def _set_headers(answer_headers: Headers | None, count: int) -> None:
         for name, value in answer_headers
         if name != UPSTREAM_HEADER and name != ATTEMPTS_HEADER
     ]
-    answer_headers.append((ATTEMPTS_HEADER, str(count).encode()))
+    if upstream is not None:
+        answer_headers.append(upstream)
+    if count > 1:
+        answer_headers.append((ATTEMPTS_HEADER, str(count).encode()))
+
+
+def _upstream_of(answer_headers: Headers | None) -> tuple[bytes, bytes] | None:
+    for header in answer_headers or ():
+        if header[0] == UPSTREAM_HEADER:
+            return header
+    return None
 
 
 def _count(backend: Backend, result: str) -> None:

@@ -76,6 +76,7 @@ class RequestLifetime:
         "stopwatch",
         "task",
         "timeout",
+        "upstream_asked",
     )
 
     def __init__(
@@ -105,6 +106,9 @@ class RequestLifetime:
         self._answering = False  # between answer_begins and answer_ends
         self._cut = False  # the deadline cancelled the task while it was answering
         self._cancelling = 0  # the task's pending cancels when the answer began
+        # Set once a request went out to an upstream (cleared by whoever sends it on to
+        # another): what failed before that was no upstream's doing.
+        self.upstream_asked = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -145,6 +149,7 @@ class RequestLifetime:
         is cancelled, and ``answer_cut`` says so. BackendTimeout if it has passed already."""
         if self._timer is None:  # only once the deadline has passed
             raise self.ran_out(ANSWERING)
+        self.upstream_asked = True
         assert self.task is not None
         self._cancelling = self.task.cancelling()
         self._answering = True

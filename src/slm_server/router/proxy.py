@@ -193,13 +193,17 @@ async def forward(
         raise
     finally:
         lifetime.answer_ends()
-    stopwatch.resume()
+        # Failed too: the upstream's wait is not the router's time, though another may follow.
+        stopwatch.resume()
     if response.status in missing_statuses:
         response.release()
         raise EndpointMissing(target, response.status)
     if refusal:
         response.release()
-        raise refusal_of(response, payload)
+        relayed = None  # an error a server elsewhere sent in no OpenAI form is never relayed
+        if not remote_error or refused(backend, target, response.status, payload) is None:
+            relayed = (_response_headers(response, backend), payload)
+        raise refusal_of(response, payload, relayed)
     if not streamed:
         response.release()
         error = refused(backend, target, response.status, payload) if remote_error else None
@@ -261,8 +265,13 @@ async def _post(
         raise ClosedBeforeAnswer(f"{backend.label} failed: {exc}") from None
 
 
-def refusal_of(response: UpstreamResponse, payload: bytes) -> UpstreamRefusal:
-    """An upstream's 502, 503 or 429, with its own message and Retry-After."""
+def refusal_of(
+    response: UpstreamResponse,
+    payload: bytes,
+    answer: tuple[Headers, bytes] | None,
+) -> UpstreamRefusal:
+    """An upstream's 502, 503 or 429, with its own message and Retry-After, and the
+    ``answer`` (headers, body) the client gets if it is the last word."""
     status = response.status
     message = f"the upstream answered HTTP {status}"
     try:
@@ -277,7 +286,7 @@ def refusal_of(response: UpstreamResponse, payload: bytes) -> UpstreamRefusal:
     for name, value in response.headers:
         if name == b"retry-after" and value.isdigit():
             retry_after = int(value)
-    return UpstreamRefusal(status, message, retry_after=retry_after)
+    return UpstreamRefusal(status, message, retry_after=retry_after, answer=answer)
 
 
 async def read_whole(

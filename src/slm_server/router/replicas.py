@@ -15,10 +15,11 @@ from slm_server.config import ModelEntry
 from slm_server.router.backend import Backend
 from slm_server.supervisor import BackendProcess
 
-# A process in these states is loaded (or being loaded): it takes requests first.
+# A loaded process takes requests first; one being loaded next; a stopped one is started
+# by a request for it (on demand).
 _LOADED = "ready"
-# In these it can be made to take one: a request for it starts it (on demand).
-_LOADABLE = frozenset({"stopped", "starting"})
+_STARTING = "starting"
+_STOPPED = "stopped"
 
 
 def settings_of(entry: ModelEntry) -> BalanceSettings:
@@ -48,11 +49,16 @@ class ReplicaGroup:
     _views: list[Upstream] = field(init=False, repr=False)
     # Whether any replica is started here: only then does one's state depend on the others'.
     _any_local: bool = field(init=False, repr=False)
+    # Where each replica's server is, as the group was made: a reload compares them.
+    places: dict[str, tuple[str | None, int | None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.replicas_by_role = {backend.role: backend for backend in self.replicas}
         self._views = [Upstream(backend.role) for backend in self.replicas]
         self._any_local = any(backend.entry.started_here for backend in self.replicas)
+        self.places = {
+            backend.role: (backend.entry.base_url, backend.entry.port) for backend in self.replicas
+        }
         for backend in self.replicas:
             backend.balancer = self.balancer
 
@@ -85,11 +91,11 @@ class ReplicaGroup:
             for view, backend, healthy in zip(
                 views, self.replicas, up_replicas(self.replicas, processes, now), strict=True
             ):
-                view.in_flight = backend.gate.in_flight
+                view.in_flight = backend.gate.in_flight + backend.awaiting_turn
                 view.healthy = healthy
         else:  # servers elsewhere only: each is up or not by itself
             for view, backend in zip(views, self.replicas, strict=True):
-                view.in_flight = backend.gate.in_flight
+                view.in_flight = backend.gate.in_flight + backend.awaiting_turn
                 view.healthy = backend.unusable is None and remote_up(backend, now)
         return views
 
@@ -133,29 +139,41 @@ def up_replicas(
     A server elsewhere: unless its last health probe, less than its cooldown_s ago, failed
     (the balancer learns the rest from the requests' outcomes; nothing probes its health
     again until someone asks, so an older probe is not believed: a server back up would
-    stay out for good). One started here: when it is loaded; one that is not
-    (stopped, or starting) only when no loaded replica has a free slot, so that a request
-    never waits for a load while another replica could answer it at once, and a replica
-    is loaded on demand only when those loaded are all busy. A failed or stopping process
-    takes none.
+    stay out for good). One started here: when it is loaded; one being loaded only when no
+    loaded replica has a free slot, so that a request never waits for a load while another
+    replica could answer it at once; one stopped only when no replica loaded or being
+    loaded has a free slot (the requests a load will serve wait for it), so that replicas
+    are loaded on demand one by one, when those loaded are all busy, never all at once
+    for a burst. A failed or stopping process takes none.
     """
     states: list[str | None] = []
-    spare = True  # no loaded replica has a free slot
+    loaded_free = starting_free = False  # a replica in that state has a free slot
     for backend in replicas:
         if backend.unusable is not None:
             states.append("unusable")  # neither loaded nor loadable
             continue
         process = processes.get(backend.role) if backend.entry.started_here else None
         state: str | None = None if process is None else process.state
+        # Those waiting (for a slot, or for the scheduler to load it) take the free slots.
+        in_flight = backend.gate.active + backend.gate.waiting + backend.awaiting_turn
+        if state == _STOPPED and in_flight > 0:
+            state = _STARTING  # a request for it is in the way of starting it
         states.append(state)
-        if state == _LOADED and backend.gate.active < backend.entry.max_concurrency:
-            spare = False
+        if in_flight < backend.entry.max_concurrency:
+            if state == _LOADED:
+                loaded_free = True
+            elif state == _STARTING:
+                starting_free = True
     up: list[bool] = []
     for backend, state in zip(replicas, states, strict=True):
         if state is None:
             up.append(remote_up(backend, now))
+        elif state == _STARTING:
+            up.append(not loaded_free)
         else:
-            up.append(state == _LOADED or (spare and state in _LOADABLE))
+            up.append(
+                state == _LOADED or (state == _STOPPED and not (loaded_free or starting_free))
+            )
     return up
 
 

@@ -202,7 +202,10 @@ class RoutingTable:
 
 def _group(role: str, replicas: list[Backend], kept: ReplicaGroup | None) -> ReplicaGroup:
     """The group of ``replicas``, with the balancer of the group it replaces (``kept``) if
-    any, so cooldowns and sessions go on across a reload."""
+    any, so cooldowns and sessions go on across a reload for the servers that stay where
+    they were. A replica's role is positional (``<role>@<index>``): one removed from the
+    middle moves the next ones down, and what was learnt under a role is of the server
+    that had it, so a role whose server changed starts afresh."""
     settings = settings_of(replicas[0].entry)
     if kept is None:
         return ReplicaGroup(role, replicas, Balancer(role, settings))
@@ -211,7 +214,11 @@ def _group(role: str, replicas: list[Backend], kept: ReplicaGroup | None) -> Rep
     balancer.cooldowns.cooldown_after = settings.cooldown_after
     balancer.cooldowns.cooldown_s = settings.cooldown_s
     balancer.cooldowns.keep_only([backend.role for backend in replicas])
-    return ReplicaGroup(role, replicas, balancer)
+    group = ReplicaGroup(role, replicas, balancer)
+    for upstream, place in kept.places.items():
+        if group.places.get(upstream) != place:
+            balancer.forget(upstream)
+    return group
 
 
 def may_change(backend: Backend, path: str, upstream_model: str | None) -> bool:

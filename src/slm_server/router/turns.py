@@ -95,8 +95,12 @@ async def take_turn(scheduler: Scheduler, backend: Backend, lifetime: RequestLif
     the backend's queue, so that its backend never looks idle (and stoppable) meanwhile.
     """
     waiter = scheduler.enqueue(backend.role)
+    backend.awaiting_turn += 1
     try:
-        await lifetime.wait_for(waiter.granted, ROOM)
+        try:
+            await lifetime.wait_for(waiter.granted, ROOM)
+        finally:
+            backend.awaiting_turn -= 1  # into the gate now, with no wait in between
         gate = backend.gate
         if not gate.try_acquire():
             gate.check_room()

@@ -3,7 +3,7 @@ counted once it ends."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 
 from slm_server.router.asgi import ENDED_IN_ERROR, Headers, Message, Send
@@ -54,6 +54,7 @@ class RequestRecord(SentMessages):
         "bytes_out",
         "duration_s",
         "key",
+        "on_start",
         "request_id",
         "slot",
         "tokens",
@@ -91,6 +92,9 @@ class RequestRecord(SentMessages):
         self.bytes_out = 0  # of the answer's body
         self.duration_s = 0.0  # from arrival to the end; set by finish
         self.tokens: tuple[int, int] | None = None  # prompt, completion: the backend's usage
+        # Told the answer's status as its status line goes out (the balancer learns of a
+        # good head there, not at a long stream's end).
+        self.on_start: Callable[[int], object] | None = None
 
     def routed(self, slot: EndpointTally, stopwatch: Stopwatch) -> None:
         """The request goes to ``slot``'s model; ``stopwatch`` times the router's own part."""
@@ -120,6 +124,9 @@ class RequestRecord(SentMessages):
                 headers = message.get("headers")
                 message = {**message, "headers": [*headers, *added] if headers else added}
             self.start = message
+            on_start = self.on_start
+            if on_start is not None:
+                on_start(message["status"])
             return self._send(message)
         self.last = message
         body = message.get("body")
