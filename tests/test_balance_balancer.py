@@ -292,3 +292,16 @@ def test_a_forgotten_upstream_starts_afresh_and_loses_its_sessions() -> None:
     assert balancer.sessions.get("session:b") == "r1"  # the others keep theirs
     balancer.forget("r3")  # nothing known of it: nothing to do
     assert len(balancer.sessions) == 1
+
+
+def test_an_outcome_of_a_pick_made_before_its_name_was_forgotten_is_ignored() -> None:
+    balancer = Balancer("m", BalanceSettings(cooldown_after=1))
+    before = picked(balancer.pick(up(), 0.0, tried=("r1", "r2", "r3")))
+    assert before.upstream == "r0"
+    balancer.forget("r0")  # a reload gave the name to another server meanwhile
+    balancer.failed(before, 1.0)
+    assert balancer.standing("r0", 1.0) is Standing.IN_ROTATION
+    # A pick made since is of the server that has the name now: its outcome counts.
+    after = picked(balancer.pick(up(), 2.0, tried=("r1", "r2", "r3")))
+    balancer.failed(after, 2.0)
+    assert balancer.standing("r0", 2.0) is Standing.COOLING

@@ -10,6 +10,7 @@ from slm_server.balance import Failure, failure_of_answer, failure_of_status, ma
 
 BEFORE_ANSWER = [
     Failure.REFUSED,
+    Failure.CONNECT_TIMEOUT,
     Failure.RESET,
     Failure.HEAD_TIMEOUT,
     Failure.BAD_GATEWAY,

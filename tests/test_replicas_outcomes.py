@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from fake_backend_proc import FakeBackend
 from net import eventually
@@ -260,3 +261,64 @@ async def test_a_responses_conversation_continues_on_any_replica_without_affinit
             "/v1/responses",
             "/v1/chat/completions",
         ]
+
+
+async def test_streams_broken_after_their_head_cool_their_replica(tmp_path: Path) -> None:
+    with fakes(2) as replicas:
+        replicas[0].control(hold_streams=True)  # a good head, then nothing until cut
+        entry = group_entry(
+            "gemma", replicas, balance="round_robin", cooldown_after=2, default_timeout=1
+        )
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            broken = answered = 0
+            for _ in range(8):
+                stream = await client.chat.completions.with_raw_response.create(
+                    model="gemma", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+                try:
+                    async for _ in stream.parse():
+                        pass
+                    answered += 1
+                except openai.APIError:
+                    assert stream.headers[UPSTREAM] == "gemma/0"
+                    broken += 1
+            async with httpx.AsyncClient() as http:
+                health = (await http.get(f"{url}/v1/backends/health")).json()
+    # Two broken streams in a row take it out: the other six go to gemma/1.
+    assert (broken, answered) == (2, 6)
+    assert health["gemma@0"]["balancer"] == "cooling"
+
+
+async def test_a_failure_picked_before_a_reload_counts_against_no_server_after_it(
+    tmp_path: Path,
+) -> None:
+    async def reset_later(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(1.0)
+        writer.transport.abort()
+
+    slow = await asyncio.start_server(reset_later, "127.0.0.1", 0)
+    slow_url = f"http://127.0.0.1:{slow.sockets[0].getsockname()[1]}/v1"
+    fields = {"balance": "round_robin", "cooldown_after": 1, "cooldown_s": 60, "retries": 0}
+    try:
+        with fakes(2) as replicas:
+            entry = group_entry("gemma", replicas, **fields)
+            entry["base_urls"].insert(1, slow_url)  # gemma@1, until the reload
+            async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+                assert (await chat(client, "gemma"))[0] == "gemma/0"
+                on_slow = asyncio.create_task(chat(client, "gemma"))
+                await asyncio.sleep(0.3)
+                without = {"models": {"gemma": group_entry("gemma", replicas, **fields)}}
+                (tmp_path / "models.yaml").write_text(yaml.safe_dump(without))
+                async with httpx.AsyncClient() as http:
+                    reloaded = await http.post(f"{url}/admin/reload", timeout=30)
+                    assert reloaded.status_code == 200, reloaded.text
+                    with pytest.raises(openai.APIStatusError):
+                        await on_slow  # its server reset it; gemma@1 is another one now
+                    health = (await http.get(f"{url}/v1/backends/health")).json()
+                assert health["gemma@1"]["balancer"] == "in_rotation"
+                upstreams = {(await chat(client, "gemma"))[0] for _ in range(4)}
+        assert upstreams == {"gemma/0", "gemma/1"}
+    finally:
+        slow.close()
+        await slow.wait_closed()

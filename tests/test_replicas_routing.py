@@ -361,5 +361,5 @@ async def test_a_replica_that_accepts_no_connection_is_left_for_another_in_time(
     # Each request tried the silent one first (the cursor moves past the retry's pick too),
     # for one connect timeout each, far from the request's default_timeout (10 s).
     assert took < 5
-    waited = 'result="head_timeout",upstream="gemma/0"} 2.0'
+    waited = 'result="connect_timeout",upstream="gemma/0"} 2.0'
     assert waited in metrics, metrics

@@ -38,6 +38,9 @@ class Pick:
 
     upstream: str
     probe: bool = False
+    # Which server the name stood for when picked: `forget` moves a name to another, and
+    # the outcome of a pick made before that says nothing of the new one.
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,7 @@ class Balancer:
         self.cooldowns = Cooldowns(settings.cooldown_after, settings.cooldown_s)
         self.sessions = Sessions(sessions_kept)
         self._cursor = 0
+        self._generations: dict[str, int] = {}  # per upstream forgotten; absent: 0
 
     def pick(
         self,
@@ -83,7 +87,7 @@ class Balancer:
             index = choose_untried(upstreams, tried, self.settings.strategy, self._cursor)
             if index is not None:
                 self._cursor = index + 1
-                return Pick(upstreams[index].id)
+                return self._pick(upstreams[index].id)
         untried = [i for i, upstream in enumerate(upstreams) if upstream.id not in tried]
         up = [i for i in untried if upstreams[i].healthy]
         standing = {i: self.cooldowns.standing(upstreams[i].id, now) for i in up}
@@ -91,15 +95,15 @@ class Balancer:
         if key is not None:
             bound = self.sessions.get(key)
             if bound is not None and any(upstreams[i].id == bound for i in in_rotation):
-                return Pick(bound)
+                return self._pick(bound)
         due = [i for i in up if standing[i] is Standing.PROBE_DUE]
         if due:
-            chosen = Pick(upstreams[due[0]].id, probe=True)
+            chosen = self._pick(upstreams[due[0]].id, probe=True)
             self.cooldowns.probe_started(chosen.upstream, now)
         elif in_rotation:
             index = choose(upstreams, in_rotation, self.settings.strategy, self._cursor)
             self._cursor = index + 1
-            chosen = Pick(upstreams[index].id)
+            chosen = self._pick(upstreams[index].id)
         else:
             return self._unavailable(upstreams, untried, up, now)
         if key is not None:
@@ -107,13 +111,16 @@ class Balancer:
         return chosen
 
     def succeeded(self, pick: Pick) -> None:
-        self.cooldowns.succeeded(pick.upstream, probe=pick.probe)
+        if self._current(pick):
+            self.cooldowns.succeeded(pick.upstream, probe=pick.probe)
 
     def failed(self, pick: Pick, now: float) -> None:
-        self.cooldowns.failed(pick.upstream, now, probe=pick.probe)
+        if self._current(pick):
+            self.cooldowns.failed(pick.upstream, now, probe=pick.probe)
 
     def abandoned(self, pick: Pick) -> None:
-        self.cooldowns.abandoned(pick.upstream, probe=pick.probe)
+        if self._current(pick):
+            self.cooldowns.abandoned(pick.upstream, probe=pick.probe)
 
     def bind(self, key: str, upstream: str) -> None:
         """Send later requests with `key` to `upstream` (e.g. `response_key` of an answer's
@@ -127,6 +134,15 @@ class Balancer:
         the replicas after a removed one up by one."""
         self.cooldowns.forget(upstream)
         self.sessions.unbind(upstream)
+        self._generations[upstream] = self._generations.get(upstream, 0) + 1
+
+    def _pick(self, upstream: str, *, probe: bool = False) -> Pick:
+        generations = self._generations
+        return Pick(upstream, probe, generations.get(upstream, 0) if generations else 0)
+
+    def _current(self, pick: Pick) -> bool:
+        """Whether `pick`'s upstream is still the server it was picked as."""
+        return pick.generation == self._generations.get(pick.upstream, 0)
 
     def standing(self, upstream: str, now: float) -> Standing:
         return self.cooldowns.standing(upstream, now)

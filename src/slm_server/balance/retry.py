@@ -14,6 +14,7 @@ from enum import Enum
 class Failure(Enum):
     REFUSED = "refused"  # the connection was refused
     RESET = "reset"  # the connection was reset or closed before any of the answer went out
+    CONNECT_TIMEOUT = "connect_timeout"  # no connection made in time (a machine that is off)
     HEAD_TIMEOUT = "head_timeout"  # no response head in time
     BAD_GATEWAY = "502"
     UNAVAILABLE = "503"

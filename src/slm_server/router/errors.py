@@ -240,7 +240,7 @@ class Unreachable(BackendUnavailable):
 class ConnectTimedOut(Unreachable):
     """The connection to an upstream was not made in time (a machine off, packets dropped)."""
 
-    failure = Failure.HEAD_TIMEOUT
+    failure = Failure.CONNECT_TIMEOUT
 
 
 class ClosedBeforeAnswer(BadGateway):

@@ -113,7 +113,8 @@ async def serve_balanced(
             _set_headers(sent.answer_headers, count + 1, None)
         refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
         lifetime.upstream_asked = False
-        sent.on_start = _on_head(group.balancer, choice)
+        if choice.probe:  # its good head brings the upstream back, however long the answer
+            sent.on_start = _on_head(group.balancer, choice)
         try:
             await attempt(backend, attempts.model, body, refusals)
         except RouterError as error:
@@ -123,9 +124,8 @@ async def serve_balanced(
                 # reload removed. Nothing is learnt of the upstream, and no retry is spent.
                 group.balancer.abandoned(choice)
                 _set_headers(sent.answer_headers, count, went_to)
-                moves_on = isinstance(error, (QueueFull, InsufficientMemory)) or (
-                    error.failure is not None
-                )
+                moves_on = isinstance(error, (QueueFull, InsufficientMemory, BackendUnavailable))
+                moves_on = moves_on or error.failure is not None
                 if not moves_on or sent.start is not None:
                     raise
                 last = error
@@ -133,7 +133,7 @@ async def serve_balanced(
             count += 1
             went_to = _upstream_of(sent.answer_headers)
             if error.failure is None or sent.start is not None:
-                _outcome(group, choice, backend, error, loop.time())
+                _outcome(group, choice, backend, error, loop.time(), sent.start is not None)
                 raise
             group.balancer.failed(choice, loop.time())
             _count(backend, error.failure.value)
@@ -161,7 +161,8 @@ async def serve_balanced(
         elif sent.ended_in_error:  # a stream that broke after its start
             group.balancer.failed(choice, loop.time())
             _count(backend, Failure.BROKEN.value)
-        else:  # its success was reported as its head went out
+        else:  # a probe's success was reported as its head went out already: no matter
+            group.balancer.succeeded(choice)
             _count(backend, ANSWERED)
             if group.settings.affinity is not None and request.path == RESPONSES:
                 # The conversation's next turn names this answer: send it to the same place.
@@ -172,9 +173,10 @@ async def serve_balanced(
 
 
 def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
-    """What to do as the attempt's answer head goes out with a status: a good answer (a
-    failure is reported once the attempt ends) is its upstream's success then, so a probe
-    that is a long stream brings its upstream back at once."""
+    """What to do as a probe's answer head goes out with a status: a good answer brings
+    its upstream back then, so a probe that is a long stream does not keep it out for the
+    stream's length. Only for probes: an upstream in rotation is told its success when its
+    answer has ended, so that a stream broken after its head counts as its failure."""
 
     def head(status: int) -> None:
         if failure_of_answer(status) is None:
@@ -184,11 +186,16 @@ def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
 
 
 def _outcome(
-    group: ReplicaGroup, choice: Pick, backend: Backend, error: RouterError, now: float
+    group: ReplicaGroup,
+    choice: Pick,
+    backend: Backend,
+    error: RouterError,
+    now: float,
+    answer_started: bool,
 ) -> None:
     """Report an attempt, sent upstream, that ended in an error no retry can mend."""
-    if isinstance(error, BackendTimeout):
-        failure: Failure | None = Failure.HEAD_TIMEOUT  # it hung
+    if isinstance(error, BackendTimeout):  # it hung: before its head, or part-way
+        failure: Failure | None = Failure.BROKEN if answer_started else Failure.HEAD_TIMEOUT
     elif error.status in (502, 503):
         failure = Failure.BROKEN  # it broke: an answer no client can use
     else:

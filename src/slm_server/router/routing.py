@@ -213,10 +213,9 @@ def _group(role: str, replicas: list[Backend], kept: ReplicaGroup | None) -> Rep
     balancer.settings = settings
     balancer.cooldowns.cooldown_after = settings.cooldown_after
     balancer.cooldowns.cooldown_s = settings.cooldown_s
-    balancer.cooldowns.keep_only([backend.role for backend in replicas])
     group = ReplicaGroup(role, replicas, balancer)
     for upstream, place in kept.places.items():
-        if group.places.get(upstream) != place:
+        if group.places.get(upstream) != place:  # gone, or the name of another server now
             balancer.forget(upstream)
     return group
 

@@ -64,8 +64,8 @@ class RouterCollector(Collector):
         attempts = CounterMetricFamily(
             "slm_upstream_attempts",
             "Attempts sent to the upstream by requests of a balanced model, by result: "
-            "answered, or the failure (refused, reset, head_timeout, 502, 503, 429, broken, "
-            "server_error).",
+            "answered, or the failure (refused, connect_timeout, reset, head_timeout, 502, "
+            "503, 429, broken, server_error).",
             labels=["model", "upstream", "result"],
         )
         cooling = GaugeMetricFamily(
