@@ -24,6 +24,16 @@ def _gaps(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in text.split(","))
 
 
+def _points(text: str) -> tuple[tuple[int, float], ...]:
+    points = []
+    for part in text.split(","):
+        streams, _, gap = part.partition("@")
+        if not gap:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected STREAMS@GAP_MS, as 256@20")
+        points.append((int(streams), float(gap)))
+    return tuple(points)
+
+
 def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -87,6 +97,21 @@ def _parser() -> argparse.ArgumentParser:
         help="gaps between stream chunks in ms (default: 0,5)",
     )
     parser.add_argument(
+        "--paced",
+        type=_points,
+        default=defaults.paced_points,
+        metavar="C@G[,C@G]",
+        help="paced stream points, streams@gap_ms (default: 64@5,256@5,256@20,1024@100)",
+    )
+    parser.add_argument(
+        "--paced-duration",
+        type=float,
+        default=defaults.paced_duration_s,
+        metavar="S",
+        help="seconds a paced point's clients keep starting streams, at least 1.5 "
+        "streams' length (default: %(default)s; 2 with --quick)",
+    )
+    parser.add_argument(
         "--chunks",
         type=int,
         default=defaults.chunks,
@@ -119,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PART[,PART]",
         help="run only these parts: `soak` starts just the fake backend and the router; "
         "`cold-start` just serve with an on-demand fake llama-server; `replicas` and "
-        "`replica-kill` just the fake replicas and their routers",
+        "`replica-kill` just the fake replicas and their routers; `streams-paced` the "
+        "paced stream points against direct, nginx and slm_server",
     )
     parser.add_argument(
         "--replicas",
@@ -183,9 +209,11 @@ def _parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace) -> Settings:
     repeats, duration, stream_duration = args.repeats, args.duration, args.stream_duration
     soak_requests = Settings().soak_requests
+    paced_duration = args.paced_duration
     if args.quick:
         repeats, duration, stream_duration = 1, 2.0, 2.0
         soak_requests = _QUICK_SOAK_REQUESTS
+        paced_duration = min(paced_duration, 2.0)
     if args.soak_requests is not None:
         soak_requests = args.soak_requests
     cold_starts = Settings().cold_starts if args.cold_starts is None else args.cold_starts
@@ -198,6 +226,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         stream_concurrency=args.streams,
         gaps_ms=args.gaps,
         chunks=args.chunks,
+        paced_points=args.paced,
+        paced_duration_s=paced_duration,
         startups=repeats if args.startups is None else args.startups,
         proxy_cpu=proxy_cpu,
         load_cpu=load_cpu,
@@ -219,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tools = ["taskset"]
     if not args.only or "replicas" in args.only:
         tools.append("wrk")
-    if not args.only:
+    if not args.only or "streams-paced" in args.only:
         tools.append("nginx")
     require_tools(*tools)
     settings = settings_from(args)

@@ -10,6 +10,7 @@ from typing import Literal
 
 from bench.cold_start import ColdStart
 from bench.environment import load_average
+from bench.paced_report import paced_lines
 from bench.replica_kill import KillPlan
 from bench.replica_report import kill_lines, replica_lines
 from bench.results import DIRECT, NGINX, ROUTER, TARGETS, Results, Settings
@@ -373,6 +374,16 @@ def render(results: Results) -> str:
         _process_rows(results, rows)
     elif "cold-start" in settings.only:
         _cold_start_rows(results, rows)
+    for paced in paced_lines(results):
+        rows.rows.append(
+            Row(
+                paced.measure,
+                paced.cells,
+                paced.versus,
+                paced.target,
+                _passed(paced.ok) if paced.checked else "",
+            )
+        )
     _soak_rows(results, rows)
     for replica_line in [*replica_lines(results), *kill_lines(results)]:
         rows.add_plain(
@@ -405,6 +416,13 @@ def render(results: Results) -> str:
         )
     if settings.runs("replicas") or settings.runs("replica-kill"):
         header.append(_replicas_header(settings))
+    if settings.runs("streams-paced"):
+        header.append(
+            f"paced: {settings.chunks} chunks a stream, clients started at random points "
+            f"within one stream's length (3 s at most), each point for max({settings.paced_duration_s:g} s, "
+            "1.5 streams' length); CPU us/chunk: the proxy's CPU over the chunks relayed "
+            "(its requests' cost included), 'slm vs direct' there is the ratio to nginx's"
+        )
     if not settings.only:
         header.append(
             f"each figure: median of {settings.repeats} run(s) of {settings.duration_s:g} s "

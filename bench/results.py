@@ -19,7 +19,7 @@ NGINX = "nginx"
 ROUTER = "slm_server"
 TARGETS = (DIRECT, NGINX, ROUTER)
 # What `--only` can run alone; a run without it runs everything.
-PARTS = ("soak", "cold-start", "replicas", "replica-kill")
+PARTS = ("soak", "cold-start", "replicas", "replica-kill", "streams-paced")
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,15 @@ class Settings:
     stream_concurrency: tuple[int, ...] = (1, 16, 64)
     gaps_ms: tuple[float, ...] = (0.0, 5.0)
     chunks: int = 64
+    # Paced streams (bench/paced.py): (concurrent streams, gap in ms) per point, and the
+    # least each point's clients keep starting streams for (at least 1.5 streams' length).
+    paced_points: tuple[tuple[int, float], ...] = (
+        (64, 5.0),
+        (256, 5.0),
+        (256, 20.0),
+        (1024, 100.0),
+    )
+    paced_duration_s: float = 4.0
     sample_duration_s: float = 2.0
     startups: int = 3
     proxy_cpu: int | None = None
@@ -64,6 +73,9 @@ class Results:
     # CPU time of the target (direct: the backend) per request / per chunk, one per run.
     plain_cpu_us: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     stream_cpu_us: dict[tuple[str, int, float], list[float]] = field(default_factory=dict)
+    # The paced points, by (target, streams, gap): their runs and the proxy's RSS peaks.
+    paced: dict[tuple[str, int, float], list[StreamRun]] = field(default_factory=dict)
+    paced_rss_mb: dict[tuple[str, int, float], list[float]] = field(default_factory=dict)
     startup_s: list[float] = field(default_factory=list)
     readiness_lag_s: list[float] = field(default_factory=list)
     cold_starts: list[ColdStart] = field(default_factory=list)
@@ -92,6 +104,22 @@ class Results:
                     for r in runs
                 ]
                 for (t, c, g), runs in self.streams.items()
+            },
+            "paced": {
+                f"{t} c={c} gap={g:g}ms": [
+                    {k: v for k, v in asdict(r).items() if not isinstance(v, list)}
+                    | {
+                        "ttfc_p50_ms": r.ttfc_p50_ms,
+                        "stream_p50_ms": r.stream_p50_ms,
+                        "cpu_us_per_chunk": r.target_cpu_s / max(r.chunks, 1) * 1e6,
+                        "load_busy": r.load_busy,
+                    }
+                    for r in runs
+                ]
+                for (t, c, g), runs in self.paced.items()
+            },
+            "paced_rss_mb": {
+                f"{t} c={c} gap={g:g}ms": v for (t, c, g), v in self.paced_rss_mb.items()
             },
             "plain_cpu_us_per_request": {
                 f"{t} c={c}": v for (t, c), v in self.plain_cpu_us.items()

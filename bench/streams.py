@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ OVERHEAD_HEADER = "x-slm-overhead-ms"
 _MESSAGES = [{"role": "user", "content": "Hello"}]
 _PLAIN_BODY = json.dumps({"model": MODEL_ID, "messages": _MESSAGES, "max_tokens": 16}).encode()
 _JSON = {"content-type": "application/json", **AUTH_HEADERS}
+# Below the servers' keep-alive limits (uvicorn's 5 s, the router's pool's 4 s).
+_STAGGER_MAX_S = 3.0
 
 
 @dataclass
@@ -33,6 +36,7 @@ class StreamRun:
     errors: int = 0
     elapsed_s: float = 0.0
     target_cpu_s: float = 0.0  # CPU the measured process used while streams were timed
+    load_cpu_s: float = 0.0  # CPU of the load CPU's processes (client, backend) meanwhile
     ttfc_ms: list[float] = field(default_factory=list)  # request sent -> first body bytes
     stream_ms: list[float] = field(default_factory=list)  # request sent -> end of stream
     overhead_ms: list[float] = field(default_factory=list)  # the router's header, if present
@@ -40,6 +44,11 @@ class StreamRun:
     @property
     def chunks_per_s(self) -> float:
         return self.chunks / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def load_busy(self) -> float:
+        """The share of the load CPU that the client and the backend kept busy."""
+        return self.load_cpu_s / self.elapsed_s if self.elapsed_s else 0.0
 
     @property
     def ttfc_p50_ms(self) -> float:
@@ -90,15 +99,8 @@ async def _one_stream(
         run.overhead_ms.append(float(value))
 
 
-async def _stream_load(
-    url: str,
-    concurrency: int,
-    chunks: int,
-    gap_ms: float,
-    duration_s: float,
-    cpu_clock: Callable[[], float],
-) -> StreamRun:
-    body = json.dumps(
+def _stream_body(chunks: int, gap_ms: float) -> bytes:
+    return json.dumps(
         {
             "model": MODEL_ID,
             "messages": _MESSAGES,
@@ -107,28 +109,58 @@ async def _stream_load(
             "bench_gap_ms": gap_ms,
         }
     ).encode()
+
+
+def _no_cpu() -> float:
+    return 0.0
+
+
+async def _stream_load(
+    url: str,
+    concurrency: int,
+    chunks: int,
+    gap_ms: float,
+    duration_s: float,
+    cpu_clock: Callable[[], float],
+    load_clock: Callable[[], float],
+    staggered: bool,
+) -> StreamRun:
+    body = _stream_body(chunks, gap_ms)
     run = StreamRun()
     async with _session(concurrency) as session:
         # One unmeasured stream per connection first: every target starts with warm pools.
+        # Staggered runs only need the connections open: a one-chunk stream does that.
+        warm_chunks = 1 if staggered else chunks
+        warm_body = _stream_body(1, 0) if staggered else body
         warmup = StreamRun()
         await asyncio.gather(
-            *(_one_stream(session, url, body, chunks, warmup) for _ in range(concurrency))
+            *(_one_stream(session, url, warm_body, warm_chunks, warmup) for _ in range(concurrency))
         )
-        cpu_before = cpu_clock()
+        # Staggered: each client starts at its own random point within one stream's length
+        # (the same points for every target), so requests and chunks arrive spread over
+        # time as a steady load's do, not all in one burst per gap. Within _STAGGER_MAX_S
+        # at most: a connection warmed and left idle longer is closed by the server.
+        spread_s = min(chunks * gap_ms / 1000, _STAGGER_MAX_S)
+        draw = random.Random(concurrency)
+        starts = [draw.uniform(0, spread_s) if staggered else 0.0 for _ in range(concurrency)]
+        cpu_before, load_before = cpu_clock(), load_clock()
         begin = time.perf_counter()
         stop_at = begin + duration_s
 
-        async def worker() -> None:
+        async def worker(start_s: float) -> None:
+            if start_s:
+                await asyncio.sleep(start_s)
             while time.perf_counter() < stop_at:
                 try:
                     await _one_stream(session, url, body, chunks, run)
                 except (aiohttp.ClientError, TimeoutError):
                     run.errors += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(start) for start in starts))
         # Streams started before the deadline finish after it; the rate counts their time.
         run.elapsed_s = time.perf_counter() - begin
         run.target_cpu_s = cpu_clock() - cpu_before
+        run.load_cpu_s = load_clock() - load_before
     return run
 
 
@@ -138,13 +170,20 @@ def stream_load(
     chunks: int,
     gap_ms: float,
     duration_s: float,
-    cpu_clock: Callable[[], float] = lambda: 0.0,
+    cpu_clock: Callable[[], float] = _no_cpu,
+    *,
+    load_clock: Callable[[], float] = _no_cpu,
+    staggered: bool = False,
 ) -> StreamRun:
     """``concurrency`` clients, each streaming back to back for ``duration_s``.
 
-    ``cpu_clock``: CPU seconds of the process under test, read around the timed part.
+    ``cpu_clock``: CPU seconds of the process under test, read around the timed part;
+    ``load_clock``: those of the load generators (this process and the backend).
+    ``staggered``: each client starts at a random point within one stream's length.
     """
-    return uvloop.run(_stream_load(url, concurrency, chunks, gap_ms, duration_s, cpu_clock))
+    return uvloop.run(
+        _stream_load(url, concurrency, chunks, gap_ms, duration_s, cpu_clock, load_clock, staggered)
+    )
 
 
 @dataclass

@@ -15,6 +15,7 @@ from bench import environment
 from bench.cold_start import ColdStart, measure_cold_starts
 from bench.metrics_check import check_metrics, counted_now
 from bench.nginx import start_nginx
+from bench.paced import measure_paced, raise_file_limit
 from bench.procs import HOST, Started, cpu_s, free_port, rss_mb, running, spawn, wait_healthy
 from bench.readiness import measure_lag
 from bench.replica_kill import KillPlan, measure_kill
@@ -39,6 +40,7 @@ def run_suite(settings: Settings) -> Results:
     # The harness itself (stream client, samplers) is a load generator: it gets their CPU.
     if settings.load_cpu is not None:
         os.sched_setaffinity(0, {settings.load_cpu})
+    raise_file_limit()
     with tempfile.TemporaryDirectory(prefix="slm-bench-") as tmp_name:
         tmp = Path(tmp_name)
         try:
@@ -46,6 +48,9 @@ def run_suite(settings: Settings) -> Results:
                 with _targets(tmp, settings, results) as (ports, processes):
                     _measure(settings, results, ports, processes)
                     _soak(settings, results, ports, processes)
+            elif "streams-paced" in settings.only:
+                with _targets(tmp, settings, results, timings=False) as (ports, processes):
+                    _paced(settings, ports, results, processes)
             if "cold-start" in settings.only:
                 results.cold_starts = _cold_starts(tmp, settings)
             if "soak" in settings.only:
@@ -63,9 +68,11 @@ def run_suite(settings: Settings) -> Results:
 
 @contextlib.contextmanager
 def _targets(
-    tmp: Path, settings: Settings, results: Results
+    tmp: Path, settings: Settings, results: Results, timings: bool = True
 ) -> Iterator[tuple[dict[str, int], dict[str, Started]]]:
-    """Backend, nginx and router up and healthy, by target name; all stopped on the way out."""
+    """Backend, nginx and router up and healthy, by target name; all stopped on the way out.
+
+    ``timings``: the start-up, readiness and cold-start figures are taken on the way."""
     ports = {target: free_port() for target in TARGETS}
     backend_cmd = [sys.executable, "-m", "bench.backend", "--port", str(ports[DIRECT])]
     backend = spawn("backend", [*backend_cmd, "--chunks", str(settings.chunks)], tmp,
@@ -76,9 +83,10 @@ def _targets(
         nginx = start_nginx(tmp, ports[NGINX], ports[DIRECT], settings.proxy_cpu)
         with running(nginx):
             wait_healthy(nginx, ports[NGINX], _HEALTH_TIMEOUT_S)
-            results.startup_s = _startups(tmp, config, settings)
-            results.readiness_lag_s = _readiness_lags(tmp, settings)
-            results.cold_starts = _cold_starts(tmp, settings)
+            if timings:
+                results.startup_s = _startups(tmp, config, settings)
+                results.readiness_lag_s = _readiness_lags(tmp, settings)
+                results.cold_starts = _cold_starts(tmp, settings)
             router = start_router(tmp, config, ports[ROUTER], settings.proxy_cpu, "router")
             with running(router):
                 wait_healthy(router, ports[ROUTER], _HEALTH_TIMEOUT_S)
@@ -158,8 +166,18 @@ def _measure(
             urls[ROUTER], concurrency, settings.sample_duration_s
         )
     _streams(settings, results, urls, processes)
+    _paced(settings, ports, results, processes)
     _uploads(settings, results, urls[ROUTER], processes[ROUTER])
     _metrics(results, metrics_url, counted)
+
+
+def _paced(
+    settings: Settings, ports: dict[str, int], results: Results, processes: dict[str, Started]
+) -> None:
+    urls = {target: f"http://{HOST}:{port}{_CHAT}" for target, port in ports.items()}
+    points = ", ".join(f"c={c} gap={g:g}ms" for c, g in settings.paced_points)
+    progress(f"paced streams: {points}")
+    measure_paced(settings, results, urls, processes, progress)
 
 
 def _metrics(results: Results, base_url: str, counted: int) -> None:
