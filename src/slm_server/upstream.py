@@ -15,7 +15,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import cast
 
 import httptools
@@ -34,6 +34,9 @@ MAX_HEADER_BYTES = 64 * 1024
 # take. Generous for real answers (a batch of embeddings, base64 images, a long speech
 # file: tens of MB), it bounds what one backend that sends without end can cost.
 MAX_WHOLE_BODY_BYTES = 256 * 1024 * 1024
+
+# A timer may run this much early (asyncio runs those due within its clock's resolution).
+_TIMER_SLACK_S = 0.001
 
 # A request body up to this size is written joined to its head (a copy, one write); a
 # larger one is written as it is, so an upload is never held twice while it goes out.
@@ -56,6 +59,15 @@ class ConnectionBroken(UpstreamError):
     """The connection closed, or sent something that is not HTTP, before the answer ended."""
 
 
+class BodyStalled(UpstreamError):
+    """Nothing of the body arrived for the reader's idle limit (see
+    ``UpstreamResponse.bound_idle``)."""
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(f"nothing arrived for {idle_s:g}s")
+        self.idle_s = idle_s
+
+
 class ResponseTooLarge(ConnectionBroken):
     """The backend sent more than the router holds for one answer (MAX_HEADER_BYTES of
     headers, MAX_WHOLE_BODY_BYTES of a body read whole)."""
@@ -73,6 +85,10 @@ class _Connection(asyncio.Protocol):
         self._aborted = False
         self.idle_since = 0.0
         self._paused = False
+        # The idle bound on waits for the body (see bound_idle): 0 for none.
+        self._idle_s = 0.0
+        self._wait_began = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._begin()
 
     def _begin(self) -> None:
@@ -120,9 +136,15 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             if self.complete:
                 return b""
-            self._waiter = self._loop.create_future()
+            waiter = self._waiter = self._loop.create_future()
+            if self._idle_s:
+                # One timer for the whole body, not one per wait (a stream waits once per
+                # event): it checks the wait under way when due, and moves to its bound.
+                self._wait_began = began = self._loop.time()
+                if self._idle_timer is None:
+                    self._idle_timer = self._loop.call_at(began + self._idle_s, self._idle_due)
             try:
-                await self._waiter
+                await waiter
             finally:
                 self._waiter = None
         piece = self._pieces.popleft() if len(self._pieces) == 1 else self._take_all()
@@ -132,6 +154,25 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
         return piece
 
+    def bound_idle(self, idle_s: float) -> None:
+        """From now on each wait for the body fails with BodyStalled after ``idle_s``
+        without a byte of it; 0 lifts the bound."""
+        self._idle_s = idle_s
+        if not idle_s and self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_due(self) -> None:
+        self._idle_timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or not self._idle_s:
+            return  # nobody waits now: the next wait sets the timer again
+        due = self._wait_began + self._idle_s
+        if self._loop.time() + _TIMER_SLACK_S < due:  # a later wait: its own bound
+            self._idle_timer = self._loop.call_at(due, self._idle_due)
+            return
+        self._fail(BodyStalled(self._idle_s))
+
     def _take_all(self) -> bytes:
         piece = b"".join(self._pieces)
         self._pieces.clear()
@@ -139,6 +180,7 @@ class _Connection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection at once: the backend sees its client leave."""
+        self.bound_idle(0)
         self.closed = True
         self._aborted = True
         if self._transport is not None:
@@ -275,6 +317,14 @@ class UpstreamResponse:
         assert self._connection is not None, "released"
         return await self._connection.read_piece()
 
+    def piece_reader(self, idle_s: float = 0.0) -> Callable[[], Awaitable[bytes]]:
+        """``read_piece`` without this object's frame in between (a stream calls it once
+        per event), each wait bounded: BodyStalled after ``idle_s`` (0: unbounded) without
+        a byte of the body. Valid until ``release`` or ``close``."""
+        assert self._connection is not None, "released"
+        self._connection.bound_idle(idle_s)
+        return self._connection.read_piece
+
     async def read(self, limit: int = MAX_WHOLE_BODY_BYTES) -> bytes:
         """The whole body; ResponseTooLarge as soon as it exceeds ``limit`` bytes."""
         pieces = []
@@ -291,6 +341,7 @@ class UpstreamResponse:
         connection, self._connection = self._connection, None
         if connection is None:
             return
+        connection.bound_idle(0)
         if connection.reusable:
             self._pool.put_back(self._key, connection)
         else:

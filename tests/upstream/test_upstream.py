@@ -18,6 +18,7 @@ import pytest
 
 from slm_server.upstream import (
     MAX_HEADER_BYTES,
+    BodyStalled,
     ConnectFailed,
     ConnectionBroken,
     ResponseTooLarge,
@@ -212,6 +213,94 @@ async def test_chunks_are_handed_over_as_they_arrive() -> None:
         assert await response.read_piece() == b"data: 2\n\n"
         assert await response.read_piece() == b""
         response.release()
+        pool.close()
+
+
+def paced_stream(gaps_s: list[float]) -> Callable[[Server], Handler]:
+    """A chunked SSE answer: one event after each gap in ``gaps_s``, then its end."""
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(head)
+            for index, gap in enumerate(gaps_s):
+                await asyncio.sleep(gap)
+                event = b"data: %d\n\n" % index
+                writer.write(b"%x\r\n%b\r\n" % (len(event), event))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+
+        return handle
+
+    return make
+
+
+async def read_all(read_piece: Callable[[], Awaitable[bytes]]) -> bytes:
+    pieces = []
+    while piece := await read_piece():
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+async def test_a_wait_for_the_body_past_its_idle_bound_fails() -> None:
+    async with serving(paced_stream([0, 0.05, 0.6])) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        read_piece = response.piece_reader(0.2)
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(BodyStalled) as stalled:
+            await read_all(read_piece)
+        waited = asyncio.get_running_loop().time() - began
+        # The third event is 0.6 s late: the wait for it fails 0.2 s after it began.
+        assert 0.2 <= waited < 0.5
+        assert stalled.value.idle_s == 0.2
+        response.close()
+        pool.close()
+
+
+async def test_the_idle_bound_is_per_wait_not_for_the_whole_body() -> None:
+    """Events 0.1 s apart for longer than the bound in all: each wait is short, none fails;
+    nor does time the reader spends elsewhere between its reads."""
+    async with serving(paced_stream([0.1] * 6)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        read_piece = response.piece_reader(0.25)
+        body = b""
+        while piece := await read_piece():
+            body += piece
+            await asyncio.sleep(0.3)  # a slow client: the send, not the backend, waits
+        assert body == b"".join(b"data: %d\n\n" % index for index in range(6))
+        response.release()
+        pool.close()
+
+
+async def test_a_released_connection_keeps_no_idle_bound() -> None:
+    def make(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(OK)
+            await server.read_request(reader)
+            writer.write(OK[:-2])
+            await asyncio.sleep(0.2)  # a body later than the first answer's bound
+            writer.write(OK[-2:])
+            await reader.read()
+
+        return handle
+
+    async with serving(make) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        first = await pool.request("POST", "127.0.0.1", server.port, "/")
+        assert await read_all(first.piece_reader(0.05)) == b"{}"
+        first.release()
+        second = await pool.request("POST", "127.0.0.1", server.port, "/")
+        assert await second.read() == b"{}"
+        second.release()
+        assert server.connections == 1
         pool.close()
 
 

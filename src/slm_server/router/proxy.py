@@ -8,7 +8,6 @@ it. Server-sent events are relayed one read at a time, never collected.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncGenerator
@@ -25,6 +24,7 @@ from slm_server.router.errors import (
 from slm_server.router.lifetime import ANSWERING, RequestLifetime
 from slm_server.router.remote_answers import from_remote, refused
 from slm_server.upstream import (
+    BodyStalled,
     ConnectFailed,
     UpstreamError,
     UpstreamPool,
@@ -316,11 +316,15 @@ async def _relay_stream(
     headers = [*passed, *SSE_HEADERS, *timing]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+    # Per event, only a read and a send: a plain loop (no generator), and one idle timer
+    # for the whole stream in the connection (no asyncio.timeout per read). Each read
+    # takes all that has arrived, so events that came together go out in one write.
+    read_piece = response.piece_reader(backend.entry.default_timeout)
     try:
-        async with contextlib.aclosing(stream_pieces(response, backend)) as pieces:
-            async for chunk in pieces:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except StreamBroken as broken:
+        while piece := await read_piece():
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+    except UpstreamError as exc:
+        broken = stream_broken(exc, backend)
         end["body"] = _sse_error(broken.status, str(broken), broken.code)
         end[ENDED_IN_ERROR] = True
     # The status line is long gone, so a failure can only be told in-band.
@@ -336,26 +340,25 @@ class StreamBroken(Exception):
         self.code = code
 
 
+def stream_broken(exc: UpstreamError, backend: Backend) -> StreamBroken:
+    """What a read of a stream's body that failed (``exc``) tells the client, logged."""
+    if isinstance(exc, BodyStalled):
+        log.warning("%s: stream stalled for %gs; ending it", backend.label, exc.idle_s)
+        return StreamBroken(504, "timeout", f"{backend.label} sent nothing for {exc.idle_s:g}s")
+    log.warning("%s: stream broken: %s", backend.label, exc)
+    return StreamBroken(502, "backend_error", f"{backend.label} broke off the stream: {exc}")
+
+
 async def stream_pieces(
     response: UpstreamResponse, backend: Backend
 ) -> AsyncGenerator[bytes, None]:
     """The backend's body as it arrives, each gap bounded by the entry's default_timeout."""
-    idle_timeout = backend.entry.default_timeout
+    read_piece = response.piece_reader(backend.entry.default_timeout)
     try:
-        while True:
-            async with asyncio.timeout(idle_timeout):
-                piece = await response.read_piece()
-            if not piece:
-                return
+        while piece := await read_piece():
             yield piece
-    except TimeoutError:
-        log.warning("%s: stream stalled for %gs; ending it", backend.label, idle_timeout)
-        message = f"{backend.label} sent nothing for {idle_timeout:g}s"
-        raise StreamBroken(504, "timeout", message) from None
     except UpstreamError as exc:
-        log.warning("%s: stream broken: %s", backend.label, exc)
-        message = f"{backend.label} broke off the stream: {exc}"
-        raise StreamBroken(502, "backend_error", message) from None
+        raise stream_broken(exc, backend) from None
 
 
 def _sse_error(status: int, message: str, code: str) -> bytes:
