@@ -15,7 +15,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import cast
 
 import httptools
@@ -131,28 +131,36 @@ class _Connection(asyncio.Protocol):
 
     async def read_piece(self) -> bytes:
         """All of the body that has arrived, waiting for some; b"" once it has ended."""
-        while not self._pieces:
+        while (piece := self.take_piece()) is None:
+            await self.arrival()
+        return piece
+
+    def take_piece(self) -> bytes | None:
+        """All of the body that has arrived; b"" once it has ended; None while nothing
+        has (then await ``arrival``). Raises the exchange's error, if it failed."""
+        pieces = self._pieces
+        if not pieces:
             if self._error is not None:  # before `complete`: a bad end is no clean end
                 raise self._error
-            if self.complete:
-                return b""
-            waiter = self._waiter = self._loop.create_future()
-            if self._idle_s:
-                # One timer for the whole body, not one per wait (a stream waits once per
-                # event): it checks the wait under way when due, and moves to its bound.
-                self._wait_began = began = self._loop.time()
-                if self._idle_timer is None:
-                    self._idle_timer = self._loop.call_at(began + self._idle_s, self._idle_due)
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        piece = self._pieces.popleft() if len(self._pieces) == 1 else self._take_all()
+            return b"" if self.complete else None
+        piece = pieces.popleft() if len(pieces) == 1 else self._take_all()
         self._buffered -= len(piece)
         if self._paused and self._buffered < _RESUME_BELOW_BYTES and self._transport:
             self._paused = False
             self._transport.resume_reading()
         return piece
+
+    def arrival(self) -> asyncio.Future[None]:
+        """Done when more of the body, its end or an error has come: after ``take_piece``
+        gave None. A future rather than a coroutine: a stream awaits one per event."""
+        waiter = self._waiter = self._loop.create_future()
+        if self._idle_s:
+            # One timer for the whole body, not one per wait (a stream waits once per
+            # event): it checks the wait under way when due, and moves to its bound.
+            self._wait_began = began = self._loop.time()
+            if self._idle_timer is None:
+                self._idle_timer = self._loop.call_at(began + self._idle_s, self._idle_due)
+        return waiter
 
     def bound_idle(self, idle_s: float) -> None:
         """From now on each wait for the body fails with BodyStalled after ``idle_s``
@@ -264,7 +272,9 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._pieces.append(body)
         self._buffered += len(body)
-        self._wake()
+        waiter = self._waiter  # _wake, inlined: this runs for every piece of every body
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -317,13 +327,15 @@ class UpstreamResponse:
         assert self._connection is not None, "released"
         return await self._connection.read_piece()
 
-    def piece_reader(self, idle_s: float = 0.0) -> Callable[[], Awaitable[bytes]]:
-        """``read_piece`` without this object's frame in between (a stream calls it once
-        per event), each wait bounded: BodyStalled after ``idle_s`` (0: unbounded) without
-        a byte of the body. Valid until ``release`` or ``close``."""
-        assert self._connection is not None, "released"
-        self._connection.bound_idle(idle_s)
-        return self._connection.read_piece
+    def pieces(self, idle_s: float = 0.0) -> tuple[PieceTaker, Arrival]:
+        """``take_piece`` and ``arrival`` of the connection (see _Connection), for a loop
+        that reads a stream without a coroutine per event; each wait bounded: BodyStalled
+        after ``idle_s`` (0: unbounded) without a byte of the body. Valid until
+        ``release`` or ``close``."""
+        connection = self._connection
+        assert connection is not None, "released"
+        connection.bound_idle(idle_s)
+        return connection.take_piece, connection.arrival
 
     async def read(self, limit: int = MAX_WHOLE_BODY_BYTES) -> bytes:
         """The whole body; ResponseTooLarge as soon as it exceeds ``limit`` bytes."""
@@ -353,6 +365,9 @@ class UpstreamResponse:
         if connection is not None:
             connection.abort()
 
+
+PieceTaker = Callable[[], "bytes | None"]
+Arrival = Callable[[], "asyncio.Future[None]"]
 
 # Connections are shared only between requests to one address over one kind of transport.
 _Key = tuple[str, int, ssl.SSLContext | None]

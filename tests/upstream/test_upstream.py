@@ -23,6 +23,7 @@ from slm_server.upstream import (
     ConnectionBroken,
     ResponseTooLarge,
     UpstreamPool,
+    UpstreamResponse,
 )
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -240,10 +241,15 @@ def paced_stream(gaps_s: list[float]) -> Callable[[Server], Handler]:
     return make
 
 
-async def read_all(read_piece: Callable[[], Awaitable[bytes]]) -> bytes:
+async def read_all(response: UpstreamResponse, idle_s: float) -> bytes:
+    """The body as a stream's relay reads it: whatever has arrived, waiting for more."""
+    take_piece, arrival = response.pieces(idle_s)
     pieces = []
-    while piece := await read_piece():
-        pieces.append(piece)
+    while (piece := take_piece()) != b"":
+        if piece is None:
+            await arrival()
+        else:
+            pieces.append(piece)
     return b"".join(pieces)
 
 
@@ -251,10 +257,9 @@ async def test_a_wait_for_the_body_past_its_idle_bound_fails() -> None:
     async with serving(paced_stream([0, 0.05, 0.6])) as server:
         pool = UpstreamPool(keepalive_s=4)
         response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
-        read_piece = response.piece_reader(0.2)
         began = asyncio.get_running_loop().time()
         with pytest.raises(BodyStalled) as stalled:
-            await read_all(read_piece)
+            await read_all(response, 0.2)
         waited = asyncio.get_running_loop().time() - began
         # The third event is 0.6 s late: the wait for it fails 0.2 s after it began.
         assert 0.2 <= waited < 0.5
@@ -269,9 +274,12 @@ async def test_the_idle_bound_is_per_wait_not_for_the_whole_body() -> None:
     async with serving(paced_stream([0.1] * 6)) as server:
         pool = UpstreamPool(keepalive_s=4)
         response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
-        read_piece = response.piece_reader(0.25)
+        take_piece, arrival = response.pieces(0.25)
         body = b""
-        while piece := await read_piece():
+        while (piece := take_piece()) != b"":
+            if piece is None:
+                await arrival()
+                continue
             body += piece
             await asyncio.sleep(0.3)  # a slow client: the send, not the backend, waits
         assert body == b"".join(b"data: %d\n\n" % index for index in range(6))
@@ -295,7 +303,7 @@ async def test_a_released_connection_keeps_no_idle_bound() -> None:
     async with serving(make) as server:
         pool = UpstreamPool(keepalive_s=4)
         first = await pool.request("POST", "127.0.0.1", server.port, "/")
-        assert await read_all(first.piece_reader(0.05)) == b"{}"
+        assert await read_all(first, 0.05) == b"{}"
         first.release()
         second = await pool.request("POST", "127.0.0.1", server.port, "/")
         assert await second.read() == b"{}"

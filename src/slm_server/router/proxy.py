@@ -323,10 +323,16 @@ async def _relay_stream(
     # Per event, only a read and a send: a plain loop (no generator), and one idle timer
     # for the whole stream in the connection (no asyncio.timeout per read). Each read
     # takes all that has arrived, so events that came together go out in one write.
-    read_piece = response.piece_reader(backend.entry.default_timeout)
+    take_piece, arrival = response.pieces(backend.entry.default_timeout)
     try:
-        while piece := await read_piece():
-            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        while True:
+            piece = take_piece()
+            if piece is None:
+                await arrival()
+            elif piece:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            else:
+                break
     except UpstreamError as exc:
         broken = stream_broken(exc, backend)
         end["body"] = _sse_error(broken.status, str(broken), broken.code)
@@ -357,10 +363,16 @@ async def stream_pieces(
     response: UpstreamResponse, backend: Backend
 ) -> AsyncGenerator[bytes, None]:
     """The backend's body as it arrives, each gap bounded by the entry's default_timeout."""
-    read_piece = response.piece_reader(backend.entry.default_timeout)
+    take_piece, arrival = response.pieces(backend.entry.default_timeout)
     try:
-        while piece := await read_piece():
-            yield piece
+        while True:
+            piece = take_piece()
+            if piece is None:
+                await arrival()
+            elif piece:
+                yield piece
+            else:
+                return
     except UpstreamError as exc:
         raise stream_broken(exc, backend) from None
 
