@@ -419,8 +419,9 @@ def render(results: Results) -> str:
     if settings.runs("streams-paced"):
         header.append(
             f"paced: {settings.chunks} chunks a stream, clients started at random points "
-            f"within one stream's length (3 s at most), each point for max({settings.paced_duration_s:g} s, "
-            "1.5 streams' length); CPU us/chunk: the proxy's CPU over the chunks relayed "
+            "within one stream's length (3 s at most), each point for "
+            f"max({settings.paced_duration_s:g} s, 1.5 streams' length); "
+            "CPU us/chunk: the proxy's CPU over the chunks relayed "
             "(its requests' cost included), 'slm vs direct' there is the ratio to nginx's"
         )
     if not settings.only:

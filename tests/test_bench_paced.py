@@ -19,7 +19,9 @@ from bench.streams import StreamRun
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(rate: float, ttfc_ms: float, cpu_us: float, errors: int = 0, load: float = 0.3) -> StreamRun:
+def run(
+    rate: float, ttfc_ms: float, cpu_us: float, errors: int = 0, load: float = 0.3
+) -> StreamRun:
     chunks = int(rate * 10)
     return StreamRun(
         streams=chunks // 64,
