@@ -82,6 +82,7 @@ def _point_lines(
     ttfc = {t: _figure(r, lambda run: run.ttfc_p50_ms) for t, r in runs.items()}
     cpu = {t: _figure(r, _cpu_us) for t, r in runs.items()}
     busy = {t: _figure(r, lambda run: run.load_busy * 100) for t, r in runs.items()}
+    batched = {t: _figure(r, lambda run: run.events_per_read) for t, r in runs.items()}
     errors = {t: sum(run.errors for run in r) for t, r in runs.items()}
     complete = all(not f.missing for f in rate.values())
     lines: list[Line] = []
@@ -131,6 +132,14 @@ def _point_lines(
             cpu_target,
             cpu_ok,
             checked=bool(cpu_target),
+        )
+    )
+    # Above direct's, events queued in the proxy and went out together: it fell behind,
+    # and its CPU per chunk is then lower than it would be keeping pace.
+    lines.append(
+        Line(
+            f"{label} events per client read",
+            {t: with_spread(f, 2) for t, f in batched.items()},
         )
     )
     lines.append(

@@ -113,6 +113,7 @@ class Results:
                         "stream_p50_ms": r.stream_p50_ms,
                         "cpu_us_per_chunk": r.target_cpu_s / max(r.chunks, 1) * 1e6,
                         "load_busy": r.load_busy,
+                        "events_per_read": r.events_per_read,
                     }
                     for r in runs
                 ]

@@ -37,6 +37,8 @@ class StreamRun:
     elapsed_s: float = 0.0
     target_cpu_s: float = 0.0  # CPU the measured process used while streams were timed
     load_cpu_s: float = 0.0  # CPU of the load CPU's processes (client, backend) meanwhile
+    reads: int = 0  # body pieces the client read in the streams counted: chunks / reads > 1
+    # says events came together (a proxy or the client fell behind and they queued)
     ttfc_ms: list[float] = field(default_factory=list)  # request sent -> first body bytes
     stream_ms: list[float] = field(default_factory=list)  # request sent -> end of stream
     overhead_ms: list[float] = field(default_factory=list)  # the router's header, if present
@@ -44,6 +46,11 @@ class StreamRun:
     @property
     def chunks_per_s(self) -> float:
         return self.chunks / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def events_per_read(self) -> float:
+        """Events (chunks and [DONE]) per body piece the client read."""
+        return (self.chunks + self.streams) / self.reads if self.reads else float("nan")
 
     @property
     def load_busy(self) -> float:
@@ -78,12 +85,14 @@ async def _one_stream(
             return
         first: float | None = None
         events = 0
+        reads = 0
         tail = b""
         async for chunk in response.content.iter_any():
             if first is None:
                 first = time.perf_counter()
             # "\n\n" ends each SSE event; one carried byte catches a split separator.
             events += (tail + chunk).count(b"\n\n")
+            reads += 1
             tail = chunk[-1:]
         end = time.perf_counter()
     chunks = events - 1  # the last event is "data: [DONE]"
@@ -92,6 +101,7 @@ async def _one_stream(
         return
     run.streams += 1
     run.chunks += chunks
+    run.reads += reads
     run.ttfc_ms.append((first - begin) * 1000)
     run.stream_ms.append((end - begin) * 1000)
     value = response.headers.get(OVERHEAD_HEADER)

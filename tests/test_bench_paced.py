@@ -125,5 +125,6 @@ def test_a_short_paced_run_through_every_target(tmp_path: Path) -> None:
         [one] = json.loads(figures.read_text())["paced"][f"{target} c=32 gap=10ms"]
         assert one["chunks"] > 0 and one["errors"] == 0, one
         assert 0 < one["load_busy"] < 1, one
+        assert one["events_per_read"] >= 1, one
     assert "x nginx" in line(table, "paced c=16 gap=5ms CPU us/chunk"), table
     assert verdict(table, "paced c=32 gap=10ms RSS peak MB") == "PASS", table
