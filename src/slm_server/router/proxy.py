@@ -219,7 +219,7 @@ async def forward(
         # A task of its own: each event then wakes the relay's two frames, not the dozen of
         # the request's whole await chain (Python 3.11 enters and leaves each of them, in C,
         # on every wake). Cancelling the request cancels it too: it is what the request awaits.
-        await asyncio.get_running_loop().create_task(relay)
+        await lifetime.loop.create_task(relay)
         completed = True
     finally:
         if completed:
