@@ -6,7 +6,9 @@ decompression) on every request. Backends are HTTP on known host:port pairs (HTT
 server elsewhere, checked by the caller's SSL context), so this client writes each
 request as one buffer and parses the answer with httptools (the parser uvicorn uses),
 handing body pieces over as they arrive. Timeouts are the caller's: every wait here is
-an ordinary await that ``asyncio.timeout`` can bound and cancel.
+an ordinary await that ``asyncio.timeout`` can bound and cancel; but a body read piece
+by piece (``pieces``) can carry an idle bound of its own, one timer per body rather than
+a timeout per wait, since a stream waits once per event.
 """
 
 from __future__ import annotations
@@ -180,6 +182,8 @@ class _Connection(asyncio.Protocol):
             self._idle_timer = self._loop.call_at(due, self._idle_due)
             return
         self._fail(BodyStalled(self._idle_s))
+        # Stalled is final: what the backend might still send is not relayed after it.
+        self.abort()
 
     def _take_all(self) -> bytes:
         piece = b"".join(self._pieces)

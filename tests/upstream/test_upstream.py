@@ -261,10 +261,23 @@ async def test_a_wait_for_the_body_past_its_idle_bound_fails() -> None:
         with pytest.raises(BodyStalled) as stalled:
             await read_all(response, 0.2)
         waited = asyncio.get_running_loop().time() - began
-        # The third event is 0.6 s late: the wait for it fails 0.2 s after it began.
-        assert 0.2 <= waited < 0.5
+        # The third event is 0.6 s late: the wait for it, begun at about 0.05 s, fails
+        # 0.2 s after it began (not 0.2 s after the body's start).
+        assert 0.24 <= waited < 0.5
         assert stalled.value.idle_s == 0.2
         response.close()
+        pool.close()
+
+
+async def test_steady_events_closer_than_the_bound_never_stall() -> None:
+    # Each wait (0.15 s) is under the bound (0.2 s), the whole body (0.75 s) far over it,
+    # and the reader always waits: only a bound per wait lets this stream through.
+    async with serving(paced_stream([0.15] * 5)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        body = await read_all(response, 0.2)
+        assert body.count(b"data:") == 5
+        response.release()
         pool.close()
 
 

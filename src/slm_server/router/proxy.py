@@ -362,7 +362,11 @@ def stream_broken(exc: UpstreamError, backend: Backend) -> StreamBroken:
 async def stream_pieces(
     response: UpstreamResponse, backend: Backend
 ) -> AsyncGenerator[bytes, None]:
-    """The backend's body as it arrives, each gap bounded by the entry's default_timeout."""
+    """The backend's body as it arrives, each gap bounded by the entry's default_timeout.
+
+    The same take/wait loop as _relay_stream's, kept apart on purpose: that one is the
+    path of every streamed token, and a generator between it and the socket would cost a
+    frame per event. A change to one belongs in the other."""
     take_piece, arrival = response.pieces(backend.entry.default_timeout)
     try:
         while True:
