@@ -99,77 +99,85 @@ async def serve_balanced(
             group.upstreams(processes, now), now, key=key, tried=attempts.tried()
         )
         if isinstance(choice, Unavailable):
-            fallback = _fall_back(attempts, table(), request, processes, now)
-            if fallback is None:
-                await _give_up(last if last is not None else unavailable(choice), sent, lifetime)
-                return
-            group = fallback
-            body = _for_model(request, body, attempts.model)
-            lifetime.for_whom = group
-            continue
-        backend = group.replica(choice.upstream)
-        attempts.sent(choice.upstream)
-        if count:  # an earlier attempt went upstream: drop its header, say how many now
-            _set_headers(sent.answer_headers, count + 1, None)
-        refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
-        lifetime.upstream_asked = False
-        if choice.probe:  # its good head brings the upstream back, however long the answer
-            sent.on_start = _on_head(group.balancer, choice)
-        try:
-            await attempt(backend, attempts.model, body, refusals)
-        except RouterError as error:
-            if not lifetime.upstream_asked:
-                # Nothing went upstream: a full queue, no memory to load it, a wait for a
-                # slot or a load that ran out, the router's own refusal, or a replica a
-                # reload removed. Nothing is learnt of the upstream, and no retry is spent.
-                group.balancer.abandoned(choice)
-                _set_headers(sent.answer_headers, count, went_to)
-                moves_on = isinstance(error, (QueueFull, InsufficientMemory, BackendUnavailable))
-                moves_on = moves_on or error.failure is not None
-                if not moves_on or sent.start is not None:
+            final = last if last is not None else unavailable(choice)
+        else:
+            backend = group.replica(choice.upstream)
+            attempts.sent(choice.upstream)
+            if count:  # an earlier attempt went upstream: drop its header, say how many now
+                _set_headers(sent.answer_headers, count + 1, None)
+            refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
+            lifetime.upstream_asked = False
+            if choice.probe:  # its good head brings the upstream back, however long the answer
+                sent.on_start = _on_head(group.balancer, choice)
+            try:
+                await attempt(backend, attempts.model, body, refusals)
+            except RouterError as error:
+                if not lifetime.upstream_asked:
+                    # Nothing went upstream: a full queue, no memory to load it, a wait for
+                    # a slot or a load that ran out, the router's own refusal, or a replica a
+                    # reload removed. Nothing is learnt of the upstream, no retry is spent.
+                    group.balancer.abandoned(choice)
+                    _set_headers(sent.answer_headers, count, went_to)
+                    moves_on = isinstance(
+                        error, (QueueFull, InsufficientMemory, BackendUnavailable)
+                    )
+                    if not (moves_on or error.failure is not None) or sent.start is not None:
+                        raise
+                    last = error
+                    continue
+                count += 1
+                went_to = _upstream_of(sent.answer_headers)
+                if error.failure is None or sent.start is not None:
+                    _outcome(group, choice, backend, error, loop.time(), sent.start is not None)
                     raise
-                last = error
-                continue
-            count += 1
-            went_to = _upstream_of(sent.answer_headers)
-            if error.failure is None or sent.start is not None:
-                _outcome(group, choice, backend, error, loop.time(), sent.start is not None)
+                group.balancer.failed(choice, loop.time())
+                _count(backend, error.failure.value)
+                last = final = error
+                now = loop.time()
+                if attempts.retry(error.failure, answer_started=False, now=now):
+                    continue
+            except BaseException:  # the client left, a shutdown, or a bug: nothing learnt
+                group.balancer.abandoned(choice)
                 raise
-            group.balancer.failed(choice, loop.time())
-            _count(backend, error.failure.value)
-            last = error
-            now = loop.time()
-            if attempts.retry(error.failure, answer_started=False, now=now):
-                continue
-            fallback = _fall_back(attempts, table(), request, processes, now)
-            if fallback is None:
-                await _give_up(error, sent, lifetime)
+            else:
+                _answered(group, choice, backend, request, sent, loop.time())
                 return
-            group = fallback
-            body = _for_model(request, body, attempts.model)
-            lifetime.for_whom = group
-            continue
-        except BaseException:  # the client left, a shutdown, or a bug: no word on the upstream
-            group.balancer.abandoned(choice)
-            raise
-        finally:
-            sent.on_start = None
-        failure = failure_of_answer(sent.start["status"]) if sent.start is not None else None
-        if failure is not None:  # its own 502, 503 or 429 with no retry left, or another 5xx
-            group.balancer.failed(choice, loop.time())
-            _count(backend, failure.value)
-        elif sent.ended_in_error:  # a stream that broke after its start
-            group.balancer.failed(choice, loop.time())
-            _count(backend, Failure.BROKEN.value)
-        else:  # a probe's success was reported as its head went out already: no matter
-            group.balancer.succeeded(choice)
-            _count(backend, ANSWERED)
-            if group.settings.affinity is not None and request.path == RESPONSES:
-                # The conversation's next turn names this answer: send it to the same place.
-                answer_id = response_id_of(sent.first_piece)
-                if answer_id is not None:
-                    group.balancer.bind(response_key(answer_id), choice.upstream)
-        return
+            finally:
+                sent.on_start = None
+        # No upstream of this model can take the request, or its retries ran out.
+        fallback = _fall_back(attempts, table(), request, processes, now)
+        if fallback is None:
+            await _give_up(final, sent, lifetime)
+            return
+        group = fallback
+        body = _for_model(request, body, attempts.model)
+        lifetime.for_whom = group
+
+
+def _answered(
+    group: ReplicaGroup,
+    choice: Pick,
+    backend: Backend,
+    request: BalancedRequest,
+    sent: RequestRecord,
+    now: float,
+) -> None:
+    """Report an attempt whose answer went out, whole or not."""
+    failure = failure_of_answer(sent.start["status"]) if sent.start is not None else None
+    if failure is not None:  # its own 502, 503 or 429 with no retry left, or another 5xx
+        group.balancer.failed(choice, now)
+        _count(backend, failure.value)
+    elif sent.ended_in_error:  # a stream that broke after its start
+        group.balancer.failed(choice, now)
+        _count(backend, Failure.BROKEN.value)
+    else:  # a probe's success was reported as its head went out already: no matter
+        group.balancer.succeeded(choice)
+        _count(backend, ANSWERED)
+        if group.settings.affinity is not None and request.path == RESPONSES:
+            # The conversation's next turn names this answer: send it to the same place.
+            answer_id = response_id_of(sent.first_piece)
+            if answer_id is not None:
+                group.balancer.bind(response_key(answer_id), choice.upstream)
 
 
 def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
