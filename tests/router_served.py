@@ -19,6 +19,7 @@ from config_builder import entry, make_config
 from net import eventually
 from slm_server.router.app import RouterApp
 from slm_server.router.asgi import Receive, Scope, Send
+from slm_server.router.http1 import Http1Protocol
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
@@ -36,6 +37,7 @@ async def served(app: App) -> AsyncIterator[str]:
         log_config=None,
         access_log=False,
         ws="none",
+        http=Http1Protocol,  # the router's own, as serve runs it
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)

@@ -21,6 +21,7 @@ import uvicorn
 
 from net import eventually
 from slm_server.router.asgi import Receive, Scope, Send
+from slm_server.router.http1 import Http1Protocol
 from slm_server.router.shutdown import GracefulServer
 
 
@@ -69,7 +70,9 @@ async def test_sighup_is_ignored_while_starting_and_stopping_and_reloads_in_betw
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=60)
+    config = uvicorn.Config(
+        app, lifespan="on", log_config=None, http=Http1Protocol, timeout_graceful_shutdown=60
+    )
     grace_s = 60.0
     server = GracefulServer(config, hangup=hangup, grace_s=lambda: grace_s)
     serving = asyncio.create_task(server.serve(sockets=[sock]))

@@ -22,6 +22,7 @@ from net import eventually
 from router_served import App
 from slm_server.router.app import RouterApp
 from slm_server.router.asgi import Message, Receive, Scope, Send
+from slm_server.router.http1 import Http1Protocol
 from slm_server.router.shutdown import GracefulServer
 
 CHAT = {"model": "m-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -33,7 +34,13 @@ async def graceful(app: App, grace_s: float) -> AsyncIterator[tuple[GracefulServ
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     # Typed int, but any number works: it bounds an asyncio timeout.
-    config = uvicorn.Config(app, lifespan="on", log_config=None, timeout_graceful_shutdown=grace_s)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        http=Http1Protocol,
+        timeout_graceful_shutdown=grace_s,  # type: ignore[arg-type]
+    )
     server = GracefulServer(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:

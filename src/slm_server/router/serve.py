@@ -12,6 +12,7 @@ from slm_server.admin import router_log
 from slm_server.admin.reload_triggers import Triggers
 from slm_server.config import LoadedConfig
 from slm_server.router.app import RouterApp
+from slm_server.router.http1 import Http1Protocol
 from slm_server.router.shutdown import GracefulServer
 from slm_server.supervisor import Supervisor
 
@@ -80,7 +81,7 @@ def run_uvicorn(
         server_header=False,
         proxy_headers=False,
         loop="auto",
-        http="auto",
+        http=Http1Protocol,
         lifespan="on",
         log_config=None,  # uvicorn's lines go through our logging setup, in our format
         # Typed int, but any number works: it goes to asyncio.wait_for.

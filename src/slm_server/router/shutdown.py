@@ -77,7 +77,8 @@ class StalledClients:
         waiting: dict[object, tuple[int, float]] = {}
         for connection in connections:
             transport = getattr(connection, "transport", None)
-            flow = getattr(connection, "flow", None)
+            # The router's protocol says it itself; uvicorn's, in its flow control.
+            flow = getattr(connection, "flow", connection)
             if not isinstance(transport, Transport):
                 continue
             unsent = transport.get_write_buffer_size()

@@ -1,0 +1,331 @@
+"""An HTTP/1.1 connection: parses requests with httptools and runs the app on each.
+
+uvicorn still serves: it owns the sockets, the lifespan, the signals and the shutdown,
+and creates one of these per connection (``uvicorn.Config(http=Http1Protocol)``). What
+is replaced is the per-request work, where uvicorn spent more of the router's time than
+the routing: its ``send`` is a coroutine per message that checks every header with two
+regular expressions, and it writes a head and its body in two writes.
+
+Beyond uvicorn's protocol:
+- A request's head may hold at most ``MAX_HEAD_BYTES`` (431 past that), and must be
+  whole within the keep-alive timeout of the connection going idle (a new connection
+  included): a client cannot hold a connection by sending nothing, or a head slowly.
+- A bad request, and an app that fails before answering, are answered in the OpenAI
+  error envelope, not in text/plain.
+- An HTTP/1.0 client's answer of unknown size is ended by closing the connection, as
+  that version knows no chunked framing.
+- An ``Upgrade`` request is served as plain HTTP/1.1 (the router speaks no other
+  protocol), and the connection closed after it.
+Options of uvicorn's that the router does not use are not read: ``root_path``,
+``limit_concurrency``, ``ws``, ``access_log``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections import deque
+from typing import Any
+
+import httptools
+import uvicorn
+from uvicorn.server import ServerState
+
+from slm_server.router.http1.exchange import App, Exchange
+from slm_server.router.http1.head import response_head
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 64 * 1024
+# A request body buffered beyond this (the app is not reading it yet) stops reads.
+_BODY_HIGH_WATER = 64 * 1024
+
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+
+def _refusal(status: int, message: str) -> bytes:
+    body = (
+        b'{"error": {"message": "' + message.encode() + b'", "type": "invalid_request_error", '
+        b'"param": null, "code": null}}'
+    )
+    head, _ = response_head(
+        status,
+        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        (),
+        keep_alive=False,
+        http_10=False,
+        bodiless=False,
+    )
+    return head + body
+
+
+_BAD_REQUEST = _refusal(400, "the request is not valid HTTP/1.1")
+_HEAD_TOO_LARGE = _refusal(
+    431, f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes"
+)
+
+
+class Http1Protocol(asyncio.Protocol):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.app: App = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self._server_state = server_state
+        self._app_state = app_state
+        self._idle_timeout_s = float(config.timeout_keep_alive)
+        self._parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._server: tuple[str, int] | None = None
+        self._client: tuple[str, int] | None = None
+        # An awaitable already done: what send returns while the client keeps up.
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.ready.set_result(None)
+        self.write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._read_paused = False
+        # The exchange the app serves, the one the parser fills, and those parsed
+        # in between (pipelined), oldest first.
+        self._serving: Exchange | None = None
+        self._parsing: Exchange | None = None
+        self._queued: deque[Exchange] = deque()
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._expect_continue = False
+        self._closing = False  # the server shuts down: no request after the current one
+        self._upgraded = False  # the parser stopped at an Upgrade: later bytes are ignored
+        # Idle since (loop time), or None while a request is being served; checked by
+        # one timer per connection, moved on lazily rather than re-armed per request.
+        self._idle_since: float | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # asyncio's side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._server_state.connections.add(self)  # type: ignore[arg-type]
+        self._server = _address(transport.get_extra_info("sockname"))
+        self._client = _address(transport.get_extra_info("peername"))
+        self._went_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server_state.connections.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        for exchange in (self._serving, *self._queued):
+            if exchange is not None:
+                exchange.connection_lost()
+        self._queued.clear()
+        self.write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgraded = True
+            self._closing = True
+            if self._serving is None:
+                self.transport.close()
+        except httptools.HttpParserError:
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(_HEAD_TOO_LARGE)
+            else:
+                self._refuse(_BAD_REQUEST)
+
+    def eof_received(self) -> bool | None:
+        return None  # close: a half-closed client gets no answer anyway over HTTP/1.1
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    # httptools' callbacks, in a request's order
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_bytes = 0
+        self._expect_continue = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_continue = True
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value))
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ValueError("request head too large")  # ends feed_data as a parser error
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        http_version = parser.get_http_version()
+        exchange = Exchange(
+            self,
+            self._scope(http_version),
+            keep_alive=parser.should_keep_alive() and not self._closing,
+            expect_continue=self._expect_continue,
+            http_10=http_version == "1.0",
+        )
+        self._parsing = exchange
+        self._idle_since = None
+        if self._serving is None:
+            self._serve(exchange)
+        else:  # pipelined: answered in turn; read no further meanwhile
+            self._queued.append(exchange)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._parsing
+        if exchange is None or exchange.complete:
+            return  # answered already without its body: the rest is read and dropped
+        if exchange.body_arrived(body) > _BODY_HIGH_WATER:
+            self.pause_reading()
+
+    def on_message_complete(self) -> None:
+        exchange = self._parsing
+        if exchange is not None:
+            exchange.body_ended()
+        self._parsing = None
+
+    def _scope(self, http_version: str) -> dict[str, Any]:
+        url = self._url
+        if b"?" in url or b"%" in url or not url.startswith(b"/"):
+            parsed = httptools.parse_url(url)
+            raw_path: bytes = parsed.path or b"/"
+            query: bytes = parsed.query or b""
+        else:
+            raw_path = url
+            query = b""
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": http_version,
+            "server": self._server,
+            "client": self._client,
+            "scheme": "http",
+            "method": self._parser.get_method().decode("ascii"),
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self._headers,
+        }
+        if self._app_state:
+            scope["state"] = self._app_state.copy()
+        return scope
+
+    # Serving
+
+    def _serve(self, exchange: Exchange) -> None:
+        self._serving = exchange
+        task = self.loop.create_task(exchange.run(self.app))
+        tasks = self._server_state.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def answered(self, exchange: Exchange) -> None:
+        """``exchange``'s answer is complete: close, or go on to the next request."""
+        self._server_state.total_requests += 1
+        if not exchange.keep_alive or self._closing or self.transport.is_closing():
+            self.transport.close()
+            return
+        self._serving = None
+        if self._queued:
+            self._serve(self._queued.popleft())
+            if not self._queued:
+                self.resume_reading()
+        else:
+            self.resume_reading()
+            # Also while the rest of a body answered early is read and dropped.
+            self._went_idle()
+
+    def shutdown(self) -> None:
+        """The server shuts down: close now if idle, else after the current answer."""
+        self._closing = True
+        self._queued.clear()
+        if self._serving is None:
+            self.transport.close()
+
+    def _refuse(self, answer: bytes) -> None:
+        """Answer a request that cannot be parsed, and close: unless an answer is under
+        way on this connection (then closing is all that can be said)."""
+        serving = self._serving
+        if serving is None or serving.complete or not serving.started:
+            if serving is not None:
+                serving.connection_lost()  # the app's request ends here: its answer is this
+            self.transport.write(answer)
+        self.transport.close()
+
+    # Flow control
+
+    def pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and not self._queued:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def drained(self) -> asyncio.Future[None]:
+        """Resolved when the client has taken enough of what was written to it."""
+        if self._drained is None:
+            self._drained = self.loop.create_future()
+        return self._drained
+
+    def default_headers(self) -> list[tuple[bytes, bytes]]:
+        return self._server_state.default_headers  # uvicorn renews the date every second
+
+    # Idle connections
+
+    def _went_idle(self) -> None:
+        now = self.loop.time()
+        self._idle_since = now
+        if self._idle_timer is None:
+            self._idle_timer = self.loop.call_at(now + self._idle_timeout_s, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        since = self._idle_since
+        if since is None:
+            return  # busy; the answer's end looks again
+        idle_ends = since + self._idle_timeout_s
+        if self.loop.time() >= idle_ends:
+            self.transport.close()
+        else:
+            self._idle_timer = self.loop.call_at(idle_ends, self._idle_check)
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
