@@ -18,7 +18,7 @@ import collections
 import ssl
 import time
 from collections.abc import Callable, Collection, Iterable
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -107,6 +107,8 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         self._waiter: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
+        # Takes the body's pieces as they arrive during one wait (see arrival).
+        self._sink: Sink | None = None
 
     @property
     def reusable(self) -> bool:
@@ -152,9 +154,15 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
         return piece
 
-    def arrival(self) -> asyncio.Future[None]:
+    def arrival(self, sink: Sink | None = None) -> asyncio.Future[None]:
         """Done when more of the body, its end or an error has come: after ``take_piece``
-        gave None. A future rather than a coroutine: a stream awaits one per event."""
+        gave None. A future rather than a coroutine: a stream awaits one per event.
+
+        With ``sink``, the pieces that arrive meanwhile are handed to it as they come,
+        in this connection's callbacks, and the wait goes on: a relayed stream then costs
+        no wake per event. It ends at the body's end, an error, or once ``sink`` returns
+        False (it took that piece, but wants no more for now)."""
+        self._sink = sink
         waiter = self._waiter = self._loop.create_future()
         if self._idle_s:
             # One timer for the whole body, not one per wait (a stream waits once per
@@ -193,6 +201,7 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection at once: the backend sees its client leave."""
         self.bound_idle(0)
+        self._sink = None
         self.closed = True
         self._aborted = True
         if self._transport is not None:
@@ -274,6 +283,13 @@ class _Connection(asyncio.Protocol):
             self.head_received.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None:  # only ever set while nothing is kept (see arrival)
+            if self._idle_s:
+                self._wait_began = self._loop.time()  # the idle bound counts from here
+            if not sink(body):
+                self._wake()
+            return
         self._pieces.append(body)
         self._buffered += len(body)
         waiter = self._waiter  # _wake, inlined: this runs for every piece of every body
@@ -296,6 +312,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        self._sink = None
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -371,7 +388,13 @@ class UpstreamResponse:
 
 
 PieceTaker = Callable[[], "bytes | None"]
-Arrival = Callable[[], "asyncio.Future[None]"]
+# Takes a piece of a body; False: it wants no more for now.
+Sink = Callable[[bytes], bool]
+
+
+class Arrival(Protocol):
+    def __call__(self, sink: Sink | None = None) -> asyncio.Future[None]: ...
+
 
 # Connections are shared only between requests to one address over one kind of transport.
 _Key = tuple[str, int, ssl.SSLContext | None]

@@ -300,6 +300,100 @@ async def test_the_idle_bound_is_per_wait_not_for_the_whole_body() -> None:
         pool.close()
 
 
+async def relay_to_sink(
+    response: UpstreamResponse, idle_s: float, wants_more: Callable[[bytes], bool]
+) -> tuple[list[bytes], list[bytes], int]:
+    """The body as the router's stream relay reads it: handed to a sink during each wait,
+    taken in the loop after the sink wanted no more. The sink's pieces, the loop's, and
+    how many times the reader was woken."""
+    take_piece, arrival = response.pieces(idle_s)
+    sunk: list[bytes] = []
+    taken: list[bytes] = []
+    wakes = 0
+
+    def sink(piece: bytes) -> bool:
+        sunk.append(piece)
+        return wants_more(piece)
+
+    while (piece := take_piece()) != b"":
+        if piece is None:
+            await arrival(sink)
+            wakes += 1
+        else:
+            taken.append(piece)
+    return sunk, taken, wakes
+
+
+EVENTS = [b"data: %d\n\n" % index for index in range(6)]
+
+
+async def test_a_sink_takes_each_piece_as_it_arrives_and_the_reader_wakes_once() -> None:
+    async with serving(paced_stream([0.02] * 6)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        sunk, taken, wakes = await relay_to_sink(response, 1.0, lambda piece: True)
+        assert b"".join(sunk) == b"".join(EVENTS)
+        assert len(sunk) == 6  # one at a time, as they came 20 ms apart
+        assert taken == []
+        assert wakes == 1  # at the body's end only
+        response.release()
+        pool.close()
+
+
+async def test_a_sink_that_wants_no_more_leaves_the_rest_to_the_reader_in_order() -> None:
+    """As when the client falls behind: the sink takes event 1 and wants no more, the
+    reader wakes and waits for the client (0.1 s); what arrives meanwhile is kept."""
+    async with serving(paced_stream([0.02] * 6)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        take_piece, arrival = response.pieces(1.0)
+        sunk: list[bytes] = []
+        taken: list[bytes] = []
+
+        def sink(piece: bytes) -> bool:
+            sunk.append(piece)
+            return b"1" not in piece
+
+        while (piece := take_piece()) != b"":
+            if piece is None:
+                await arrival(sink)
+                if sunk[-1] == EVENTS[1]:
+                    await asyncio.sleep(0.1)
+            else:
+                taken.append(piece)
+        assert sunk[:2] == EVENTS[:2]
+        assert taken and taken[0].startswith(EVENTS[2])  # kept, then read by the reader
+        assert b"".join(sunk[:2] + taken + sunk[2:]) == b"".join(EVENTS)
+        response.release()
+        pool.close()
+
+
+async def test_a_steady_stream_into_a_sink_never_stalls() -> None:
+    # One wait lasts the whole body (0.75 s, far over the 0.2 s bound): only the pieces
+    # the sink takes meanwhile may count as arrivals.
+    async with serving(paced_stream([0.15] * 5)) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        sunk, _, wakes = await relay_to_sink(response, 0.2, lambda piece: True)
+        assert b"".join(sunk).count(b"data:") == 5
+        assert wakes == 1
+        response.release()
+        pool.close()
+
+
+async def test_a_stream_into_a_sink_that_stops_stalls() -> None:
+    async with serving(paced_stream([0, 0.05, 0.6])) as server:
+        pool = UpstreamPool(keepalive_s=4)
+        response = await pool.request("POST", "127.0.0.1", server.port, "/v1/chat/completions")
+        began = asyncio.get_running_loop().time()
+        with pytest.raises(BodyStalled):
+            await relay_to_sink(response, 0.2, lambda piece: True)
+        waited = asyncio.get_running_loop().time() - began
+        assert 0.24 <= waited < 0.5  # 0.2 s after the second event, not after the first
+        response.close()
+        pool.close()
+
+
 async def test_a_released_connection_keeps_no_idle_bound() -> None:
     def make(server: Server) -> Handler:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 
 from slm_server.router.asgi import ENDED_IN_ERROR, Body, Headers, Message, Send, send_response
 from slm_server.router.backend import Backend
@@ -320,15 +320,36 @@ async def _relay_stream(
     headers = [*passed, *SSE_HEADERS, *timing]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-    # Per event, only a read and a send: a plain loop (no generator), and one idle timer
-    # for the whole stream in the connection (no asyncio.timeout per read). Each read
-    # takes all that has arrived, so events that came together go out in one write.
+    # While the client keeps up, each event goes from the backend's connection to the
+    # client's in the connection's own callback (hand_over): no task wakes per event.
+    # When the client falls behind (its send is not done at once), the events wait in the
+    # connection, and this loop sends them once the client has taken what it was sent.
+    # One idle timer for the whole stream, in the connection. What arrived together goes
+    # out together.
+    behind: list[Awaitable[None]] = []
+    failed: list[Exception] = []
+
+    def hand_over(piece: bytes) -> bool:
+        try:
+            sending = send({"type": "http.response.body", "body": piece, "more_body": True})
+        except Exception as exc:  # raised here, not in the backend connection's callback
+            failed.append(exc)
+            return False
+        if isinstance(sending, asyncio.Future) and sending.done():
+            return True
+        behind.append(sending)
+        return False
+
     take_piece, arrival = response.pieces(backend.entry.default_timeout)
     try:
         while True:
             piece = take_piece()
             if piece is None:
-                await arrival()
+                await arrival(hand_over)
+                if failed:
+                    raise failed[0]
+                if behind:
+                    await behind.pop()
             elif piece:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             else:
