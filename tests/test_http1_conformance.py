@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -475,6 +476,60 @@ async def test_a_malformed_request_after_a_good_one_on_the_same_connection(
         assert await client.closed_by_server(2)
     assert good.body == b"GET /good"
     assert 400 <= bad.status < 500
+
+
+async def test_a_good_request_pipelined_before_a_bad_one_is_answered_first(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    known_uvicorn_gap(protocol, request, "uvicorn answers only the 400")
+
+    async def slow_echo(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.1)  # the bad request is parsed while this one is served
+        await echo(scope, receive, send)
+
+    async with served(slow_echo, protocol) as server, connected(server.port) as client:
+        await client.send(request_bytes("GET", "/good") + b"NOT HTTP AT ALL\r\n\r\n")
+        good = await client.read_response()
+        bad = await client.read_response()
+        assert await client.closed_by_server(2)
+    assert good.body == b"GET /good"
+    assert 400 <= bad.status < 500
+
+
+async def test_a_request_head_over_the_limit_gets_a_431_in_the_error_envelope(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    known_uvicorn_gap(protocol, request, "uvicorn reads a head of any size")
+    async with served(echo, protocol) as server, connected(server.port) as client:
+        await client.send(
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * (70 * 1024) + b"\r\n\r\n"
+        )
+        response = await client.read_response()
+        assert await client.closed_by_server(2)
+    assert response.status == 431
+    assert json.loads(response.body)["error"]["message"]
+
+
+async def test_a_request_head_sent_too_slowly_is_cut_off(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    """A client that sends a header line now and then may not hold a connection."""
+    known_uvicorn_gap(protocol, request, "uvicorn waits for a head forever")
+    async with (
+        served(echo, protocol, timeout_keep_alive=1) as server,
+        connected(server.port) as client,
+    ):
+        await client.send(b"GET / HTTP/1.1\r\n")
+        began = time.monotonic()
+        try:
+            for index in range(12):  # 3 s of a slow head
+                await asyncio.sleep(0.25)
+                await client.send(b"x-slow-%d: 1\r\n" % index)
+            closed = await client.closed_by_server(2)
+        except ConnectionError:  # writing to the closed connection
+            closed = True
+        assert closed, "the slow head held the connection"
+    assert time.monotonic() - began < 2.5
 
 
 async def test_content_length_with_transfer_encoding_is_refused_or_closed_after(

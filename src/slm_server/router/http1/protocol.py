@@ -100,7 +100,8 @@ class Http1Protocol(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._expect_continue = False
-        self._closing = False  # the server shuts down: no request after the current one
+        self._closing = False  # no request after the current one (shutdown, a bad request)
+        self._refusal = b""  # said once the current request is answered: the next was bad
         self._upgraded = False  # the parser stopped at an Upgrade: later bytes are ignored
         # Idle since (loop time), or None while a request is being served; checked by
         # one timer per connection, moved on lazily rather than re-armed per request.
@@ -255,6 +256,8 @@ class Http1Protocol(asyncio.Protocol):
         """``exchange``'s answer is complete: close, or go on to the next request."""
         self._server_state.total_requests += 1
         if not exchange.keep_alive or self._closing or self.transport.is_closing():
+            if self._refusal:
+                self.transport.write(self._refusal)
             self.transport.close()
             return
         self._serving = None
@@ -275,9 +278,18 @@ class Http1Protocol(asyncio.Protocol):
             self.transport.close()
 
     def _refuse(self, answer: bytes) -> None:
-        """Answer a request that cannot be parsed, and close: unless an answer is under
-        way on this connection (then closing is all that can be said)."""
+        """Answer a request that cannot be parsed, and close the connection.
+
+        Requests before it on the connection are answered first. If the bad bytes are
+        the body of the request being served, that request ends here: answered with
+        ``answer`` if its own answer has not begun, else cut off by the close."""
+        self._closing = True
+        self._queued.clear()
+        self.pause_reading()
         serving = self._serving
+        if serving is not None and not serving.complete and self._parsing is not serving:
+            self._refusal = answer  # written once the request before it is answered
+            return
         if serving is None or serving.complete or not serving.started:
             if serving is not None:
                 serving.connection_lost()  # the app's request ends here: its answer is this
