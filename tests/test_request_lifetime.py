@@ -4,6 +4,7 @@ cuts the answer phase only, says so only for its own cancel, and never outlives 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -145,3 +146,85 @@ async def test_a_client_leaving_a_stream_relayed_past_a_short_deadline_ends_it()
         return "unreachable"
 
     assert await asyncio.wait_for(request(), BOUND_S) == "client left"
+
+
+class ToldBy:
+    """A server's WATCH_DISCONNECT: keeps the callback, calls it when told to leave."""
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], object] | None = None
+        self.left = False
+        self.watch_calls = 0
+
+    def __call__(self, callback: Callable[[], object] | None) -> None:
+        self.watch_calls += 1
+        if self.left and callback is not None:
+            callback()
+            return
+        self.callback = callback
+
+    def leave(self) -> None:
+        self.left = True
+        if self.callback is not None:
+            self.callback()
+
+
+def told_lifetime(told: ToldBy, sent: SentMessages | None = None) -> RequestLifetime:
+    return RequestLifetime(
+        never_receives, sent or SentMessages(sends_nothing), watch_disconnect=told
+    )
+
+
+async def test_a_client_the_server_says_has_left_ends_the_request_without_a_task() -> None:
+    told = ToldBy()
+    life = told_lifetime(told)
+
+    async def request() -> str:
+        tasks_before = len(asyncio.all_tasks())
+        life.begin(BOUND_S, Chat())
+        assert len(asyncio.all_tasks()) == tasks_before  # no watcher task
+        try:
+            return await answer(life, asyncio.get_running_loop().create_future())
+        except asyncio.CancelledError:
+            assert life.client_left()
+            return "left"
+        finally:
+            life.end()
+
+    task = asyncio.get_running_loop().create_task(request())
+    await asyncio.sleep(0.01)
+    assert told.callback is not None  # watched from begin on
+    told.leave()
+    assert await asyncio.wait_for(task, BOUND_S) == "left"
+    assert told.callback is None  # end: nothing is told after the request
+
+
+async def test_a_client_gone_before_the_watch_began_ends_the_request_at_once() -> None:
+    told = ToldBy()
+    told.left = True
+    life = told_lifetime(told)
+
+    async def request() -> str:
+        life.begin(BOUND_S, Chat())
+        try:
+            await asyncio.sleep(BOUND_S)
+        except asyncio.CancelledError:
+            return "left" if life.client_left() else "cancelled"
+        finally:
+            life.end()
+        return "waited"
+
+    assert await asyncio.wait_for(request(), BOUND_S) == "left"
+
+
+async def test_a_disconnect_after_the_whole_answer_cancels_nothing() -> None:
+    told = ToldBy()
+    sent = SentMessages(sends_nothing)
+    life = told_lifetime(told, sent)
+    life.begin(BOUND_S, Chat())
+    await sent.send({"type": "http.response.start", "status": 200, "headers": []})
+    await sent.send({"type": "http.response.body", "body": b"{}", "more_body": False})
+    told.leave()  # work after the last byte (the log, the metrics) runs on
+    await asyncio.sleep(0)
+    assert not life.client_left()
+    life.end()

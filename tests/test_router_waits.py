@@ -294,11 +294,14 @@ async def test_the_clients_upload_time_is_not_the_routers_own(fake: FakeBackend)
     assert "x-slm-queue-ms" not in response.headers
 
 
+@pytest.mark.parametrize("told", [False, True], ids=["watcher-task", "server-callback"])
 async def test_work_after_the_last_byte_is_not_taken_for_a_client_leaving(
-    fake: FakeBackend,
+    fake: FakeBackend, told: bool
 ) -> None:
-    """uvicorn's receive() says http.disconnect once the answer is complete; the client is
-    still there, so what runs after the final send (a log, metrics) must not be cancelled."""
+    """After the answer is complete a server says http.disconnect on receive() (uvicorn
+    and the router's own), or loses the connection and calls back (the router's own, told
+    by the WATCH_DISCONNECT extension); the client did not leave early, so what runs after
+    the final send (a log, metrics) must not be cancelled."""
     router = RouterApp(make_config({"chat": entry("m-chat", fake.port)}))
     disconnect_seen = asyncio.Event()
     after_last_byte: list[str] = []
@@ -306,6 +309,8 @@ async def test_work_after_the_last_byte_is_not_taken_for_a_client_leaving(
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await router(scope, receive, send)
+        if not told:  # as under another server: the request watches receive() in a task
+            scope.pop("extensions", None)
 
         async def seen_receive() -> Message:
             message = await receive()
@@ -316,9 +321,12 @@ async def test_work_after_the_last_byte_is_not_taken_for_a_client_leaving(
         async def send_then_record(message: Message) -> None:
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
-                try:  # the watcher reads receive() now: its disconnect must not end this
-                    async with asyncio.timeout(5):
-                        await disconnect_seen.wait()
+                try:  # the client's connection closes now: that must not end this
+                    if told:
+                        await asyncio.sleep(0.3)
+                    else:
+                        async with asyncio.timeout(5):
+                            await disconnect_seen.wait()
                     await asyncio.sleep(0)  # a cancel sent on that disconnect lands by here
                     after_last_byte.append("done")
                 except asyncio.CancelledError:
@@ -328,7 +336,8 @@ async def test_work_after_the_last_byte_is_not_taken_for_a_client_leaving(
         await router(scope, seen_receive, send_then_record)
 
     async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
-        response = await client.post("/v1/chat/completions", json=CHAT)
+        close = {"connection": "close"}  # the server closes it after the answer
+        response = await client.post("/v1/chat/completions", json=CHAT, headers=close)
         assert response.status_code == 200
         await eventually(lambda: bool(after_last_byte), 5, "the work after the last byte")
     assert after_last_byte == ["done"]

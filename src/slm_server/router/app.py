@@ -24,6 +24,7 @@ from slm_server.config import LoadedConfig
 from slm_server.router import health
 from slm_server.router.access_log import AccessLog
 from slm_server.router.asgi import (
+    WATCH_DISCONNECT,
     Body,
     ClientDisconnected,
     Headers,
@@ -484,7 +485,9 @@ class RouterApp:
         self, scope: Scope, receive: Receive, sent: RequestRecord, path: str, grant: Grant | None
     ) -> None:
         # The deadline runs from arrival, upload too.
-        lifetime = RequestLifetime(receive, sent, self.loop)
+        extensions = scope.get("extensions")
+        told = extensions.get(WATCH_DISCONNECT) if extensions else None
+        lifetime = RequestLifetime(receive, sent, self.loop, told)
         body = await read_body(
             scope, receive, self.max_body_bytes, self.bodies, self.body_deadlines, lifetime.task
         )

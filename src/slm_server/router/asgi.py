@@ -31,6 +31,12 @@ JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 # keys they do not know; the metrics count such an answer as a 5xx.
 ENDED_IN_ERROR = "slm.ended_in_error"
 
+# A scope extension: a function taking a callback to be called once, should the client
+# leave before its answer is complete (None: no more). The router's own server offers
+# it; with it, a request needs no task of its own waiting on ``receive`` for the
+# ``http.disconnect`` that says so.
+WATCH_DISCONNECT = "slm.watch_disconnect"
+
 # Bodies of declared length above this are read into one buffer (see read_body).
 _FILL_IN_PLACE_ABOVE = 64 * 1024
 

@@ -10,7 +10,9 @@ timer (see ``answer_begins``) rather than an ``asyncio.timeout`` of its own: mea
 uvloop, one of those took about 5 us, some 6% of the router's work per request,
 where the timer is there anyway, to start watching the client.
 
-A client that hangs up is noticed by a watcher task reading ``receive()`` for
+A client that hangs up is told by the router's own server, which calls back when the
+connection is lost (the WATCH_DISCONNECT extension); the callback cancels the request's
+own task. Under another server it is noticed by a watcher task reading ``receive()`` for
 ``http.disconnect``; it cancels the request's own task (as ``asyncio.timeout`` does on
 expiry), so the request stops wherever it is: queued, waiting for a load, or waiting for
 the backend, which then sees its connection dropped. Once the answer is complete a server
@@ -24,7 +26,7 @@ wait (for a slot or a load), and otherwise only once the request has run for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Protocol, TypeVar
 
 from slm_server.router.asgi import Receive
@@ -33,6 +35,10 @@ from slm_server.router.sent import SentMessages
 from slm_server.router.stopwatch import Stopwatch
 
 T = TypeVar("T")
+
+
+# The WATCH_DISCONNECT extension: a callback to call should the client leave; None: no more.
+WatchDisconnect = Callable[[Callable[[], object] | None], None]
 
 
 class Labelled(Protocol):
@@ -70,6 +76,7 @@ class RequestLifetime:
         "_receive",
         "_sent",
         "_timer",
+        "_told",
         "_watcher",
         "deadline",
         "for_whom",
@@ -84,8 +91,10 @@ class RequestLifetime:
         receive: Receive,
         sent: SentMessages,
         loop: asyncio.AbstractEventLoop | None = None,
+        watch_disconnect: WatchDisconnect | None = None,
     ) -> None:
-        """``loop``: the running one, when the caller knows it (else it is asked for)."""
+        """``loop``: the running one, when the caller knows it (else it is asked for).
+        ``watch_disconnect``: the server's WATCH_DISCONNECT, if it offers it."""
         self.stopwatch = Stopwatch()
         # Asked for once per request at most: on Python 3.11 each get_running_loop() makes
         # a getpid() system call, which profiles under load showed among the costliest
@@ -102,6 +111,8 @@ class RequestLifetime:
         self.for_whom: Labelled | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
+        # The server tells of a client leaving: no watcher task, and none to start late.
+        self._told = watch_disconnect
         self._left = False
         self._answering = False  # between answer_begins and answer_ends
         self._cut = False  # the deadline cancelled the task while it was answering
@@ -124,6 +135,10 @@ class RequestLifetime:
         self.for_whom = for_whom
         self.deadline = deadline = self._arrived + timeout
         self.task = asyncio.current_task(self._loop)
+        if self._told is not None:  # watched from now on, for nothing: one timer, the deadline
+            self._told(self._client_gone)
+            self._timer = self._loop.call_at(deadline, self._tick)
+            return
         # One timer: first to watch the client (see _WATCH_AFTER_S), then for the deadline.
         first = self._arrived + _WATCH_AFTER_S
         if deadline < first:  # min(), without its call
@@ -209,11 +224,17 @@ class RequestLifetime:
         """Start watching for the client leaving now, if not yet."""
         if self._watcher is not None:
             return
+        if self._told is not None:
+            self._told(self._client_gone)  # again, if begin did: it is the same callback
+            return
         self._watcher = self._loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while (await self._receive())["type"] != "http.disconnect":
             pass
+        self._client_gone()
+
+    def _client_gone(self) -> None:
         if self._sent.complete:  # the answer is whole: the client did not leave early
             return
         self._left = True
@@ -231,3 +252,5 @@ class RequestLifetime:
             self._timer.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._told is not None:
+            self._told(None)

@@ -214,12 +214,10 @@ async def forward(
         await send_response(send, response.status, payload, headers_out)
         return
     completed = False
-    relay = _relay_stream(response, send, backend, stopwatch.headers())
     try:
-        # A task of its own: each event then wakes the relay's two frames, not the dozen of
-        # the request's whole await chain (Python 3.11 enters and leaves each of them, in C,
-        # on every wake). Cancelling the request cancels it too: it is what the request awaits.
-        await lifetime.loop.create_task(relay)
+        # In the request's own task: the relay wakes it only at the stream's end, or when
+        # the client falls behind (see _relay_stream), so a task of its own saves nothing.
+        await _relay_stream(response, send, backend, stopwatch.headers())
         completed = True
     finally:
         if completed:

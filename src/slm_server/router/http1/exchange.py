@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from slm_server.router.asgi import WATCH_DISCONNECT
 from slm_server.router.http1.head import InvalidHead, response_head
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ class Exchange:
         "_held_head",
         "_http_10",
         "_mode",
+        "_on_disconnect",
         "_pieces",
         "_remaining",
         "_size",
@@ -92,6 +94,8 @@ class Exchange:
         self._remaining = 0
         # A sized answer's head waits for its first body bytes: one write, not two.
         self._held_head = b""
+        self._on_disconnect: Callable[[], object] | None = None
+        scope["extensions"] = {WATCH_DISCONNECT: self.watch_disconnect}
 
     # The request's side, fed by the connection.
 
@@ -109,7 +113,18 @@ class Exchange:
     def connection_lost(self) -> None:
         if not self.complete:
             self.disconnected = True
+            told, self._on_disconnect = self._on_disconnect, None
+            if told is not None:
+                told()
         self._wake()
+
+    def watch_disconnect(self, callback: Callable[[], object] | None) -> None:
+        """Have ``callback`` called once, should the client leave before the answer is
+        complete (see WATCH_DISCONNECT); None: no more. Called at once if it has left."""
+        if self.disconnected and callback is not None:
+            callback()
+            return
+        self._on_disconnect = callback
 
     def _wake(self) -> None:
         waiter = self._waiter
