@@ -129,6 +129,10 @@ class Http1Protocol(asyncio.Protocol):
         self.write_paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        # The parser and the exchanges refer back to this protocol: cycles the cyclic
+        # collector (kept rare: see app) would be left to free.
+        self._parser = None  # type: ignore[assignment]
+        self._serving = self._parsing = None
 
     def data_received(self, data: bytes) -> None:
         if self._upgraded:
