@@ -9,8 +9,10 @@ what a client can rely on and no more.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -478,21 +480,26 @@ async def test_a_malformed_request_after_a_good_one_on_the_same_connection(
     assert 400 <= bad.status < 500
 
 
-async def test_a_good_request_pipelined_before_a_bad_one_is_answered_first(
+async def test_good_requests_pipelined_before_a_bad_one_are_answered_first(
     protocol: Protocol, request: pytest.FixtureRequest
 ) -> None:
     known_uvicorn_gap(protocol, request, "uvicorn answers only the 400")
 
     async def slow_echo(scope: Scope, receive: Receive, send: Send) -> None:
-        await asyncio.sleep(0.1)  # the bad request is parsed while this one is served
+        await asyncio.sleep(0.1)  # the others are parsed while this one is served
         await echo(scope, receive, send)
 
     async with served(slow_echo, protocol) as server, connected(server.port) as client:
-        await client.send(request_bytes("GET", "/good") + b"NOT HTTP AT ALL\r\n\r\n")
-        good = await client.read_response()
+        await client.send(
+            request_bytes("GET", "/first")
+            + request_bytes("GET", "/second")
+            + b"NOT HTTP AT ALL\r\n\r\n"
+        )
+        first = await client.read_response()
+        second = await client.read_response()
         bad = await client.read_response()
         assert await client.closed_by_server(2)
-    assert good.body == b"GET /good"
+    assert (first.body, second.body) == (b"GET /first", b"GET /second")
     assert 400 <= bad.status < 500
 
 
@@ -508,6 +515,134 @@ async def test_a_request_head_over_the_limit_gets_a_431_in_the_error_envelope(
         assert await client.closed_by_server(2)
     assert response.status == 431
     assert json.loads(response.body)["error"]["message"]
+
+
+async def test_a_header_line_that_never_ends_is_cut_off_at_the_limit(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    """httptools tells of a header only once its line ends: the bytes of a line still
+    open count as they arrive, so it cannot grow past the limit."""
+    known_uvicorn_gap(protocol, request, "uvicorn reads a head of any size")
+    async with served(echo, protocol) as server, connected(server.port) as client:
+        # A small send buffer: what the client has written is about what the server read.
+        client.writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16384
+        )
+        sent = 0
+
+        async def one_long_line() -> None:
+            nonlocal sent
+            await client.send(b"GET / HTTP/1.1\r\nhost: x\r\nx-long: ")
+            with contextlib.suppress(ConnectionError):
+                while sent < 8 * 1024 * 1024:  # far past the limit, if nothing stops it
+                    await client.send(b"a" * 16384)
+                    sent += 16384
+
+        sending = asyncio.create_task(one_long_line())
+        try:
+            response = await client.read_response()
+            refused_at = sent
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+    assert response.status == 431
+    assert refused_at < 1024 * 1024, f"{refused_at} bytes of one header line were taken"
+
+
+async def test_too_many_headers_get_a_431(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    known_uvicorn_gap(protocol, request, "uvicorn takes any number of headers")
+    many = [f"x-{index}: v" for index in range(1000)]
+    async with served(echo, protocol) as server, connected(server.port) as client:
+        await client.send(request_bytes("GET", "/", *many))
+        response = await client.read_response()
+        assert await client.closed_by_server(2)
+    assert response.status == 431
+
+
+async def test_an_upgrade_request_with_a_body_is_refused_not_served_empty(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    """httptools hands an Upgrade request's body to the protocol it would switch to:
+    served, the request would seem to have an empty body."""
+    known_uvicorn_gap(protocol, request, "uvicorn serves it with an empty body")
+    async with served(echo, protocol) as server, connected(server.port) as client:
+        await client.send(
+            request_bytes(
+                "POST", "/", "connection: upgrade", "upgrade: h2c", body=b'{"model": "m"}'
+            )
+        )
+        response = await client.read_response()
+        assert await client.closed_by_server(2)
+    assert response.status == 400
+    assert "Upgrade" in json.loads(response.body)["error"]["message"]
+
+
+async def test_an_upgrade_request_without_a_body_is_served_then_closed(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    known_uvicorn_gap(protocol, request, "uvicorn does not say connection: close")
+    async with served(echo, protocol) as server, connected(server.port) as client:
+        response = await client.request("GET", "/plain", "connection: upgrade", "upgrade: h2c")
+        assert await client.closed_by_server(2)
+    assert response.body == b"GET /plain"
+    assert response.head.closes
+
+
+async def test_an_http_1_0_client_kept_alive_is_told_so(protocol: Protocol) -> None:
+    """A 1.0 connection is closed after each answer unless both sides say keep-alive."""
+    request_ = b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\n"
+    async with served(echo, protocol) as server, connected(server.port) as client:
+        await client.send(request_)
+        first = await client.read_response()
+        if first.head.closes or first.head.get("connection") is None:
+            assert await client.closed_by_server(2), "kept open without saying so"
+            return
+        assert first.head.get("connection") == "keep-alive"
+        await client.send(request_.replace(b"/a", b"/b"))
+        second = await client.read_response()
+    assert (first.body, second.body) == (b"GET /a", b"GET /b")
+
+
+async def test_two_receives_at_once_are_both_told_of_a_disconnect(protocol: Protocol) -> None:
+    told: list[str] = []
+    both_waiting = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await read_all(receive)
+
+        async def wait(name: str) -> None:
+            told.append(f"{name}:{(await receive())['type']}")
+
+        waits = [asyncio.create_task(wait(name)) for name in ("a", "b")]
+        await asyncio.sleep(0.05)
+        both_waiting.set()
+        await asyncio.wait(waits, timeout=WAIT_S)
+
+    async with served(app, protocol) as server:
+        async with connected(server.port) as client:
+            await client.send(request_bytes("GET", "/"))
+            await asyncio.wait_for(both_waiting.wait(), WAIT_S)
+        await eventually(lambda: len(told) == 2, WAIT_S, "both receives to end")
+    assert sorted(told) == ["a:http.disconnect", "b:http.disconnect"]
+
+
+async def test_an_app_failing_before_a_sized_body_still_gives_a_500(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    """A sized answer's head waits for its body (one write): if the app fails between
+    the two, nothing has gone out yet, and the client gets a 500, not a closed socket."""
+    known_uvicorn_gap(protocol, request, "uvicorn has written the head already")
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send(start(200, 10))
+        raise RuntimeError("boom")
+
+    async with served(app, protocol) as server, connected(server.port) as client:
+        response = await client.request("GET", "/")
+    assert response.status == 500
 
 
 async def test_a_request_head_sent_too_slowly_is_cut_off(

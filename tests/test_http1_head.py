@@ -54,6 +54,12 @@ def test_an_unsized_answer_to_http_1_0_ends_with_the_connection() -> None:
     assert framing == Framing(chunked=False, length=-1, keep_alive=False)
 
 
+def test_an_http_1_0_client_kept_alive_is_told_so() -> None:
+    lines, framing = head(200, [(b"content-length", b"2")], http_10=True)
+    assert lines[-1] == b"connection: keep-alive"
+    assert framing.keep_alive
+
+
 @pytest.mark.parametrize("status", [204, 304])
 def test_a_bodiless_answer_has_no_framing(status: int) -> None:
     lines, framing = head(status, [], bodiless=True)

@@ -8,6 +8,7 @@ it. Server-sent events are relayed one read at a time, never collected.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable
@@ -356,6 +357,10 @@ async def _relay_stream(
         broken = stream_broken(exc, backend)
         end["body"] = _sse_error(broken.status, str(broken), broken.code)
         end[ENDED_IN_ERROR] = True
+    finally:
+        for left in behind:  # a send not awaited: the request ended first
+            if inspect.iscoroutine(left):
+                left.close()
     # The status line is long gone, so a failure can only be told in-band.
     await send(end)
 

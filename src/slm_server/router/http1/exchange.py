@@ -55,7 +55,7 @@ class Exchange:
         "_pieces",
         "_remaining",
         "_size",
-        "_waiter",
+        "_waiters",
         "complete",
         "delivered_end",
         "disconnected",
@@ -86,7 +86,7 @@ class Exchange:
         self._size = 0
         self.more_body = True  # the request's last byte has not arrived
         self.delivered_end = False  # the app has had the body's last part
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self.disconnected = False
         self.started = False
         self.complete = False
@@ -127,9 +127,9 @@ class Exchange:
         self._on_disconnect = callback
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def receive(self) -> Message:
         if self.expect_continue:
@@ -149,12 +149,15 @@ class Exchange:
                 self._connection.resume_reading()
                 return {"type": "http.request", "body": body, "more_body": more}
             # Nothing yet; after the body's end, only a disconnect or the answer's end.
-            self._waiter = waiter = self._connection.loop.create_future()
+            # Each receive waits on its own future: two at once (a watcher task and a
+            # reader) both wake, and either may be cancelled alone.
+            waiter = self._connection.loop.create_future()
+            self._waiters.append(waiter)
             self._connection.resume_reading()
             try:
                 await waiter
             finally:
-                self._waiter = None
+                self._waiters.remove(waiter)
 
     # The answer's side, sent by the app.
 
@@ -275,7 +278,7 @@ class Exchange:
         if self.complete or self.disconnected:
             return
         transport = self._connection.transport
-        if not self.started:
+        if not self.started or self._held_head:  # nothing of it went out: it can be a 500
             head, _ = response_head(
                 500,
                 [

@@ -90,6 +90,9 @@ def response_head(
     if not keep_alive and not close_said:
         parts.append(b"connection: close\r\n")
         lines += 1
+    elif keep_alive and http_10:  # persistence is not the default before HTTP/1.1
+        parts.append(b"connection: keep-alive\r\n")
+        lines += 1
     parts.append(b"\r\n")
     head = b"".join(parts)
     if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:

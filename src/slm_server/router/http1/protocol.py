@@ -7,15 +7,17 @@ the routing: its ``send`` is a coroutine per message that checks every header wi
 regular expressions, and it writes a head and its body in two writes.
 
 Beyond uvicorn's protocol:
-- A request's head may hold at most ``MAX_HEAD_BYTES`` (431 past that), and must be
-  whole within the keep-alive timeout of the connection going idle (a new connection
+- A request's head may hold at most ``MAX_HEAD_BYTES`` and ``MAX_HEADERS`` headers
+  (431 past either; a line that never ends counts as it arrives), and must be whole
+  within the keep-alive timeout of the connection going idle (a new connection
   included): a client cannot hold a connection by sending nothing, or a head slowly.
 - A bad request, and an app that fails before answering, are answered in the OpenAI
   error envelope, not in text/plain.
 - An HTTP/1.0 client's answer of unknown size is ended by closing the connection, as
   that version knows no chunked framing.
-- An ``Upgrade`` request is served as plain HTTP/1.1 (the router speaks no other
-  protocol), and the connection closed after it.
+- An ``Upgrade`` request without a body is served as plain HTTP/1.1 (the router speaks
+  no other protocol), and the connection closed after it; one with a body gets 400
+  (httptools hands its body to the protocol it would switch to, not to the request).
 Options of uvicorn's that the router does not use are not read: ``root_path``,
 ``limit_concurrency``, ``ws``, ``access_log``.
 """
@@ -38,6 +40,9 @@ from slm_server.router.http1.head import response_head
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 256
+# How long a refused client's bytes are read and dropped before the connection is closed.
+_LINGER_S = 2.0
 # A request body buffered beyond this (the app is not reading it yet) stops reads.
 _BODY_HIGH_WATER = 64 * 1024
 
@@ -62,7 +67,12 @@ def _refusal(status: int, message: str) -> bytes:
 
 _BAD_REQUEST = _refusal(400, "the request is not valid HTTP/1.1")
 _HEAD_TOO_LARGE = _refusal(
-    431, f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes"
+    431,
+    f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes, "
+    f"or more than {MAX_HEADERS} headers",
+)
+_UPGRADE_WITH_BODY = _refusal(
+    400, "the router does not switch protocols: send the request without an Upgrade header"
 )
 
 
@@ -99,6 +109,10 @@ class Http1Protocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
+        self._head_open = False  # a request's head has begun and not ended
+        self._unended_bytes = 0  # received while it was, after the read it began in
+        self._bad = _BAD_REQUEST  # the answer to a request the parser stops at
+        self._lingering = False  # refused: what still comes is read and dropped
         self._expect_continue = False
         self._closing = False  # no request after the current one (shutdown, a bad request)
         self._refusal = b""  # said once the current request is answered: the next was bad
@@ -135,8 +149,9 @@ class Http1Protocol(asyncio.Protocol):
         self._serving = self._parsing = None
 
     def data_received(self, data: bytes) -> None:
-        if self._upgraded:
-            return
+        if self._upgraded or self._refusal or self._lingering:
+            return  # nothing after a request that is not served is read
+        head_was_open = self._head_open
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -144,11 +159,16 @@ class Http1Protocol(asyncio.Protocol):
             self._closing = True
             if self._serving is None:
                 self.transport.close()
+            return
         except httptools.HttpParserError:
-            if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(self._bad)
+            return
+        if head_was_open and self._head_open:
+            # All of it went into a head still unended, which httptools holds and tells
+            # of only once a line ends: counted here, so a line that never ends is too.
+            self._unended_bytes += len(data)
+            if self._unended_bytes > MAX_HEAD_BYTES:
                 self._refuse(_HEAD_TOO_LARGE)
-            else:
-                self._refuse(_BAD_REQUEST)
 
     def eof_received(self) -> bool | None:
         return None  # close: a half-closed client gets no answer anyway over HTTP/1.1
@@ -168,6 +188,8 @@ class Http1Protocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_bytes = 0
+        self._head_open = True
+        self._unended_bytes = 0
         self._expect_continue = False
 
     def on_url(self, url: bytes) -> None:
@@ -179,20 +201,31 @@ class Http1Protocol(asyncio.Protocol):
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
         self._headers.append((name, value))
-        self._count_head(len(name) + len(value))
+        self._count_head(len(name) + len(value) + 4)  # with ": " and the line's end
+        if len(self._headers) > MAX_HEADERS:
+            self._stop(_HEAD_TOO_LARGE)
 
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > MAX_HEAD_BYTES:
-            raise ValueError("request head too large")  # ends feed_data as a parser error
+            self._stop(_HEAD_TOO_LARGE)
+
+    def _stop(self, answer: bytes) -> None:
+        """In a parser callback: stop parsing; the request is answered with ``answer``."""
+        self._bad = answer
+        raise ValueError("request refused")  # ends feed_data as a parser error
 
     def on_headers_complete(self) -> None:
+        self._head_open = False
         parser = self._parser
+        upgrade = parser.should_upgrade()
+        if upgrade and _declares_body(self._headers):
+            self._stop(_UPGRADE_WITH_BODY)
         http_version = parser.get_http_version()
         exchange = Exchange(
             self,
             self._scope(http_version),
-            keep_alive=parser.should_keep_alive() and not self._closing,
+            keep_alive=parser.should_keep_alive() and not self._closing and not upgrade,
             expect_continue=self._expect_continue,
             http_10=http_version == "1.0",
         )
@@ -259,10 +292,14 @@ class Http1Protocol(asyncio.Protocol):
     def answered(self, exchange: Exchange) -> None:
         """``exchange``'s answer is complete: close, or go on to the next request."""
         self._server_state.total_requests += 1
-        if not exchange.keep_alive or self._closing or self.transport.is_closing():
+        # Closing: after the last request queued when a bad one followed them.
+        closing = self._closing and not self._queued
+        if not exchange.keep_alive or closing or self.transport.is_closing():
             if self._refusal:
                 self.transport.write(self._refusal)
-            self.transport.close()
+                self._close_lingering()
+            else:
+                self.transport.close()
             return
         self._serving = None
         if self._queued:
@@ -288,7 +325,6 @@ class Http1Protocol(asyncio.Protocol):
         the body of the request being served, that request ends here: answered with
         ``answer`` if its own answer has not begun, else cut off by the close."""
         self._closing = True
-        self._queued.clear()
         self.pause_reading()
         serving = self._serving
         if serving is not None and not serving.complete and self._parsing is not serving:
@@ -298,7 +334,23 @@ class Http1Protocol(asyncio.Protocol):
             if serving is not None:
                 serving.connection_lost()  # the app's request ends here: its answer is this
             self.transport.write(answer)
-        self.transport.close()
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Close after a refusal, while the client may still be sending: closing with its
+        bytes unread would reset the connection, which can destroy the refusal before
+        the client reads it. So the router ends its side, then reads and drops what
+        still comes, until the client closes or for ``_LINGER_S`` at most."""
+        self._lingering = True
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+        self.loop.call_later(_LINGER_S, transport.close)
 
     # Flow control
 
@@ -308,7 +360,7 @@ class Http1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._read_paused and not self._queued:
+        if self._read_paused and not self._queued and not self._refusal:
             self._read_paused = False
             self.transport.resume_reading()
 
@@ -339,6 +391,13 @@ class Http1Protocol(asyncio.Protocol):
             self.transport.close()
         else:
             self._idle_timer = self.loop.call_at(idle_ends, self._idle_check)
+
+
+def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" 0")):
+            return True
+    return False
 
 
 def _address(info: Any) -> tuple[str, int] | None:
