@@ -517,6 +517,25 @@ async def test_a_request_head_over_the_limit_gets_a_431_in_the_error_envelope(
     assert json.loads(response.body)["error"]["message"]
 
 
+async def test_a_pipelined_request_whose_body_breaks_is_refused_after_the_one_before(
+    protocol: Protocol, request: pytest.FixtureRequest
+) -> None:
+    known_uvicorn_gap(protocol, request, "uvicorn answers only the 400")
+
+    async def slow_echo(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(0.1)
+        await echo(scope, receive, send)
+
+    async with served(slow_echo, protocol) as server, connected(server.port) as client:
+        broken = request_bytes("POST", "/", "transfer-encoding: chunked", body=b"zz\r\nab\r\n")
+        await client.send(request_bytes("GET", "/first") + broken)
+        first = await client.read_response()
+        bad = await asyncio.wait_for(client.read_response(), 3)  # not after a body timeout
+        assert await client.closed_by_server(3)
+    assert first.body == b"GET /first"
+    assert 400 <= bad.status < 500
+
+
 async def test_a_header_line_that_never_ends_is_cut_off_at_the_limit(
     protocol: Protocol, request: pytest.FixtureRequest
 ) -> None:

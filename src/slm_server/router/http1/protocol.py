@@ -328,7 +328,10 @@ class Http1Protocol(asyncio.Protocol):
         self.pause_reading()
         serving = self._serving
         if serving is not None and not serving.complete and self._parsing is not serving:
-            self._refusal = answer  # written once the request before it is answered
+            if self._parsing is not None:  # a request queued whose body broke: not served
+                self._queued.remove(self._parsing)
+                self._parsing = None
+            self._refusal = answer  # written once the requests before it are answered
             return
         if serving is None or serving.complete or not serving.started:
             if serving is not None:
