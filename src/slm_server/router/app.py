@@ -25,6 +25,7 @@ from slm_server.router import health
 from slm_server.router.access_log import AccessLog
 from slm_server.router.asgi import (
     WATCH_DISCONNECT,
+    WRITE_PIECE,
     Body,
     ClientDisconnected,
     Headers,
@@ -249,7 +250,9 @@ class RouterApp:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id, bearer, api_key, origin = read_head(scope["headers"])
         request_id, answer_headers = self._answer_headers(request_id, origin)
-        sent = self.metrics.record(send, scope["path"], request_id, answer_headers)
+        extensions = scope.get("extensions")
+        write_piece = extensions.get(WRITE_PIECE) if extensions else None
+        sent = self.metrics.record(send, scope["path"], request_id, answer_headers, write_piece)
         preflight = origin is not None and self._preflight(scope, origin)
         refused: str | None = None
         # Errors go out through sent.send too: the metrics count the status they answer.
@@ -593,6 +596,8 @@ class RouterApp:
             )
         gate = backend.gate
         send: Send = sent.send
+        # A stream's events may skip the messages while nothing wraps the send.
+        pieces = sent if sent.writes_pieces else None
         answer_headers = sent.answer_headers
         if answer_headers is not None:
             answer_headers.append(backend.upstream_header)
@@ -618,6 +623,7 @@ class RouterApp:
                 # A server elsewhere may answer a longer name than it was sent: any goes.
                 served = None if remote is not None else upstream_model
                 send = restoring_model_name(send, served=served, asked=model)
+                pieces = None
             # A form (a file upload) is forwarded as sent but for its model's name; so is
             # JSON the router neither converts nor changes, without building its document.
             if form:
@@ -644,7 +650,15 @@ class RouterApp:
                     )
                     return
             await forward(
-                self.pool, backend, target, headers, body, send, lifetime, refusals=refusals
+                self.pool,
+                backend,
+                target,
+                headers,
+                body,
+                send,
+                lifetime,
+                refusals=refusals,
+                pieces=pieces,
             )
         finally:
             gate.release()

@@ -36,6 +36,10 @@ ENDED_IN_ERROR = "slm.ended_in_error"
 # it; with it, a request needs no task of its own waiting on ``receive`` for the
 # ``http.disconnect`` that says so.
 WATCH_DISCONNECT = "slm.watch_disconnect"
+# A scope extension: a function writing a piece of a streamed answer's body, more to
+# follow, at once; it returns False once the client has fallen behind (a send then
+# gives what to wait on). A streamed event then costs a call, not a message and a send.
+WRITE_PIECE = "slm.write_piece"
 
 # Bodies of declared length above this are read into one buffer (see read_body).
 _FILL_IN_PLACE_ABOVE = 64 * 1024

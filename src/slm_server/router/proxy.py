@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable
+from typing import Protocol
 
 from slm_server.router.asgi import ENDED_IN_ERROR, Body, Headers, Message, Send, send_response
 from slm_server.router.backend import Backend
@@ -161,6 +162,7 @@ async def forward(
     *,
     missing_statuses: frozenset[int] = frozenset(),
     refusals: frozenset[int] = frozenset(),
+    pieces: PieceWriter | None = None,
 ) -> None:
     """POST ``body`` to ``target`` (path and query) on ``backend``; relay the answer.
 
@@ -168,7 +170,8 @@ async def forward(
     a stream: until its response headers; then each gap between reads has the entry's
     ``default_timeout``). An answer with a status in ``missing_statuses`` is not
     relayed: EndpointMissing; nor one in ``refusals`` (statuses another upstream may do
-    better than): UpstreamRefusal.
+    better than): UpstreamRefusal. ``pieces``: what ``send`` goes through, when a
+    stream's events may skip the messages (see PieceWriter).
     """
     stopwatch = lifetime.stopwatch
     stopwatch.pause()
@@ -218,7 +221,7 @@ async def forward(
     try:
         # In the request's own task: the relay wakes it only at the stream's end, or when
         # the client falls behind (see _relay_stream), so a task of its own saves nothing.
-        await _relay_stream(response, send, backend, stopwatch.headers())
+        await _relay_stream(response, send, backend, stopwatch.headers(), pieces)
         completed = True
     finally:
         if completed:
@@ -312,6 +315,7 @@ async def _relay_stream(
     send: Send,
     backend: Backend,
     timing: Headers,
+    pieces: PieceWriter | None,
 ) -> None:
     own = {name for name, _ in SSE_HEADERS}  # ours replace the backend's, never doubled
     relayed = _response_headers(response, backend)
@@ -339,16 +343,19 @@ async def _relay_stream(
         behind.append(sending)
         return False
 
+    sink = hand_over if pieces is None else pieces.write_piece
     take_piece, arrival = response.pieces(backend.entry.default_timeout)
     try:
         while True:
             piece = take_piece()
             if piece is None:
-                await arrival(hand_over)
+                await arrival(sink)
                 if failed:
                     raise failed[0]
                 if behind:
                     await behind.pop()
+                elif pieces is not None:  # it may have stepped aside: the client is behind
+                    await pieces.drained()
             elif piece:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             else:
@@ -363,6 +370,15 @@ async def _relay_stream(
                 left.close()
     # The status line is long gone, so a failure can only be told in-band.
     await send(end)
+
+
+class PieceWriter(Protocol):
+    """A stream's events written without a message each (a RequestRecord, under a
+    server with WRITE_PIECE): ``write_piece`` returns False once the client has fallen
+    behind, and ``drained`` is what to wait on then."""
+
+    def write_piece(self, piece: bytes) -> bool: ...
+    def drained(self) -> Awaitable[None]: ...
 
 
 class StreamBroken(Exception):

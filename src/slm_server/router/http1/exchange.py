@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from slm_server.router.asgi import WATCH_DISCONNECT
+from slm_server.router.asgi import WATCH_DISCONNECT, WRITE_PIECE
 from slm_server.router.http1.head import InvalidHead, response_head
 
 if TYPE_CHECKING:
@@ -95,7 +95,10 @@ class Exchange:
         # A sized answer's head waits for its first body bytes: one write, not two.
         self._held_head = b""
         self._on_disconnect: Callable[[], object] | None = None
-        scope["extensions"] = {WATCH_DISCONNECT: self.watch_disconnect}
+        scope["extensions"] = {
+            WATCH_DISCONNECT: self.watch_disconnect,
+            WRITE_PIECE: self.write_piece,
+        }
 
     # The request's side, fed by the connection.
 
@@ -172,6 +175,18 @@ class Exchange:
         if connection.write_paused:
             return connection.drained()
         return connection.ready
+
+    def write_piece(self, piece: bytes) -> bool:
+        """A piece of the answer's body with more to follow, written at once (WRITE_PIECE);
+        False once the client has fallen behind."""
+        connection = self._connection
+        if self.disconnected:
+            return True  # nobody to tell: the app learns it from receive, or a callback
+        if self._mode == _CHUNKED and not self.complete:
+            connection.transport.write(b"".join((b"%x\r\n" % len(piece), piece, b"\r\n")))
+        else:
+            self._body({"type": "http.response.body", "body": piece, "more_body": True})
+        return not connection.write_paused
 
     def _start(self, message: Message) -> None:
         if message["type"] != "http.response.start":

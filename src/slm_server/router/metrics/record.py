@@ -47,9 +47,11 @@ class RequestRecord(SentMessages):
         "_first_piece",
         "_in_pieces",
         "_latest",
+        "_piece",
         "_stopwatch",
         "_tallies",
         "_trim_at",
+        "_write",
         "answer_headers",
         "bytes_out",
         "duration_s",
@@ -67,9 +69,13 @@ class RequestRecord(SentMessages):
         path: str,
         request_id: bytes = b"-",
         answer_headers: Headers | None = None,
+        write_piece: Callable[[bytes], bool] | None = None,
     ) -> None:
+        """``write_piece``: the server's WRITE_PIECE, if it offers it."""
         # SentMessages.__init__'s work done here, not called: this runs for every request.
         self._send = send
+        self._write = write_piece
+        self._piece: Message | None = None
         self.start: Message | None = None
         self.last: Message | None = None
         self._arrived = perf_counter()
@@ -131,22 +137,47 @@ class RequestRecord(SentMessages):
         self.last = message
         body = message.get("body")
         if body:
-            self.bytes_out = sent = self.bytes_out + len(body)
-            if not self._first_byte_s:
-                self._first_byte_s = perf_counter() - self._arrived
-                self._in_pieces = message.get("more_body", False)
-                self._first_piece = body
-            else:
-                earlier = self._earlier
-                if earlier is None:
-                    earlier = self._earlier = []
-                    self._trim_at = _TRIM_EVERY
-                earlier.append(self._latest)
-                if sent > self._trim_at:
-                    self._trim_earlier(earlier)
-                    self._trim_at = sent + _TRIM_EVERY
-            self._latest = body
+            self._note(body, message.get("more_body", False))
         return self._send(message)
+
+    @property
+    def writes_pieces(self) -> bool:
+        """Whether ``write_piece`` may be used: the server offers WRITE_PIECE."""
+        return self._write is not None
+
+    def write_piece(self, piece: bytes) -> bool:
+        """``send`` of a body piece with more to follow, without a message: noted, then
+        written by the server at once; False once the client has fallen behind (then
+        await ``drained``)."""
+        message = self._piece  # one message, updated: ``last``, for an early end
+        if message is None:
+            message = self._piece = {"type": "http.response.body", "more_body": True}
+        message["body"] = piece
+        self.last = message
+        self._note(piece, True)
+        assert self._write is not None
+        return self._write(piece)
+
+    def drained(self) -> Awaitable[None]:
+        """Done once a client that fell behind has taken what was written to it."""
+        return self._send({"type": "http.response.body", "body": b"", "more_body": True})
+
+    def _note(self, body: bytes, more: bool) -> None:
+        self.bytes_out = sent = self.bytes_out + len(body)
+        if not self._first_byte_s:
+            self._first_byte_s = perf_counter() - self._arrived
+            self._in_pieces = more
+            self._first_piece = body
+        else:
+            earlier = self._earlier
+            if earlier is None:
+                earlier = self._earlier = []
+                self._trim_at = _TRIM_EVERY
+            earlier.append(self._latest)
+            if sent > self._trim_at:
+                self._trim_earlier(earlier)
+                self._trim_at = sent + _TRIM_EVERY
+        self._latest = body
 
     @staticmethod
     def _trim_earlier(earlier: list[bytes]) -> None:

@@ -57,9 +57,10 @@ class RouterMetrics:
         path: str,
         request_id: bytes = b"-",
         answer_headers: Headers | None = None,
+        write_piece: Callable[[bytes], bool] | None = None,
     ) -> RequestRecord:
         """The record of a request to ``path`` that has just arrived (see RequestRecord)."""
-        return RequestRecord(send, self.tallies, path, request_id, answer_headers)
+        return RequestRecord(send, self.tallies, path, request_id, answer_headers, write_piece)
 
     def exposition(self) -> bytes:
         """The metrics in the text format, at once: the backends' memory as last measured
