@@ -23,6 +23,17 @@ class Attempts:
     what only a second attempt or a fallback needs is worked out when one is made.
     """
 
+    __slots__ = (
+        "_fallbacks",
+        "_fallbacks_of",
+        "_models_tried",
+        "_tried",
+        "asked",
+        "deadline",
+        "model",
+        "retries_left",
+    )
+
     def __init__(
         self,
         model: str,

@@ -62,6 +62,8 @@ class Balancer:
         self.sessions = Sessions(sessions_kept)
         self._cursor = 0
         self._generations: dict[str, int] = {}  # per upstream forgotten; absent: 0
+        # The pick of each upstream that is no probe, made once: a pick is made per request.
+        self._picks: dict[str, Pick] = {}
 
     def pick(
         self,
@@ -135,10 +137,19 @@ class Balancer:
         self.cooldowns.forget(upstream)
         self.sessions.unbind(upstream)
         self._generations[upstream] = self._generations.get(upstream, 0) + 1
+        self._picks.pop(upstream, None)
 
     def _pick(self, upstream: str, *, probe: bool = False) -> Pick:
+        if not probe:
+            pick = self._picks.get(upstream)
+            if pick is None:
+                pick = self._picks[upstream] = Pick(upstream, False, self._generation(upstream))
+            return pick
+        return Pick(upstream, True, self._generation(upstream))
+
+    def _generation(self, upstream: str) -> int:
         generations = self._generations
-        return Pick(upstream, probe, generations.get(upstream, 0) if generations else 0)
+        return generations.get(upstream, 0) if generations else 0
 
     def _current(self, pick: Pick) -> bool:
         """Whether `pick`'s upstream is still the server it was picked as."""
