@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 # The module, not its names: it imports from this package, and may be imported first.
@@ -77,7 +77,7 @@ from slm_server.router.proxy import (
     new_upstream_pool,
 )
 from slm_server.router.remote_answers import to_remote
-from slm_server.router.replicas import ReplicaGroup, replica_standing
+from slm_server.router.replicas import replica_standing
 from slm_server.router.request_head import read_head
 from slm_server.router.request_id import REQUEST_ID_HEADER, RequestIds
 from slm_server.router.request_json import model_of, parse_object
@@ -527,9 +527,17 @@ class RouterApp:
                 await self._admitted(scope, sent, path, model, body, form, route, lifetime)
             else:  # several upstreams, or fallbacks: the balancer picks, failures move on
                 form_type = content_type if form else None
-                headers = scope["headers"]
-                request = BalancedRequest(model, path, body, headers, form_type, grant)
-                await self._balanced(scope, sent, request, route, lifetime)
+                request = BalancedRequest(model, path, body, scope, form_type, grant)
+                # Each attempt is served as a request for one backend is.
+                await serve_balanced(
+                    route,
+                    request,
+                    sent,
+                    lifetime,
+                    self._table_of_the_day,
+                    self.processes,
+                    self._admitted,
+                )
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise
@@ -539,33 +547,8 @@ class RouterApp:
         finally:
             lifetime.end()
 
-    def _balanced(
-        self,
-        scope: Scope,
-        sent: RequestRecord,
-        request: BalancedRequest,
-        group: ReplicaGroup,
-        lifetime: RequestLifetime,
-    ) -> Awaitable[None]:
-        """Serve ``request`` on one of ``group``'s upstreams (see failover.serve_balanced):
-        each attempt is served as a request for one backend is.
-
-        It and ``attempt`` hand back the coroutine to await rather than await it: every
-        resumption of the request runs through each coroutine frame it is nested in, and
-        these two would add their frames for nothing."""
-        form = request.form_type is not None
-
-        def attempt(
-            backend: Backend, served_as: str, body: Body, refusals: frozenset[int]
-        ) -> Awaitable[None]:
-            return self._admitted(
-                scope, sent, request.path, served_as, body, form, backend, lifetime, refusals
-            )
-
-        def table() -> RoutingTable:  # the table of the day: a reload replaces it
-            return self.table
-
-        return serve_balanced(group, request, sent, lifetime, table, self.processes, attempt)
+    def _table_of_the_day(self) -> RoutingTable:  # a reload replaces it
+        return self.table
 
     async def _admitted(
         self,

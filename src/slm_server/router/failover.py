@@ -26,7 +26,7 @@ from slm_server.balance import (
     failure_of_answer,
     response_key,
 )
-from slm_server.router.asgi import Body, Headers, send_response
+from slm_server.router.asgi import Body, Headers, Scope, send_response
 from slm_server.router.backend import UPSTREAM_HEADER, Backend
 from slm_server.router.errors import (
     BackendTimeout,
@@ -53,8 +53,13 @@ RESPONSES = "/v1/responses"
 ATTEMPTS_HEADER = b"x-slm-attempts"
 ANSWERED = "answered"  # the attempts counter's result for an answer (else a Failure's value)
 
-# backend, the model id it serves the request as, the body, statuses not to relay.
-Attempt = Callable[[Backend, str, Body, frozenset[int]], Awaitable[None]]
+# The app's own way of serving a request on one backend, given once for all requests (no
+# closure made per request): the scope, the record, the path, the model id it serves the
+# request as, the body, whether it is a form, the backend, the lifetime, statuses not to relay.
+Attempt = Callable[
+    [Scope, RequestRecord, str, str, Body, bool, Backend, RequestLifetime, frozenset[int]],
+    Awaitable[None],
+]
 
 
 @dataclass(slots=True)  # not frozen: made per request, and a frozen one is slower to make
@@ -62,7 +67,7 @@ class BalancedRequest:
     model: str  # as the client named it
     path: str
     body: Body
-    headers: Headers  # the client's, as ASGI gives them
+    scope: Scope  # the client's request, as ASGI gives it
     form_type: str | None  # the content type of a form upload; None for JSON
     grant: Grant | None = None  # the client's API key's (None: no keys are configured)
 
@@ -82,7 +87,7 @@ async def serve_balanced(
     key = None
     if group.settings.affinity is not None:
         document = None if request.form_type is not None else parse_object(request.body)
-        key = affinity_key(document, request.headers)
+        key = affinity_key(document, request.scope["headers"])
     attempts = Attempts(
         request.model,
         retries=group.settings.retries,
@@ -90,6 +95,7 @@ async def serve_balanced(
         fallbacks_of=table().fallbacks_of,
     )
     body = request.body
+    scope, path, form = request.scope, request.path, request.form_type is not None
     last: RouterError | None = None
     count = 0  # attempts sent upstream
     went_to: tuple[bytes, bytes] | None = None  # the upstream header of the last of them
@@ -110,7 +116,9 @@ async def serve_balanced(
             if choice.probe:  # its good head brings the upstream back, however long the answer
                 sent.on_start = _on_head(group.balancer, choice)
             try:
-                await attempt(backend, attempts.model, body, refusals)
+                await attempt(
+                    scope, sent, path, attempts.model, body, form, backend, lifetime, refusals
+                )
             except RouterError as error:
                 if not lifetime.upstream_asked:
                     # Nothing went upstream: a full queue, no memory to load it, a wait for
