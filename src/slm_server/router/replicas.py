@@ -96,7 +96,10 @@ class ReplicaGroup:
         else:  # servers elsewhere only: each is up or not by itself
             for view, backend in zip(views, self.replicas, strict=True):
                 view.in_flight = backend.gate.in_flight + backend.awaiting_turn
-                view.healthy = backend.unusable is None and remote_up(backend, now)
+                # remote_up's first test inline: it holds for every request while all is well.
+                view.healthy = backend.unusable is None and (
+                    backend.probed_up is not False or remote_up(backend, now)
+                )
         return views
 
     def can_take(self, processes: Mapping[str, BackendProcess], now: float) -> bool:
