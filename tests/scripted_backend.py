@@ -8,18 +8,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request of declared length, read whole: its head and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return head + await reader.readexactly(length)
+
+
 @asynccontextmanager
 async def scripted_backend(answer: bytes) -> AsyncIterator[int]:
     """A backend that reads one request per connection and writes ``answer``; its port."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
+        await read_request(reader)
         writer.write(answer)
         await writer.drain()
         writer.close()

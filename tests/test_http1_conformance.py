@@ -79,6 +79,12 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     await answer(send, body or f"{scope['method']} {scope['path']}".encode())
 
 
+async def slow_echo(scope: Scope, receive: Receive, send: Send) -> None:
+    """``echo``, a moment later: what is pipelined behind it is parsed meanwhile."""
+    await asyncio.sleep(0.1)
+    await echo(scope, receive, send)
+
+
 def known_uvicorn_gap(protocol: Protocol, request: pytest.FixtureRequest, reason: str) -> None:
     """Expects uvicorn's protocol to fail this test (strictly: a fix shows up)."""
     if protocol is HttpToolsProtocol:
@@ -485,10 +491,6 @@ async def test_good_requests_pipelined_before_a_bad_one_are_answered_first(
 ) -> None:
     known_uvicorn_gap(protocol, request, "uvicorn answers only the 400")
 
-    async def slow_echo(scope: Scope, receive: Receive, send: Send) -> None:
-        await asyncio.sleep(0.1)  # the others are parsed while this one is served
-        await echo(scope, receive, send)
-
     async with served(slow_echo, protocol) as server, connected(server.port) as client:
         await client.send(
             request_bytes("GET", "/first")
@@ -521,10 +523,6 @@ async def test_a_pipelined_request_whose_body_breaks_is_refused_after_the_one_be
     protocol: Protocol, request: pytest.FixtureRequest
 ) -> None:
     known_uvicorn_gap(protocol, request, "uvicorn answers only the 400")
-
-    async def slow_echo(scope: Scope, receive: Receive, send: Send) -> None:
-        await asyncio.sleep(0.1)
-        await echo(scope, receive, send)
 
     async with served(slow_echo, protocol) as server, connected(server.port) as client:
         broken = request_bytes("POST", "/", "transfer-encoding: chunked", body=b"zz\r\nab\r\n")

@@ -141,9 +141,11 @@ def test_disconnect_during_a_plain_request_cancels_it_too(
 def test_client_leaving_at_once_still_cancels_the_upstream_request(
     router: RouterProcess, fake: FakeBackend
 ) -> None:
-    """Gone before the router starts watching (it waits a little first): noticed all the same."""
+    """Gone as soon as its request is sent: noticed all the same. The router may see the
+    close before it has read the body (then nothing goes to the backend), or after it
+    sent the request on (then the backend sees it cancelled); never left running."""
     fake.control(response_delay=30)
-    before = fake.stats()["cancelled"]
+    before = fake.stats()
     body = json.dumps(CHAT).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -151,8 +153,14 @@ def test_client_leaving_at_once_still_cancels_the_upstream_request(
     ).encode()
     with socket.create_connection(("127.0.0.1", router.port)) as client:
         client.sendall(head + body)  # and closed at once
-    wait_until(lambda: fake.stats()["cancelled"] > before, 3, "the backend to see the cancel")
-    assert fake.stats()["in_flight"] == 0
+
+    def settled() -> bool:
+        now = fake.stats()
+        reached = now["requests"] > before["requests"]
+        return now["in_flight"] == 0 and (not reached or now["cancelled"] > before["cancelled"])
+
+    time.sleep(0.5)  # a request on its way to the backend has got there by now
+    wait_until(settled, 3, "the request to be dropped, or cancelled at the backend")
 
 
 def test_openai_sdk_lists_models(sdk: openai.OpenAI) -> None:

@@ -14,6 +14,7 @@ import json
 
 from config_builder import entry, make_config
 from router_served import RawClient, served
+from scripted_backend import read_request
 from slm_server.router.app import RouterApp
 
 EVENT_COUNT = 8000
@@ -30,13 +31,7 @@ class FastBackend:
         self.written = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":")[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        await reader.readexactly(length)
+        await read_request(reader)
         writer.write(SSE_HEAD)
         try:
             for event in EVENTS:
