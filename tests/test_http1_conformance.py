@@ -472,6 +472,7 @@ async def test_a_malformed_request_gets_a_4xx_and_the_connection_closed(
         response = await client.read_response()
         assert await client.closed_by_server(2), "the connection was left open"
     assert 400 <= response.status < 500
+    assert response.head.get("date"), "a 4xx from a server with a clock carries a Date"
 
 
 async def test_a_malformed_request_after_a_good_one_on_the_same_connection(
@@ -517,6 +518,7 @@ async def test_a_request_head_over_the_limit_gets_a_431_in_the_error_envelope(
         assert await client.closed_by_server(2)
     assert response.status == 431
     assert json.loads(response.body)["error"]["message"]
+    assert response.head.get("date")
 
 
 async def test_a_pipelined_request_whose_body_breaks_is_refused_after_the_one_before(

@@ -49,20 +49,17 @@ _BODY_HIGH_WATER = 64 * 1024
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
 
-def _refusal(status: int, message: str) -> bytes:
+# A request refused by the protocol itself: its status and body (the head is made when it
+# is written, for its date).
+Refusal = tuple[int, bytes]
+
+
+def _refusal(status: int, message: str) -> Refusal:
     body = (
         b'{"error": {"message": "' + message.encode() + b'", "type": "invalid_request_error", '
         b'"param": null, "code": null}}'
     )
-    head, _ = response_head(
-        status,
-        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        (),
-        keep_alive=False,
-        http_10=False,
-        bodiless=False,
-    )
-    return head + body
+    return status, body
 
 
 _BAD_REQUEST = _refusal(400, "the request is not valid HTTP/1.1")
@@ -115,7 +112,8 @@ class Http1Protocol(asyncio.Protocol):
         self._lingering = False  # refused: what still comes is read and dropped
         self._expect_continue = False
         self._closing = False  # no request after the current one (shutdown, a bad request)
-        self._refusal = b""  # said once the current request is answered: the next was bad
+        # Said once the current request is answered: the next was bad.
+        self._refusal: Refusal | None = None
         self._upgraded = False  # the parser stopped at an Upgrade: later bytes are ignored
         # Idle since (loop time), or None while a request is being served; checked by
         # one timer per connection, moved on lazily rather than re-armed per request.
@@ -149,7 +147,7 @@ class Http1Protocol(asyncio.Protocol):
         self._serving = self._parsing = None
 
     def data_received(self, data: bytes) -> None:
-        if self._upgraded or self._refusal or self._lingering:
+        if self._upgraded or self._refusal is not None or self._lingering:
             return  # nothing after a request that is not served is read
         head_was_open = self._head_open
         try:
@@ -210,7 +208,7 @@ class Http1Protocol(asyncio.Protocol):
         if self._head_bytes > MAX_HEAD_BYTES:
             self._stop(_HEAD_TOO_LARGE)
 
-    def _stop(self, answer: bytes) -> None:
+    def _stop(self, answer: Refusal) -> None:
         """In a parser callback: stop parsing; the request is answered with ``answer``."""
         self._bad = answer
         raise ValueError("request refused")  # ends feed_data as a parser error
@@ -295,8 +293,8 @@ class Http1Protocol(asyncio.Protocol):
         # Closing: after the last request queued when a bad one followed them.
         closing = self._closing and not self._queued
         if not exchange.keep_alive or closing or self.transport.is_closing():
-            if self._refusal:
-                self.transport.write(self._refusal)
+            if self._refusal is not None:
+                self._write_refusal(self._refusal)
                 self._close_lingering()
             else:
                 self.transport.close()
@@ -318,7 +316,7 @@ class Http1Protocol(asyncio.Protocol):
         if self._serving is None:
             self.transport.close()
 
-    def _refuse(self, answer: bytes) -> None:
+    def _refuse(self, answer: Refusal) -> None:
         """Answer a request that cannot be parsed, and close the connection.
 
         Requests before it on the connection are answered first. If the bad bytes are
@@ -336,8 +334,20 @@ class Http1Protocol(asyncio.Protocol):
         if serving is None or serving.complete or not serving.started:
             if serving is not None:
                 serving.connection_lost()  # the app's request ends here: its answer is this
-            self.transport.write(answer)
+            self._write_refusal(answer)
         self._close_lingering()
+
+    def _write_refusal(self, refusal: Refusal) -> None:
+        status, body = refusal
+        head, _ = response_head(
+            status,
+            [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+            self.default_headers(),
+            keep_alive=False,
+            http_10=False,
+            bodiless=False,
+        )
+        self.transport.write(head + body)
 
     def _close_lingering(self) -> None:
         """Close after a refusal, while the client may still be sending: closing with its
@@ -363,7 +373,7 @@ class Http1Protocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._read_paused and not self._queued and not self._refusal:
+        if self._read_paused and not self._queued and self._refusal is None:
             self._read_paused = False
             self.transport.resume_reading()
 
