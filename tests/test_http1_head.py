@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slm_server.router.http1.head import Framing, InvalidHead, response_head
+from slm_server.router.http1.head import Framing, InvalidHead, error_answer, response_head
 
 DATE = [(b"date", b"Wed, 02 Dec 2026 12:00:00 GMT")]
 JSON = (b"content-type", b"application/json")
@@ -118,3 +118,15 @@ def test_a_status_outside_http_is_refused(status: int) -> None:
 def test_an_unknown_status_in_range_has_an_empty_phrase() -> None:
     lines, _ = head(299, [(b"content-length", b"0")])
     assert lines[0] == b"HTTP/1.1 299 "
+
+
+def test_an_error_answer_is_whole_sized_and_closes() -> None:
+    body = b'{"error": {}}'
+    raw = error_answer(431, body, DATE)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert b"content-length: %d" % len(body) in lines
+    assert lines[-1] == b"connection: close"
+    assert rest == body
+    assert not error_answer(500, body, DATE, bodiless=True).endswith(body)  # HEAD: no body

@@ -13,19 +13,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from slm_server.router.asgi import WATCH_DISCONNECT, WRITE_PIECE
-from slm_server.router.http1.head import InvalidHead, response_head
+from slm_server.router.asgi import WATCH_DISCONNECT, WRITE_PIECE, Message, Receive, Scope, Send
+from slm_server.router.errors import error_body
+from slm_server.router.http1.head import InvalidHead, error_answer, response_head
 
 if TYPE_CHECKING:
     from slm_server.router.http1.protocol import Http1Protocol
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, Any]
-App = Callable[
-    [dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
-]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -36,9 +33,8 @@ _CHUNKED = 1
 _SIZED = 2  # content-length
 _TO_CLOSE = 3  # an HTTP/1.0 client's body of unknown size: ended by closing
 
-_INTERNAL_ERROR = (
-    b'{"error": {"message": "internal error in the router (logged with details)", '
-    b'"type": "server_error", "param": null, "code": "internal_error"}}'
+_INTERNAL_ERROR = error_body(
+    500, "internal error in the router (logged with details)", code="internal_error"
 )
 
 
@@ -294,17 +290,10 @@ class Exchange:
             return
         transport = self._connection.transport
         if not self.started or self._held_head:  # nothing of it went out: it can be a 500
-            head, _ = response_head(
-                500,
-                [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(_INTERNAL_ERROR)).encode()),
-                ],
-                self._connection.default_headers(),
-                keep_alive=False,
-                http_10=self._http_10,
-                bodiless=self._head_only,
+            defaults = self._connection.default_headers()
+            answer = error_answer(
+                500, _INTERNAL_ERROR, defaults, http_10=self._http_10, bodiless=self._head_only
             )
-            transport.write(head if self._head_only else head + _INTERNAL_ERROR)
+            transport.write(answer)
         self.complete = True
         transport.close()

@@ -98,3 +98,23 @@ def response_head(
     if head.count(b"\n") != lines or head.count(b"\r") != lines or b"\0" in head:
         raise InvalidHead("a response header holds a line break or a NUL byte")
     return head, Framing(chunked and not bodiless, -1 if bodiless else length, keep_alive)
+
+
+def error_answer(
+    status: int,
+    body: bytes,
+    default_headers: Headers,
+    *,
+    http_10: bool = False,
+    bodiless: bool = False,
+) -> bytes:
+    """A whole JSON answer (an error envelope) after which the connection closes."""
+    head, _ = response_head(
+        status,
+        [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
+        default_headers,
+        keep_alive=False,
+        http_10=http_10,
+        bodiless=bodiless,
+    )
+    return head if bodiless else head + body

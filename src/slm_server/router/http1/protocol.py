@@ -34,8 +34,9 @@ import httptools
 import uvicorn
 from uvicorn.server import ServerState
 
+from slm_server.router.errors import error_body
 from slm_server.router.http1.exchange import App, Exchange
-from slm_server.router.http1.head import response_head
+from slm_server.router.http1.head import error_answer
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,7 @@ Refusal = tuple[int, bytes]
 
 
 def _refusal(status: int, message: str) -> Refusal:
-    body = (
-        b'{"error": {"message": "' + message.encode() + b'", "type": "invalid_request_error", '
-        b'"param": null, "code": null}}'
-    )
-    return status, body
+    return status, error_body(status, message)
 
 
 _BAD_REQUEST = _refusal(400, "the request is not valid HTTP/1.1")
@@ -339,15 +336,7 @@ class Http1Protocol(asyncio.Protocol):
 
     def _write_refusal(self, refusal: Refusal) -> None:
         status, body = refusal
-        head, _ = response_head(
-            status,
-            [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))],
-            self.default_headers(),
-            keep_alive=False,
-            http_10=False,
-            bodiless=False,
-        )
-        self.transport.write(head + body)
+        self.transport.write(error_answer(status, body, self.default_headers()))
 
     def _close_lingering(self) -> None:
         """Close after a refusal, while the client may still be sending: closing with its
