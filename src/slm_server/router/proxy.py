@@ -78,6 +78,8 @@ _IDENTITY = (b"accept-encoding", b"identity")
 _JSON_CONTENT = (b"content-type", b"application/json")
 
 SSE_HEADERS: Headers = [(b"x-accel-buffering", b"no"), (b"cache-control", b"no-cache")]
+# A stream's answer gets ours in place of the backend's, never both.
+_NOT_RELAYED_IN_STREAMS = _NOT_RELAYED | {name for name, _ in SSE_HEADERS}
 
 
 # A machine that is off (or a firewall that drops packets) lets a connect hang for
@@ -120,8 +122,10 @@ def forwarded_request_headers(raw: Headers, strip_credentials: bool = False) -> 
     return headers
 
 
-def _response_headers(response: UpstreamResponse, backend: Backend) -> Headers:
-    relayed = _end_to_end(response.headers, _NOT_RELAYED)
+def _response_headers(
+    response: UpstreamResponse, backend: Backend, dropped: frozenset[bytes] = _NOT_RELAYED
+) -> Headers:
+    relayed = _end_to_end(response.headers, dropped)
     return relayed if backend.remote is None else from_remote(relayed)
 
 
@@ -317,10 +321,9 @@ async def _relay_stream(
     timing: Headers,
     pieces: PieceWriter | None,
 ) -> None:
-    own = {name for name, _ in SSE_HEADERS}  # ours replace the backend's, never doubled
-    relayed = _response_headers(response, backend)
-    passed = [header for header in relayed if header[0] not in own]
-    headers = [*passed, *SSE_HEADERS, *timing]
+    headers = _response_headers(response, backend, _NOT_RELAYED_IN_STREAMS)
+    headers += SSE_HEADERS
+    headers += timing
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     end: Message = {"type": "http.response.body", "body": b"", "more_body": False}
     # While the client keeps up, each event goes from the backend's connection to the

@@ -258,15 +258,6 @@ class Exchange:
 
     async def run(self, app: App) -> None:
         try:
-            await self._run(app)
-        finally:
-            # Both refer back to this exchange: left, each would be a reference cycle
-            # per request, which only the cyclic collector (kept rare: see app) frees.
-            self.scope.pop("extensions", None)
-            self._on_disconnect = None
-
-    async def _run(self, app: App) -> None:
-        try:
             await app(self.scope, self.receive, self.send)
         except asyncio.CancelledError:
             log.info("%s %s: cancelled", self.scope["method"], self.scope["path"])
@@ -282,6 +273,11 @@ class Exchange:
                     self.scope["path"],
                 )
                 self._abandon()
+        finally:
+            # Both refer back to this exchange: left, each would be a reference cycle
+            # per request, which only the cyclic collector (kept rare: see app) frees.
+            self.scope.pop("extensions", None)
+            self._on_disconnect = None
 
     def _abandon(self) -> None:
         """End an answer the app did not end: a 500 if nothing went out, else the
