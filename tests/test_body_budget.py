@@ -207,3 +207,23 @@ async def test_a_request_cancelled_while_its_body_is_read_stays_cancelled() -> N
     with pytest.raises(asyncio.CancelledError):
         await reading
     assert budget.in_use == 0
+
+
+async def test_bodies_read_one_after_another_share_one_sweeper_until_it_goes_idle() -> None:
+    # A small body is read whole at once: its watch must not start a task per request.
+    deadlines = BodyDeadlines(0.4)  # a tick of 0.05 s
+    budget = BodyBudget(1 << 20)
+    others = asyncio.all_tasks()
+    seen: set[asyncio.Task[object]] = set()
+    for _ in range(20):
+        body = await read_body(
+            scope(2), receiving([part(b"hi", more=False)]), 100, budget, deadlines
+        )
+        assert body == b"hi"
+        seen |= asyncio.all_tasks() - others
+        await asyncio.sleep(0)  # the sweeper's first step, if one was started
+    assert len(seen) == 1
+    # Idle for a tick, it ends: nothing is left running for a router with no requests.
+    (sweeper,) = seen
+    async with asyncio.timeout(2):
+        await sweeper

@@ -77,9 +77,15 @@ class BodyDeadlines:
         return False
 
     async def _sweep(self) -> None:
+        # It sleeps first and ends only after a tick with no body left to watch: a small
+        # body is read whole before the sweeper's first step, so one that checked first
+        # would end at once, to be started again (a task, and on Python 3.11 a getpid
+        # system call to find the loop) by every request.
         try:
-            while self._deadlines:
+            while True:
                 await asyncio.sleep(self._tick_s)
+                if not self._deadlines:
+                    return
                 now = time.monotonic()
                 late = [task for task, deadline in self._deadlines.items() if deadline <= now]
                 for task in late:
