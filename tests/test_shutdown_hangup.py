@@ -105,3 +105,46 @@ async def test_sighup_is_ignored_while_starting_and_stopping_and_reloads_in_betw
         app.go.set()
         await asyncio.wait_for(serving, 10)
         sock.close()
+
+
+class TickCounting(GracefulServer):
+    """Counts the wake-ups of the server's own loop."""
+
+    ticks = 0
+
+    async def on_tick(self, counter: int) -> bool:
+        self.ticks += 1
+        return await super().on_tick(counter)
+
+
+async def answer_ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_an_idle_server_wakes_once_a_second_and_stops_at_once_on_sigterm() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(answer_ok, lifespan="off", log_config=None, http=Http1Protocol)
+    server = TickCounting(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: server.started, 15, "the server to start")
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        async with httpx.AsyncClient(timeout=10) as client:
+            first = (await client.get(url)).headers["date"]
+            before = server.ticks
+            await asyncio.sleep(2.5)
+            # uvicorn's own loop wakes ten times a second, idle or not.
+            assert server.ticks - before <= 4
+            assert (await client.get(url)).headers["date"] != first  # still renewed each second
+        ticked = server.ticks
+        await eventually(lambda: server.ticks > ticked, 3, "a tick")  # the next is a second away
+        asked = time.monotonic()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(serving, 10)
+        assert time.monotonic() - asked < 0.5  # not at the next tick, a second later
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        sock.close()

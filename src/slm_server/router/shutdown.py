@@ -24,6 +24,8 @@ rest is done here, in the order the requests and the backends need:
   SIGTERM: before start-up completes and once the shutdown has begun it is ignored (and
   said so) rather than left to its default action, which ends the process at once,
   with the backends still running or half stopped.
+- uvicorn's server wakes ten times a second to see whether it should stop; this one
+  wakes once a second (for the Date header) and is woken at once when told to stop.
 - After serving, uvicorn raises the signal it caught again, for a program that embeds
   it: SIGTERM would then kill this process (exit status 143) after a clean shutdown.
   This process is the program: a shutdown it was asked for and completed exits 0.
@@ -46,6 +48,8 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 _CUT_SHORT_S = 2.0  # for the requests ended at the grace's end to send their last event
+# How often the idle server wakes: to renew the Date header, which has whole seconds.
+_TICK_S = 1.0
 # A client whose buffers are full and which takes none of them for this long does not read.
 _STALLED_S = 1.0
 _LOOK_EVERY_S = 0.25
@@ -111,12 +115,43 @@ class GracefulServer(uvicorn.Server):
         ``hangup``: what SIGHUP does while the server serves (in the event loop).
         ``grace_s``: the shutdown grace as it is when the shutdown begins (a config
         reload may have changed it); else ``config.timeout_graceful_shutdown``."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._woken: asyncio.Event | None = None  # set while main_loop runs
         super().__init__(config)
         self._stop_backends = stop_backends
         self._end_streams = end_streams
         self._hangup = hangup
         self._grace_s = grace_s
-        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # uvicorn's way to stop a server, from its signal handler or its embedder's code:
+    # the server's loop is woken for it at once (see main_loop).
+    @property
+    def should_exit(self) -> bool:
+        return self._should_exit
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._should_exit = value
+        woken, loop = self._woken, self._loop
+        if value and woken is not None and loop is not None and not loop.is_closed():
+            # Possibly from a signal handler, between two bytecodes of the loop's own code.
+            loop.call_soon_threadsafe(woken.set)
+
+    async def main_loop(self) -> None:
+        """uvicorn's, woken once a second rather than ten times: an idle router then
+        costs almost nothing (each wake-up is a system call or two and some Python,
+        and on a laptop a CPU leaving its idle state). Asked to stop, it is woken at once."""
+        self._woken = woken = asyncio.Event()
+        counter = 0
+        try:
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000  # uvicorn renews its Date when % 10 == 0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_TICK_S):
+                        await woken.wait()
+                woken.clear()
+        finally:
+            self._woken = None
 
     async def serve(self, sockets: list[socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
