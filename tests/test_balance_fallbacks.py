@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slm_server.balance import Attempts, Failure, fallback_order, next_fallback
+from slm_server.balance import (
+    Attempts,
+    Failure,
+    fallback_order,
+    first_may_move_on,
+    next_fallback,
+)
 
 
 def test_own_fallbacks_first_in_order_then_theirs() -> None:
@@ -106,3 +112,22 @@ def test_a_request_may_move_on_while_a_retry_or_an_untried_fallback_remains() ->
     assert not attempts.may_move_on()
     alone = Attempts("a", retries=0, deadline=60.0, fallbacks_of={"a": ()})
     assert not alone.may_move_on()
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(
+    retries=st.integers(0, 2),
+    graph=st.dictionaries(
+        st.sampled_from("abc"), st.lists(st.sampled_from("abcxy"), max_size=3), min_size=1
+    ),
+)
+def test_the_first_attempt_may_move_on_as_its_attempts_would_say(
+    retries: int, graph: dict[str, list[str]]
+) -> None:
+    fallbacks_of = {model: tuple(fallbacks) for model, fallbacks in graph.items()}
+    for model, fallbacks in fallbacks_of.items():
+        said = first_may_move_on(retries, fallbacks)
+        attempts = Attempts(model, retries=retries, deadline=60.0, fallbacks_of=fallbacks_of)
+        assert said is None or said == attempts.may_move_on()
+        # Unsure only when it turns on the fallbacks: no retry, some written.
+        assert (said is None) == (retries == 0 and bool(fallbacks))

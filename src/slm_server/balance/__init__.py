@@ -5,8 +5,12 @@ upstream's requests in flight and whether it is up, the time) and acts on the an
 How the router uses it, per request for a model with several upstreams:
 
 1. `affinity_key(document, headers)` when the entry has `affinity: session`.
-2. `Attempts(model, retries=..., deadline=..., fallbacks_of=...)` for the request.
-3. `balancer.pick(upstreams, now, key=key, tried=attempts.tried())`:
+2. `balancer.pick(upstreams, now, key=key)` for the first attempt, nothing tried yet,
+   sent and reported as below; `first_may_move_on(retries, fallbacks)` says whether a
+   refusal of it could be made good. Most requests are answered by it and need no more.
+3. Once an attempt has failed or found no upstream: `Attempts(model, retries=...,
+   deadline=..., fallbacks_of=...)` for the request, told the upstream already `sent`
+   to, and from then on `balancer.pick(upstreams, now, key=key, tried=attempts.tried())`:
    - a `Pick`: `attempts.sent(pick.upstream)`, send the attempt there, then report
      `balancer.succeeded(pick)` on a good head, `balancer.failed(pick, now)` on a
      `Failure` (before the head, or the stream breaking later), or
@@ -21,7 +25,7 @@ How the router uses it, per request for a model with several upstreams:
 """
 
 from slm_server.balance.affinity import Sessions, affinity_key, response_key
-from slm_server.balance.attempts import Attempts
+from slm_server.balance.attempts import Attempts, first_may_move_on
 from slm_server.balance.balancer import Balancer, Pick, Unavailable, Why
 from slm_server.balance.choice import Upstream, choose
 from slm_server.balance.cooldown import Cooldowns, Standing
@@ -48,6 +52,7 @@ __all__ = [
     "failure_of_answer",
     "failure_of_status",
     "fallback_order",
+    "first_may_move_on",
     "may_retry",
     "next_fallback",
     "response_key",

@@ -19,8 +19,9 @@ class Attempts:
     through. Moving to a fallback because no upstream could take the request spends no
     retry: nothing was sent.
 
-    Made for every balanced request, most of which are answered by their first attempt:
-    what only a second attempt or a fallback needs is worked out when one is made.
+    Made once a request's first attempt has failed or found no upstream (most are
+    answered by their first attempt, which needs none of this), and what only a
+    fallback needs is worked out when one is sought.
     """
 
     __slots__ = (
@@ -104,3 +105,13 @@ class Attempts:
             self.model = model
             self._tried = None
         return model
+
+
+def first_may_move_on(retries: int, fallbacks: Sequence[str]) -> bool | None:
+    """`Attempts.may_move_on` for a request's first attempt, from the asked model's
+    settings alone, with no Attempts made: True with a retry configured, False with no
+    fallback written either; None when it turns on which fallbacks are configured (the
+    request's Attempts says)."""
+    if retries > 0:
+        return True
+    return None if fallbacks else False

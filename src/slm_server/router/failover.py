@@ -24,6 +24,7 @@ from slm_server.balance import (
     Why,
     affinity_key,
     failure_of_answer,
+    first_may_move_on,
     response_key,
 )
 from slm_server.router.asgi import Body, Headers, Scope, send_response
@@ -85,41 +86,53 @@ async def serve_balanced(
     the request's one deadline. Raises the last failure when none could answer."""
     loop = lifetime.loop  # not asyncio.get_running_loop(): a system call on Python 3.11
     key = None
-    if group.settings.affinity is not None:
+    settings = group.settings
+    if settings.affinity is not None:
         document = None if request.form_type is not None else parse_object(request.body)
         key = affinity_key(document, request.scope["headers"])
-    attempts = Attempts(
-        request.model,
-        retries=group.settings.retries,
-        deadline=lifetime.deadline,
-        fallbacks_of=table().fallbacks_of,
-    )
+    # Most requests are answered by their first attempt, which needs nothing of what a
+    # second one would: the request's Attempts (and the fallback table it reads) are made
+    # once the first attempt fails or finds no upstream, unless the settings alone cannot
+    # tell whether a refusal of the first attempt could be made good.
+    attempts: Attempts | None = None
+    may_move_on = first_may_move_on(settings.retries, settings.fallbacks)
+    if may_move_on is None:
+        attempts = _attempts_of(request, settings.retries, lifetime, table)
+    else:
+        refusals = RETRY_STATUSES if may_move_on else NO_REFUSALS
     body = request.body
     scope, path, form = request.scope, request.path, request.form_type is not None
+    model = request.model  # the model the current attempt is for
     last: RouterError | None = None
     count = 0  # attempts sent upstream
     went_to: tuple[bytes, bytes] | None = None  # the upstream header of the last of them
     while True:
         now = loop.time()
-        choice = group.balancer.pick(
-            group.upstreams(processes, now), now, key=key, tried=attempts.tried()
-        )
+        upstreams = group.upstreams(processes, now)
+        if attempts is None:
+            choice = group.balancer.pick(upstreams, now, key=key)
+        else:
+            choice = group.balancer.pick(upstreams, now, key=key, tried=attempts.tried())
         if isinstance(choice, Unavailable):
             final = last if last is not None else unavailable(choice)
+            if attempts is None:
+                attempts = _attempts_of(request, settings.retries, lifetime, table)
         else:
             backend = group.replica(choice.upstream)
-            attempts.sent(choice.upstream)
+            if attempts is not None:
+                attempts.sent(choice.upstream)
+                refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
             if count:  # an earlier attempt went upstream: drop its header, say how many now
                 _set_headers(sent.answer_headers, count + 1, None)
-            refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
             lifetime.upstream_asked = False
             if choice.probe:  # its good head brings the upstream back, however long the answer
                 sent.on_start = _on_head(group.balancer, choice)
             try:
-                await attempt(
-                    scope, sent, path, attempts.model, body, form, backend, lifetime, refusals
-                )
+                await attempt(scope, sent, path, model, body, form, backend, lifetime, refusals)
             except RouterError as error:
+                if attempts is None:  # the first attempt failed: what comes next needs it
+                    attempts = _attempts_of(request, settings.retries, lifetime, table)
+                    attempts.sent(choice.upstream)
                 if not lifetime.upstream_asked:
                     # Nothing went upstream: a full queue, no memory to load it, a wait for
                     # a slot or a load that ran out, the router's own refusal, or a replica a
@@ -158,8 +171,25 @@ async def serve_balanced(
             await _give_up(final, sent, lifetime)
             return
         group = fallback
-        body = _for_model(request, body, attempts.model)
+        model = attempts.model
+        body = _for_model(request, body, model)
         lifetime.for_whom = group
+
+
+def _attempts_of(
+    request: BalancedRequest,
+    retries: int,
+    lifetime: RequestLifetime,
+    table: Callable[[], RoutingTable],
+) -> Attempts:
+    """The request's Attempts: ``retries`` are the asked model's, and hold for the whole
+    request; the fallbacks are the routing table's of the day."""
+    return Attempts(
+        request.model,
+        retries=retries,
+        deadline=lifetime.deadline,
+        fallbacks_of=table().fallbacks_of,
+    )
 
 
 def _answered(
