@@ -45,8 +45,10 @@ class ReplicaGroup:
     replicas: list[Backend]
     balancer: Balancer
     replicas_by_role: dict[str, Backend] = field(init=False, repr=False)
-    # One view per replica, brought up to date for each pick (see ``upstreams``).
+    # One view per replica, brought up to date for each pick (see ``upstreams``), and
+    # each with its replica: paired once, not zipped per request.
     _views: list[Upstream] = field(init=False, repr=False)
+    _viewed: list[tuple[Upstream, Backend]] = field(init=False, repr=False)
     # Whether any replica is started here: only then does one's state depend on the others'.
     _any_local: bool = field(init=False, repr=False)
     # Where each replica's server is, as the group was made: a reload compares them.
@@ -55,6 +57,7 @@ class ReplicaGroup:
     def __post_init__(self) -> None:
         self.replicas_by_role = {backend.role: backend for backend in self.replicas}
         self._views = [Upstream(backend.role) for backend in self.replicas]
+        self._viewed = list(zip(self._views, self.replicas, strict=True))
         self._any_local = any(backend.entry.started_here for backend in self.replicas)
         self.places = {
             backend.role: (backend.entry.base_url, backend.entry.port) for backend in self.replicas
@@ -94,7 +97,7 @@ class ReplicaGroup:
                 view.in_flight = backend.gate.in_flight + backend.awaiting_turn
                 view.healthy = healthy
         else:  # servers elsewhere only: each is up or not by itself
-            for view, backend in zip(views, self.replicas, strict=True):
+            for view, backend in self._viewed:
                 view.in_flight = backend.gate.in_flight + backend.awaiting_turn
                 # remote_up's first test inline: it holds for every request while all is well.
                 view.healthy = backend.unusable is None and (
