@@ -82,14 +82,16 @@ class Balancer:
         choice among those in rotation. The key is then bound to the chosen upstream,
         so a session moves only when its upstream is out.
         """
-        if self.settings.affinity is None:
+        settings = self.settings
+        if settings.affinity is None:
             key = None
         if key is None and self.cooldowns.none_out():
             # Nothing to probe and no session to keep: the strategy alone decides.
-            index = choose_untried(upstreams, tried, self.settings.strategy, self._cursor)
+            index = choose_untried(upstreams, tried, settings.strategy, self._cursor)
             if index is not None:
                 self._cursor = index + 1
-                return self._pick(upstreams[index].id)
+                upstream = upstreams[index].id
+                return self._picks.get(upstream) or self._pick(upstream)
         untried = [i for i, upstream in enumerate(upstreams) if upstream.id not in tried]
         up = [i for i in untried if upstreams[i].healthy]
         standing = {i: self.cooldowns.standing(upstreams[i].id, now) for i in up}

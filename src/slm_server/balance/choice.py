@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from slm_server.balance.settings import Strategy
+
+# An enum's member read from its class is a lookup on each read (Python 3.11): this is
+# read per request.
+_ROUND_ROBIN = Strategy.ROUND_ROBIN
 
 
 @dataclass(slots=True)
@@ -49,19 +54,31 @@ def choose_untried(
     upstreams: Sequence[Upstream], tried: Collection[str], strategy: Strategy, cursor: int
 ) -> int | None:
     """`choose` among the healthy upstreams not in `tried`, all taken to be in rotation;
-    None when there is none. The same answer in one pass from the cursor, with no list
-    made: this runs for every request while no upstream is out."""
+    None when there is none. The same answer in one pass in turn from the cursor, with no
+    list made: this runs for every request while no upstream is out."""
     count = len(upstreams)
-    round_robin = strategy is Strategy.ROUND_ROBIN
+    if not count:
+        return None
+    order = turns(count)[cursor % count]
+    if strategy is _ROUND_ROBIN:
+        for index in order:
+            upstream = upstreams[index]
+            if upstream.healthy and upstream.id not in tried:
+                return index
+        return None
     best: int | None = None
     fewest = 0
-    index = cursor % count if count else 0
-    for _ in range(count):
+    for index in order:
         upstream = upstreams[index]
         if upstream.healthy and upstream.id not in tried:
-            if round_robin:
-                return index
-            if best is None or upstream.in_flight < fewest:
-                best, fewest = index, upstream.in_flight
-        index = index + 1 if index + 1 < count else 0
+            in_flight = upstream.in_flight
+            if best is None or in_flight < fewest:
+                best, fewest = index, in_flight
     return best
+
+
+@functools.cache
+def turns(count: int) -> tuple[tuple[int, ...], ...]:
+    """For each cursor in ``range(count)``, the indices of ``count`` upstreams in turn from
+    it: worked out once per group size, not per request."""
+    return tuple(tuple((start + i) % count for i in range(count)) for start in range(count))
