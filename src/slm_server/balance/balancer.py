@@ -115,7 +115,9 @@ class Balancer:
         return chosen
 
     def succeeded(self, pick: Pick) -> None:
-        if self._current(pick):
+        # Told after every answer: nothing more is done while the upstream has no failure
+        # on record, as it has none while all is well.
+        if self.cooldowns.recorded(pick.upstream) and self._current(pick):
             self.cooldowns.succeeded(pick.upstream, probe=pick.probe)
 
     def failed(self, pick: Pick, now: float) -> None:

@@ -57,6 +57,10 @@ class Cooldowns:
             return True
         return all(record.cooling_until is None for record in self._records.values())
 
+    def recorded(self, upstream: str) -> bool:
+        """Whether `upstream` has a failure on record (else it is in rotation, count 0)."""
+        return upstream in self._records
+
     def cooling_until(self, upstream: str) -> float | None:
         record = self._records.get(upstream)
         return None if record is None else record.cooling_until

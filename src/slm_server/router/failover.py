@@ -9,6 +9,7 @@ statuses it must not relay while another upstream may still answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -118,7 +119,7 @@ async def serve_balanced(
             if attempts is None:
                 attempts = _attempts_of(request, settings.retries, lifetime, table)
         else:
-            backend = group.replica(choice.upstream)
+            backend = group.replicas_by_role[choice.upstream]
             if attempts is not None:
                 attempts.sent(choice.upstream)
                 refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
@@ -161,7 +162,7 @@ async def serve_balanced(
                 group.balancer.abandoned(choice)
                 raise
             else:
-                _answered(group, choice, backend, request, sent, loop.time())
+                _answered(group, choice, backend, request, sent, loop)
                 return
             finally:
                 sent.on_start = None
@@ -198,24 +199,28 @@ def _answered(
     backend: Backend,
     request: BalancedRequest,
     sent: RequestRecord,
-    now: float,
+    loop: asyncio.AbstractEventLoop,
 ) -> None:
-    """Report an attempt whose answer went out, whole or not."""
-    failure = failure_of_answer(sent.start["status"]) if sent.start is not None else None
+    """Report an attempt whose answer went out, whole or not (the clock is read only for
+    a failure: a success needs no time)."""
+    balancer = group.balancer
+    start = sent.start
+    failure = None if start is None else failure_of_answer(start["status"])
     if failure is not None:  # its own 502, 503 or 429 with no retry left, or another 5xx
-        group.balancer.failed(choice, now)
+        balancer.failed(choice, loop.time())
         _count(backend, failure.value)
     elif sent.ended_in_error:  # a stream that broke after its start
-        group.balancer.failed(choice, now)
+        balancer.failed(choice, loop.time())
         _count(backend, Failure.BROKEN.value)
     else:  # a probe's success was reported as its head went out already: no matter
-        group.balancer.succeeded(choice)
-        _count(backend, ANSWERED)
-        if group.settings.affinity is not None and request.path == RESPONSES:
+        balancer.succeeded(choice)
+        counts = backend.attempts
+        counts[ANSWERED] = counts.get(ANSWERED, 0) + 1  # _count's, without its call
+        if balancer.settings.affinity is not None and request.path == RESPONSES:
             # The conversation's next turn names this answer: send it to the same place.
             answer_id = response_id_of(sent.first_piece)
             if answer_id is not None:
-                group.balancer.bind(response_key(answer_id), choice.upstream)
+                balancer.bind(response_key(answer_id), choice.upstream)
 
 
 def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
