@@ -58,7 +58,7 @@ from slm_server.router.errors import (
     RoleNotFound,
     RouterError,
 )
-from slm_server.router.failover import NO_REFUSALS, BalancedRequest, serve_balanced
+from slm_server.router.failover import NO_REFUSALS, Balanced
 from slm_server.router.forms import (
     FORM_DATA,
     FORM_PATHS,
@@ -527,17 +527,34 @@ class RouterApp:
                 await self._admitted(scope, sent, path, model, body, form, route, lifetime)
             else:  # several upstreams, or fallbacks: the balancer picks, failures move on
                 form_type = content_type if form else None
-                request = BalancedRequest(model, path, body, scope, form_type, grant)
-                # Each attempt is served as a request for one backend is.
-                await serve_balanced(
+                balanced = Balanced(
                     route,
-                    request,
+                    model,
+                    path,
+                    body,
+                    scope,
+                    form_type,
+                    grant,
                     sent,
                     lifetime,
                     self._table_of_the_day,
                     self.processes,
-                    self._admitted,
                 )
+                backend = balanced.pick()
+                if backend is not None:
+                    # The first attempt is sent from here, with no coroutine between: most
+                    # requests are answered by it, and an answer's way is its cost.
+                    try:
+                        refusals = balanced.refusals
+                        await self._admitted(
+                            scope, sent, path, model, body, form, backend, lifetime, refusals
+                        )
+                    except BaseException as error:
+                        balanced.failed(error)  # raised again unless another attempt may mend it
+                    else:
+                        balanced.answered()
+                        return
+                await balanced.go_on(self._admitted)
         except asyncio.CancelledError:
             if not lifetime.client_left():
                 raise

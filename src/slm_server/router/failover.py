@@ -9,11 +9,9 @@ statuses it must not relay while another upstream may still answer.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 
 from slm_server.auth import Grant
 from slm_server.balance import (
@@ -64,163 +62,252 @@ Attempt = Callable[
 ]
 
 
-@dataclass(slots=True)  # not frozen: made per request, and a frozen one is slower to make
-class BalancedRequest:
-    model: str  # as the client named it
-    path: str
-    body: Body
-    scope: Scope  # the client's request, as ASGI gives it
-    form_type: str | None  # the content type of a form upload; None for JSON
-    grant: Grant | None = None  # the client's API key's (None: no keys are configured)
+class Balanced:
+    """One request for a model behind a balancer, on its way through the model's upstreams
+    and then its fallbacks', within the request's one deadline.
 
+    Its first attempt is the caller's to send: most requests are answered by it, and their
+    answers' way then runs through no coroutine of this module. `pick` says where it goes,
+    then `answered` or `failed` says how it went; `go_on` makes the next attempts once the
+    first has failed or found no upstream, and ends the request with the last failure when
+    none could answer.
+    """
 
-async def serve_balanced(
-    group: ReplicaGroup,
-    request: BalancedRequest,
-    sent: RequestRecord,
-    lifetime: RequestLifetime,
-    table: Callable[[], RoutingTable],
-    processes: Mapping[str, BackendProcess],
-    attempt: Attempt,
-) -> None:
-    """Serve ``request`` on one of ``group``'s upstreams, or a fallback model's, within
-    the request's one deadline. Raises the last failure when none could answer."""
-    loop = lifetime.loop  # not asyncio.get_running_loop(): a system call on Python 3.11
-    key = None
-    settings = group.settings
-    if settings.affinity is not None:
-        document = None if request.form_type is not None else parse_object(request.body)
-        key = affinity_key(document, request.scope["headers"])
-    # Most requests are answered by their first attempt, which needs nothing of what a
-    # second one would: the request's Attempts (and the fallback table it reads) are made
-    # once the first attempt fails or finds no upstream, unless the settings alone cannot
-    # tell whether a refusal of the first attempt could be made good.
-    attempts: Attempts | None = None
-    may_move_on = first_may_move_on(settings.retries, settings.fallbacks)
-    if may_move_on is None:
-        attempts = _attempts_of(request, settings.retries, lifetime, table)
-    else:
-        refusals = RETRY_STATUSES if may_move_on else NO_REFUSALS
-    body = request.body
-    scope, path, form = request.scope, request.path, request.form_type is not None
-    model = request.model  # the model the current attempt is for
-    last: RouterError | None = None
-    count = 0  # attempts sent upstream
-    went_to: tuple[bytes, bytes] | None = None  # the upstream header of the last of them
-    while True:
-        now = loop.time()
-        upstreams = group.upstreams(processes, now)
-        if attempts is None:
-            choice = group.balancer.pick(upstreams, now, key=key)
-        else:
-            choice = group.balancer.pick(upstreams, now, key=key, tried=attempts.tried())
-        if isinstance(choice, Unavailable):
-            final = last if last is not None else unavailable(choice)
-            if attempts is None:
-                attempts = _attempts_of(request, settings.retries, lifetime, table)
-        else:
-            backend = group.replicas_by_role[choice.upstream]
-            if attempts is not None:
-                attempts.sent(choice.upstream)
-                refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
-            if count:  # an earlier attempt went upstream: drop its header, say how many now
-                _set_headers(sent.answer_headers, count + 1, None)
-            lifetime.upstream_asked = False
-            if choice.probe:  # its good head brings the upstream back, however long the answer
-                sent.on_start = _on_head(group.balancer, choice)
-            try:
-                await attempt(scope, sent, path, model, body, form, backend, lifetime, refusals)
-            except RouterError as error:
-                if attempts is None:  # the first attempt failed: what comes next needs it
-                    attempts = _attempts_of(request, settings.retries, lifetime, table)
-                    attempts.sent(choice.upstream)
-                if not lifetime.upstream_asked:
-                    # Nothing went upstream: a full queue, no memory to load it, a wait for
-                    # a slot or a load that ran out, the router's own refusal, or a replica a
-                    # reload removed. Nothing is learnt of the upstream, no retry is spent.
-                    group.balancer.abandoned(choice)
-                    _set_headers(sent.answer_headers, count, went_to)
-                    moves_on = isinstance(
-                        error, (QueueFull, InsufficientMemory, BackendUnavailable)
-                    )
-                    if not (moves_on or error.failure is not None) or sent.start is not None:
-                        raise
-                    last = error
-                    continue
-                count += 1
-                went_to = _upstream_of(sent.answer_headers)
-                if error.failure is None or sent.start is not None:
-                    _outcome(group, choice, backend, error, loop.time(), sent.start is not None)
-                    raise
-                group.balancer.failed(choice, loop.time())
-                _count(backend, error.failure.value)
-                last = final = error
-                now = loop.time()
-                if attempts.retry(error.failure, answer_started=False, now=now):
-                    continue
-            except BaseException:  # the client left, a shutdown, or a bug: nothing learnt
-                group.balancer.abandoned(choice)
-                raise
-            else:
-                _answered(group, choice, backend, request, sent, loop)
-                return
-            finally:
-                sent.on_start = None
-        # No upstream of this model can take the request, or its retries ran out.
-        fallback = _fall_back(attempts, table(), request, processes, now)
-        if fallback is None:
-            await _give_up(final, sent, lifetime)
-            return
-        group = fallback
-        model = attempts.model
-        body = _for_model(request, body, model)
-        lifetime.for_whom = group
-
-
-def _attempts_of(
-    request: BalancedRequest,
-    retries: int,
-    lifetime: RequestLifetime,
-    table: Callable[[], RoutingTable],
-) -> Attempts:
-    """The request's Attempts: ``retries`` are the asked model's, and hold for the whole
-    request; the fallbacks are the routing table's of the day."""
-    return Attempts(
-        request.model,
-        retries=retries,
-        deadline=lifetime.deadline,
-        fallbacks_of=table().fallbacks_of,
+    __slots__ = (
+        "_count",
+        "_final",
+        "_last",
+        "_loop",
+        "_now",
+        "_pick_next",
+        "_processes",
+        "_table",
+        "_went_to",
+        "attempts",
+        "backend",
+        "body",
+        "choice",
+        "form_type",
+        "grant",
+        "group",
+        "key",
+        "lifetime",
+        "model",
+        "path",
+        "refusals",
+        "scope",
+        "sent",
     )
 
+    choice: Pick  # the current attempt's (set by `pick` before it is read)
+    backend: Backend  # its upstream's
 
-def _answered(
-    group: ReplicaGroup,
-    choice: Pick,
-    backend: Backend,
-    request: BalancedRequest,
-    sent: RequestRecord,
-    loop: asyncio.AbstractEventLoop,
-) -> None:
-    """Report an attempt whose answer went out, whole or not (the clock is read only for
-    a failure: a success needs no time)."""
-    balancer = group.balancer
-    start = sent.start
-    failure = None if start is None else failure_of_answer(start["status"])
-    if failure is not None:  # its own 502, 503 or 429 with no retry left, or another 5xx
-        balancer.failed(choice, loop.time())
-        _count(backend, failure.value)
-    elif sent.ended_in_error:  # a stream that broke after its start
-        balancer.failed(choice, loop.time())
-        _count(backend, Failure.BROKEN.value)
-    else:  # a probe's success was reported as its head went out already: no matter
-        balancer.succeeded(choice)
-        counts = backend.attempts
-        counts[ANSWERED] = counts.get(ANSWERED, 0) + 1  # _count's, without its call
-        if balancer.settings.affinity is not None and request.path == RESPONSES:
-            # The conversation's next turn names this answer: send it to the same place.
-            answer_id = response_id_of(sent.first_piece)
-            if answer_id is not None:
-                balancer.bind(response_key(answer_id), choice.upstream)
+    def __init__(
+        self,
+        group: ReplicaGroup,
+        model: str,
+        path: str,
+        body: Body,
+        scope: Scope,
+        form_type: str | None,
+        grant: Grant | None,
+        sent: RequestRecord,
+        lifetime: RequestLifetime,
+        table: Callable[[], RoutingTable],
+        processes: Mapping[str, BackendProcess],
+    ) -> None:
+        """``model``: as the client named it; ``scope``: the client's request, as ASGI gives
+        it; ``form_type``: the content type of a form upload (None for JSON); ``grant``: the
+        client's API key's (None: no keys are configured); ``table``: the routing table of
+        the day (a reload replaces it)."""
+        settings = group.settings
+        key = None
+        if settings.affinity is not None:
+            document = None if form_type is not None else parse_object(body)
+            key = affinity_key(document, scope["headers"])
+        self.group = group
+        self.model = model  # the model the current attempt is for
+        self.path = path
+        self.body = body  # naming that model
+        self.scope = scope
+        self.form_type = form_type
+        self.grant = grant
+        self.sent = sent
+        self.lifetime = lifetime
+        self._table = table
+        self._processes = processes
+        self._loop = lifetime.loop  # not asyncio.get_running_loop(): a system call on 3.11
+        self.key = key
+        # The request's Attempts (and the fallback table they read) are made once the first
+        # attempt fails or finds no upstream: most requests need neither. Unless the
+        # settings alone cannot tell whether a refusal of the first could be made good.
+        self.attempts: Attempts | None = None
+        self.refusals = NO_REFUSALS  # the statuses the current attempt is not to relay
+        may_move_on = first_may_move_on(settings.retries, settings.fallbacks)
+        if may_move_on is None:
+            self.attempts = self._attempts_of()
+        elif may_move_on:
+            self.refusals = RETRY_STATUSES
+        self._last: RouterError | None = None  # the last attempt's failure
+        self._final: RouterError | None = None  # what ends the request if nothing answers
+        self._count = 0  # attempts sent upstream
+        self._went_to: tuple[bytes, bytes] | None = None  # the upstream header of the last
+        self._now = 0.0  # when the last pick was made or the last failure seen
+        self._pick_next = True  # False: the current model has no upstream left to try
+
+    def pick(self) -> Backend | None:
+        """The upstream the next attempt goes to, with its `refusals`; None when none of
+        the current model's can take it (a fallback model may, see `go_on`)."""
+        group = self.group
+        self._now = now = self._loop.time()
+        upstreams = group.upstreams(self._processes, now)
+        attempts = self.attempts
+        if attempts is None:
+            choice = group.balancer.pick(upstreams, now, key=self.key)
+        else:
+            choice = group.balancer.pick(upstreams, now, key=self.key, tried=attempts.tried())
+        if isinstance(choice, Unavailable):
+            self._final = self._last if self._last is not None else unavailable(choice)
+            if attempts is None:
+                self.attempts = self._attempts_of()
+            self._pick_next = False
+            return None
+        self.choice = choice
+        self.backend = backend = group.replicas_by_role[choice.upstream]
+        if attempts is not None:
+            attempts.sent(choice.upstream)
+            self.refusals = RETRY_STATUSES if attempts.may_move_on() else NO_REFUSALS
+        if self._count:  # an earlier attempt went upstream: drop its header, say how many now
+            _set_headers(self.sent.answer_headers, self._count + 1, None)
+        self.lifetime.upstream_asked = False
+        if choice.probe:  # its good head brings the upstream back, however long the answer
+            self.sent.on_start = _on_head(group.balancer, choice)
+        return backend
+
+    def answered(self) -> None:
+        """Report the attempt whose answer went out, whole or not."""
+        sent = self.sent
+        sent.on_start = None
+        choice, backend = self.choice, self.backend
+        balancer = self.group.balancer
+        start = sent.start
+        failure = None if start is None else failure_of_answer(start["status"])
+        if failure is not None:  # its own 502, 503 or 429 with no retry left, or another 5xx
+            balancer.failed(choice, self._loop.time())
+            _count(backend, failure.value)
+        elif sent.ended_in_error:  # a stream that broke after its start
+            balancer.failed(choice, self._loop.time())
+            _count(backend, Failure.BROKEN.value)
+        else:  # a probe's success was reported as its head went out already: no matter
+            balancer.succeeded(choice)
+            counts = backend.attempts
+            counts[ANSWERED] = counts.get(ANSWERED, 0) + 1  # _count's, without its call
+            if balancer.settings.affinity is not None and self.path == RESPONSES:
+                # The conversation's next turn names this answer: send it to the same place.
+                answer_id = response_id_of(sent.first_piece)
+                if answer_id is not None:
+                    balancer.bind(response_key(answer_id), choice.upstream)
+
+    def failed(self, error: BaseException) -> None:
+        """Report the attempt that raised ``error``, and raise it again unless another
+        attempt may make it good (then `go_on`)."""
+        sent = self.sent
+        sent.on_start = None
+        group, choice, backend = self.group, self.choice, self.backend
+        if not isinstance(error, RouterError):  # the client left, a shutdown, or a bug
+            group.balancer.abandoned(choice)  # nothing learnt
+            raise error
+        attempts = self.attempts
+        if attempts is None:  # the first attempt failed: what comes next needs them
+            self.attempts = attempts = self._attempts_of()
+            attempts.sent(choice.upstream)
+        if not self.lifetime.upstream_asked:
+            # Nothing went upstream: a full queue, no memory to load it, a wait for a slot
+            # or a load that ran out, the router's own refusal, or a replica a reload
+            # removed. Nothing is learnt of the upstream, no retry is spent.
+            group.balancer.abandoned(choice)
+            _set_headers(sent.answer_headers, self._count, self._went_to)
+            moves_on = isinstance(error, (QueueFull, InsufficientMemory, BackendUnavailable))
+            if not (moves_on or error.failure is not None) or sent.start is not None:
+                raise error
+            self._last = error
+            self._pick_next = True
+            return
+        self._count += 1
+        self._went_to = _upstream_of(sent.answer_headers)
+        started = sent.start is not None
+        if error.failure is None or started:
+            _outcome(group, choice, backend, error, self._loop.time(), started)
+            raise error
+        group.balancer.failed(choice, self._loop.time())
+        _count(backend, error.failure.value)
+        self._last = self._final = error
+        self._now = now = self._loop.time()
+        self._pick_next = attempts.retry(error.failure, answer_started=False, now=now)
+
+    async def go_on(self, attempt: Attempt) -> None:
+        """Make the attempts after the first (which failed or found no upstream), on this
+        model's upstreams and then its fallbacks', until one is answered or none is left:
+        then end the request with the last failure (raised, or an upstream's own refusal
+        sent as it came). Each attempt is served as a request for one backend is."""
+        scope, path, form = self.scope, self.path, self.form_type is not None
+        sent, lifetime = self.sent, self.lifetime
+        while True:
+            if self._pick_next:
+                backend = self.pick()
+                if backend is not None:
+                    model, body, refusals = self.model, self.body, self.refusals
+                    try:
+                        await attempt(
+                            scope, sent, path, model, body, form, backend, lifetime, refusals
+                        )
+                    except BaseException as error:
+                        self.failed(error)
+                        continue
+                    self.answered()
+                    return
+            # No upstream of this model can take the request, or its retries ran out.
+            if not await self._fall_back():
+                return
+
+    async def _fall_back(self) -> bool:
+        """Move on to the next fallback model that can take the request now, if any (True);
+        else end the request with the last failure (False). A fallback is one the client's
+        key may use: no way around a key's models."""
+        attempts, final = self.attempts, self._final
+        assert attempts is not None and final is not None  # made by the failure or the pick
+        path, grant, processes, now = self.path, self.grant, self._processes, self._now
+        table = self._table()
+
+        def can_take(model: str) -> bool:
+            if grant is not None and not grant.allows(model):
+                return False
+            try:
+                return table.balanced(model, path).can_take(processes, now)
+            except RouterError:  # a fallback of another model type, say
+                return False
+
+        model = attempts.fall_back(can_take, now)
+        if model is None:
+            await _give_up(final, self.sent, self.lifetime)
+            return False
+        self.group = group = table.balanced(model, path)
+        self.model = model
+        self.body = _for_model(self.form_type, self.body, model)
+        self.lifetime.for_whom = group
+        self._pick_next = True
+        return True
+
+    def _attempts_of(self) -> Attempts:
+        """The request's Attempts, made before any fallback: the model and its retries are
+        those the client asked for, and hold for the whole request; the fallbacks are the
+        routing table's of the day."""
+        return Attempts(
+            self.model,
+            retries=self.group.settings.retries,
+            deadline=self.lifetime.deadline,
+            fallbacks_of=self._table().fallbacks_of,
+        )
 
 
 def _on_head(balancer: Balancer, choice: Pick) -> Callable[[int], None]:
@@ -268,33 +355,10 @@ async def _give_up(error: RouterError, sent: RequestRecord, lifetime: RequestLif
     await send_response(sent.send, error.status, body, [*headers, *lifetime.stopwatch.headers()])
 
 
-def _fall_back(
-    attempts: Attempts,
-    table: RoutingTable,
-    request: BalancedRequest,
-    processes: Mapping[str, BackendProcess],
-    now: float,
-) -> ReplicaGroup | None:
-    """The next fallback model's group that can take the request now, if any: one the
-    client's key may use (a fallback is no way around a key's models)."""
-    path, grant = request.path, request.grant
-
-    def can_take(model: str) -> bool:
-        if grant is not None and not grant.allows(model):
-            return False
-        try:
-            return table.balanced(model, path).can_take(processes, now)
-        except RouterError:  # a fallback of another model type, say
-            return False
-
-    model = attempts.fall_back(can_take, now)
-    return None if model is None else table.balanced(model, path)
-
-
-def _for_model(request: BalancedRequest, body: Body, model: str) -> Body:
+def _for_model(form_type: str | None, body: Body, model: str) -> Body:
     """The request's body, naming ``model`` (a fallback) so that its answer names it too."""
-    if request.form_type is not None:
-        return with_form_model(request.form_type, body, model)
+    if form_type is not None:
+        return with_form_model(form_type, body, model)
     return json.dumps({**parse_object(body), "model": model}).encode()
 
 
