@@ -122,6 +122,37 @@ async def test_a_refusal_on_the_last_retry_goes_on_to_the_fallback(
     assert raw.headers["x-slm-attempts"] == "3"  # both replicas (one retry), then backup
 
 
+async def test_with_no_retry_a_refusal_goes_to_a_fallback_or_to_the_client_as_it_came(
+    tmp_path: Path,
+) -> None:
+    with fakes(2) as replicas, FakeBackend().start() as backup:
+        for fake in replicas:
+            fake.control(fail_status=503)
+        models = {
+            "gemma": group_entry("gemma", replicas, retries=0, fallbacks=["backup"]),
+            "alone": group_entry("alone", replicas, retries=0),
+            "backup": single_entry("backup", backup),
+        }
+        async with replica_router(tmp_path, models) as (_, client, _):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gemma", messages=[{"role": "user", "content": "hi"}]
+            )
+            with pytest.raises(openai.APIStatusError) as caught:
+                await chat(client, "alone")
+        assert sum(fake.stats()["requests"] for fake in replicas) == 2  # one attempt each
+    assert raw.parse().model == "backup"
+    assert raw.headers[UPSTREAM] == "backup/0"
+    assert raw.headers["x-slm-attempts"] == "2"  # no retry: one replica, then the fallback
+    assert caught.value.status_code == 503
+    assert caught.value.body == {  # relayed as it came: no other attempt could be made
+        "message": "fake failure",
+        "type": "server_error",
+        "param": None,
+        "code": "fake_error",
+    }
+    assert "x-slm-attempts" not in caught.value.response.headers
+
+
 async def test_the_routers_overhead_leaves_out_a_failed_attempts_wait(tmp_path: Path) -> None:
     async def reset_after_a_second(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
