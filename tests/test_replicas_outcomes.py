@@ -144,7 +144,9 @@ async def test_with_no_retry_a_refusal_goes_to_a_fallback_or_to_the_client_as_it
     assert raw.headers[UPSTREAM] == "backup/0"
     assert raw.headers["x-slm-attempts"] == "2"  # no retry: one replica, then the fallback
     assert caught.value.status_code == 503
-    assert caught.value.body == {  # relayed as it came: no other attempt could be made
+    # With nothing to move on to, the upstream's answer reaches the client as it came
+    # (whether relayed at once or held as a refusal first: the client cannot tell).
+    assert caught.value.body == {
         "message": "fake failure",
         "type": "server_error",
         "param": None,
@@ -353,3 +355,28 @@ async def test_a_failure_picked_before_a_reload_counts_against_no_server_after_i
     finally:
         slow.close()
         await slow.wait_closed()
+
+
+async def test_a_probe_whose_client_leaves_first_lets_the_next_request_probe(
+    tmp_path: Path,
+) -> None:
+    # A probe never reported would keep its upstream out of rotation until a reload.
+    with fakes(2) as replicas:
+        replicas[0].control(fail_status=503)
+        entry = group_entry(
+            "gemma", replicas, balance="round_robin", cooldown_after=1, cooldown_s=0.3
+        )
+        async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
+            assert await chat(client, "gemma") == ("gemma/1", "gemma")  # gemma/0 is out
+            replicas[0].control(fail_status=None, response_delay=3.0)
+            await asyncio.sleep(0.4)  # its cooldown is over: the next request probes it
+            async with httpx.AsyncClient(timeout=0.5) as http:
+                with pytest.raises(httpx.TimeoutException):  # the client leaves first
+                    await http.post(
+                        f"{url}/v1/chat/completions",
+                        json={"model": "gemma", "messages": [{"role": "user", "content": "hi"}]},
+                    )
+            replicas[0].wait_stats(requests=2)
+            replicas[0].control(response_delay=0.0)
+            # The left probe was abandoned: the next request probes gemma/0 again.
+            assert await chat(client, "gemma") == ("gemma/0", "gemma")

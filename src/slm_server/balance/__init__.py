@@ -8,7 +8,8 @@ How the router uses it, per request for a model with several upstreams:
 2. `balancer.pick(upstreams, now, key=key)` for the first attempt, nothing tried yet,
    sent and reported as below; `first_may_move_on(retries, fallbacks)` says whether a
    refusal of it could be made good. Most requests are answered by it and need no more.
-3. Once an attempt has failed or found no upstream: `Attempts(model, retries=...,
+3. Once an attempt has failed or found no upstream (from the start when
+   `first_may_move_on` cannot tell: `retries: 0` with fallbacks): `Attempts(model, retries=...,
    deadline=..., fallbacks_of=...)` for the request, told the upstream already `sent`
    to, and from then on `balancer.pick(upstreams, now, key=key, tried=attempts.tried())`:
    - a `Pick`: `attempts.sent(pick.upstream)`, send the attempt there, then report

@@ -550,7 +550,7 @@ class RouterApp:
                             scope, sent, path, model, body, form, backend, lifetime, refusals
                         )
                     except BaseException as error:
-                        balanced.failed(error)  # raised again unless another attempt may mend it
+                        balanced.failed(error)  # raised again unless go_on can act on it
                     else:
                         balanced.answered()
                         return

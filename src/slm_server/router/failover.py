@@ -81,6 +81,7 @@ class Balanced:
         "_now",
         "_pick_next",
         "_processes",
+        "_retries",
         "_table",
         "_went_to",
         "attempts",
@@ -138,6 +139,7 @@ class Balanced:
         self._processes = processes
         self._loop = lifetime.loop  # not asyncio.get_running_loop(): a system call on 3.11
         self.key = key
+        self._retries = settings.retries  # as the request found them: a reload may change them
         # The request's Attempts (and the fallback table they read) are made once the first
         # attempt fails or finds no upstream: most requests need neither. Unless the
         # settings alone cannot tell whether a refusal of the first could be made good.
@@ -209,8 +211,9 @@ class Balanced:
                     balancer.bind(response_key(answer_id), choice.upstream)
 
     def failed(self, error: BaseException) -> None:
-        """Report the attempt that raised ``error``, and raise it again unless another
-        attempt may make it good (then `go_on`)."""
+        """Report the attempt that raised ``error``, and raise it again when nothing after
+        it can act on it; else return, and `go_on` makes the next attempt or ends the
+        request with it."""
         sent = self.sent
         sent.on_start = None
         group, choice, backend = self.group, self.choice, self.backend
@@ -249,7 +252,10 @@ class Balanced:
         """Make the attempts after the first (which failed or found no upstream), on this
         model's upstreams and then its fallbacks', until one is answered or none is left:
         then end the request with the last failure (raised, or an upstream's own refusal
-        sent as it came). Each attempt is served as a request for one backend is."""
+        sent as it came). Each attempt is served as a request for one backend is. Its
+        pick, attempt, `failed` and `answered` are the app's first attempt again (see
+        RouterApp._route), kept there so that no coroutine of this class stands between
+        most requests and their answer."""
         scope, path, form = self.scope, self.path, self.form_type is not None
         sent, lifetime = self.sent, self.lifetime
         while True:
@@ -304,7 +310,7 @@ class Balanced:
         routing table's of the day."""
         return Attempts(
             self.model,
-            retries=self.group.settings.retries,
+            retries=self._retries,
             deadline=self.lifetime.deadline,
             fallbacks_of=self._table().fallbacks_of,
         )
