@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -186,14 +187,18 @@ async def standing(url: str) -> dict[str, str]:
     return {role: report["balancer"] for role, report in health.items()}
 
 
+def first_fails_and_cools(replicas: list[FakeBackend]) -> dict[str, Any]:
+    """``gemma`` on ``replicas`` in turn; the first answers 503, which takes it out for
+    0.3 s (then a request probes it)."""
+    replicas[0].control(fail_status=503)
+    return group_entry("gemma", replicas, balance="round_robin", cooldown_after=1, cooldown_s=0.3)
+
+
 async def test_a_probe_the_router_refuses_itself_brings_no_replica_back(
     tmp_path: Path,
 ) -> None:
     with fakes(2) as replicas:
-        replicas[0].control(fail_status=503)
-        entry = group_entry(
-            "gemma", replicas, balance="round_robin", cooldown_after=1, cooldown_s=0.3
-        )
+        entry = first_fails_and_cools(replicas)
         async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
             assert await chat(client, "gemma") == ("gemma/1", "gemma")  # after gemma/0's 503
             await asyncio.sleep(0.4)  # gemma/0's probe is due
@@ -210,10 +215,7 @@ async def test_a_probe_the_router_refuses_itself_brings_no_replica_back(
 
 async def test_a_probe_that_streams_brings_its_replica_back_at_its_head(tmp_path: Path) -> None:
     with fakes(2, "--chunks", "20", "--chunk-delay", "0.1") as replicas:
-        replicas[0].control(fail_status=503)
-        entry = group_entry(
-            "gemma", replicas, balance="round_robin", cooldown_after=1, cooldown_s=0.3
-        )
+        entry = first_fails_and_cools(replicas)
         async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
             assert await chat(client, "gemma") == ("gemma/1", "gemma")
             replicas[0].control(fail_status=None)  # it recovers
@@ -362,10 +364,7 @@ async def test_a_probe_whose_client_leaves_first_lets_the_next_request_probe(
 ) -> None:
     # A probe never reported would keep its upstream out of rotation until a reload.
     with fakes(2) as replicas:
-        replicas[0].control(fail_status=503)
-        entry = group_entry(
-            "gemma", replicas, balance="round_robin", cooldown_after=1, cooldown_s=0.3
-        )
+        entry = first_fails_and_cools(replicas)
         async with replica_router(tmp_path, {"gemma": entry}) as (_, client, url):
             assert await chat(client, "gemma") == ("gemma/1", "gemma")  # gemma/0 is out
             replicas[0].control(fail_status=None, response_delay=3.0)
