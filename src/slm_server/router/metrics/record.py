@@ -61,7 +61,6 @@ class RequestRecord(SentMessages):
         "slot",
         "tokens",
     )
-    _trim_at: int  # set with _earlier
 
     def __init__(
         self,
@@ -155,17 +154,7 @@ class RequestRecord(SentMessages):
             message = self._piece = {"type": "http.response.body", "more_body": True}
         message["body"] = piece
         self.last = message
-        earlier = self._earlier
-        if earlier is not None:
-            # _note's work for a third piece and on, done here: one frame less per event.
-            self.bytes_out = sent = self.bytes_out + len(piece)
-            earlier.append(self._latest)
-            if sent > self._trim_at:
-                self._trim_earlier(earlier)
-                self._trim_at = sent + _TRIM_EVERY
-            self._latest = piece
-        else:
-            self._note(piece, True)
+        self._note(piece, True)
         assert self._write is not None
         return self._write(piece)
 
