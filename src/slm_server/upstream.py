@@ -259,8 +259,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name.lower(), value))
         self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self._header_bytes > MAX_HEADER_BYTES:  # checked here: this runs for every header
-            self._check_head_size(self._header_bytes)
+        self._check_head_size(self._header_bytes)
 
     def _check_head_size(self, size: int) -> None:
         if size > MAX_HEADER_BYTES and self._error is None:

@@ -195,11 +195,9 @@ class Http1Protocol(asyncio.Protocol):
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
-        headers = self._headers
-        headers.append((name, value))
-        # _count_head, inlined: this runs for every header of every request.
-        self._head_bytes += len(name) + len(value) + 4  # with ": " and the line's end
-        if self._head_bytes > MAX_HEAD_BYTES or len(headers) > MAX_HEADERS:
+        self._headers.append((name, value))
+        self._count_head(len(name) + len(value) + 4)  # with ": " and the line's end
+        if len(self._headers) > MAX_HEADERS:
             self._stop(_HEAD_TOO_LARGE)
 
     def _count_head(self, size: int) -> None:
