@@ -202,8 +202,7 @@ class Balanced:
             _count(backend, Failure.BROKEN.value)
         else:  # a probe's success was reported as its head went out already: no matter
             balancer.succeeded(choice)
-            counts = backend.attempts
-            counts[ANSWERED] = counts.get(ANSWERED, 0) + 1  # _count's, without its call
+            _count(backend, ANSWERED)
             if balancer.settings.affinity is not None and self.path == RESPONSES:
                 # The conversation's next turn names this answer: send it to the same place.
                 answer_id = response_id_of(sent.first_piece)
